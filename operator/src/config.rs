@@ -1,0 +1,698 @@
+//! Operator configuration: one YAML file naming the profiles that resources pick by name
+//! (`spec.connector`, `spec.identityProvider`, `spec.secretStore`, `spec.broker`; `default` when
+//! unset).
+//!
+//! Credentials are never inlined: every secret value is a [`CredentialRef`] to a Kubernetes
+//! Secret key, a file (a mounted Secret) or an environment variable. Loading reports every
+//! problem it finds, each with its path (`brokers.default.publicUrls.mqtt-wss: …`), so a user fixes
+//! the file in one go instead of one error per restart.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::api::{AuthMode, EndpointType};
+
+/// The whole configuration file.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Config {
+    /// Dataspace connectors (EDC Management API).
+    pub connectors: BTreeMap<String, ConnectorProfile>,
+    /// Identity providers (Keycloak).
+    pub identity_providers: BTreeMap<String, IdentityProviderProfile>,
+    /// Secret stores (Vault KV v2).
+    pub secret_stores: BTreeMap<String, SecretStoreProfile>,
+    /// MQTT brokers.
+    pub brokers: BTreeMap<String, BrokerProfile>,
+}
+
+/// Where a credential comes from. Exactly one field is set.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CredentialRef {
+    /// A key of a Kubernetes Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<SecretKeyRef>,
+    /// An environment variable of the operator process.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env: Option<String>,
+    /// A file, e.g. a mounted Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<PathBuf>,
+}
+
+/// A key of a Kubernetes Secret.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretKeyRef {
+    /// Secret name.
+    pub name: String,
+    /// Key in the Secret's data.
+    pub key: String,
+    /// Namespace of the Secret. Default: the operator's own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespace: Option<String>,
+}
+
+/// A CA bundle (PEM) to trust in addition to nothing else: when set, only these CAs are trusted
+/// for that profile's connections. Not a secret, but read the same ways.
+pub type CaBundleRef = CredentialRef;
+
+/// Which spelling of `mqttEndpointType` the connector accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum EndpointTypeSpelling {
+    /// ADR 012: `mqtt-wss`, `mqtt-tls`, `mqtt-tcp-basic`.
+    #[default]
+    Adr,
+    /// The Factory-X reference connector (factoryx-edc): `mqtt-{wss|tcp}-{basic|oauth2}`.
+    Factoryx,
+}
+
+/// EDC Management API version.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ConnectorApiVersion {
+    /// `/v3` (EDC 0.15.x; deprecated from EDC 0.17).
+    #[default]
+    V3,
+}
+
+/// A dataspace connector (Eclipse EDC Management API).
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectorProfile {
+    /// Base URL of the Management API, without the version (e.g. `https://edc/management`).
+    pub management_url: Url,
+    /// The `X-Api-Key` value.
+    pub api_key: CredentialRef,
+    /// API version. Default: `v3`.
+    #[serde(default)]
+    pub api_version: ConnectorApiVersion,
+    /// Spelling of `mqttEndpointType` written into assets. Default: `adr`.
+    #[serde(default)]
+    pub endpoint_type_spelling: EndpointTypeSpelling,
+    /// Folder the connector's Vault extension prefixes aliases with (`edc.vault.hashicorp.folder`).
+    /// Default: none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_folder: Option<String>,
+    /// CA bundle for the Management API's TLS certificate. Default: the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleRef>,
+    /// Request timeout in seconds. Default: 10.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+}
+
+/// Kind of identity provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum IdentityProviderType {
+    /// Keycloak 17+ (no `/auth` prefix).
+    Keycloak,
+}
+
+/// An identity provider that issues consumers' JWTs.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IdentityProviderProfile {
+    /// Kind of identity provider.
+    #[serde(rename = "type")]
+    pub provider_type: IdentityProviderType,
+    /// Base URL the operator uses for the Admin API and its own login (e.g. `https://keycloak`).
+    pub admin_url: Url,
+    /// Realm in which clients are created.
+    pub realm: String,
+    /// The operator's own confidential client (service account with `manage-clients`).
+    pub client_id: String,
+    /// Its client secret.
+    pub client_secret: CredentialRef,
+    /// Token URL given to consumers and the connector (`oauth2:tokenUrl`). Default:
+    /// `<adminUrl>/realms/<realm>/protocol/openid-connect/token`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_url: Option<Url>,
+    /// Access-token lifetime in seconds for consumers' tokens when a transfer does not set one.
+    /// Default: 300.
+    #[serde(default = "default_token_lifetime")]
+    pub default_token_lifetime_seconds: u32,
+    /// CA bundle for the identity provider's TLS certificate. Default: the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleRef>,
+    /// Request timeout in seconds. Default: 10.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+}
+
+impl IdentityProviderProfile {
+    /// The token URL consumers and the connector use.
+    pub fn effective_token_url(&self) -> Url {
+        self.token_url.clone().unwrap_or_else(|| keycloak_token_url(&self.admin_url, &self.realm))
+    }
+}
+
+fn keycloak_token_url(base: &Url, realm: &str) -> Url {
+    let mut url = base.clone();
+    if let Ok(mut segments) = url.path_segments_mut() {
+        segments.pop_if_empty().extend(["realms", realm, "protocol", "openid-connect", "token"]);
+    }
+    url
+}
+
+/// Kind of secret store.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretStoreType {
+    /// HashiCorp Vault (or OpenBao) KV version 2.
+    Vault,
+}
+
+/// A secret store the connector resolves aliases from.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SecretStoreProfile {
+    /// Kind of secret store.
+    #[serde(rename = "type")]
+    pub store_type: SecretStoreType,
+    /// Vault address (e.g. `https://vault:8200`).
+    pub url: Url,
+    /// Mount of the KV v2 engine. Default: `secret` (EDC's `/v1/secret`).
+    #[serde(default = "default_kv_mount")]
+    pub kv_mount: String,
+    /// How the operator authenticates.
+    pub auth: VaultAuth,
+    /// CA bundle for Vault's TLS certificate. Default: the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleRef>,
+    /// Request timeout in seconds. Default: 10.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+}
+
+/// How the operator authenticates to Vault. Exactly one field is set.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VaultAuth {
+    /// A Vault token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<CredentialRef>,
+    /// Vault's Kubernetes auth method with the operator's service account token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubernetes: Option<VaultKubernetesAuth>,
+}
+
+/// Vault Kubernetes auth.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct VaultKubernetesAuth {
+    /// Vault role to log in as.
+    pub role: String,
+    /// Mount of the auth method. Default: `kubernetes`.
+    #[serde(default = "default_k8s_auth_mount")]
+    pub mount: String,
+    /// Service account token file. Default: the projected token of the pod.
+    #[serde(default = "default_sa_token_path")]
+    pub service_account_token_path: PathBuf,
+}
+
+/// Kind of MQTT broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BrokerType {
+    /// Eclipse Mosquitto 2 with the dynamic-security plugin (usrpw only).
+    Mosquitto,
+    /// RabbitMQ 3.10+ with the MQTT, Web MQTT, management and OAuth 2.0 plugins.
+    Rabbitmq,
+    /// EMQX 5.
+    Emqx,
+}
+
+impl BrokerType {
+    /// The auth modes this kind of broker can do.
+    pub fn capable_modes(self) -> &'static [AuthMode] {
+        match self {
+            // Mosquitto cannot check a JWT in the CONNECT password without a third-party plugin.
+            BrokerType::Mosquitto => &[AuthMode::Usrpw],
+            BrokerType::Rabbitmq | BrokerType::Emqx => &[AuthMode::Usrpw, AuthMode::Oauth2],
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            BrokerType::Mosquitto => "mosquitto",
+            BrokerType::Rabbitmq => "rabbitmq",
+            BrokerType::Emqx => "emqx",
+        }
+    }
+
+    /// Admin URL schemes: Mosquitto is administered over MQTT (TLS), the others over HTTPS.
+    fn admin_schemes(self) -> &'static [&'static str] {
+        match self {
+            BrokerType::Mosquitto => &["mqtts", "ssl"],
+            BrokerType::Rabbitmq | BrokerType::Emqx => &["https"],
+        }
+    }
+}
+
+/// An MQTT broker.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BrokerProfile {
+    /// Kind of broker.
+    #[serde(rename = "type")]
+    pub broker_type: BrokerType,
+    /// Admin endpoint: `mqtts://host:port` for Mosquitto (dynamic security over MQTT),
+    /// the management API's `https://…` for RabbitMQ and EMQX.
+    pub admin_url: Url,
+    /// Admin user name (EMQX: the API key).
+    pub admin_username: String,
+    /// Admin password (EMQX: the API secret).
+    pub admin_password: CredentialRef,
+    /// URLs consumers connect to, per endpoint type: `mqtt-wss` → `wss://…`, `mqtt-tls` and
+    /// `mqtt-tcp-basic` → `mqtts://…` or `ssl://…`.
+    pub public_urls: BTreeMap<EndpointType, Url>,
+    /// Auth modes offered on this broker. Default: all the broker can do.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth_modes: Option<Vec<AuthMode>>,
+    /// RabbitMQ settings (only for `type: rabbitmq`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rabbitmq: Option<RabbitmqSettings>,
+    /// CA bundle for the admin endpoint's TLS certificate. Default: the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_bundle: Option<CaBundleRef>,
+    /// Request timeout in seconds. Default: 10.
+    #[serde(default = "default_timeout")]
+    pub timeout_seconds: u64,
+}
+
+impl BrokerProfile {
+    /// The auth modes offered on this broker.
+    pub fn effective_auth_modes(&self) -> Vec<AuthMode> {
+        self.auth_modes.clone().unwrap_or_else(|| self.broker_type.capable_modes().to_vec())
+    }
+}
+
+/// RabbitMQ-specific settings.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RabbitmqSettings {
+    /// Virtual host the MQTT plugin uses. Default: `/`.
+    #[serde(default = "default_vhost")]
+    pub vhost: String,
+    /// Exchange MQTT topics map to. Default: `amq.topic`.
+    #[serde(default = "default_exchange")]
+    pub exchange: String,
+    /// `auth_oauth2.resource_server_id`: the audience of consumers' tokens and the prefix of
+    /// their scopes. Default: `rabbitmq`.
+    #[serde(default = "default_resource_server_id")]
+    pub resource_server_id: String,
+}
+
+impl Default for RabbitmqSettings {
+    fn default() -> Self {
+        Self { vhost: default_vhost(), exchange: default_exchange(), resource_server_id: default_resource_server_id() }
+    }
+}
+
+fn default_timeout() -> u64 {
+    10
+}
+fn default_token_lifetime() -> u32 {
+    300
+}
+fn default_kv_mount() -> String {
+    "secret".into()
+}
+fn default_k8s_auth_mount() -> String {
+    "kubernetes".into()
+}
+fn default_sa_token_path() -> PathBuf {
+    PathBuf::from("/var/run/secrets/kubernetes.io/serviceaccount/token")
+}
+fn default_vhost() -> String {
+    "/".into()
+}
+fn default_exchange() -> String {
+    "amq.topic".into()
+}
+fn default_resource_server_id() -> String {
+    "rabbitmq".into()
+}
+
+/// One problem in the configuration, with the path where it is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// Dotted path, e.g. `brokers.default.publicUrls.mqtt-wss`.
+    pub path: String,
+    /// What is wrong and what to do.
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() { f.write_str(&self.message) } else { write!(f, "{}: {}", self.path, self.message) }
+    }
+}
+
+/// Why the configuration could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read configuration file {path}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The file was read but has problems; every one is listed.
+    #[error("configuration {origin} has {} problem(s):\n{}", problems.len(), problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid {
+        /// Where the configuration came from.
+        origin: String,
+        /// Every problem found.
+        problems: Vec<ConfigProblem>,
+    },
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        Self::parse(&text).map_err(|problems| ConfigError::Invalid { origin: path.display().to_string(), problems })
+    }
+
+    /// Parses and validates configuration text, collecting every problem.
+    pub fn parse(text: &str) -> Result<Self, Vec<ConfigProblem>> {
+        let mut problems = Vec::new();
+        let root: serde_yaml::Value = match serde_yaml::from_str(text) {
+            Ok(serde_yaml::Value::Null) => serde_yaml::Value::Mapping(Default::default()),
+            Ok(v) => v,
+            Err(e) => {
+                return Err(vec![ConfigProblem { path: String::new(), message: format!("not valid YAML: {e}") }]);
+            }
+        };
+        let Some(root) = root.as_mapping() else {
+            return Err(vec![ConfigProblem { path: String::new(), message: "expected a mapping with connectors, identityProviders, secretStores, brokers".into() }]);
+        };
+        const SECTIONS: [&str; 4] = ["connectors", "identityProviders", "secretStores", "brokers"];
+        for key in root.keys() {
+            let name = key.as_str().unwrap_or("<non-string key>");
+            if !SECTIONS.contains(&name) {
+                problems.push(ConfigProblem { path: name.into(), message: format!("unknown section; expected one of {}", SECTIONS.join(", ")) });
+            }
+        }
+        let mut config = Config {
+            connectors: section(root, "connectors", &mut problems),
+            identity_providers: section(root, "identityProviders", &mut problems),
+            secret_stores: section(root, "secretStores", &mut problems),
+            brokers: section(root, "brokers", &mut problems),
+        };
+        config.validate(&mut problems);
+        if config.connectors.is_empty() && config.brokers.is_empty() && problems.is_empty() {
+            problems.push(ConfigProblem { path: String::new(), message: "no connector and no broker profile: nothing could be reconciled".into() });
+        }
+        if problems.is_empty() {
+            // Normalise so that callers never see an unset default.
+            for broker in config.brokers.values_mut() {
+                if broker.broker_type == BrokerType::Rabbitmq && broker.rabbitmq.is_none() {
+                    broker.rabbitmq = Some(RabbitmqSettings::default());
+                }
+            }
+            Ok(config)
+        } else {
+            Err(problems)
+        }
+    }
+
+    fn validate(&self, problems: &mut Vec<ConfigProblem>) {
+        let mut push = |path: String, message: String| problems.push(ConfigProblem { path, message });
+        for (name, p) in &self.connectors {
+            let at = format!("connectors.{name}");
+            check_url(&mut push, &format!("{at}.managementUrl"), &p.management_url, &["https"]);
+            check_credential(&mut push, &format!("{at}.apiKey"), &p.api_key);
+            if let Some(ca) = &p.ca_bundle {
+                check_credential(&mut push, &format!("{at}.caBundle"), ca);
+            }
+            check_timeout(&mut push, &at, p.timeout_seconds);
+        }
+        for (name, p) in &self.identity_providers {
+            let at = format!("identityProviders.{name}");
+            check_url(&mut push, &format!("{at}.adminUrl"), &p.admin_url, &["https"]);
+            if let Some(u) = &p.token_url {
+                check_url(&mut push, &format!("{at}.tokenUrl"), u, &["https"]);
+            }
+            if p.realm.trim().is_empty() || p.realm.contains('/') {
+                push(format!("{at}.realm"), "must be a realm name (non-empty, no '/')".into());
+            }
+            if p.client_id.trim().is_empty() {
+                push(format!("{at}.clientId"), "must name the operator's own client".into());
+            }
+            check_credential(&mut push, &format!("{at}.clientSecret"), &p.client_secret);
+            if !(60..=86400).contains(&p.default_token_lifetime_seconds) {
+                push(format!("{at}.defaultTokenLifetimeSeconds"), format!("must be between 60 and 86400, got {}", p.default_token_lifetime_seconds));
+            }
+            if let Some(ca) = &p.ca_bundle {
+                check_credential(&mut push, &format!("{at}.caBundle"), ca);
+            }
+            check_timeout(&mut push, &at, p.timeout_seconds);
+        }
+        for (name, p) in &self.secret_stores {
+            let at = format!("secretStores.{name}");
+            check_url(&mut push, &format!("{at}.url"), &p.url, &["https"]);
+            if p.kv_mount.trim_matches('/').is_empty() {
+                push(format!("{at}.kvMount"), "must name the KV v2 mount (e.g. secret)".into());
+            }
+            match (&p.auth.token, &p.auth.kubernetes) {
+                (Some(token), None) => check_credential(&mut push, &format!("{at}.auth.token"), token),
+                (None, Some(k8s)) => {
+                    if k8s.role.trim().is_empty() {
+                        push(format!("{at}.auth.kubernetes.role"), "must name the Vault role".into());
+                    }
+                }
+                _ => push(format!("{at}.auth"), "set exactly one of token or kubernetes".into()),
+            }
+            if let Some(ca) = &p.ca_bundle {
+                check_credential(&mut push, &format!("{at}.caBundle"), ca);
+            }
+            check_timeout(&mut push, &at, p.timeout_seconds);
+        }
+        for (name, p) in &self.brokers {
+            let at = format!("brokers.{name}");
+            check_url(&mut push, &format!("{at}.adminUrl"), &p.admin_url, p.broker_type.admin_schemes());
+            if p.admin_username.trim().is_empty() {
+                push(format!("{at}.adminUsername"), "must not be empty".into());
+            }
+            check_credential(&mut push, &format!("{at}.adminPassword"), &p.admin_password);
+            if p.public_urls.is_empty() {
+                push(format!("{at}.publicUrls"), "name at least one URL consumers connect to (mqtt-wss, mqtt-tls or mqtt-tcp-basic)".into());
+            }
+            for (endpoint, url) in &p.public_urls {
+                check_url(&mut push, &format!("{at}.publicUrls.{endpoint}"), url, endpoint.allowed_schemes());
+            }
+            if let Some(modes) = &p.auth_modes {
+                if modes.is_empty() {
+                    push(format!("{at}.authModes"), "must list at least one mode (usrpw, oauth2), or be left out".into());
+                }
+                for (i, mode) in modes.iter().enumerate() {
+                    if !p.broker_type.capable_modes().contains(mode) {
+                        push(format!("{at}.authModes[{i}]"), format!("{} cannot do {mode}; it supports {}", p.broker_type.as_str(), p.broker_type.capable_modes().iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")));
+                    }
+                }
+            }
+            if p.rabbitmq.is_some() && p.broker_type != BrokerType::Rabbitmq {
+                push(format!("{at}.rabbitmq"), format!("only allowed with type: rabbitmq (this broker is {})", p.broker_type.as_str()));
+            }
+            if let Some(ca) = &p.ca_bundle {
+                check_credential(&mut push, &format!("{at}.caBundle"), ca);
+            }
+            check_timeout(&mut push, &at, p.timeout_seconds);
+        }
+    }
+}
+
+/// Deserialises every profile of one section on its own, so that one broken profile does not
+/// hide the problems of the others.
+fn section<T: DeserializeOwned>(root: &serde_yaml::Mapping, key: &str, problems: &mut Vec<ConfigProblem>) -> BTreeMap<String, T> {
+    let mut out = BTreeMap::new();
+    let Some(value) = root.get(key) else { return out };
+    let Some(profiles) = value.as_mapping() else {
+        if !value.is_null() {
+            problems.push(ConfigProblem { path: key.into(), message: "expected a mapping of profile names to profiles".into() });
+        }
+        return out;
+    };
+    for (name, profile) in profiles {
+        let Some(name) = name.as_str() else {
+            problems.push(ConfigProblem { path: key.into(), message: "profile names must be strings".into() });
+            continue;
+        };
+        let at = format!("{key}.{name}");
+        if !is_dns_label(name) {
+            problems.push(ConfigProblem { path: at.clone(), message: "profile names must be DNS labels (lower-case letters, digits, '-'; at most 63)".into() });
+        }
+        match serde_path_to_error::deserialize::<_, T>(profile.clone()) {
+            Ok(p) => {
+                out.insert(name.to_owned(), p);
+            }
+            Err(e) => {
+                let inner = e.path().to_string();
+                let path = if inner == "." { at } else { format!("{at}.{inner}") };
+                problems.push(ConfigProblem { path, message: e.into_inner().to_string() });
+            }
+        }
+    }
+    out
+}
+
+fn is_dns_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+fn check_url(push: &mut impl FnMut(String, String), path: &str, url: &Url, schemes: &[&str]) {
+    if !schemes.contains(&url.scheme()) {
+        let hint = match url.scheme() {
+            "http" | "mqtt" | "ws" | "tcp" => " (unencrypted connections are refused)",
+            _ => "",
+        };
+        push(path.into(), format!("scheme must be {}, got {}{hint}", schemes.join(" or "), url.scheme()));
+    }
+    if url.host_str().is_none_or(str::is_empty) {
+        push(path.into(), "must name a host".into());
+    }
+}
+
+fn check_credential(push: &mut impl FnMut(String, String), path: &str, cred: &CredentialRef) {
+    let set = [cred.secret_ref.is_some(), cred.env.is_some(), cred.file.is_some()].iter().filter(|b| **b).count();
+    if set != 1 {
+        push(path.into(), "set exactly one of secretRef, env or file (credentials are never written inline)".into());
+    }
+    if let Some(r) = &cred.secret_ref {
+        if r.name.is_empty() || r.key.is_empty() {
+            push(format!("{path}.secretRef"), "name and key must not be empty".into());
+        }
+    }
+    if let Some(env) = &cred.env {
+        if env.is_empty() {
+            push(format!("{path}.env"), "must name an environment variable".into());
+        }
+    }
+}
+
+fn check_timeout(push: &mut impl FnMut(String, String), at: &str, seconds: u64) {
+    if !(1..=300).contains(&seconds) {
+        push(format!("{at}.timeoutSeconds"), format!("must be between 1 and 300, got {seconds}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const EXAMPLE: &str = include_str!("../../examples/operator-config.yaml");
+
+    #[test]
+    fn the_example_configuration_loads() {
+        let config = Config::parse(EXAMPLE).expect("examples/operator-config.yaml is valid");
+        assert!(config.connectors.contains_key("default"));
+        assert!(config.identity_providers.contains_key("default"));
+        assert!(config.secret_stores.contains_key("default"));
+        assert!(config.brokers.contains_key("default"));
+        let idp = &config.identity_providers["default"];
+        assert_eq!(idp.effective_token_url().as_str(), "https://keycloak.example.com/realms/dataspace/protocol/openid-connect/token");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let text = r#"
+connectors:
+  default:
+    managementUrl: http://edc.example.com/management
+    apiKey: {secretRef: {name: edc, key: key}, env: EDC_KEY}
+brokers:
+  default:
+    type: mosquitto
+    adminUrl: mqtts://mosquitto:8883
+    adminUsername: admin
+    adminPassword: {env: MOSQ_ADMIN}
+    authModes: [oauth2]
+    publicUrls:
+      mqtt-wss: ws://mosquitto:8080
+  Bad_Name:
+    type: kafka
+secretStores:
+  default:
+    type: vault
+    url: https://vault:8200
+    auth: {}
+    colour: blue
+extra: 1
+"#;
+        let problems = Config::parse(text).unwrap_err();
+        let rendered: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        let has = |prefix: &str| rendered.iter().any(|p| p.starts_with(prefix));
+        assert!(has("connectors.default.managementUrl: scheme must be https, got http"), "{rendered:#?}");
+        assert!(has("connectors.default.apiKey: set exactly one of"), "{rendered:#?}");
+        assert!(has("brokers.default.authModes[0]: mosquitto cannot do oauth2"), "{rendered:#?}");
+        assert!(has("brokers.default.publicUrls.mqtt-wss: scheme must be wss, got ws"), "{rendered:#?}");
+        assert!(has("brokers.Bad_Name: profile names must be DNS labels"), "{rendered:#?}");
+        assert!(has("brokers.Bad_Name.type: unknown variant `kafka`"), "{rendered:#?}");
+        assert!(has("secretStores.default.colour: unknown field `colour`"), "{rendered:#?}");
+        assert!(has("extra: unknown section"), "{rendered:#?}");
+        assert_eq!(rendered.len(), 8, "{rendered:#?}");
+    }
+
+    #[test]
+    fn unencrypted_admin_endpoints_are_refused() {
+        let text = r#"
+brokers:
+  default:
+    type: rabbitmq
+    adminUrl: http://rabbit:15672
+    adminUsername: admin
+    adminPassword: {file: /etc/rabbit/password}
+    publicUrls: {mqtt-tls: "mqtt://rabbit:1883"}
+"#;
+        let rendered: Vec<String> = Config::parse(text).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(
+            rendered,
+            vec![
+                "brokers.default.adminUrl: scheme must be https, got http (unencrypted connections are refused)",
+                "brokers.default.publicUrls.mqtt-tls: scheme must be mqtts or ssl, got mqtt (unencrypted connections are refused)",
+            ]
+        );
+    }
+
+    #[test]
+    fn rabbitmq_settings_default_when_left_out() {
+        let text = r#"
+brokers:
+  default:
+    type: rabbitmq
+    adminUrl: https://rabbit:15671
+    adminUsername: admin
+    adminPassword: {file: /etc/rabbit/password}
+    publicUrls: {mqtt-tls: "mqtts://rabbit:8883"}
+"#;
+        let config = Config::parse(text).unwrap();
+        let broker = &config.brokers["default"];
+        assert_eq!(broker.rabbitmq, Some(RabbitmqSettings::default()));
+        assert_eq!(broker.effective_auth_modes(), vec![AuthMode::Usrpw, AuthMode::Oauth2]);
+    }
+
+    #[test]
+    fn an_empty_file_is_refused_with_a_reason() {
+        let problems = Config::parse("").unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert!(problems[0].message.contains("nothing could be reconciled"));
+    }
+}
