@@ -383,7 +383,8 @@ pub enum ConfigError {
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
         Self::parse(&text).map_err(|problems| ConfigError::Invalid { origin: path.display().to_string(), problems })
     }
 
@@ -398,13 +399,19 @@ impl Config {
             }
         };
         let Some(root) = root.as_mapping() else {
-            return Err(vec![ConfigProblem { path: String::new(), message: "expected a mapping with connectors, identityProviders, secretStores, brokers".into() }]);
+            return Err(vec![ConfigProblem {
+                path: String::new(),
+                message: "expected a mapping with connectors, identityProviders, secretStores, brokers".into(),
+            }]);
         };
         const SECTIONS: [&str; 4] = ["connectors", "identityProviders", "secretStores", "brokers"];
         for key in root.keys() {
             let name = key.as_str().unwrap_or("<non-string key>");
             if !SECTIONS.contains(&name) {
-                problems.push(ConfigProblem { path: name.into(), message: format!("unknown section; expected one of {}", SECTIONS.join(", ")) });
+                problems.push(ConfigProblem {
+                    path: name.into(),
+                    message: format!("unknown section; expected one of {}", SECTIONS.join(", ")),
+                });
             }
         }
         let mut config = Config {
@@ -415,7 +422,10 @@ impl Config {
         };
         config.validate(&mut problems);
         if config.connectors.is_empty() && config.brokers.is_empty() && problems.is_empty() {
-            problems.push(ConfigProblem { path: String::new(), message: "no connector and no broker profile: nothing could be reconciled".into() });
+            problems.push(ConfigProblem {
+                path: String::new(),
+                message: "no connector and no broker profile: nothing could be reconciled".into(),
+            });
         }
         if problems.is_empty() {
             // Normalise so that callers never see an unset default.
@@ -455,7 +465,10 @@ impl Config {
             }
             check_credential(&mut push, &format!("{at}.clientSecret"), &p.client_secret);
             if !(60..=86400).contains(&p.default_token_lifetime_seconds) {
-                push(format!("{at}.defaultTokenLifetimeSeconds"), format!("must be between 60 and 86400, got {}", p.default_token_lifetime_seconds));
+                push(
+                    format!("{at}.defaultTokenLifetimeSeconds"),
+                    format!("must be between 60 and 86400, got {}", p.default_token_lifetime_seconds),
+                );
             }
             if let Some(ca) = &p.ca_bundle {
                 check_credential(&mut push, &format!("{at}.caBundle"), ca);
@@ -490,23 +503,39 @@ impl Config {
             }
             check_credential(&mut push, &format!("{at}.adminPassword"), &p.admin_password);
             if p.public_urls.is_empty() {
-                push(format!("{at}.publicUrls"), "name at least one URL consumers connect to (mqtt-wss, mqtt-tls or mqtt-tcp-basic)".into());
+                push(
+                    format!("{at}.publicUrls"),
+                    "name at least one URL consumers connect to (mqtt-wss, mqtt-tls or mqtt-tcp-basic)".into(),
+                );
             }
             for (endpoint, url) in &p.public_urls {
                 check_url(&mut push, &format!("{at}.publicUrls.{endpoint}"), url, endpoint.allowed_schemes());
             }
             if let Some(modes) = &p.auth_modes {
                 if modes.is_empty() {
-                    push(format!("{at}.authModes"), "must list at least one mode (usrpw, oauth2), or be left out".into());
+                    push(
+                        format!("{at}.authModes"),
+                        "must list at least one mode (usrpw, oauth2), or be left out".into(),
+                    );
                 }
                 for (i, mode) in modes.iter().enumerate() {
                     if !p.broker_type.capable_modes().contains(mode) {
-                        push(format!("{at}.authModes[{i}]"), format!("{} cannot do {mode}; it supports {}", p.broker_type.as_str(), p.broker_type.capable_modes().iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")));
+                        push(
+                            format!("{at}.authModes[{i}]"),
+                            format!(
+                                "{} cannot do {mode}; it supports {}",
+                                p.broker_type.as_str(),
+                                p.broker_type.capable_modes().iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
+                            ),
+                        );
                     }
                 }
             }
             if p.rabbitmq.is_some() && p.broker_type != BrokerType::Rabbitmq {
-                push(format!("{at}.rabbitmq"), format!("only allowed with type: rabbitmq (this broker is {})", p.broker_type.as_str()));
+                push(
+                    format!("{at}.rabbitmq"),
+                    format!("only allowed with type: rabbitmq (this broker is {})", p.broker_type.as_str()),
+                );
             }
             if let Some(ca) = &p.ca_bundle {
                 check_credential(&mut push, &format!("{at}.caBundle"), ca);
@@ -518,12 +547,19 @@ impl Config {
 
 /// Deserialises every profile of one section on its own, so that one broken profile does not
 /// hide the problems of the others.
-fn section<T: DeserializeOwned>(root: &serde_yaml::Mapping, key: &str, problems: &mut Vec<ConfigProblem>) -> BTreeMap<String, T> {
+fn section<T: DeserializeOwned>(
+    root: &serde_yaml::Mapping,
+    key: &str,
+    problems: &mut Vec<ConfigProblem>,
+) -> BTreeMap<String, T> {
     let mut out = BTreeMap::new();
     let Some(value) = root.get(key) else { return out };
     let Some(profiles) = value.as_mapping() else {
         if !value.is_null() {
-            problems.push(ConfigProblem { path: key.into(), message: "expected a mapping of profile names to profiles".into() });
+            problems.push(ConfigProblem {
+                path: key.into(),
+                message: "expected a mapping of profile names to profiles".into(),
+            });
         }
         return out;
     };
@@ -534,7 +570,10 @@ fn section<T: DeserializeOwned>(root: &serde_yaml::Mapping, key: &str, problems:
         };
         let at = format!("{key}.{name}");
         if !is_dns_label(name) {
-            problems.push(ConfigProblem { path: at.clone(), message: "profile names must be DNS labels (lower-case letters, digits, '-'; at most 63)".into() });
+            problems.push(ConfigProblem {
+                path: at.clone(),
+                message: "profile names must be DNS labels (lower-case letters, digits, '-'; at most 63)".into(),
+            });
         }
         match serde_path_to_error::deserialize::<_, T>(profile.clone()) {
             Ok(p) => {
@@ -576,15 +615,15 @@ fn check_credential(push: &mut impl FnMut(String, String), path: &str, cred: &Cr
     if set != 1 {
         push(path.into(), "set exactly one of secretRef, env or file (credentials are never written inline)".into());
     }
-    if let Some(r) = &cred.secret_ref {
-        if r.name.is_empty() || r.key.is_empty() {
-            push(format!("{path}.secretRef"), "name and key must not be empty".into());
-        }
+    if let Some(r) = &cred.secret_ref
+        && (r.name.is_empty() || r.key.is_empty())
+    {
+        push(format!("{path}.secretRef"), "name and key must not be empty".into());
     }
-    if let Some(env) = &cred.env {
-        if env.is_empty() {
-            push(format!("{path}.env"), "must name an environment variable".into());
-        }
+    if let Some(env) = &cred.env
+        && env.is_empty()
+    {
+        push(format!("{path}.env"), "must name an environment variable".into());
     }
 }
 
@@ -608,7 +647,10 @@ mod tests {
         assert!(config.secret_stores.contains_key("default"));
         assert!(config.brokers.contains_key("default"));
         let idp = &config.identity_providers["default"];
-        assert_eq!(idp.effective_token_url().as_str(), "https://keycloak.example.com/realms/dataspace/protocol/openid-connect/token");
+        assert_eq!(
+            idp.effective_token_url().as_str(),
+            "https://keycloak.example.com/realms/dataspace/protocol/openid-connect/token"
+        );
     }
 
     #[test]

@@ -7,10 +7,7 @@ use crate::api::{MqttAsset, MqttTransfer};
 
 /// Every CRD of the operator with the file name it is committed under in `crds/`.
 pub fn all() -> Vec<(&'static str, CustomResourceDefinition)> {
-    vec![
-        ("mqttassets.dsp-mqtt.io.yaml", MqttAsset::crd()),
-        ("mqtttransfers.dsp-mqtt.io.yaml", MqttTransfer::crd()),
-    ]
+    vec![("mqttassets.dsp-mqtt.io.yaml", MqttAsset::crd()), ("mqtttransfers.dsp-mqtt.io.yaml", MqttTransfer::crd())]
 }
 
 /// One CRD as the YAML committed in `crds/`.

@@ -1,5 +1,105 @@
-fn main() {
-    for (name, crd) in mqtt_dsp_operator::crd::all() {
-        println!("=== {name}\n{}", mqtt_dsp_operator::crd::to_yaml(&crd).unwrap());
+//! The `mqtt-dsp-operator` binary: `run`, `crdgen`, `version`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mqtt_dsp_operator::{crd, run, telemetry};
+
+/// Kubernetes operator that offers and transfers MQTT streams in Dataspace Protocol dataspaces
+/// (Factory-X ADR 012 "MQTT over DSP").
+#[derive(Parser, Debug)]
+#[command(name = "mqtt-dsp-operator", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the operator against the cluster (in-cluster service account, or KUBECONFIG).
+    Run {
+        /// Operator configuration file (profiles of connectors, identity providers, secret stores, brokers).
+        #[arg(long, env = "MQTT_DSP_OPERATOR_CONFIG", default_value = "/etc/mqtt-dsp-operator/config.yaml")]
+        config: PathBuf,
+        /// Address for /healthz, /readyz and /metrics.
+        #[arg(long, env = "MQTT_DSP_OPERATOR_LISTEN", default_value = "0.0.0.0:8080")]
+        listen: SocketAddr,
+        /// Log format.
+        #[arg(long, env = "MQTT_DSP_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
+        log_format: telemetry::LogFormat,
+    },
+    /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
+    Crdgen {
+        /// Directory to write `<plural>.<group>.yaml` files into (e.g. `crds/`). Default: stdout.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Print the version.
+    Version,
+}
+
+fn main() -> ExitCode {
+    mqtt_dsp_operator::install_crypto_provider();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Version => {
+            println!("mqtt-dsp-operator {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Command::Crdgen { out } => match crdgen(out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Run { config, listen, log_format } => {
+            telemetry::init(log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("error: cannot start the async runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            match runtime.block_on(run::run(run::RunOptions { config, listen })) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{}", error_chain(&e));
+                    eprintln!("error: {}", error_chain(&e));
+                    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+                }
+            }
+        }
     }
+}
+
+fn crdgen(out: Option<PathBuf>) -> Result<(), Box<dyn std::error::Error>> {
+    match out {
+        None => {
+            for (_, c) in crd::all() {
+                print!("---\n{}", crd::to_yaml(&c)?);
+            }
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)?;
+            for (file, c) in crd::all() {
+                std::fs::write(dir.join(file), crd::to_yaml(&c)?)?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The error and its sources on one line each, so a user sees the root cause.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(&format!("\n  caused by: {s}"));
+        source = s.source();
+    }
+    out
 }

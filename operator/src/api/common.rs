@@ -15,8 +15,7 @@ use serde::{Deserialize, Serialize};
 /// splitting every topic on `/` would exceed it at MQTT's own 65535-byte bound; a pattern is free.
 /// Non-emptiness is `minLength: 1`. The schema bounds characters; the 65535 *byte* bound of MQTT is
 /// checked again in code (`plan`), since UTF-8 characters can be longer than one byte.
-pub const TOPIC_FILTER_PATTERN: &str =
-    r"^(#|(\+|[^$/+#\x00][^/+#\x00]*)?(/(\+|[^/+#\x00]*))*(/#)?)$";
+pub const TOPIC_FILTER_PATTERN: &str = r"^(#|(\+|[^$/+#\x00][^/+#\x00]*)?(/(\+|[^/+#\x00]*))*(/#)?)$";
 
 /// Longest MQTT topic filter in bytes (MQTT's UTF-8 string length prefix is 16 bits).
 pub const TOPIC_FILTER_MAX_BYTES: usize = 65535;
@@ -26,7 +25,8 @@ pub const MAX_TOPICS: usize = 64;
 
 /// Pattern of a participant id: a DID (`did:web:…`) or a Catena-X/Factory-X business partner
 /// number (`BPNL…`, `BPNS…`, `BPNA…` followed by 12 upper-case letters or digits).
-pub const PARTICIPANT_ID_PATTERN: &str = r"^(did:[a-z0-9]+:[A-Za-z0-9._:%-]+(/[A-Za-z0-9._:%-]+)*|BPN[LSA][A-Z0-9]{12})$";
+pub const PARTICIPANT_ID_PATTERN: &str =
+    r"^(did:[a-z0-9]+:[A-Za-z0-9._:%-]+(/[A-Za-z0-9._:%-]+)*|BPN[LSA][A-Z0-9]{12})$";
 
 /// Pattern of a profile name in the operator configuration (a DNS label).
 pub const PROFILE_NAME_PATTERN: &str = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$";

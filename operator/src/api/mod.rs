@@ -9,6 +9,8 @@
 
 mod asset;
 mod common;
+#[cfg(test)]
+mod fixtures;
 mod transfer;
 
 pub use asset::*;
