@@ -35,6 +35,9 @@ enum Command {
         /// Directory to write `<plural>.<group>.yaml` files into (e.g. `crds/`). Default: stdout.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Print the Markdown field reference (docs/crd-reference.md) instead of the CRDs.
+        #[arg(long, conflicts_with = "out")]
+        reference: bool,
     },
     /// Print the version.
     Version,
@@ -48,7 +51,11 @@ fn main() -> ExitCode {
             println!("mqtt-dsp-operator {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
-        Command::Crdgen { out } => match crdgen(out) {
+        Command::Crdgen { reference: true, .. } => {
+            print!("{}", crd::reference_markdown());
+            ExitCode::SUCCESS
+        }
+        Command::Crdgen { out, .. } => match crdgen(out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("error: {e}");

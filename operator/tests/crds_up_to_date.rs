@@ -22,3 +22,13 @@ fn committed_crds_match_the_api_types() {
     expected_files.sort();
     assert_eq!(present, expected_files, "crds/ holds a file no type generates");
 }
+
+#[test]
+fn committed_field_reference_matches_the_crds() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/crd-reference.md");
+    let committed = std::fs::read_to_string(path).unwrap_or_default();
+    assert!(
+        committed == mqtt_dsp_operator::crd::reference_markdown(),
+        "docs/crd-reference.md is out of date: run `make crds` and commit"
+    );
+}
