@@ -5,8 +5,10 @@
 //! (health and metrics endpoints), `metrics`, `telemetry`, `crd` (generated CRDs).
 
 pub mod api;
+pub mod backends;
 pub mod config;
 pub mod crd;
+pub mod credentials;
 pub mod metrics;
 pub mod run;
 pub mod server;

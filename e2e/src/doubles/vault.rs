@@ -1,0 +1,1 @@
+//! Placeholder: the double is being written.

@@ -1,0 +1,63 @@
+//! The MQTT broker: identities with read-only access to topic filters, suspended, resumed and
+//! removed.
+
+pub mod emqx;
+pub mod mosquitto;
+pub mod rabbitmq;
+
+use async_trait::async_trait;
+
+use super::identity::HardcodedClaim;
+use super::{BackendError, Outcome, Owner, SecretString, System};
+use crate::api::AuthMode;
+
+/// A broker user (usrpw mode) as the broker should hold it.
+#[derive(Clone, Debug)]
+pub struct UserGrant {
+    /// Username (deterministic, from the resource).
+    pub username: String,
+    /// Password, set when the user is created. Brokers do not reveal passwords, so a resync
+    /// cannot compare it; [`Broker::set_password`] rotates it explicitly.
+    pub password: SecretString,
+    /// Topic filters the user may subscribe to and receive from (never publish to).
+    pub topics: Vec<String>,
+    /// A disabled user cannot connect; disabling closes its live sessions.
+    pub enabled: bool,
+    /// The resource it belongs to.
+    pub owner: Owner,
+}
+
+/// What a token must carry for the broker to grant read access (oauth2 mode).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TokenRequirements {
+    /// Audience the broker checks (`aud`).
+    pub audience: String,
+    /// Claims that carry the topic permissions.
+    pub claims: Vec<HardcodedClaim>,
+}
+
+/// What the operator needs from an MQTT broker.
+#[async_trait]
+pub trait Broker: Send + Sync {
+    /// Which broker this is.
+    fn system(&self) -> System;
+    /// Whether the broker can authenticate consumers in this mode.
+    fn supports(&self, mode: AuthMode) -> bool;
+    /// Creates the user with exactly `topics` readable, or brings it there; no write when it
+    /// matches. Disabling closes the user's live sessions.
+    async fn ensure_user(&self, grant: &UserGrant) -> Result<Outcome, BackendError>;
+    /// Sets a new password for a user of ours.
+    async fn set_password(
+        &self,
+        username: &str,
+        password: &SecretString,
+        owner: &Owner,
+    ) -> Result<Outcome, BackendError>;
+    /// Removes a user of ours and what grants it access (absent is success); live sessions end.
+    async fn remove_user(&self, username: &str, owner: &Owner) -> Result<Outcome, BackendError>;
+    /// Closes every live session of an identity (a usrpw user, or an oauth2 token's subject).
+    async fn disconnect(&self, identity: &str) -> Result<u32, BackendError>;
+    /// oauth2 mode: what a token must carry to read `topics`.
+    /// [`BackendError::Unsupported`] for brokers that cannot check JWTs (Mosquitto).
+    fn token_requirements(&self, topics: &[String]) -> Result<TokenRequirements, BackendError>;
+}
