@@ -34,7 +34,7 @@ pub enum CredentialError {
         key: String,
         /// What the API server said (None: the key is absent).
         #[source]
-        source: Option<kube::Error>,
+        source: Option<Box<kube::Error>>,
     },
     /// A secretRef was used but the operator has no cluster client (tests, tools).
     #[error("a secretRef credential needs a Kubernetes client")]
@@ -68,7 +68,10 @@ pub async fn resolve(
                 key: r.key.clone(),
                 source,
             };
-            let secret = Api::<Secret>::namespaced(client.clone(), &ns).get(&r.name).await.map_err(|e| err(Some(e)))?;
+            let secret = Api::<Secret>::namespaced(client.clone(), &ns)
+                .get(&r.name)
+                .await
+                .map_err(|e| err(Some(Box::new(e))))?;
             let bytes = secret.data.and_then(|mut d| d.remove(&r.key)).ok_or_else(|| err(None))?;
             let text = String::from_utf8(bytes.0).map_err(|_| err(None))?;
             Ok(SecretString::from(text.trim_end_matches(['\n', '\r']).to_owned()))
