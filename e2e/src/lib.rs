@@ -4,6 +4,8 @@
 //! Everything here is a test double and says so. Today: [`schema`], the API server's validation
 //! of custom resources against their CRD, and [`tls`], the dev stack's CA and HTTPS server.
 
+pub mod brokers;
+pub mod consumer;
 pub mod doubles;
 pub mod schema;
 pub mod tls;

@@ -1,1 +1,538 @@
-//! Placeholder: the real client is being written.
+//! Mosquitto 2 through its dynamic-security plugin: JSON commands published to
+//! `$CONTROL/dynamic-security/v1`, answers on `.../v1/response` matched by `correlationData`
+//! (domain.md §6).
+//!
+//! Hand-written on top of rumqttc because no maintained crate speaks the dynamic-security
+//! protocol; it is a small request/response layer over one long-lived MQTT connection.
+//!
+//! Each identity is a dynsec client plus a role of the same name. The role grants
+//! `subscribePattern` and `publishClientReceive` on each topic filter and denies
+//! `publishClientSend` on `#`, so access is read-only whatever the broker's default ACL access.
+//! Ownership is marked in the `textdescription` of the client and the role. Suspending is
+//! `disableClient`, which also closes live sessions. Mosquitto cannot check JWTs, so oauth2 mode
+//! is refused.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
+use serde_json::{Value, json};
+use tokio::sync::{Mutex, oneshot, watch};
+use tokio::task::JoinHandle;
+use tracing::{debug, warn};
+use url::Url;
+
+use super::{Broker, TokenRequirements, UserGrant};
+use crate::api::AuthMode;
+use crate::backends::{
+    BackendError, ExposeSecret, OWNER_KEY, OWNER_RESOURCE_KEY, OWNER_VALUE, Outcome, Owner, SecretString, System,
+};
+
+const CONTROL_TOPIC: &str = "$CONTROL/dynamic-security/v1";
+const RESPONSE_TOPIC: &str = "$CONTROL/dynamic-security/v1/response";
+const SYSTEM: System = System::Mosquitto;
+
+/// How to reach Mosquitto's dynamic-security admin.
+#[derive(Clone, Debug)]
+pub struct MosquittoSettings {
+    /// `mqtts://host:port` or `ssl://host:port`.
+    pub admin_url: Url,
+    /// Admin username (a dynsec client with rights on `$CONTROL/dynamic-security/#`).
+    pub username: String,
+    /// Its password.
+    pub password: SecretString,
+    /// PEM CA bundle replacing the system roots, when set.
+    pub ca_bundle_pem: Option<String>,
+    /// How long to wait for a connection or an answer.
+    pub timeout: Duration,
+    /// MQTT client id of the admin connection (unique per operator replica).
+    pub client_id: String,
+}
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;
+
+/// State of the admin connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Link {
+    /// Not (yet) connected and subscribed.
+    Down,
+    /// Subscribed to the response topic: commands can be sent.
+    Ready,
+    /// The broker refused the admin credentials.
+    Refused,
+}
+
+/// A dynamic-security admin connection. Reconnects by itself; commands sent while it is down
+/// time out with a retryable error.
+pub struct MosquittoClient {
+    client: AsyncClient,
+    pending: Pending,
+    ready: watch::Receiver<Link>,
+    timeout: Duration,
+    next_id: AtomicU64,
+    task: JoinHandle<()>,
+}
+
+impl Drop for MosquittoClient {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// What one dynsec command answered.
+enum Answer {
+    Ok(Value),
+    NotFound,
+    Exists,
+    Error(String),
+}
+
+impl MosquittoClient {
+    /// Opens the admin connection (TLS verified against the CA bundle or the system roots).
+    pub fn connect(settings: &MosquittoSettings) -> Result<Self, BackendError> {
+        let object = settings.admin_url.to_string();
+        let protocol = |detail: String| BackendError::Protocol {
+            system: SYSTEM,
+            operation: "connect",
+            object: object.clone(),
+            detail,
+        };
+        if !matches!(settings.admin_url.scheme(), "mqtts" | "ssl") {
+            return Err(protocol(format!(
+                "admin URL scheme must be mqtts or ssl, got {}",
+                settings.admin_url.scheme()
+            )));
+        }
+        let host = settings.admin_url.host_str().ok_or_else(|| protocol("admin URL has no host".into()))?;
+        let port = settings.admin_url.port().unwrap_or(8883);
+        let mut options = MqttOptions::new(settings.client_id.clone(), host, port);
+        options.set_credentials(settings.username.clone(), settings.password.expose_secret().to_owned());
+        options.set_keep_alive(Duration::from_secs(30));
+        options.set_clean_session(true);
+        options.set_max_packet_size(4 << 20, 4 << 20);
+        let tls = tls_config(settings.ca_bundle_pem.as_deref()).map_err(protocol)?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(tls)));
+        let (client, eventloop) = AsyncClient::new(options, 64);
+        let pending: Pending = Arc::default();
+        let (ready_tx, ready) = watch::channel(Link::Down);
+        let task = tokio::spawn(drive(eventloop, client.clone(), pending.clone(), ready_tx));
+        Ok(Self { client, pending, ready, timeout: settings.timeout, next_id: AtomicU64::new(1), task })
+    }
+
+    /// Sends one command and waits for its answer.
+    async fn command(&self, operation: &'static str, object: &str, mut command: Value) -> Result<Answer, BackendError> {
+        let timeout_err = || BackendError::Timeout {
+            system: SYSTEM,
+            operation,
+            object: object.to_owned(),
+            timeout_seconds: self.timeout.as_secs(),
+        };
+        let mut ready = self.ready.clone();
+        let link = tokio::time::timeout(self.timeout, ready.wait_for(|r| *r != Link::Down))
+            .await
+            .map_err(|_| timeout_err())?
+            .map_err(|_| BackendError::Unreachable {
+                system: SYSTEM,
+                operation,
+                object: object.to_owned(),
+                source: "the admin connection task ended".into(),
+            })
+            .map(|l| *l)?;
+        if link == Link::Refused {
+            return Err(BackendError::Unauthorized { system: SYSTEM, operation, object: object.to_owned(), status: 0 });
+        }
+        let id = format!("dsp-mqtt-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+        command["correlationData"] = Value::String(id.clone());
+        let (tx, rx) = oneshot::channel();
+        self.pending.lock().await.insert(id.clone(), tx);
+        let payload = json!({ "commands": [command] }).to_string();
+        if let Err(e) = self.client.publish(CONTROL_TOPIC, QoS::AtLeastOnce, false, payload).await {
+            self.pending.lock().await.remove(&id);
+            return Err(BackendError::Unreachable {
+                system: SYSTEM,
+                operation,
+                object: object.to_owned(),
+                source: Box::new(e),
+            });
+        }
+        let answer = match tokio::time::timeout(self.timeout, rx).await {
+            Ok(Ok(answer)) => answer,
+            _ => {
+                self.pending.lock().await.remove(&id);
+                return Err(timeout_err());
+            }
+        };
+        Ok(match answer.get("error").and_then(Value::as_str) {
+            None => Answer::Ok(answer.get("data").cloned().unwrap_or(Value::Null)),
+            Some(e) if e.ends_with("not found") => Answer::NotFound,
+            Some(e) if e.ends_with("already exists") => Answer::Exists,
+            Some(e) => Answer::Error(e.to_owned()),
+        })
+    }
+
+    /// Sends a command that must succeed.
+    async fn must(&self, operation: &'static str, object: &str, command: Value) -> Result<Value, BackendError> {
+        match self.command(operation, object, command).await? {
+            Answer::Ok(v) => Ok(v),
+            Answer::NotFound => Err(rejected(operation, object, "not found")),
+            Answer::Exists => Err(rejected(operation, object, "already exists")),
+            Answer::Error(e) => Err(rejected(operation, object, &e)),
+        }
+    }
+
+    /// Reads a client or role (`getClient` / `getRole`); None when absent.
+    async fn get(&self, command: &str, key: &str, name: &str) -> Result<Option<Value>, BackendError> {
+        let (object, field) =
+            if key == "username" { (format!("client {name}"), "client") } else { (format!("role {name}"), "role") };
+        match self.command("get", &object, json!({"command": command, key: name})).await? {
+            Answer::Ok(data) => Ok(Some(data.get(field).cloned().unwrap_or(Value::Null))),
+            Answer::NotFound => Ok(None),
+            Answer::Exists => Err(rejected("get", &object, "already exists")),
+            Answer::Error(e) => Err(rejected("get", &object, &e)),
+        }
+    }
+
+    async fn get_client(&self, username: &str) -> Result<Option<Value>, BackendError> {
+        self.get("getClient", "username", username).await
+    }
+
+    async fn get_role(&self, rolename: &str) -> Result<Option<Value>, BackendError> {
+        self.get("getRole", "rolename", rolename).await
+    }
+
+    /// Creates the role or brings its ACLs to `desired`; returns whether it wrote.
+    async fn ensure_role(&self, rolename: &str, desired: &BTreeSet<Acl>, owner: &Owner) -> Result<bool, BackendError> {
+        let object = format!("role {rolename}");
+        let Some(role) = self.get_role(rolename).await? else {
+            let acls: Vec<Value> = desired.iter().map(Acl::to_json).collect();
+            let create = json!({"command": "createRole", "rolename": rolename, "textname": "mqtt-dsp-operator grant",
+                                "textdescription": marker(owner), "acls": acls});
+            return match self.command("create", &object, create).await? {
+                Answer::Ok(_) => Ok(true),
+                // Created meanwhile (another replica, a retried call): compare it on the next pass.
+                Answer::Exists => Box::pin(self.ensure_role(rolename, desired, owner)).await,
+                Answer::NotFound => Err(rejected("create", &object, "not found")),
+                Answer::Error(e) => Err(rejected("create", &object, &e)),
+            };
+        };
+        if !is_ours(&role) {
+            return Err(BackendError::Foreign { system: SYSTEM, operation: "update", object });
+        }
+        let current: BTreeSet<Acl> =
+            role.get("acls").and_then(Value::as_array).into_iter().flatten().filter_map(Acl::from_json).collect();
+        let mut wrote = false;
+        for acl in current.difference(desired) {
+            let remove =
+                json!({"command": "removeRoleACL", "rolename": rolename, "acltype": acl.acltype, "topic": acl.topic});
+            self.must("update", &object, remove).await?;
+            wrote = true;
+        }
+        for acl in desired.difference(&current) {
+            let mut add = acl.to_json();
+            add["command"] = json!("addRoleACL");
+            add["rolename"] = json!(rolename);
+            self.must("update", &object, add).await?;
+            wrote = true;
+        }
+        Ok(wrote)
+    }
+
+    async fn set_enabled(&self, username: &str, enabled: bool) -> Result<(), BackendError> {
+        let (command, operation) = if enabled { ("enableClient", "enable") } else { ("disableClient", "disable") };
+        self.must(operation, &format!("client {username}"), json!({"command": command, "username": username}))
+            .await
+            .map(|_| ())
+    }
+
+    async fn owned_client(&self, username: &str, operation: &'static str) -> Result<Option<Value>, BackendError> {
+        match self.get_client(username).await? {
+            None => Ok(None),
+            Some(c) if is_ours(&c) => Ok(Some(c)),
+            Some(_) => Err(BackendError::Foreign { system: SYSTEM, operation, object: format!("client {username}") }),
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for MosquittoClient {
+    fn system(&self) -> System {
+        SYSTEM
+    }
+
+    fn supports(&self, mode: AuthMode) -> bool {
+        mode == AuthMode::Usrpw
+    }
+
+    async fn ensure_user(&self, grant: &UserGrant) -> Result<Outcome, BackendError> {
+        let username = &grant.username;
+        let object = format!("client {username}");
+        let desired = desired_acls(&grant.topics).map_err(|e| rejected("grant", &object, &e))?;
+        let existing = self.get_client(username).await?;
+        if let Some(client) = &existing
+            && !is_ours(client)
+        {
+            return Err(BackendError::Foreign { system: SYSTEM, operation: "update", object });
+        }
+        let role_wrote = self.ensure_role(username, &desired, &grant.owner).await?;
+        let Some(client) = existing else {
+            let create = json!({"command": "createClient", "username": username, "password": grant.password.expose_secret(),
+                                "textname": "mqtt-dsp-operator identity", "textdescription": marker(&grant.owner),
+                                "roles": [{"rolename": username}]});
+            match self.command("create", &object, create).await? {
+                Answer::Ok(_) => {}
+                Answer::Exists => return Box::pin(self.ensure_user(grant)).await,
+                Answer::NotFound => return Err(rejected("create", &object, "not found")),
+                Answer::Error(e) => return Err(rejected("create", &object, &e)),
+            }
+            if !grant.enabled {
+                self.set_enabled(username, false).await?;
+            }
+            return Ok(Outcome::Created);
+        };
+        let mut wrote = role_wrote;
+        let has_role = client
+            .get("roles")
+            .and_then(Value::as_array)
+            .is_some_and(|roles| roles.iter().any(|r| r.get("rolename").and_then(Value::as_str) == Some(username)));
+        if !has_role {
+            let add = json!({"command": "addClientRole", "username": username, "rolename": username});
+            self.must("update", &object, add).await?;
+            wrote = true;
+        }
+        let disabled = client.get("disabled").and_then(Value::as_bool).unwrap_or(false);
+        if disabled == grant.enabled {
+            self.set_enabled(username, grant.enabled).await?;
+            wrote = true;
+        }
+        Ok(if wrote { Outcome::Updated } else { Outcome::Unchanged })
+    }
+
+    async fn set_password(
+        &self,
+        username: &str,
+        password: &SecretString,
+        _owner: &Owner,
+    ) -> Result<Outcome, BackendError> {
+        let object = format!("client {username}");
+        if self.owned_client(username, "set the password of").await?.is_none() {
+            return Err(rejected("set the password of", &object, "not found"));
+        }
+        let set = json!({"command": "setClientPassword", "username": username, "password": password.expose_secret()});
+        self.must("set the password of", &object, set).await?;
+        Ok(Outcome::Updated)
+    }
+
+    async fn remove_user(&self, username: &str, _owner: &Owner) -> Result<Outcome, BackendError> {
+        let mut outcome = Outcome::Absent;
+        if self.owned_client(username, "delete").await?.is_some() {
+            // deleteClient also closes the client's live sessions.
+            self.must(
+                "delete",
+                &format!("client {username}"),
+                json!({"command": "deleteClient", "username": username}),
+            )
+            .await?;
+            outcome = Outcome::Deleted;
+        }
+        match self.get_role(username).await? {
+            Some(role) if is_ours(&role) => {
+                self.must(
+                    "delete",
+                    &format!("role {username}"),
+                    json!({"command": "deleteRole", "rolename": username}),
+                )
+                .await?;
+                outcome = Outcome::Deleted;
+            }
+            Some(_) => {
+                return Err(BackendError::Foreign {
+                    system: SYSTEM,
+                    operation: "delete",
+                    object: format!("role {username}"),
+                });
+            }
+            None => {}
+        }
+        Ok(outcome)
+    }
+
+    async fn disconnect(&self, identity: &str) -> Result<u32, BackendError> {
+        // Dynamic security has no "kick": disabling a client closes its sessions; a client that
+        // was enabled is enabled again right after.
+        let Some(client) = self.owned_client(identity, "disconnect").await? else { return Ok(0) };
+        if client.get("disabled").and_then(Value::as_bool).unwrap_or(false) {
+            return Ok(0);
+        }
+        self.set_enabled(identity, false).await?;
+        self.set_enabled(identity, true).await?;
+        Ok(1)
+    }
+
+    fn token_requirements(&self, _topics: &[String]) -> Result<TokenRequirements, BackendError> {
+        Err(BackendError::Unsupported {
+            system: SYSTEM,
+            what: "check a JWT in the MQTT CONNECT password (it needs a third-party plugin): use auth.mode usrpw, \
+                   or a RabbitMQ or EMQX broker profile"
+                .into(),
+        })
+    }
+}
+
+/// One ACL entry of a role.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Acl {
+    acltype: String,
+    topic: String,
+    allow: bool,
+}
+
+impl Acl {
+    fn to_json(&self) -> Value {
+        json!({"acltype": self.acltype, "topic": self.topic, "allow": self.allow, "priority": 0})
+    }
+
+    fn from_json(v: &Value) -> Option<Self> {
+        Some(Self {
+            acltype: v.get("acltype")?.as_str()?.to_owned(),
+            topic: v.get("topic")?.as_str()?.to_owned(),
+            allow: v.get("allow").and_then(Value::as_bool).unwrap_or(false),
+        })
+    }
+}
+
+/// Read-only access to `topics`: subscribe and receive allowed, publishing denied everywhere.
+/// `%` is refused: in `subscribePattern` ACLs Mosquitto substitutes `%c` and `%u`.
+fn desired_acls(topics: &[String]) -> Result<BTreeSet<Acl>, String> {
+    let mut acls = BTreeSet::new();
+    for topic in topics {
+        if topic.contains('%') {
+            return Err(format!("topic filter {topic:?} contains '%', which Mosquitto ACLs treat as a substitution"));
+        }
+        for acltype in ["subscribePattern", "publishClientReceive"] {
+            acls.insert(Acl { acltype: acltype.into(), topic: topic.clone(), allow: true });
+        }
+    }
+    acls.insert(Acl { acltype: "publishClientSend".into(), topic: "#".into(), allow: false });
+    Ok(acls)
+}
+
+fn marker(owner: &Owner) -> String {
+    format!("{OWNER_KEY}={OWNER_VALUE} {OWNER_RESOURCE_KEY}={}", owner.marker())
+}
+
+fn is_ours(object: &Value) -> bool {
+    object
+        .get("textdescription")
+        .and_then(Value::as_str)
+        .is_some_and(|d| d.split_whitespace().any(|w| w == format!("{OWNER_KEY}={OWNER_VALUE}")))
+}
+
+fn rejected(operation: &'static str, object: &str, message: &str) -> BackendError {
+    BackendError::Rejected {
+        system: SYSTEM,
+        operation,
+        object: object.to_owned(),
+        status: 0,
+        message: message.to_owned(),
+    }
+}
+
+fn tls_config(ca_bundle_pem: Option<&str>) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::CertificateDer;
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    match ca_bundle_pem {
+        Some(pem) => {
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                let cert = cert.map_err(|e| format!("CA bundle is not PEM: {e}"))?;
+                roots.add(cert).map_err(|e| format!("CA bundle holds an unusable certificate: {e}"))?;
+            }
+        }
+        None => {
+            for cert in rustls_native_certs::load_native_certs().certs {
+                let _ = roots.add(cert);
+            }
+        }
+    }
+    if roots.is_empty() {
+        return Err("no CA certificate to verify the broker with".into());
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
+}
+
+/// Drives the MQTT connection: (re)subscribes to the response topic after every connect, routes
+/// answers to their waiting callers, and reconnects after errors with a pause.
+async fn drive(mut eventloop: EventLoop, client: AsyncClient, pending: Pending, ready: watch::Sender<Link>) {
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                if let Err(e) = client.try_subscribe(RESPONSE_TOPIC, QoS::AtLeastOnce) {
+                    warn!("mosquitto admin: cannot subscribe to the response topic: {e}");
+                }
+            }
+            Ok(Event::Incoming(Packet::SubAck(_))) => {
+                let _ = ready.send(Link::Ready);
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) if p.topic == RESPONSE_TOPIC => {
+                let Ok(body) = serde_json::from_slice::<Value>(&p.payload) else { continue };
+                let mut waiting = pending.lock().await;
+                for response in body.get("responses").and_then(Value::as_array).into_iter().flatten() {
+                    if let Some(id) = response.get("correlationData").and_then(Value::as_str)
+                        && let Some(tx) = waiting.remove(id)
+                    {
+                        let _ = tx.send(response.clone());
+                    }
+                }
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let refused = matches!(
+                    e,
+                    rumqttc::ConnectionError::ConnectionRefused(
+                        rumqttc::ConnectReturnCode::BadUserNamePassword | rumqttc::ConnectReturnCode::NotAuthorized
+                    )
+                );
+                let _ = ready.send(if refused { Link::Refused } else { Link::Down });
+                // The error names the connection problem (refused, TLS, I/O), never credentials.
+                debug!("mosquitto admin connection: {e}");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_only_acls_deny_publishing() {
+        let acls = desired_acls(&["a/+/b".into(), "c/#".into()]).unwrap();
+        assert!(acls.contains(&Acl { acltype: "publishClientSend".into(), topic: "#".into(), allow: false }));
+        assert!(acls.contains(&Acl { acltype: "subscribePattern".into(), topic: "a/+/b".into(), allow: true }));
+        assert!(acls.contains(&Acl { acltype: "publishClientReceive".into(), topic: "c/#".into(), allow: true }));
+        assert_eq!(acls.len(), 5);
+        assert!(acls.iter().all(|a| a.acltype != "publishClientSend" || !a.allow));
+    }
+
+    #[test]
+    fn percent_signs_are_refused() {
+        assert!(desired_acls(&["a/%u".into()]).is_err());
+    }
+
+    #[test]
+    fn ownership_is_read_from_the_description() {
+        let owner = Owner { kind: "MqttTransfer".into(), namespace: "ns".into(), name: "t".into() };
+        assert!(is_ours(&json!({"textdescription": marker(&owner)})));
+        assert!(!is_ours(&json!({"textdescription": "someone else's"})));
+        assert!(!is_ours(&json!({})));
+    }
+}

@@ -1,0 +1,67 @@
+//! Launchers for the real brokers the tests run against: Mosquitto and RabbitMQ from Debian's
+//! packages (`.ci/run` installs them). Each listens on free loopback ports with TLS from the
+//! run's [`TestCa`](crate::tls::TestCa), is started once per test binary, and is stopped by PID:
+//! on drop, and by a watchdog when the test process ends without dropping it.
+
+pub mod mosquitto;
+pub mod rabbitmq;
+
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (bound and released; the broker binds it right after).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free port")
+}
+
+/// Waits until something accepts TCP connections on 127.0.0.1:`port`.
+pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    false
+}
+
+/// Starts `program args…` with output to `log`, under a watchdog shell that kills it when this
+/// process is gone (so a test binary that exits never leaves a broker behind).
+pub fn spawn_watched(program: &str, args: &[&str], envs: &[(&str, String)], log: &Path) -> std::io::Result<Child> {
+    let quoted: Vec<String> = std::iter::once(program).chain(args.iter().copied()).map(shell_quote).collect();
+    let script = format!(
+        "{} & child=$!; trap 'kill $child 2>/dev/null; exit 0' TERM INT; \
+         while kill -0 {} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 1; done; \
+         kill $child 2>/dev/null; sleep 1; kill -9 $child 2>/dev/null; wait $child 2>/dev/null",
+        quoted.join(" "),
+        std::process::id()
+    );
+    let log_file = std::fs::File::create(log)?;
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c").arg(script).stdin(Stdio::null()).stdout(log_file.try_clone()?).stderr(log_file);
+    for (k, v) in envs {
+        cmd.env(k, v);
+    }
+    cmd.spawn()
+}
+
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Stops a watched process: TERM to the watchdog, which stops its child.
+pub fn stop_watched(child: &mut Child) {
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}

@@ -1,0 +1,189 @@
+//! The Mosquitto client against a real Mosquitto 2 (Debian's package) with dynamic security:
+//! a consumer provisioned through our client connects over mqtts and wss, receives on its topic,
+//! is denied elsewhere and cannot publish, is cut off by suspend, comes back after resume, and is
+//! locked out after removal. Objects the operator did not create are never touched.
+
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use e2e::brokers::mosquitto::{ADMIN_PASSWORD, Mosquitto, PUBLISHER_PASSWORD};
+use e2e::consumer::{ConnectError, Consumer, ConsumerOptions};
+use e2e::tls::TestCa;
+use mqtt_dsp_operator::api::AuthMode;
+use mqtt_dsp_operator::backends::broker::mosquitto::{MosquittoClient, MosquittoSettings};
+use mqtt_dsp_operator::backends::broker::{Broker, UserGrant};
+use mqtt_dsp_operator::backends::{BackendError, Outcome, Owner, SecretString};
+
+/// One broker per test binary (its watchdog stops it when the binary exits).
+fn broker() -> &'static Mosquitto {
+    static BROKER: OnceLock<Mosquitto> = OnceLock::new();
+    BROKER.get_or_init(|| {
+        mqtt_dsp_operator::install_crypto_provider();
+        let ca = TestCa::new();
+        Mosquitto::start(&ca).unwrap_or_else(|e| panic!("{e}"))
+    })
+}
+
+fn admin(password: &str) -> MosquittoClient {
+    let b = broker();
+    MosquittoClient::connect(&MosquittoSettings {
+        admin_url: b.mqtts_url().parse().unwrap(),
+        username: "admin".into(),
+        password: SecretString::from(password.to_owned()),
+        ca_bundle_pem: Some(b.ca_pem.clone()),
+        timeout: Duration::from_secs(3),
+        client_id: format!("operator-{}", uuid::Uuid::new_v4()),
+    })
+    .unwrap()
+}
+
+fn owner(name: &str) -> Owner {
+    Owner { kind: "MqttTransfer".into(), namespace: "dataspace".into(), name: name.into() }
+}
+
+fn grant(username: &str, topics: &[&str], enabled: bool) -> UserGrant {
+    UserGrant {
+        username: username.into(),
+        password: SecretString::from(format!("{username}-password-0123456789")),
+        topics: topics.iter().map(|t| t.to_string()).collect(),
+        enabled,
+        owner: owner(username),
+    }
+}
+
+fn options(url: String, username: &str, password: &str) -> ConsumerOptions {
+    ConsumerOptions {
+        url,
+        username: username.into(),
+        password: password.into(),
+        ca_pem: broker().ca_pem.clone(),
+        client_id: format!("{username}-{}", uuid::Uuid::new_v4()),
+    }
+}
+
+async fn consumer(username: &str, url: String) -> Result<Consumer, ConnectError> {
+    Consumer::connect(&options(url, username, &format!("{username}-password-0123456789"))).await
+}
+
+async fn publish(topic: &str, payload: &str) {
+    let publisher = Consumer::connect(&options(broker().mqtts_url(), "publisher", PUBLISHER_PASSWORD)).await.unwrap();
+    assert!(publisher.publish(topic, payload.as_bytes()).await);
+    // Give the QoS 1 publish time to leave before the connection is dropped.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+fn dynsec_state() -> String {
+    std::fs::read_to_string(broker().dir.join("dynamic-security.json")).unwrap()
+}
+
+#[tokio::test]
+async fn a_provisioned_consumer_reads_its_topics_over_mqtts_and_wss_and_nothing_else() {
+    let admin = admin(ADMIN_PASSWORD);
+    assert_eq!(admin.ensure_user(&grant("consumer-a", &["factory/line-1/#"], true)).await.unwrap(), Outcome::Created);
+
+    for url in [broker().mqtts_url(), broker().wss_url()] {
+        let mut c = consumer("consumer-a", url.clone()).await.unwrap_or_else(|e| panic!("{url}: {e:?}"));
+        assert!(c.subscribe("factory/line-1/temperature").await, "{url}: own topic denied");
+        publish("factory/line-1/temperature", "21.5").await;
+        let (topic, payload) = c.next_message(Duration::from_secs(3)).await.expect("message on own topic");
+        assert_eq!((topic.as_str(), payload.as_slice()), ("factory/line-1/temperature", b"21.5".as_slice()));
+        assert!(!c.subscribe("factory/line-2/temperature").await, "{url}: foreign topic granted");
+        assert!(!c.subscribe("#").await, "{url}: wildcard over everything granted");
+    }
+
+    // Read-only: what the consumer publishes never reaches a subscriber.
+    let mut c = consumer("consumer-a", broker().mqtts_url()).await.unwrap();
+    assert!(c.subscribe("factory/line-1/#").await);
+    assert!(c.publish("factory/line-1/injected", b"evil").await);
+    assert_eq!(c.next_message(Duration::from_secs(1)).await, None, "a consumer's publish was delivered");
+}
+
+#[tokio::test]
+async fn a_second_identical_ensure_writes_nothing_and_a_change_is_applied() {
+    let admin = admin(ADMIN_PASSWORD);
+    let g = grant("consumer-idem", &["plant/press/+/events"], true);
+    assert_eq!(admin.ensure_user(&g).await.unwrap(), Outcome::Created);
+    let before = dynsec_state();
+    assert_eq!(admin.ensure_user(&g).await.unwrap(), Outcome::Unchanged);
+    assert_eq!(dynsec_state(), before, "the dynamic-security state changed on a no-op ensure");
+
+    let changed = grant("consumer-idem", &["plant/press/status"], true);
+    assert_eq!(admin.ensure_user(&changed).await.unwrap(), Outcome::Updated);
+    let mut c = consumer("consumer-idem", broker().mqtts_url()).await.unwrap();
+    assert!(c.subscribe("plant/press/status").await);
+    assert!(!c.subscribe("plant/press/7/events").await, "the removed topic is still granted");
+}
+
+#[tokio::test]
+async fn suspend_cuts_the_consumer_off_within_a_second_and_resume_lets_it_back() {
+    let admin = admin(ADMIN_PASSWORD);
+    let topics = ["line/3/#"];
+    admin.ensure_user(&grant("consumer-s", &topics, true)).await.unwrap();
+    let mut live = consumer("consumer-s", broker().mqtts_url()).await.unwrap();
+    assert!(live.subscribe("line/3/speed").await);
+
+    assert_eq!(admin.ensure_user(&grant("consumer-s", &topics, false)).await.unwrap(), Outcome::Updated);
+    let took = live.wait_disconnected(Duration::from_secs(1)).await.expect("still connected 1 s after suspend");
+    assert!(took <= Duration::from_secs(1));
+    assert!(matches!(consumer("consumer-s", broker().mqtts_url()).await, Err(ConnectError::Refused(_))));
+    assert_eq!(admin.ensure_user(&grant("consumer-s", &topics, false)).await.unwrap(), Outcome::Unchanged);
+
+    assert_eq!(admin.ensure_user(&grant("consumer-s", &topics, true)).await.unwrap(), Outcome::Updated);
+    let mut back = consumer("consumer-s", broker().wss_url()).await.expect("reconnect after resume");
+    assert!(back.subscribe("line/3/speed").await);
+}
+
+#[tokio::test]
+async fn removal_locks_the_consumer_out_and_is_idempotent() {
+    let admin = admin(ADMIN_PASSWORD);
+    admin.ensure_user(&grant("consumer-r", &["r/#"], true)).await.unwrap();
+    let mut live = consumer("consumer-r", broker().mqtts_url()).await.unwrap();
+    assert!(live.subscribe("r/1").await);
+    assert_eq!(admin.remove_user("consumer-r", &owner("consumer-r")).await.unwrap(), Outcome::Deleted);
+    assert!(live.wait_disconnected(Duration::from_secs(1)).await.is_some(), "still connected after removal");
+    assert!(matches!(consumer("consumer-r", broker().mqtts_url()).await, Err(ConnectError::Refused(_))));
+    assert_eq!(admin.remove_user("consumer-r", &owner("consumer-r")).await.unwrap(), Outcome::Absent);
+    assert!(!dynsec_state().contains("\"consumer-r\""), "a client or role of the consumer remains");
+}
+
+#[tokio::test]
+async fn objects_the_operator_did_not_create_are_never_touched() {
+    let admin = admin(ADMIN_PASSWORD);
+    let before = dynsec_state();
+    let e = admin.ensure_user(&grant("publisher", &["x/#"], true)).await.unwrap_err();
+    assert!(matches!(e, BackendError::Foreign { .. }), "{e}");
+    let e = admin.remove_user("publisher", &owner("publisher")).await.unwrap_err();
+    assert!(matches!(e, BackendError::Foreign { .. }), "{e}");
+    let e = admin.disconnect("admin").await.unwrap_err();
+    assert!(matches!(e, BackendError::Foreign { .. }), "{e}");
+    assert_eq!(dynsec_state(), before);
+}
+
+#[tokio::test]
+async fn oauth2_is_refused_with_a_reason_a_user_can_act_on() {
+    let admin = admin(ADMIN_PASSWORD);
+    assert!(!admin.supports(AuthMode::Oauth2) && admin.supports(AuthMode::Usrpw));
+    let e = admin.token_requirements(&["a/#".into()]).unwrap_err();
+    assert!(matches!(e, BackendError::Unsupported { .. }));
+    assert!(e.to_string().contains("use auth.mode usrpw"), "{e}");
+}
+
+#[tokio::test]
+async fn wrong_admin_credentials_are_reported_as_such_without_the_password() {
+    let admin = admin("not-the-admin-password");
+    let e = admin.ensure_user(&grant("consumer-x", &["x/#"], true)).await.unwrap_err();
+    assert!(matches!(e, BackendError::Unauthorized { .. }), "{e}");
+    assert!(!e.to_string().contains("not-the-admin-password") && !format!("{e:?}").contains("not-the-admin-password"));
+    assert!(!e.to_string().contains("consumer-x-password"), "{e}");
+}
+
+#[tokio::test]
+async fn a_password_can_be_rotated() {
+    let admin = admin(ADMIN_PASSWORD);
+    admin.ensure_user(&grant("consumer-p", &["p/#"], true)).await.unwrap();
+    let new = SecretString::from("a-brand-new-password-0987654321".to_owned());
+    assert_eq!(admin.set_password("consumer-p", &new, &owner("consumer-p")).await.unwrap(), Outcome::Updated);
+    assert!(matches!(consumer("consumer-p", broker().mqtts_url()).await, Err(ConnectError::Refused(_))));
+    let c = Consumer::connect(&options(broker().mqtts_url(), "consumer-p", "a-brand-new-password-0987654321")).await;
+    assert!(c.is_ok());
+}
