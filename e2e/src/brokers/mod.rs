@@ -29,15 +29,24 @@ pub fn wait_for_port(port: u16, timeout: Duration) -> bool {
 }
 
 /// Starts `program args…` with output to `log`, under a watchdog shell that kills it when this
-/// process is gone (so a test binary that exits never leaves a broker behind).
-pub fn spawn_watched(program: &str, args: &[&str], envs: &[(&str, String)], log: &Path) -> std::io::Result<Child> {
+/// process is gone (so a test binary that exits never leaves a broker behind). `cleanup` is a
+/// shell command run after the program has stopped (may be empty).
+pub fn spawn_watched(
+    program: &str,
+    args: &[&str],
+    envs: &[(&str, String)],
+    log: &Path,
+    cleanup: &str,
+) -> std::io::Result<Child> {
     let quoted: Vec<String> = std::iter::once(program).chain(args.iter().copied()).map(shell_quote).collect();
     let script = format!(
-        "{} & child=$!; trap 'kill $child 2>/dev/null; exit 0' TERM INT; \
-         while kill -0 {} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 1; done; \
-         kill $child 2>/dev/null; sleep 1; kill -9 $child 2>/dev/null; wait $child 2>/dev/null",
+        "stop() {{ kill $child 2>/dev/null; i=0; while kill -0 $child 2>/dev/null && [ $i -lt 100 ]; do sleep 0.1; i=$((i+1)); done; \
+         kill -9 $child 2>/dev/null; wait $child 2>/dev/null; {cleanup} true; }}; \
+         {} & child=$!; trap 'stop; exit 0' TERM INT; \
+         while kill -0 {} 2>/dev/null && kill -0 $child 2>/dev/null; do sleep 1; done; stop",
         quoted.join(" "),
-        std::process::id()
+        std::process::id(),
+        cleanup = if cleanup.is_empty() { String::new() } else { format!("{cleanup};") }
     );
     let log_file = std::fs::File::create(log)?;
     let mut cmd = Command::new("sh");
@@ -55,7 +64,7 @@ fn shell_quote(s: &str) -> String {
 /// Stops a watched process: TERM to the watchdog, which stops its child.
 pub fn stop_watched(child: &mut Child) {
     let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-    let deadline = Instant::now() + Duration::from_secs(10);
+    let deadline = Instant::now() + Duration::from_secs(15);
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
             return;

@@ -95,8 +95,13 @@ impl Mosquitto {
         );
         std::fs::write(dir.join("mosquitto.conf"), config)?;
         let conf = dir.join("mosquitto.conf");
-        let mut child =
-            spawn_watched("/usr/sbin/mosquitto", &["-c", &conf.to_string_lossy()], &[], &dir.join("mosquitto.log"))?;
+        let mut child = spawn_watched(
+            "/usr/sbin/mosquitto",
+            &["-c", &conf.to_string_lossy()],
+            &[],
+            &dir.join("mosquitto.log"),
+            "",
+        )?;
         let up = wait_for_port(mqtts_port, Duration::from_secs(10)) && wait_for_port(wss_port, Duration::from_secs(5));
         if !up {
             stop_watched(&mut child);

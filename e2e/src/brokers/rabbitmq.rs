@@ -1,1 +1,169 @@
-//! Placeholder
+//! Real RabbitMQ 3.10 (Debian's package) with the MQTT, Web MQTT, management and OAuth 2.0
+//! plugins: an `mqtts` listener, a `wss` listener and the management API over HTTPS, all on
+//! loopback with certificates from the run's CA. Usernames and passwords come from the internal
+//! database; JWTs are checked against an HTTPS JWKS (the Keycloak double's) when one is given.
+//!
+//! Startup takes 10–30 s, so one broker serves a whole test binary.
+
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::Duration;
+
+use super::mosquitto::LaunchError;
+use super::{free_port, spawn_watched, stop_watched, wait_for_port};
+use crate::tls::TestCa;
+
+const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
+
+/// Admin user of the management API.
+pub const ADMIN_USER: &str = "admin";
+/// Its password.
+pub const ADMIN_PASSWORD: &str = "dev-stack-rabbitmq-admin-password";
+
+/// OAuth 2.0 settings of the broker.
+#[derive(Clone, Debug)]
+pub struct OAuthSettings {
+    /// HTTPS URL of the identity provider's JWKS.
+    pub jwks_url: String,
+    /// `auth_oauth2.resource_server_id`: the audience tokens must carry, the prefix of scopes.
+    pub resource_server_id: String,
+    /// `auth_oauth2.additional_scopes_key`: a claim whose values count as scopes.
+    pub additional_scopes_key: String,
+}
+
+/// A running RabbitMQ.
+pub struct RabbitMq {
+    /// MQTT over TLS.
+    pub mqtts_port: u16,
+    /// MQTT over WebSocket Secure (path `/ws`).
+    pub wss_port: u16,
+    /// Management API over HTTPS.
+    pub management_port: u16,
+    /// The CA (PEM) that signed the listeners' certificate.
+    pub ca_pem: String,
+    /// Working directory.
+    pub dir: PathBuf,
+    epmd_port: u16,
+    child: Child,
+    _tmp: tempfile::TempDir,
+}
+
+impl RabbitMq {
+    /// Whether RabbitMQ and its plugins are installed here.
+    pub fn installed() -> Result<(), LaunchError> {
+        if !std::path::Path::new(SERVER).exists() {
+            return Err(LaunchError::NotInstalled(format!("{SERVER} is missing")));
+        }
+        Ok(())
+    }
+
+    /// Starts RabbitMQ with certificates from `ca` and, when given, OAuth 2.0.
+    pub fn start(ca: &TestCa, oauth: Option<&OAuthSettings>) -> Result<Self, LaunchError> {
+        Self::installed()?;
+        let tmp = tempfile::Builder::new().prefix("dev-stack-rabbitmq-").tempdir()?;
+        let dir = tmp.path().to_owned();
+        let cert = ca.server_cert(&[]);
+        std::fs::write(dir.join("server.crt"), &cert.cert_pem)?;
+        std::fs::write(dir.join("server.key"), &cert.key_pem)?;
+        std::fs::write(dir.join("ca.crt"), ca.cert_pem())?;
+        let (mqtts_port, wss_port, ws_port, management_port, dist_port, epmd_port) =
+            (free_port(), free_port(), free_port(), free_port(), free_port(), free_port());
+        let d = dir.display();
+        let mut config = format!(
+            "# dev-stack RabbitMQ (generated)\n\
+             listeners.tcp = none\n\
+             loopback_users = none\n\
+             default_user = {ADMIN_USER}\ndefault_pass = {ADMIN_PASSWORD}\n\
+             mqtt.listeners.tcp = none\n\
+             mqtt.listeners.ssl.default = 127.0.0.1:{mqtts_port}\n\
+             mqtt.allow_anonymous = false\n\
+             ssl_options.cacertfile = {d}/ca.crt\nssl_options.certfile = {d}/server.crt\nssl_options.keyfile = {d}/server.key\n\
+             ssl_options.verify = verify_none\nssl_options.fail_if_no_peer_cert = false\n\
+             web_mqtt.tcp.ip = 127.0.0.1\nweb_mqtt.tcp.port = {ws_port}\n\
+             web_mqtt.ssl.ip = 127.0.0.1\nweb_mqtt.ssl.port = {wss_port}\n\
+             web_mqtt.ssl.certfile = {d}/server.crt\nweb_mqtt.ssl.keyfile = {d}/server.key\nweb_mqtt.ssl.cacertfile = {d}/ca.crt\n\
+             management.ssl.ip = 127.0.0.1\nmanagement.ssl.port = {management_port}\n\
+             management.ssl.certfile = {d}/server.crt\nmanagement.ssl.keyfile = {d}/server.key\nmanagement.ssl.cacertfile = {d}/ca.crt\n"
+        );
+        match oauth {
+            Some(o) => config.push_str(&format!(
+                "auth_backends.1 = rabbit_auth_backend_oauth2\nauth_backends.2 = internal\n\
+                 auth_oauth2.resource_server_id = {}\nauth_oauth2.additional_scopes_key = {}\n\
+                 auth_oauth2.jwks_url = {}\nauth_oauth2.https.cacertfile = {d}/ca.crt\n\
+                 auth_oauth2.https.peer_verification = verify_peer\n",
+                o.resource_server_id, o.additional_scopes_key, o.jwks_url
+            )),
+            None => config.push_str("auth_backends.1 = internal\n"),
+        }
+        std::fs::write(dir.join("rabbitmq.conf"), config)?;
+        std::fs::write(
+            dir.join("enabled_plugins"),
+            "[rabbitmq_mqtt,rabbitmq_web_mqtt,rabbitmq_management,rabbitmq_auth_backend_oauth2].\n",
+        )?;
+        let env = |k: &'static str, v: String| (k, v);
+        let envs = [
+            env("HOME", d.to_string()),
+            env("RABBITMQ_NODENAME", format!("rabbit-devstack-{mqtts_port}@localhost")),
+            env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1".into()),
+            env("RABBITMQ_DIST_PORT", dist_port.to_string()),
+            // Distribution and epmd on loopback only.
+            env("RABBITMQ_SERVER_ADDITIONAL_ERL_ARGS", "-kernel inet_dist_use_interface {127,0,0,1}".into()),
+            env("ERL_EPMD_ADDRESS", "127.0.0.1".into()),
+            env("ERL_EPMD_PORT", epmd_port.to_string()),
+            env("RABBITMQ_MNESIA_BASE", format!("{d}/mnesia")),
+            env("RABBITMQ_LOG_BASE", format!("{d}/log")),
+            env("RABBITMQ_CONFIG_FILE", format!("{d}/rabbitmq.conf")),
+            env("RABBITMQ_ENABLED_PLUGINS_FILE", format!("{d}/enabled_plugins")),
+            env("RABBITMQ_PLUGINS_EXPAND_DIR", format!("{d}/plugins-expand")),
+            env("RABBITMQ_PID_FILE", format!("{d}/rabbitmq.pid")),
+            env("RABBITMQ_LOGS", "-".into()),
+        ];
+        // When the watchdog stops the node, it also stops the epmd the node started.
+        let cleanup = format!("ERL_EPMD_PORT={epmd_port} epmd -kill >/dev/null 2>&1");
+        let child = spawn_watched(SERVER, &[], &envs, &dir.join("rabbitmq.log"), &cleanup)?;
+        let up = wait_for_port(management_port, Duration::from_secs(90))
+            && wait_for_port(mqtts_port, Duration::from_secs(10))
+            && wait_for_port(wss_port, Duration::from_secs(10));
+        let broker =
+            Self { mqtts_port, wss_port, management_port, ca_pem: ca.cert_pem(), dir, epmd_port, child, _tmp: tmp };
+        if !up {
+            let log = broker.log();
+            drop(broker);
+            return Err(LaunchError::Failed(format!("listeners did not open within 90 s; log:\n{log}")));
+        }
+        Ok(broker)
+    }
+
+    /// `mqtts://127.0.0.1:<port>`.
+    pub fn mqtts_url(&self) -> String {
+        format!("mqtts://127.0.0.1:{}", self.mqtts_port)
+    }
+
+    /// `wss://127.0.0.1:<port>/ws` (RabbitMQ's Web MQTT path).
+    pub fn wss_url(&self) -> String {
+        format!("wss://127.0.0.1:{}/ws", self.wss_port)
+    }
+
+    /// `https://127.0.0.1:<port>`: the management API.
+    pub fn management_url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.management_port)
+    }
+
+    /// The broker's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("rabbitmq.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for RabbitMq {
+    fn drop(&mut self) {
+        stop_watched(&mut self.child);
+        // epmd outlives the node; stop the one this broker started.
+        let _ = std::process::Command::new("epmd")
+            .arg("-kill")
+            .env("ERL_EPMD_PORT", self.epmd_port.to_string())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status();
+    }
+}
