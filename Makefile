@@ -21,8 +21,12 @@ fmt-check:
 lint: ## clippy on every target, warnings are errors
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
-unit: ## All tests of the workspace
-	$(CARGO) test --workspace --locked
+TEST_LOG := $(CURDIR)/target/test-logs/tracing.log
+
+unit: ## All tests of the workspace, then a check that no secret reached a log line
+	rm -rf target/test-logs && mkdir -p target/test-logs
+	MQTT_DSP_TEST_LOG=$(TEST_LOG) $(CARGO) test --workspace --locked
+	e2e/check-log-secrets.sh $(TEST_LOG)
 
 crds: ## Regenerate crds/*.yaml and docs/crd-reference.md from the Rust types
 	$(CARGO) run -q -p mqtt-dsp-operator -- crdgen --out crds

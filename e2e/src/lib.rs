@@ -7,5 +7,6 @@
 pub mod brokers;
 pub mod consumer;
 pub mod doubles;
+pub mod logs;
 pub mod schema;
 pub mod tls;

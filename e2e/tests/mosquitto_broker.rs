@@ -19,6 +19,10 @@ fn broker() -> &'static Mosquitto {
     static BROKER: OnceLock<Mosquitto> = OnceLock::new();
     BROKER.get_or_init(|| {
         mqtt_dsp_operator::install_crypto_provider();
+        e2e::logs::init();
+        e2e::logs::register_secret(ADMIN_PASSWORD);
+        e2e::logs::register_secret(PUBLISHER_PASSWORD);
+
         let ca = TestCa::new();
         Mosquitto::start(&ca).unwrap_or_else(|e| panic!("{e}"))
     })
@@ -42,6 +46,7 @@ fn owner(name: &str) -> Owner {
 }
 
 fn grant(username: &str, topics: &[&str], enabled: bool) -> UserGrant {
+    e2e::logs::register_secret(&format!("{username}-password-0123456789"));
     UserGrant {
         username: username.into(),
         password: SecretString::from(format!("{username}-password-0123456789")),

@@ -18,6 +18,9 @@ fn broker() -> &'static RabbitMq {
     static BROKER: OnceLock<RabbitMq> = OnceLock::new();
     BROKER.get_or_init(|| {
         mqtt_dsp_operator::install_crypto_provider();
+        e2e::logs::init();
+        e2e::logs::register_secret(ADMIN_PASSWORD);
+
         RabbitMq::start(&TestCa::new(), None).unwrap_or_else(|e| panic!("{e}"))
     })
 }
@@ -42,6 +45,7 @@ fn owner(name: &str) -> Owner {
 }
 
 fn grant(username: &str, topics: &[&str], enabled: bool) -> UserGrant {
+    e2e::logs::register_secret(&format!("{username}-password-0123456789"));
     UserGrant {
         username: username.into(),
         password: SecretString::from(format!("{username}-password-0123456789")),
