@@ -310,11 +310,20 @@ pub struct RabbitmqSettings {
     /// their scopes. Default: `rabbitmq`.
     #[serde(default = "default_resource_server_id")]
     pub resource_server_id: String,
+    /// `auth_oauth2.additional_scopes_key`: the token claim that carries consumers' scopes (the
+    /// broker must be configured with the same key). Default: `dsp_mqtt_scopes`.
+    #[serde(default = "default_additional_scopes_key")]
+    pub additional_scopes_key: String,
 }
 
 impl Default for RabbitmqSettings {
     fn default() -> Self {
-        Self { vhost: default_vhost(), exchange: default_exchange(), resource_server_id: default_resource_server_id() }
+        Self {
+            vhost: default_vhost(),
+            exchange: default_exchange(),
+            resource_server_id: default_resource_server_id(),
+            additional_scopes_key: default_additional_scopes_key(),
+        }
     }
 }
 
@@ -341,6 +350,9 @@ fn default_exchange() -> String {
 }
 fn default_resource_server_id() -> String {
     "rabbitmq".into()
+}
+fn default_additional_scopes_key() -> String {
+    "dsp_mqtt_scopes".into()
 }
 
 /// One problem in the configuration, with the path where it is.

@@ -30,6 +30,7 @@ use crate::api::AuthMode;
 use crate::backends::{
     BackendError, ExposeSecret, OWNER_KEY, OWNER_RESOURCE_KEY, OWNER_VALUE, Outcome, Owner, SecretString, System,
 };
+use crate::config::BrokerProfile;
 
 const CONTROL_TOPIC: &str = "$CONTROL/dynamic-security/v1";
 const RESPONSE_TOPIC: &str = "$CONTROL/dynamic-security/v1/response";
@@ -50,6 +51,26 @@ pub struct MosquittoSettings {
     pub timeout: Duration,
     /// MQTT client id of the admin connection (unique per operator replica).
     pub client_id: String,
+}
+
+impl MosquittoSettings {
+    /// Settings for a `type: mosquitto` broker profile, with its admin password and CA bundle
+    /// already read. `client_id` must be unique per operator replica (e.g. the pod name).
+    pub fn from_profile(
+        profile: &BrokerProfile,
+        password: SecretString,
+        ca_bundle_pem: Option<String>,
+        client_id: String,
+    ) -> Self {
+        Self {
+            admin_url: profile.admin_url.clone(),
+            username: profile.admin_username.clone(),
+            password,
+            ca_bundle_pem,
+            timeout: Duration::from_secs(profile.timeout_seconds),
+            client_id,
+        }
+    }
 }
 
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Value>>>>;

@@ -22,6 +22,7 @@ use crate::api::AuthMode;
 use crate::backends::http::{self, HttpSettings};
 use crate::backends::identity::HardcodedClaim;
 use crate::backends::{BackendError, ExposeSecret, OWNER_VALUE, Outcome, Owner, SecretString, System};
+use crate::config::BrokerProfile;
 
 const SYSTEM: System = System::Rabbitmq;
 
@@ -44,6 +45,24 @@ pub struct RabbitmqSettings {
     pub additional_scopes_key: String,
     /// Timeout and CA bundle.
     pub http: HttpSettings,
+}
+
+impl RabbitmqSettings {
+    /// Settings for a `type: rabbitmq` broker profile, with its admin password and CA bundle
+    /// already read.
+    pub fn from_profile(profile: &BrokerProfile, password: SecretString, ca_bundle_pem: Option<String>) -> Self {
+        let rabbit = profile.rabbitmq.clone().unwrap_or_default();
+        Self {
+            management_url: profile.admin_url.clone(),
+            username: profile.admin_username.clone(),
+            password,
+            vhost: rabbit.vhost,
+            exchange: rabbit.exchange,
+            resource_server_id: rabbit.resource_server_id,
+            additional_scopes_key: rabbit.additional_scopes_key,
+            http: HttpSettings { timeout: std::time::Duration::from_secs(profile.timeout_seconds), ca_bundle_pem },
+        }
+    }
 }
 
 /// The management API client.
