@@ -314,6 +314,13 @@ fn conflict(type_name: &str, id: &str) -> Response {
     error(StatusCode::CONFLICT, "ObjectConflict", format!("Object of type {type_name} with ID={id} already exists"))
 }
 
+/// A refusal on its way out of a parser; boxed because a `Response` is large.
+type Refused = Box<Response>;
+
+fn refuse(response: Response) -> Refused {
+    Box::new(response)
+}
+
 fn validation_failure(violations: Vec<Violation>) -> Response {
     errors(StatusCode::BAD_REQUEST, "ValidationFailure", violations)
 }
@@ -375,16 +382,16 @@ impl Context {
     }
 
     /// The request context the double insists on (see the module doc).
-    fn require_edc_vocab(body: &Map<String, Value>) -> Result<Context, Response> {
+    fn require_edc_vocab(body: &Map<String, Value>) -> Result<Context, Refused> {
         let ctx = Context::read(body.get("@context"));
         if ctx.vocab.as_deref() == Some(EDC_NAMESPACE) {
             Ok(ctx)
         } else {
-            Err(validation_failure(vec![violation(
+            Err(refuse(validation_failure(vec![violation(
                 format!("@context must declare \"@vocab\": \"{EDC_NAMESPACE}\""),
                 "@context",
                 body.get("@context").cloned(),
-            )]))
+            )])))
         }
     }
 
@@ -445,22 +452,26 @@ fn compact_iri(iri: &str) -> String {
     }
 }
 
-fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, Response> {
+fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, Refused> {
     let json_content = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("application/json"));
     if !json_content {
-        return Err(error(
+        return Err(refuse(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
             "InvalidRequest",
             "Content-Type must be application/json",
-        ));
+        )));
     }
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(error(StatusCode::BAD_REQUEST, "InvalidRequest", "Request body must be a JSON object")),
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, "InvalidRequest", format!("Request body is not valid JSON: {e}"))),
+        Ok(_) => Err(refuse(error(StatusCode::BAD_REQUEST, "InvalidRequest", "Request body must be a JSON object"))),
+        Err(e) => Err(refuse(error(
+            StatusCode::BAD_REQUEST,
+            "InvalidRequest",
+            format!("Request body is not valid JSON: {e}"),
+        ))),
     }
 }
 
@@ -532,7 +543,7 @@ fn mandatory_string(ctx: &Context, body: &Map<String, Value>, name: &str, violat
 // ---------------------------------------------------------------------------------------------
 // Assets
 
-fn parse_asset(app: &App, headers: &HeaderMap, body: &Bytes) -> Result<StoredAsset, Response> {
+fn parse_asset(app: &App, headers: &HeaderMap, body: &Bytes) -> Result<StoredAsset, Refused> {
     let body = parse_body(headers, body)?;
     let ctx = Context::require_edc_vocab(&body)?;
     let mut violations = Vec::new();
@@ -558,13 +569,13 @@ fn parse_asset(app: &App, headers: &HeaderMap, body: &Bytes) -> Result<StoredAss
         ));
     }
     if !violations.is_empty() {
-        return Err(validation_failure(violations));
+        return Err(refuse(validation_failure(violations)));
     }
     if app.config.flavour == Flavour::Factoryx && data_type == "Mqtt" {
         let problems = factoryx_mqtt_violations(&data_address);
         if !problems.is_empty() {
             // The asset service's data-address validation: a bad request listing the violations.
-            return Err(errors(StatusCode::BAD_REQUEST, "InvalidRequest", problems));
+            return Err(refuse(errors(StatusCode::BAD_REQUEST, "InvalidRequest", problems)));
         }
     }
     Ok(StoredAsset { id, properties, private_properties, data_address, created_at: 0 })
@@ -630,7 +641,7 @@ fn parse_endpoint_type(value: Option<&str>) -> Result<(), String> {
 async fn create_asset(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let mut asset = match parse_asset(&app, &headers, &body) {
         Ok(asset) => asset,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut store = app.state.lock();
     if store.assets.contains_key(&asset.id) {
@@ -645,7 +656,7 @@ async fn create_asset(State(app): State<App>, headers: HeaderMap, body: Bytes) -
 async fn update_asset(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let mut asset = match parse_asset(&app, &headers, &body) {
         Ok(asset) => asset,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut store = app.state.lock();
     let Some(existing) = store.assets.get(&asset.id) else { return not_found("Asset", &asset.id) };
@@ -770,7 +781,7 @@ fn validate_constraint(constraint: &Value, path: &str, out: &mut Vec<Violation>)
     }
 }
 
-fn parse_policy(headers: &HeaderMap, body: &Bytes) -> Result<StoredPolicy, Response> {
+fn parse_policy(headers: &HeaderMap, body: &Bytes) -> Result<StoredPolicy, Refused> {
     let body = parse_body(headers, body)?;
     let ctx = Context::require_edc_vocab(&body)?;
     let mut violations = Vec::new();
@@ -791,7 +802,7 @@ fn parse_policy(headers: &HeaderMap, body: &Bytes) -> Result<StoredPolicy, Respo
         )),
     }
     if !violations.is_empty() {
-        return Err(validation_failure(violations));
+        return Err(refuse(validation_failure(violations)));
     }
     Ok(StoredPolicy { id, policy, private_properties, created_at: 0, policy_uid: uuid::Uuid::new_v4().to_string() })
 }
@@ -799,7 +810,7 @@ fn parse_policy(headers: &HeaderMap, body: &Bytes) -> Result<StoredPolicy, Respo
 async fn create_policy(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let mut policy = match parse_policy(&headers, &body) {
         Ok(policy) => policy,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut store = app.state.lock();
     if store.policies.contains_key(&policy.id) {
@@ -820,7 +831,7 @@ async fn update_policy(
 ) -> Response {
     let mut policy = match parse_policy(&headers, &body) {
         Ok(policy) => policy,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut store = app.state.lock();
     let Some(existing) = store.policies.get(&policy.id) else { return not_found("PolicyDefinition", &policy.id) };
@@ -937,7 +948,7 @@ fn unwrap_single(mut items: Vec<Value>) -> Value {
 
 const OPERATORS: &[&str] = &["=", "!=", "in", "like", "ilike", "<", "<=", ">", ">=", "contains"];
 
-fn parse_contract_definition(headers: &HeaderMap, body: &Bytes) -> Result<StoredContractDefinition, Response> {
+fn parse_contract_definition(headers: &HeaderMap, body: &Bytes) -> Result<StoredContractDefinition, Refused> {
     let body = parse_body(headers, body)?;
     let ctx = Context::require_edc_vocab(&body)?;
     let mut violations = Vec::new();
@@ -978,7 +989,7 @@ fn parse_contract_definition(headers: &HeaderMap, body: &Bytes) -> Result<Stored
         });
     }
     if !violations.is_empty() {
-        return Err(validation_failure(violations));
+        return Err(refuse(validation_failure(violations)));
     }
     Ok(StoredContractDefinition {
         id,
@@ -993,7 +1004,7 @@ fn parse_contract_definition(headers: &HeaderMap, body: &Bytes) -> Result<Stored
 async fn create_contract_definition(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let mut definition = match parse_contract_definition(&headers, &body) {
         Ok(definition) => definition,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut store = app.state.lock();
     if store.contract_definitions.contains_key(&definition.id) {
@@ -1008,7 +1019,7 @@ async fn create_contract_definition(State(app): State<App>, headers: HeaderMap, 
 async fn update_contract_definition(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let mut definition = match parse_contract_definition(&headers, &body) {
         Ok(definition) => definition,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut store = app.state.lock();
     let Some(existing) = store.contract_definitions.get(&definition.id) else {
@@ -1085,11 +1096,11 @@ fn b64(text: &str) -> String {
 async fn request_catalog(State(app): State<App>, headers: HeaderMap, body: Bytes) -> Response {
     let body = match parse_body(&headers, &body) {
         Ok(body) => body,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let ctx = match Context::require_edc_vocab(&body) {
         Ok(ctx) => ctx,
-        Err(response) => return response,
+        Err(response) => return *response,
     };
     let mut violations = Vec::new();
     let counter_party = mandatory_string(&ctx, &body, "counterPartyAddress", &mut violations);
