@@ -34,6 +34,8 @@ struct Stack {
 
 async fn stack(flavour: Flavour) -> Stack {
     mqtt_dsp_operator::install_crypto_provider();
+    e2e::logs::init();
+    e2e::logs::register_secret(edc::API_KEY);
     let ca = TestCa::new();
     let edc = edc::start(&ca, EdcConfig::flavour(flavour)).await.unwrap();
     let client = client(&ca, &edc.management_url, edc::API_KEY, Duration::from_secs(5));
