@@ -357,10 +357,10 @@ impl EmqxClient {
             })?;
             segments.pop_if_empty();
         }
-        if !api.path().ends_with("/api/v5") {
-            if let Ok(mut segments) = api.path_segments_mut() {
-                segments.extend(["api", "v5"]);
-            }
+        if !api.path().ends_with("/api/v5")
+            && let Ok(mut segments) = api.path_segments_mut()
+        {
+            segments.extend(["api", "v5"]);
         }
         Ok(Self {
             http: http::client(SYSTEM, &settings.http)?,
