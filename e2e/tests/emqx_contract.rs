@@ -97,6 +97,7 @@ async fn creates_user_with_subscribe_only_rules_on_exactly_its_topics() {
         vec![
             t("deny", "all", &marker("c-1")),
             t("deny", "publish", "#"),
+            t("deny", "subscribe", "eq line-1/press/#"),
             t("allow", "subscribe", "line-1/temp"),
             t("allow", "subscribe", "line-1/press/+"),
             t("deny", "all", "#"),
@@ -107,6 +108,9 @@ async fn creates_user_with_subscribe_only_rules_on_exactly_its_topics() {
     let d = &env.double;
     assert_eq!(d.authorize("c-1", "subscribe", "line-1/temp"), Decision::Allow);
     assert_eq!(d.authorize("c-1", "subscribe", "line-1/press/p7"), Decision::Allow);
+    assert_eq!(d.authorize("c-1", "subscribe", "line-1/press/+"), Decision::Allow);
+    // EMQX would let `+` in the rule take this `#`, which receives line-1/press/a/b.
+    assert_eq!(d.authorize("c-1", "subscribe", "line-1/press/#"), Decision::Deny);
     assert_eq!(d.authorize("c-1", "subscribe", "line-1/humidity"), Decision::Deny);
     assert_eq!(d.authorize("c-1", "subscribe", "#"), Decision::Deny);
     assert_eq!(d.authorize("c-1", "subscribe", "$SYS/brokers"), Decision::Deny);

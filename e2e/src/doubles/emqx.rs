@@ -20,7 +20,8 @@
 //!   `DELETE /clients/{clientid}` → 204, 404 `CLIENTID_NOT_FOUND`. Deleting a user does not end
 //!   its sessions, as in EMQX: only a kick does;
 //! - rule evaluation ([`EmqxDouble::authorize`]) as `emqx_authz_mnesia` does it: the user's rules
-//!   in order, first match wins, `eq ` means literal, `#`/`+` never match a leading `$` level.
+//!   in order, first match wins, `eq ` means literal, `#`/`+` never match a leading `$` level,
+//!   and a rule's `+` takes a subscription's `#` too (EMQX's looseness, kept on purpose).
 //!
 //! Left out: other authenticators and authorization sources, clientid and `all` rule records,
 //! pagination of the user and rule lists, password hashing (the double keeps passwords to answer
@@ -546,5 +547,6 @@ mod tests {
         // A subscription filter is matched level by level: `+` in the rule takes `+` or `#`.
         assert!(topic_matches("a/+", "a/+"));
         assert!(!topic_matches("#", "a/#"));
+        assert!(topic_matches("a/#", "a/+"), "as loose as emqx_topic:match/2");
     }
 }

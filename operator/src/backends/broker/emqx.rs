@@ -12,7 +12,8 @@
 //!
 //! 1. `deny all eq <marker>`: the ownership marker (below); denies one literal topic nobody uses;
 //! 2. `deny publish #`: never publish, whatever follows;
-//! 3. `allow subscribe <filter>` for each topic filter, in the order given;
+//! 3. `allow subscribe <filter>` for each topic filter, in the order given, each filter ending
+//!    in `+` preceded by a deny of its literal `#` widening ([`widening_denies`] says why);
 //! 4. `deny all #` and `deny all $SYS/#`: everything else. `#` does not match topics starting
 //!    with `$` (MQTT §4.7.2), hence the second deny.
 //!
@@ -294,9 +295,46 @@ fn marker_rule(owner: &Owner) -> Rule {
 /// Rules 2–4 of the module doc: read-only on `topics`.
 fn read_only_rules(topics: &[String]) -> Vec<Rule> {
     let mut rules = vec![Rule::new("deny", "publish", "#")];
+    rules.extend(widening_denies(topics));
     rules.extend(topics.iter().map(|t| Rule::new("allow", "subscribe", t.clone())));
     rules.extend(deny_all_rules());
     rules
+}
+
+/// EMQX matches a subscription against a rule level by level and lets a rule's `+` take a `#`
+/// of the subscription (`emqx_topic:match/2`), so `allow subscribe a/+` also admits a
+/// subscription to `a/#`, which receives `a/b/c`. For every filter ending in `+`, the literal
+/// widened filter is denied first, unless another granted filter legitimately covers it. Only the
+/// literal is caught: for `+/x/+`, `+/x/#` is denied but `foo/x/#` is not (EMQX rules cannot say
+/// "any first level, then a literal `#`").
+fn widening_denies(topics: &[String]) -> Vec<Rule> {
+    topics
+        .iter()
+        .filter_map(|t| {
+            let widened = match t.strip_suffix('+') {
+                Some(prefix) if prefix.is_empty() || prefix.ends_with('/') => format!("{prefix}#"),
+                _ => return None,
+            };
+            (!topics.iter().any(|g| mqtt_covers(g, &widened)))
+                .then(|| Rule::new("deny", "subscribe", format!("eq {widened}")))
+        })
+        .collect()
+}
+
+/// Whether every topic a subscription to `sub` receives is also matched by `filter`, in MQTT's
+/// own terms (a `#` or `+` in `sub` is only covered by a wildcard at least as wide).
+fn mqtt_covers(filter: &str, sub: &str) -> bool {
+    let mut filters = filter.split('/');
+    let mut subs = sub.split('/');
+    loop {
+        match (filters.next(), subs.next()) {
+            (Some("#"), _) => return true,
+            (Some("+"), Some(s)) if s != "#" => {}
+            (Some(f), Some(s)) if f == s => {}
+            (None, None) => return true,
+            _ => return false,
+        }
+    }
 }
 
 fn deny_all_rules() -> [Rule; 2] {
@@ -795,12 +833,31 @@ mod tests {
             topics,
             vec![
                 ("deny", "publish", "#"),
+                ("deny", "subscribe", "eq a/#"),
                 ("allow", "subscribe", "a/+"),
                 ("allow", "subscribe", "b"),
                 ("deny", "all", "#"),
                 ("deny", "all", "$SYS/#"),
             ]
         );
+    }
+
+    #[test]
+    fn a_trailing_plus_cannot_be_widened_to_a_hash() {
+        let denies = |topics: &[&str]| {
+            widening_denies(&topics.iter().map(|t| t.to_string()).collect::<Vec<_>>())
+                .into_iter()
+                .map(|r| r.topic)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(denies(&["a/b/+"]), vec!["eq a/b/#"]);
+        assert_eq!(denies(&["+"]), vec!["eq #"]);
+        assert_eq!(denies(&["a/+", "a/#"]), Vec::<String>::new(), "a/# is granted in its own right");
+        assert_eq!(denies(&["a/b", "a/+b", "a/#"]), Vec::<String>::new());
+        assert!(mqtt_covers("a/#", "a/+/c"));
+        assert!(!mqtt_covers("a/+", "a/#"));
+        assert!(mqtt_covers("a/+", "a/+"));
+        assert!(!mqtt_covers("a/b", "a/+"));
     }
 
     #[test]
