@@ -349,7 +349,7 @@ async fn kubernetes_login_happens_once_for_many_calls() {
     for i in 0..8 {
         client.read_secret(&at(&format!("k{i}")), &owner()).await.unwrap().unwrap();
     }
-    assert_eq!(s.vault.logins(), 1);
+    assert_eq!((s.vault.logins(), s.vault.renewals()), (1, 0), "one login, the token reused as is");
     assert_eq!(s.forbidden(), 0);
 }
 
@@ -397,14 +397,16 @@ async fn token_that_cannot_be_renewed_is_replaced_before_it_expires() {
 #[tokio::test]
 async fn renewal_capped_by_max_ttl_is_followed_by_a_login() {
     let s = stack().await;
-    // Login at 0 s (lease 3 s), renewal at 2 s is capped to 2 s more (max TTL 4 s).
-    s.vault.set_token_lease(Duration::from_secs(3), Duration::from_secs(4), true);
+    // Login at 0 s with a 6 s lease; the renewal at 4 s is capped at the 8 s max TTL (3 s
+    // granted, in whole seconds). At two thirds of that, renewing again would only be capped
+    // again: the client logs in instead.
+    s.vault.set_token_lease(Duration::from_secs(6), Duration::from_secs(8), true);
     let client = s.kubernetes_client(vault::DEFAULT_ROLE, vault::DEFAULT_JWT);
     client.read_secret(&at("a"), &owner()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
     client.read_secret(&at("a"), &owner()).await.unwrap();
     assert_eq!((s.vault.logins(), s.vault.renewals()), (1, 1));
-    tokio::time::sleep(Duration::from_millis(1400)).await;
+    tokio::time::sleep(Duration::from_millis(2400)).await;
     client.read_secret(&at("a"), &owner()).await.unwrap();
     assert_eq!((s.vault.logins(), s.vault.renewals()), (2, 1), "no second capped renewal");
     assert_eq!(s.forbidden(), 0);

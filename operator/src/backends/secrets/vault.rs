@@ -352,6 +352,8 @@ impl VaultClient {
         let mut replacement = None;
         if let Some(current) = cache.current.as_ref().filter(|t| t.renewable && t.usable(now)) {
             match self.renew(&current.token).await {
+                // A renewal at the very end of the max TTL grants nothing; only a login helps.
+                Ok(lease) if lease.lease.is_zero() => {}
                 Ok(mut lease) => {
                     // Vault caps a renewal at the role's max TTL, and will cap the next one
                     // again: when this lease runs low, log in instead of renewing.
