@@ -368,6 +368,21 @@ async fn revoked_token_leads_to_one_login_and_success() {
 }
 
 #[tokio::test]
+async fn policy_refusal_does_not_cost_a_login_per_call() {
+    let s = stack().await;
+    s.vault.deny_keys_under("edc/forbidden");
+    let client = s.kubernetes_client(vault::DEFAULT_ROLE, vault::DEFAULT_JWT);
+    client.read_secret(&at("allowed"), &owner()).await.unwrap();
+    for _ in 0..5 {
+        let e = client.read_secret(&at("forbidden"), &owner()).await.unwrap_err();
+        assert!(matches!(e, BackendError::Unauthorized { status: 403, .. }), "{e:?}");
+    }
+    assert_eq!(s.vault.logins(), 2, "one retry to rule out a revoked token, then no more");
+    client.read_secret(&at("allowed"), &owner()).await.unwrap();
+    assert_eq!(s.vault.logins(), 2);
+}
+
+#[tokio::test]
 async fn token_is_renewed_before_its_lease_ends() {
     let s = stack().await;
     s.vault.set_token_lease(Duration::from_secs(3), Duration::from_secs(3600), true);

@@ -25,7 +25,8 @@
 //!   TTL (with a warning, as Vault does); a non-renewable token gets 400.
 //! - Unknown paths → 404 "no handler for route", unsupported methods → 405.
 //!
-//! Left out: policies (a valid token may do everything), `LIST` and `?list=true`, `PATCH`,
+//! Left out: policies (a valid token may do everything except what
+//! [`VaultDouble::deny_keys_under`] forbids to login-issued tokens), `LIST` and `?list=true`, `PATCH`,
 //! `undelete`/`destroy`, engine config (`max_versions`, `cas_required`, `delete_version_after`),
 //! `Authorization: Bearer`, namespaces, response wrapping, token revocation endpoints, the JWT's
 //! signature and the TokenReview call (the JWT is compared as a string).
@@ -147,6 +148,7 @@ pub async fn start_with(ca: &TestCa, config: VaultDoubleConfig) -> std::io::Resu
         logins: 0,
         renewals: 0,
         interposed: HashMap::new(),
+        denied_prefixes: Vec::new(),
     }));
     let router = Router::new()
         .route("/v1/{*path}", any(handle))
@@ -218,6 +220,12 @@ impl VaultDouble {
         self.state.lock().unwrap().tokens.clear();
     }
 
+    /// Refuses (403) every call of a login-issued token on keys starting with `prefix`: a
+    /// policy that does not grant the operator's role that part of the mount.
+    pub fn deny_keys_under(&self, prefix: &str) {
+        self.state.lock().unwrap().denied_prefixes.push(prefix.to_owned());
+    }
+
     /// Sets the lease of tokens issued from now on.
     pub fn set_token_lease(&self, ttl: Duration, max_ttl: Duration, renewable: bool) {
         let mut state = self.state.lock().unwrap();
@@ -262,6 +270,7 @@ struct VaultState {
     logins: u32,
     renewals: u32,
     interposed: HashMap<String, Vec<Map<String, Value>>>,
+    denied_prefixes: Vec<String>,
 }
 
 struct IssuedToken {
@@ -369,6 +378,10 @@ async fn handle(
     let (section, key) = rest.split_once('/').unwrap_or((rest, ""));
     if key.is_empty() || key.ends_with('/') {
         return no_handler(&path);
+    }
+    let token = headers.get("x-vault-token").and_then(|v| v.to_str().ok()).unwrap_or("");
+    if token != state.root_token && state.denied_prefixes.iter().any(|p| key.starts_with(p.as_str())) {
+        return permission_denied();
     }
     match (section, method) {
         ("data", Method::GET) => read_data(&state, key, query.as_deref()),

@@ -140,6 +140,9 @@ struct LeasedToken {
     generation: u64,
     renewable: bool,
     ttl: Duration,
+    /// Vault refused a call right after issuing or renewing this token: a policy problem that
+    /// another login would not fix.
+    refused_when_new: bool,
     /// None: the token does not expire (lease_duration 0).
     renew_at: Option<Instant>,
     expires_at: Option<Instant>,
@@ -152,6 +155,25 @@ impl LeasedToken {
     fn fresh(&self, now: Instant) -> bool {
         self.renew_at.is_none_or(|at| now < at)
     }
+    fn cached_use(&self) -> TokenUse {
+        TokenUse {
+            token: self.token.clone(),
+            generation: self.generation,
+            new: false,
+            retry_on_refusal: !self.refused_when_new,
+        }
+    }
+}
+
+/// A token handed to one call.
+struct TokenUse {
+    token: SecretString,
+    /// Which login or renewal it came from (0: a static token).
+    generation: u64,
+    /// Issued or renewed for this call.
+    new: bool,
+    /// Whether a 403 should cost a fresh login and one retry.
+    retry_on_refusal: bool,
 }
 
 impl fmt::Debug for VaultClient {
@@ -318,28 +340,42 @@ impl VaultClient {
     }
 
     /// Sends a request built by `build` with the current token. A 403 on a cached Kubernetes
-    /// token means it was revoked or expired early: log in once more and send once more.
+    /// token means it was revoked or expired early: log in once more and send once more. A 403
+    /// on a token Vault has just issued or renewed is a policy refusal instead; the token is
+    /// remembered as such so that a missing policy does not cost a login per call.
     async fn send(
         &self,
         operation: &'static str,
         object: &str,
         build: impl Fn(HeaderValue) -> RequestBuilder,
     ) -> Result<Response, BackendError> {
-        let (token, generation) = self.token().await?;
-        let response = http::send(SYSTEM, operation, object, self.timeout, build(header(&token)?)).await?;
-        if response.status() != StatusCode::FORBIDDEN || !matches!(self.auth, Auth::Kubernetes { .. }) {
+        let first = self.token().await?;
+        let response = http::send(SYSTEM, operation, object, self.timeout, build(header(&first.token)?)).await?;
+        if response.status() != StatusCode::FORBIDDEN {
+            return Ok(response);
+        }
+        if !first.retry_on_refusal {
+            if first.new {
+                self.note_refusal(first.generation).await;
+            }
             return Ok(response);
         }
         tracing::info!(system = SYSTEM.as_str(), operation, object, "Vault refused the cached token; logging in again");
-        self.forget_token(generation).await;
-        let (token, _) = self.token().await?;
-        http::send(SYSTEM, operation, object, self.timeout, build(header(&token)?)).await
+        self.forget_token(first.generation).await;
+        let second = self.token().await?;
+        let response = http::send(SYSTEM, operation, object, self.timeout, build(header(&second.token)?)).await?;
+        if response.status() == StatusCode::FORBIDDEN && second.new {
+            self.note_refusal(second.generation).await;
+        }
+        Ok(response)
     }
 
-    /// The token to send, with the generation it belongs to (0 for a static token).
-    async fn token(&self) -> Result<(SecretString, u64), BackendError> {
+    /// The token to send.
+    async fn token(&self) -> Result<TokenUse, BackendError> {
         let (role, mount, jwt_path, cache) = match &self.auth {
-            Auth::Token(token) => return Ok((token.clone(), 0)),
+            Auth::Token(token) => {
+                return Ok(TokenUse { token: token.clone(), generation: 0, new: false, retry_on_refusal: false });
+            }
             Auth::Kubernetes { role, mount, jwt_path, cache } => (role, mount, jwt_path, cache),
         };
         // Held across the login so that concurrent reconciles wait for one login instead of
@@ -347,7 +383,7 @@ impl VaultClient {
         let mut cache = cache.lock().await;
         let now = Instant::now();
         if let Some(current) = cache.current.as_ref().filter(|t| t.fresh(now)) {
-            return Ok((current.token.clone(), current.generation));
+            return Ok(current.cached_use());
         }
         let mut replacement = None;
         if let Some(current) = cache.current.as_ref().filter(|t| t.renewable && t.usable(now)) {
@@ -375,7 +411,7 @@ impl VaultClient {
                 Err(e) => match cache.current.as_ref().filter(|t| t.usable(now)) {
                     Some(current) => {
                         tracing::warn!(system = SYSTEM.as_str(), error = %e, "replacing the Vault token failed; using it until it expires");
-                        return Ok((current.token.clone(), current.generation));
+                        return Ok(current.cached_use());
                     }
                     None => return Err(e),
                 },
@@ -383,9 +419,18 @@ impl VaultClient {
         };
         cache.generation += 1;
         let token = lease.into_token(cache.generation, Instant::now());
-        let answer = (token.token.clone(), token.generation);
+        let answer =
+            TokenUse { token: token.token.clone(), generation: token.generation, new: true, retry_on_refusal: false };
         cache.current = Some(token);
         Ok(answer)
+    }
+
+    async fn note_refusal(&self, generation: u64) {
+        if let Auth::Kubernetes { cache, .. } = &self.auth
+            && let Some(current) = cache.lock().await.current.as_mut().filter(|t| t.generation == generation)
+        {
+            current.refused_when_new = true;
+        }
     }
 
     async fn forget_token(&self, generation: u64) {
@@ -634,7 +679,15 @@ impl Lease {
         } else {
             (Some(now + self.lease.mul_f64(RENEW_AT)), Some(now + self.lease))
         };
-        LeasedToken { token: self.token, generation, renewable: self.renewable, ttl: self.ttl, renew_at, expires_at }
+        LeasedToken {
+            token: self.token,
+            generation,
+            renewable: self.renewable,
+            ttl: self.ttl,
+            refused_when_new: false,
+            renew_at,
+            expires_at,
+        }
     }
 }
 
