@@ -19,7 +19,8 @@
 //! client logs in again at that point. Renewal rather than a login per lease keeps one token (one
 //! accessor in Vault's audit log) instead of a new one per period, and still needs no JWT;
 //! logging in again is the fallback because only a login can go past the max TTL. A 403 on a
-//! cached token (revoked, or Vault restored from a backup) triggers one fresh login and one retry.
+//! cached token (revoked, or Vault restored from a backup) triggers one fresh login and one retry;
+//! a 403 on a token Vault has just issued is a missing policy and triggers nothing more.
 
 use std::collections::BTreeMap;
 use std::fmt;
