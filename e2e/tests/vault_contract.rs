@@ -22,6 +22,15 @@ const ROOT: &str = "root-token-for-tests";
 struct Stack {
     ca: TestCa,
     vault: VaultDouble,
+    jwt_files: std::sync::Mutex<Vec<PathBuf>>,
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        for file in self.jwt_files.lock().unwrap().drain(..) {
+            let _ = std::fs::remove_file(file);
+        }
+    }
 }
 
 async fn stack() -> Stack {
@@ -32,7 +41,7 @@ async fn stack_with(config: VaultDoubleConfig) -> Stack {
     mqtt_dsp_operator::install_crypto_provider();
     let ca = TestCa::new();
     let vault = vault::start_with(&ca, config).await.unwrap();
-    Stack { ca, vault }
+    Stack { ca, vault, jwt_files: Default::default() }
 }
 
 impl Stack {
@@ -55,9 +64,16 @@ impl Stack {
         let auth = VaultAuthSettings::Kubernetes {
             role: role.into(),
             mount: vault::KUBERNETES_AUTH_MOUNT.into(),
-            service_account_token_path: jwt_file(jwt),
+            service_account_token_path: self.jwt_file(jwt),
         };
         VaultClient::new(self.settings(auth, Duration::from_secs(5))).unwrap()
+    }
+    /// A service account token file, as the kubelet projects it (with a trailing newline).
+    fn jwt_file(&self, jwt: &str) -> PathBuf {
+        let path = std::env::temp_dir().join(format!("vault-contract-jwt-{}", uuid::Uuid::new_v4()));
+        std::fs::write(&path, format!("{jwt}\n")).unwrap();
+        self.jwt_files.lock().unwrap().push(path.clone());
+        path
     }
     fn mutating(&self) -> Vec<e2e::doubles::LoggedRequest> {
         self.vault.server.log.matching(|r| r.is_mutating())
@@ -65,13 +81,6 @@ impl Stack {
     fn forbidden(&self) -> usize {
         self.vault.server.log.matching(|r| r.status == 403).len()
     }
-}
-
-/// A service account token file, as the kubelet projects it (with a trailing newline).
-fn jwt_file(jwt: &str) -> PathBuf {
-    let path = std::env::temp_dir().join(format!("vault-contract-jwt-{}", uuid::Uuid::new_v4()));
-    std::fs::write(&path, format!("{jwt}\n")).unwrap();
-    path
 }
 
 fn owner() -> Owner {
