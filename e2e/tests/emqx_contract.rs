@@ -27,6 +27,10 @@ struct Env {
 
 async fn env() -> Env {
     mqtt_dsp_operator::install_crypto_provider();
+    e2e::logs::init();
+    e2e::logs::register_secret(API_SECRET);
+    e2e::logs::register_secret(PASSWORD);
+
     let ca = TestCa::new();
     let double = EmqxDouble::new(API_KEY, API_SECRET);
     let server = double.start(&ca).await.unwrap();

@@ -30,6 +30,9 @@ struct Stack {
 impl Stack {
     async fn start() -> Self {
         mqtt_dsp_operator::install_crypto_provider();
+        e2e::logs::init();
+        e2e::logs::register_secret(OPERATOR_SECRET);
+
         let ca = TestCa::new();
         let kc = keycloak::start(&ca, REALM, OPERATOR, OPERATOR_SECRET).await.unwrap();
         Self { ca, kc }

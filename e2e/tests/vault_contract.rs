@@ -39,6 +39,9 @@ async fn stack() -> Stack {
 
 async fn stack_with(config: VaultDoubleConfig) -> Stack {
     mqtt_dsp_operator::install_crypto_provider();
+    e2e::logs::init();
+    e2e::logs::register_secret(ROOT);
+
     let ca = TestCa::new();
     let vault = vault::start_with(&ca, config).await.unwrap();
     Stack { ca, vault, jwt_files: Default::default() }

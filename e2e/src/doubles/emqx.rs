@@ -343,6 +343,7 @@ async fn create_user(State(double): State<EmqxDouble>, Path(authenticator): Path
     if state.users.contains_key(&request.user_id) {
         return Err(error(StatusCode::CONFLICT, "ALREADY_EXISTS", "User already exists"));
     }
+    crate::logs::register_secret(&request.password);
     let user = DoubleUser { user_id: request.user_id, password: request.password, is_superuser: request.is_superuser };
     let answer = user_json(&user);
     state.users.insert(user.user_id.clone(), user);

@@ -122,7 +122,7 @@ impl StoredClient {
             implicit_flow_enabled: false,
             direct_access_grants_enabled: false,
             client_authenticator_type: "client-secret".into(),
-            secret: uuid::Uuid::new_v4().simple().to_string(),
+            secret: new_client_secret(),
             attributes: BTreeMap::new(),
             protocol_mappers: Vec::new(),
             service_account_user_id: uuid::Uuid::new_v4().to_string(),
@@ -466,7 +466,10 @@ fn sign(key: &EncodingKey, kid: &str, claims: &Value) -> String {
     let mut header = Header::new(Algorithm::RS256);
     header.kid = Some(kid.to_owned());
     header.typ = Some("JWT".into());
-    jsonwebtoken::encode(&header, claims, key).expect("RS256 signing")
+    let token = jsonwebtoken::encode(&header, claims, key).expect("RS256 signing");
+    // Every token the double issues is a secret the run's logs must never show.
+    crate::logs::register_secret(&token);
+    token
 }
 
 /// An error answer on its way out of a helper (boxed: a `Response` is large).
@@ -1082,7 +1085,7 @@ async fn regenerate_secret(
     };
     match state.clients.get_mut(&id) {
         Some(c) => {
-            c.secret = uuid::Uuid::new_v4().simple().to_string();
+            c.secret = new_client_secret();
             axum::Json(json!({"type": "secret", "value": c.secret})).into_response()
         }
         None => client_not_found(),
@@ -1226,4 +1229,11 @@ mod tests {
         let forged = sign(&foreign, "k", &json!({"sub": "x", "exp": now_seconds() + 60}));
         assert!(jsonwebtoken::decode::<Value>(&forged, &public, &Validation::new(Algorithm::RS256)).is_err());
     }
+}
+
+/// A fresh client secret, registered for the end-of-run secret leak check.
+fn new_client_secret() -> String {
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    crate::logs::register_secret(&secret);
+    secret
 }

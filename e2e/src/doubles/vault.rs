@@ -557,6 +557,10 @@ fn write_data(state: &mut VaultState, key: &str, body: &[u8]) -> Response {
             state.interposed.insert(key.to_owned(), pending);
         }
     }
+    // Every value written is a secret the run's logs must never show.
+    for value in data.values().filter_map(Value::as_str) {
+        crate::logs::register_secret(value);
+    }
     let entry = state.keys.entry(key.to_owned()).or_insert_with(KeyEntry::new);
     if cas.is_some_and(|cas| cas != entry.current_version) {
         return vault_errors(StatusCode::BAD_REQUEST, &["check-and-set parameter did not match the current version"]);
