@@ -1205,6 +1205,13 @@ async fn delete_mapper(
     StatusCode::NO_CONTENT.into_response()
 }
 
+/// A fresh client secret, registered for the end-of-run secret leak check.
+fn new_client_secret() -> String {
+    let secret = uuid::Uuid::new_v4().simple().to_string();
+    crate::logs::register_secret(&secret);
+    secret
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1229,11 +1236,4 @@ mod tests {
         let forged = sign(&foreign, "k", &json!({"sub": "x", "exp": now_seconds() + 60}));
         assert!(jsonwebtoken::decode::<Value>(&forged, &public, &Validation::new(Algorithm::RS256)).is_err());
     }
-}
-
-/// A fresh client secret, registered for the end-of-run secret leak check.
-fn new_client_secret() -> String {
-    let secret = uuid::Uuid::new_v4().simple().to_string();
-    crate::logs::register_secret(&secret);
-    secret
 }
