@@ -1,8 +1,15 @@
 //! The dev stack of mqtt-dsp-operator: what tests, benchmarks and `make demo` run against when
 //! no real cluster and no real connector, identity provider or secret store are at hand.
 //!
-//! Everything here is a test double and says so. Today: [`schema`], the API server's validation
-//! of custom resources against their CRD, and [`tls`], the dev stack's CA and HTTPS server.
+//! - [`doubles`]: test doubles of Keycloak, Vault, EDC and EMQX (HTTPS, strict, inspectable,
+//!   with fault injection);
+//! - [`brokers`]: launchers for real Mosquitto and RabbitMQ;
+//! - [`consumer`]: a test MQTT client;
+//! - [`schema`]: the API server's validation of custom resources against their CRD;
+//! - [`tls`]: the run's CA and an HTTPS server;
+//! - [`logs`]: capture of the run's tracing output for the secret leak check.
+//!
+//! Everything here is a test double or test tooling and says so; docs/dev-stack.md describes it.
 
 pub mod brokers;
 pub mod consumer;

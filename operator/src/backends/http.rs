@@ -9,12 +9,20 @@ use reqwest::{RequestBuilder, Response, StatusCode};
 use super::{BackendError, System};
 
 /// Connection settings of one profile.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct HttpSettings {
     /// Per-request timeout.
     pub timeout: Duration,
     /// PEM CA bundle that replaces the system roots, when set.
     pub ca_bundle_pem: Option<String>,
+}
+
+impl Default for HttpSettings {
+    /// The configuration's defaults: 10 s, the system roots. (A derived default would be a zero
+    /// timeout, which fails every request.)
+    fn default() -> Self {
+        Self { timeout: Duration::from_secs(10), ca_bundle_pem: None }
+    }
 }
 
 /// A reqwest client for one profile: TLS verification on, the profile's CA bundle (only) when

@@ -127,16 +127,16 @@ pub enum BackendError {
     Unauthorized {
         /// Which system.
         system: System,
-        /// What the operator tried (`create asset`).
+        /// What the operator tried, a verb (`create`).
         operation: &'static str,
-        /// Which object (`asset line-1`).
+        /// Which object, kind and name (`asset line-1`).
         object: String,
         /// HTTP status (or 0 for non-HTTP systems).
         status: u16,
     },
     /// The object exists but was not created by the operator; it is left untouched.
     #[error(
-        "{system}: {object} exists but is not managed by mqtt-dsp-operator; refusing to {operation} it (rename the resource or remove the foreign object)"
+        "{system}: {object} exists but does not carry this resource's ownership marker; refusing to {operation} it (created by someone else or for another resource: rename the resource or remove the other object)"
     )]
     Foreign {
         /// Which system.
