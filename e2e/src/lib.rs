@@ -14,6 +14,7 @@
 pub mod brokers;
 pub mod consumer;
 pub mod doubles;
+pub mod fixtures;
 pub mod logs;
 pub mod schema;
 pub mod tls;

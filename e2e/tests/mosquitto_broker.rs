@@ -8,11 +8,12 @@ use std::time::Duration;
 
 use e2e::brokers::mosquitto::{ADMIN_PASSWORD, Mosquitto, PUBLISHER_PASSWORD};
 use e2e::consumer::{ConnectError, Consumer, ConsumerOptions};
+use e2e::fixtures::{consumer_options, grant, owner, password_of};
 use e2e::tls::TestCa;
 use mqtt_dsp_operator::api::AuthMode;
+use mqtt_dsp_operator::backends::broker::Broker;
 use mqtt_dsp_operator::backends::broker::mosquitto::{MosquittoClient, MosquittoSettings};
-use mqtt_dsp_operator::backends::broker::{Broker, UserGrant};
-use mqtt_dsp_operator::backends::{BackendError, Outcome, Owner, SecretString};
+use mqtt_dsp_operator::backends::{BackendError, Outcome, SecretString};
 
 /// One broker per test binary (its watchdog stops it when the binary exits).
 fn broker() -> &'static Mosquitto {
@@ -41,33 +42,12 @@ fn admin(password: &str) -> MosquittoClient {
     .unwrap()
 }
 
-fn owner(name: &str) -> Owner {
-    Owner { kind: "MqttTransfer".into(), namespace: "dataspace".into(), name: name.into() }
-}
-
-fn grant(username: &str, topics: &[&str], enabled: bool) -> UserGrant {
-    e2e::logs::register_secret(&format!("{username}-password-0123456789"));
-    UserGrant {
-        username: username.into(),
-        password: SecretString::from(format!("{username}-password-0123456789")),
-        topics: topics.iter().map(|t| t.to_string()).collect(),
-        enabled,
-        owner: owner(username),
-    }
-}
-
 fn options(url: String, username: &str, password: &str) -> ConsumerOptions {
-    ConsumerOptions {
-        url,
-        username: username.into(),
-        password: password.into(),
-        ca_pem: broker().ca_pem.clone(),
-        client_id: format!("{username}-{}", uuid::Uuid::new_v4()),
-    }
+    consumer_options(url, &broker().ca_pem, username, password)
 }
 
 async fn consumer(username: &str, url: String) -> Result<Consumer, ConnectError> {
-    Consumer::connect(&options(url, username, &format!("{username}-password-0123456789"))).await
+    Consumer::connect(&options(url, username, &password_of(username))).await
 }
 
 async fn publish(topic: &str, payload: &str) {
