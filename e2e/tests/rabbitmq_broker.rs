@@ -145,3 +145,20 @@ async fn wrong_admin_credentials_are_reported_as_such_without_the_password() {
     let text = format!("{e} {e:?}");
     assert!(!text.contains("not-the-admin-password") && !text.contains("consumer-x-password"), "{text}");
 }
+
+#[tokio::test]
+async fn the_user_of_another_resource_is_foreign_too() {
+    let admin = admin(ADMIN_PASSWORD);
+    admin.ensure_user(&grant("consumer-o", &["o/#"], true)).await.unwrap();
+    let mut theirs = grant("consumer-o", &["o/#", "more/#"], true);
+    theirs.owner = owner("another-transfer");
+    let e = admin.ensure_user(&theirs).await.unwrap_err();
+    assert!(matches!(e, BackendError::Foreign { .. }), "{e}");
+    let e = admin.remove_user("consumer-o", &owner("another-transfer")).await.unwrap_err();
+    assert!(matches!(e, BackendError::Foreign { .. }), "{e}");
+    let e = admin.set_password("consumer-o", &SecretString::from("x".repeat(24)), &owner("another-transfer")).await;
+    assert!(matches!(e, Err(BackendError::Foreign { .. })), "{e:?}");
+    // The rightful owner still has its access.
+    let mut c = consumer("consumer-o", broker().mqtts_url()).await.unwrap();
+    assert!(c.subscribe("o/1").await);
+}

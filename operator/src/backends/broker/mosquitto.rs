@@ -226,6 +226,16 @@ impl MosquittoClient {
 
     /// Creates the role or brings its ACLs to `desired`; returns whether it wrote.
     async fn ensure_role(&self, rolename: &str, desired: &BTreeSet<Acl>, owner: &Owner) -> Result<bool, BackendError> {
+        self.ensure_role_once(rolename, desired, owner, true).await
+    }
+
+    async fn ensure_role_once(
+        &self,
+        rolename: &str,
+        desired: &BTreeSet<Acl>,
+        owner: &Owner,
+        retry: bool,
+    ) -> Result<bool, BackendError> {
         let object = format!("role {rolename}");
         let Some(role) = self.get_role(rolename).await? else {
             let acls: Vec<Value> = desired.iter().map(Acl::to_json).collect();
@@ -233,13 +243,15 @@ impl MosquittoClient {
                                 "textdescription": marker(owner), "acls": acls});
             return match self.command("create", &object, create).await? {
                 Answer::Ok(_) => Ok(true),
-                // Created meanwhile (another replica, a retried call): compare it on the next pass.
-                Answer::Exists => Box::pin(self.ensure_role(rolename, desired, owner)).await,
+                // Created meanwhile (another replica, a retried call): compare it once more; a
+                // broker that keeps answering "not found" and "already exists" is an error.
+                Answer::Exists if retry => Box::pin(self.ensure_role_once(rolename, desired, owner, false)).await,
+                Answer::Exists => Err(rejected("create", &object, "already exists, yet not found when read")),
                 Answer::NotFound => Err(rejected("create", &object, "not found")),
                 Answer::Error(e) => Err(rejected("create", &object, &e)),
             };
         };
-        if !is_ours(&role) {
+        if !is_ours(&role, Some(owner)) {
             return Err(BackendError::Foreign { system: SYSTEM, operation: "update", object });
         }
         let current: BTreeSet<Acl> =
@@ -268,32 +280,15 @@ impl MosquittoClient {
             .map(|_| ())
     }
 
-    async fn owned_client(&self, username: &str, operation: &'static str) -> Result<Option<Value>, BackendError> {
-        match self.get_client(username).await? {
-            None => Ok(None),
-            Some(c) if is_ours(&c) => Ok(Some(c)),
-            Some(_) => Err(BackendError::Foreign { system: SYSTEM, operation, object: format!("client {username}") }),
-        }
-    }
-}
-
-#[async_trait]
-impl Broker for MosquittoClient {
-    fn system(&self) -> System {
-        SYSTEM
-    }
-
-    fn supports(&self, mode: AuthMode) -> bool {
-        mode == AuthMode::Usrpw
-    }
-
-    async fn ensure_user(&self, grant: &UserGrant) -> Result<Outcome, BackendError> {
+    /// `ensure_user`, retrying once when the client appears between our read and our create.
+    async fn ensure_user_once(&self, grant: &UserGrant, retry: bool) -> Result<Outcome, BackendError> {
         let username = &grant.username;
+
         let object = format!("client {username}");
         let desired = desired_acls(&grant.topics).map_err(|e| rejected("grant", &object, &e))?;
         let existing = self.get_client(username).await?;
         if let Some(client) = &existing
-            && !is_ours(client)
+            && !is_ours(client, Some(&grant.owner))
         {
             return Err(BackendError::Foreign { system: SYSTEM, operation: "update", object });
         }
@@ -304,7 +299,8 @@ impl Broker for MosquittoClient {
                                 "roles": [{"rolename": username}]});
             match self.command("create", &object, create).await? {
                 Answer::Ok(_) => {}
-                Answer::Exists => return Box::pin(self.ensure_user(grant)).await,
+                Answer::Exists if retry => return Box::pin(self.ensure_user_once(grant, false)).await,
+                Answer::Exists => return Err(rejected("create", &object, "already exists, yet not found when read")),
                 Answer::NotFound => return Err(rejected("create", &object, "not found")),
                 Answer::Error(e) => return Err(rejected("create", &object, &e)),
             }
@@ -331,14 +327,42 @@ impl Broker for MosquittoClient {
         Ok(if wrote { Outcome::Updated } else { Outcome::Unchanged })
     }
 
+    async fn owned_client(
+        &self,
+        username: &str,
+        owner: Option<&Owner>,
+        operation: &'static str,
+    ) -> Result<Option<Value>, BackendError> {
+        match self.get_client(username).await? {
+            None => Ok(None),
+            Some(c) if is_ours(&c, owner) => Ok(Some(c)),
+            Some(_) => Err(BackendError::Foreign { system: SYSTEM, operation, object: format!("client {username}") }),
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for MosquittoClient {
+    fn system(&self) -> System {
+        SYSTEM
+    }
+
+    fn supports(&self, mode: AuthMode) -> bool {
+        mode == AuthMode::Usrpw
+    }
+
+    async fn ensure_user(&self, grant: &UserGrant) -> Result<Outcome, BackendError> {
+        self.ensure_user_once(grant, true).await
+    }
+
     async fn set_password(
         &self,
         username: &str,
         password: &SecretString,
-        _owner: &Owner,
+        owner: &Owner,
     ) -> Result<Outcome, BackendError> {
         let object = format!("client {username}");
-        if self.owned_client(username, "set the password of").await?.is_none() {
+        if self.owned_client(username, Some(owner), "set the password of").await?.is_none() {
             return Err(rejected("set the password of", &object, "not found"));
         }
         let set = json!({"command": "setClientPassword", "username": username, "password": password.expose_secret()});
@@ -346,9 +370,9 @@ impl Broker for MosquittoClient {
         Ok(Outcome::Updated)
     }
 
-    async fn remove_user(&self, username: &str, _owner: &Owner) -> Result<Outcome, BackendError> {
+    async fn remove_user(&self, username: &str, owner: &Owner) -> Result<Outcome, BackendError> {
         let mut outcome = Outcome::Absent;
-        if self.owned_client(username, "delete").await?.is_some() {
+        if self.owned_client(username, Some(owner), "delete").await?.is_some() {
             // deleteClient also closes the client's live sessions.
             self.must(
                 "delete",
@@ -359,7 +383,7 @@ impl Broker for MosquittoClient {
             outcome = Outcome::Deleted;
         }
         match self.get_role(username).await? {
-            Some(role) if is_ours(&role) => {
+            Some(role) if is_ours(&role, Some(owner)) => {
                 self.must(
                     "delete",
                     &format!("role {username}"),
@@ -383,7 +407,8 @@ impl Broker for MosquittoClient {
     async fn disconnect(&self, identity: &str) -> Result<u32, BackendError> {
         // Dynamic security has no "kick": disabling a client closes its sessions; a client that
         // was enabled is enabled again right after.
-        let Some(client) = self.owned_client(identity, "disconnect").await? else { return Ok(0) };
+        // Closing sessions takes nothing away for good, so any client of ours qualifies.
+        let Some(client) = self.owned_client(identity, None, "disconnect").await? else { return Ok(0) };
         if client.get("disabled").and_then(Value::as_bool).unwrap_or(false) {
             return Ok(0);
         }
@@ -444,11 +469,14 @@ fn marker(owner: &Owner) -> String {
     format!("{OWNER_KEY}={OWNER_VALUE} {OWNER_RESOURCE_KEY}={}", owner.marker())
 }
 
-fn is_ours(object: &Value) -> bool {
-    object
-        .get("textdescription")
-        .and_then(Value::as_str)
-        .is_some_and(|d| d.split_whitespace().any(|w| w == format!("{OWNER_KEY}={OWNER_VALUE}")))
+/// Whether the object carries our marker and, when `owner` is given, that resource's marker:
+/// the client of another MqttTransfer is as foreign as a hand-made one.
+fn is_ours(object: &Value, owner: Option<&Owner>) -> bool {
+    let Some(description) = object.get("textdescription").and_then(Value::as_str) else { return false };
+    let mut words = description.split_whitespace();
+    let managed = format!("{OWNER_KEY}={OWNER_VALUE}");
+    let ours = description.split_whitespace().any(|w| w == managed);
+    ours && owner.is_none_or(|o| words.any(|w| w == format!("{OWNER_RESOURCE_KEY}={}", o.marker())))
 }
 
 fn rejected(operation: &'static str, object: &str, message: &str) -> BackendError {
@@ -552,8 +580,11 @@ mod tests {
     #[test]
     fn ownership_is_read_from_the_description() {
         let owner = Owner { kind: "MqttTransfer".into(), namespace: "ns".into(), name: "t".into() };
-        assert!(is_ours(&json!({"textdescription": marker(&owner)})));
-        assert!(!is_ours(&json!({"textdescription": "someone else's"})));
-        assert!(!is_ours(&json!({})));
+        let other = Owner { kind: "MqttTransfer".into(), namespace: "ns".into(), name: "u".into() };
+        assert!(is_ours(&json!({"textdescription": marker(&owner)}), Some(&owner)));
+        assert!(is_ours(&json!({"textdescription": marker(&owner)}), None));
+        assert!(!is_ours(&json!({"textdescription": marker(&owner)}), Some(&other)));
+        assert!(!is_ours(&json!({"textdescription": "someone else's"}), None));
+        assert!(!is_ours(&json!({}), None));
     }
 }

@@ -21,7 +21,9 @@ use super::{Broker, TokenRequirements, UserGrant};
 use crate::api::AuthMode;
 use crate::backends::http::{self, HttpSettings};
 use crate::backends::identity::HardcodedClaim;
-use crate::backends::{BackendError, ExposeSecret, OWNER_VALUE, Outcome, Owner, SecretString, System};
+use crate::backends::{
+    BackendError, ExposeSecret, OWNER_RESOURCE_KEY, OWNER_VALUE, Outcome, Owner, SecretString, System,
+};
 use crate::config::BrokerProfile;
 
 const SYSTEM: System = System::Rabbitmq;
@@ -104,6 +106,7 @@ impl RabbitmqClient {
         operation: &'static str,
         object: &str,
     ) -> Result<Option<Value>, BackendError> {
+        let method_name = method.to_string();
         let mut request = self
             .http
             .request(method, self.url(segments))
@@ -113,7 +116,8 @@ impl RabbitmqClient {
         }
         let response = http::send(SYSTEM, operation, object, self.settings.http.timeout, request).await?;
         match response.status() {
-            StatusCode::NOT_FOUND => Ok(None),
+            // Absent on a read or a delete; a 404 on a write means a wrong URL or vhost.
+            StatusCode::NOT_FOUND if matches!(method_name.as_str(), "GET" | "DELETE") => Ok(None),
             s if s.is_success() => {
                 let text = response.text().await.unwrap_or_default();
                 Ok(Some(if text.trim().is_empty() {
@@ -134,12 +138,21 @@ impl RabbitmqClient {
         }
     }
 
-    async fn owned_user(&self, username: &str, operation: &'static str) -> Result<Option<Value>, BackendError> {
+    async fn owned_user(
+        &self,
+        username: &str,
+        owner: &Owner,
+        operation: &'static str,
+    ) -> Result<Option<Value>, BackendError> {
         let object = format!("user {username}");
         let Some(user) = self.call(Method::GET, &["users", username], None, operation, &object).await? else {
             return Ok(None);
         };
-        if is_ours(&user) { Ok(Some(user)) } else { Err(BackendError::Foreign { system: SYSTEM, operation, object }) }
+        if is_ours(&user, owner) {
+            Ok(Some(user))
+        } else {
+            Err(BackendError::Foreign { system: SYSTEM, operation, object })
+        }
     }
 
     /// Brings vhost and topic permissions to what is given; returns whether it wrote.
@@ -185,7 +198,7 @@ impl Broker for RabbitmqClient {
     async fn ensure_user(&self, grant: &UserGrant) -> Result<Outcome, BackendError> {
         let username = grant.username.as_str();
         let object = format!("user {username}");
-        let existing = self.owned_user(username, "update").await?;
+        let existing = self.owned_user(username, &grant.owner, "update").await?;
         if !grant.enabled {
             // Suspended: the user is removed. RabbitMQ closes a deleted user's connections at
             // once, whereas the connection list that `disconnect` reads lags by the statistics
@@ -205,7 +218,7 @@ impl Broker for RabbitmqClient {
             None => {
                 // The user is created once with its password; a resync never rewrites it (the
                 // API does not reveal passwords, and rewriting one would be a write every time).
-                let body = json!({"password": grant.password.expose_secret(), "tags": OWNER_VALUE});
+                let body = json!({"password": grant.password.expose_secret(), "tags": tags(&grant.owner)});
                 self.call(Method::PUT, &["users", username], Some(&body), "create", &object).await?;
                 true
             }
@@ -223,10 +236,10 @@ impl Broker for RabbitmqClient {
         &self,
         username: &str,
         password: &SecretString,
-        _owner: &Owner,
+        owner: &Owner,
     ) -> Result<Outcome, BackendError> {
         let object = format!("user {username}");
-        if self.owned_user(username, "set the password of").await?.is_none() {
+        if self.owned_user(username, owner, "set the password of").await?.is_none() {
             return Err(BackendError::Rejected {
                 system: SYSTEM,
                 operation: "set the password of",
@@ -235,13 +248,13 @@ impl Broker for RabbitmqClient {
                 message: "no such user".into(),
             });
         }
-        let body = json!({"password": password.expose_secret(), "tags": OWNER_VALUE});
+        let body = json!({"password": password.expose_secret(), "tags": tags(owner)});
         self.call(Method::PUT, &["users", username], Some(&body), "set the password of", &object).await?;
         Ok(Outcome::Updated)
     }
 
-    async fn remove_user(&self, username: &str, _owner: &Owner) -> Result<Outcome, BackendError> {
-        if self.owned_user(username, "delete").await?.is_none() {
+    async fn remove_user(&self, username: &str, owner: &Owner) -> Result<Outcome, BackendError> {
+        if self.owned_user(username, owner, "delete").await?.is_none() {
             return Ok(Outcome::Absent);
         }
         // Deleting a user removes its permissions; its connections are closed explicitly.
@@ -283,13 +296,22 @@ impl Broker for RabbitmqClient {
     }
 }
 
-fn is_ours(user: &Value) -> bool {
+/// The user's tags: our marker and the owning resource's.
+fn tags(owner: &Owner) -> String {
+    format!("{OWNER_VALUE},{OWNER_RESOURCE_KEY}={}", owner.marker())
+}
+
+/// Whether the user carries our marker and the owning resource's (the user of another
+/// MqttTransfer is as foreign as a hand-made one).
+fn is_ours(user: &Value, owner: &Owner) -> bool {
     // 3.10 answers tags as a comma-separated string, later versions as a list.
-    match user.get("tags") {
-        Some(Value::String(s)) => s.split(',').any(|t| t.trim() == OWNER_VALUE),
-        Some(Value::Array(list)) => list.iter().any(|t| t.as_str() == Some(OWNER_VALUE)),
-        _ => false,
-    }
+    let tags: Vec<String> = match user.get("tags") {
+        Some(Value::String(s)) => s.split(',').map(|t| t.trim().to_owned()).collect(),
+        Some(Value::Array(list)) => list.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect(),
+        _ => Vec::new(),
+    };
+    let resource = format!("{OWNER_RESOURCE_KEY}={}", owner.marker());
+    tags.iter().any(|t| t == OWNER_VALUE) && tags.contains(&resource)
 }
 
 fn same_fields(want: &Value, have: &Value, fields: &[&str]) -> bool {
@@ -425,9 +447,16 @@ mod tests {
 
     #[test]
     fn ownership_from_tags_in_both_spellings() {
-        assert!(is_ours(&json!({"tags": "mqtt-dsp-operator"})));
-        assert!(is_ours(&json!({"tags": ["management", "mqtt-dsp-operator"]})));
-        assert!(!is_ours(&json!({"tags": "administrator"})));
-        assert!(!is_ours(&json!({})));
+        let owner = Owner { kind: "MqttTransfer".into(), namespace: "ns".into(), name: "t".into() };
+        let other = Owner { kind: "MqttTransfer".into(), namespace: "ns".into(), name: "u".into() };
+        assert!(is_ours(&json!({"tags": tags(&owner)}), &owner));
+        assert!(is_ours(
+            &json!({"tags": ["management", "mqtt-dsp-operator", "dsp-mqtt.io/owner=MqttTransfer/ns/t"]}),
+            &owner
+        ));
+        assert!(!is_ours(&json!({"tags": tags(&owner)}), &other));
+        assert!(!is_ours(&json!({"tags": "mqtt-dsp-operator"}), &owner));
+        assert!(!is_ours(&json!({"tags": "administrator"}), &owner));
+        assert!(!is_ours(&json!({}), &owner));
     }
 }
