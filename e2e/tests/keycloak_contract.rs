@@ -164,7 +164,7 @@ async fn create_then_read_back_as_keycloak_holds_it() {
     assert_eq!(writes.len(), 1, "{writes:?}");
     assert_eq!((writes[0].method.as_str(), writes[0].status), ("POST", 201));
 
-    let secret = client.client_secret(&def.client_id).await.unwrap();
+    let secret = client.client_secret(&def.client_id, &def.owner).await.unwrap();
     assert_eq!(secret.expose_secret(), stored.secret);
     assert_eq!(client.token_url(), "https://login.example.org/realms/dataspace/protocol/openid-connect/token");
 }
@@ -271,7 +271,7 @@ async fn the_operator_logs_in_once_across_many_calls() {
     assert!(results.iter().all(|r| matches!(r, Ok(Outcome::Created))), "{results:?}");
     for def in &defs {
         client.ensure_client(def).await.unwrap();
-        client.client_secret(&def.client_id).await.unwrap();
+        client.client_secret(&def.client_id, &def.owner).await.unwrap();
     }
 
     assert_eq!(stack.kc.logins(OPERATOR), 1);
@@ -356,7 +356,7 @@ async fn concurrent_creates_conflict_once_and_converge() {
     let stack = Stack::start().await;
     let client = stack.client();
     let def = transfer_client("t1");
-    client.client_secret("warm-up-login").await.unwrap_err();
+    client.client_secret("warm-up-login", &warm_up_owner()).await.unwrap_err();
     // Slow answers make both callers see "absent" before either creates.
     stack.kc.server.faults.set_latency(Duration::from_millis(200));
     stack.kc.server.log.clear();
@@ -392,7 +392,7 @@ async fn server_errors_are_unavailable_and_retryable() {
     assert!(err.is_retryable());
 
     // ...and on the Admin API.
-    client.client_secret("warm-up-login").await.unwrap_err();
+    client.client_secret("warm-up-login", &warm_up_owner()).await.unwrap_err();
     stack.kc.server.faults.fail_next(1, 500);
     let err = client.ensure_client(&def).await.unwrap_err();
     assert!(matches!(err, BackendError::Unavailable { status: 500, .. }), "{err:?}");
@@ -426,7 +426,7 @@ async fn a_foreign_client_is_neither_updated_nor_deleted_nor_its_secret_read() {
     assert!(matches!(err, BackendError::Foreign { .. }), "{err:?}");
     let err = client.delete_client(&def.client_id, &def.owner).await.unwrap_err();
     assert!(matches!(err, BackendError::Foreign { .. }), "{err:?}");
-    let err = client.client_secret(&def.client_id).await.unwrap_err();
+    let err = client.client_secret(&def.client_id, &def.owner).await.unwrap_err();
     assert!(matches!(err, BackendError::Foreign { .. }), "{err:?}");
     assert_no_secret(&err, &before.secret);
 
@@ -447,6 +447,8 @@ async fn a_client_of_another_resource_is_foreign_too() {
 
     assert!(matches!(client.ensure_client(&def).await, Err(BackendError::Foreign { .. })));
     assert!(matches!(client.delete_client(&def.client_id, &def.owner).await, Err(BackendError::Foreign { .. })));
+    // Nor is its secret handed out to another resource.
+    assert!(matches!(client.client_secret(&def.client_id, &def.owner).await, Err(BackendError::Foreign { .. })));
     assert_eq!(stack.mutating_admin_requests(), 0);
 }
 
@@ -461,7 +463,7 @@ async fn delete_removes_our_client_and_deleting_an_absent_one_is_absent() {
     assert!(stack.kc.client(&def.client_id).is_none());
     assert_eq!(client.delete_client(&def.client_id, &def.owner).await.unwrap(), Outcome::Absent);
 
-    let err = client.client_secret(&def.client_id).await.unwrap_err();
+    let err = client.client_secret(&def.client_id, &def.owner).await.unwrap_err();
     assert!(matches!(err, BackendError::Rejected { status: 404, .. }), "{err:?}");
 }
 
@@ -471,7 +473,7 @@ async fn the_issued_jwt_carries_audience_and_claims_and_verifies_against_the_jwk
     let client = stack.client();
     let def = transfer_client("t1");
     client.ensure_client(&def).await.unwrap();
-    let secret = client.client_secret(&def.client_id).await.unwrap();
+    let secret = client.client_secret(&def.client_id, &def.owner).await.unwrap();
 
     let tokens = client.issue_token(&def.client_id, &secret).await.unwrap();
     assert_eq!(tokens.expires_in, 120, "the client's access.token.lifespan");
@@ -520,12 +522,12 @@ async fn a_refresh_token_comes_only_when_enabled() {
         client.ensure_client(def).await.unwrap();
     }
 
-    let secret = client.client_secret(&with.client_id).await.unwrap();
+    let secret = client.client_secret(&with.client_id, &with.owner).await.unwrap();
     let tokens = client.issue_token(&with.client_id, &secret).await.unwrap();
     assert!(tokens.refresh_token.is_some());
     assert_eq!(tokens.refresh_expires_in, Some(1800));
 
-    let secret = client.client_secret(&without.client_id).await.unwrap();
+    let secret = client.client_secret(&without.client_id, &without.owner).await.unwrap();
     let tokens = client.issue_token(&without.client_id, &secret).await.unwrap();
     assert!(tokens.refresh_token.is_none());
     assert_eq!(tokens.refresh_expires_in, None, "Keycloak's refresh_expires_in: 0 means none");
@@ -537,7 +539,7 @@ async fn disabling_a_client_makes_issue_token_fail() {
     let client = stack.client();
     let mut def = transfer_client("t1");
     client.ensure_client(&def).await.unwrap();
-    let secret = client.client_secret(&def.client_id).await.unwrap();
+    let secret = client.client_secret(&def.client_id, &def.owner).await.unwrap();
     client.issue_token(&def.client_id, &secret).await.unwrap();
 
     def.enabled = false;
@@ -645,4 +647,8 @@ async fn the_double_answers_like_keycloak() {
         .await
         .unwrap();
     assert_eq!(basic.status(), 200, "client_secret_basic works as well");
+}
+
+fn warm_up_owner() -> Owner {
+    Owner { kind: "MqttTransfer".into(), namespace: "dataspace".into(), name: "warm-up".into() }
 }

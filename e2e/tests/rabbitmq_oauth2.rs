@@ -94,7 +94,7 @@ async fn tokens_from_the_identity_provider_grant_exactly_their_topics() {
         })
         .await
         .unwrap();
-    let secret = identity.client_secret("dsp-mqtt-transfer-a").await.unwrap();
+    let secret = identity.client_secret("dsp-mqtt-transfer-a", &owner).await.unwrap();
     let tokens = identity.issue_token("dsp-mqtt-transfer-a", &secret).await.unwrap();
     let jwt = tokens.access_token.expose_secret().to_owned();
 

@@ -694,7 +694,7 @@ impl IdentityProvider for KeycloakClient {
         }
     }
 
-    async fn client_secret(&self, client_id: &str) -> Result<SecretString, BackendError> {
+    async fn client_secret(&self, client_id: &str, owner: &Owner) -> Result<SecretString, BackendError> {
         const OPERATION: &str = "read secret of";
         let object = format!("client {client_id}");
         let Some(found) = self.find(OPERATION, client_id).await? else {
@@ -706,11 +706,7 @@ impl IdentityProvider for KeycloakClient {
                 message: "no such client".into(),
             });
         };
-        // The owner's name is not known here; the operator's marker is enough to refuse handing
-        // out secrets of clients someone else made.
-        if found.view.attribute(OWNER_KEY) != OWNER_VALUE {
-            return Err(BackendError::Foreign { system: SYSTEM, operation: OPERATION, object });
-        }
+        Self::check_ours(&found.view, owner, OPERATION)?;
         let url = self.clients_url(&[&found.view.id, "client-secret"]);
         let response = self.admin_send(OPERATION, &object, || self.http.get(url.clone())).await?;
         if !response.status().is_success() {

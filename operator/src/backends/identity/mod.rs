@@ -57,8 +57,8 @@ pub struct TokenSet {
 pub trait IdentityProvider: Send + Sync {
     /// Creates the client (with its mappers) or brings it to `client`; no write when it matches.
     async fn ensure_client(&self, client: &ClientDefinition) -> Result<Outcome, BackendError>;
-    /// The client's current secret.
-    async fn client_secret(&self, client_id: &str) -> Result<SecretString, BackendError>;
+    /// The current secret of a client of `owner`'s (never of anyone else's client).
+    async fn client_secret(&self, client_id: &str, owner: &Owner) -> Result<SecretString, BackendError>;
     /// Deletes a client of ours (absent is success).
     async fn delete_client(&self, client_id: &str, owner: &Owner) -> Result<Outcome, BackendError>;
     /// Issues tokens for a client (client_credentials grant at the token endpoint).
