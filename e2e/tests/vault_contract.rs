@@ -231,6 +231,18 @@ async fn concurrent_write_is_detected_and_decided_again() {
 }
 
 #[tokio::test]
+async fn a_key_created_by_someone_else_while_we_create_it_is_left_to_them() {
+    let s = stack().await;
+    let client = s.client();
+    // Absent when read; another writer gets its first version in before ours.
+    s.vault.interpose_writes("edc/fresh", &["created-by-someone-else"]);
+    let e = client.ensure_secret(&at("fresh"), &secret("ours"), &owner()).await.unwrap_err();
+    assert!(matches!(e, BackendError::Foreign { .. }), "{e:?}");
+    let stored = s.vault.secret("edc/fresh").unwrap();
+    assert_eq!(stored.content(), Some("created-by-someone-else"), "the other writer's value was overwritten");
+}
+
+#[tokio::test]
 async fn a_writer_that_keeps_winning_gives_a_retryable_error() {
     let s = stack().await;
     let client = s.client();

@@ -620,6 +620,10 @@ fn check_url(push: &mut impl FnMut(String, String), path: &str, url: &Url, schem
     if url.host_str().is_none_or(str::is_empty) {
         push(path.into(), "must name a host".into());
     }
+    if !url.username().is_empty() || url.password().is_some() {
+        // Never echo the URL: it holds a credential.
+        push(path.into(), "must not contain a user name or password (use the profile's credential fields)".into());
+    }
 }
 
 fn check_credential(push: &mut impl FnMut(String, String), path: &str, cred: &CredentialRef) {
@@ -724,6 +728,20 @@ brokers:
                 "brokers.default.publicUrls.mqtt-tls: scheme must be mqtts or ssl, got mqtt (unencrypted connections are refused)",
             ]
         );
+    }
+
+    #[test]
+    fn credentials_in_urls_are_refused_without_echoing_them() {
+        let text = r#"
+connectors:
+  default:
+    managementUrl: https://admin:hunter2@edc.example.com/management
+    apiKey: {env: EDC_KEY}
+"#;
+        let rendered: Vec<String> = Config::parse(text).unwrap_err().iter().map(ToString::to_string).collect();
+        assert_eq!(rendered.len(), 1, "{rendered:?}");
+        assert!(rendered[0].starts_with("connectors.default.managementUrl: must not contain a user name or password"));
+        assert!(!rendered[0].contains("hunter2"));
     }
 
     #[test]

@@ -39,6 +39,9 @@ use crate::backends::http::{self, HttpSettings};
 use crate::backends::{BackendError, OWNER_KEY, OWNER_RESOURCE_KEY, OWNER_VALUE, Outcome, Owner, SecretString, System};
 use crate::config::IdentityProviderProfile;
 
+/// Longest token lifetime the client believes (one year).
+const MAX_LIFETIME_SECONDS: u64 = 365 * 86_400;
+
 const SYSTEM: System = System::Identity;
 
 /// Names of the protocol mappers the operator manages start with this.
@@ -355,7 +358,8 @@ impl KeycloakClient {
         cache.current = None;
         let fresh = self.login(operation, object).await?;
         cache.logins += 1;
-        let lifetime = Duration::from_secs(fresh.expires_in);
+        // Capped: an absurd `expires_in` must not overflow the Instant arithmetic below.
+        let lifetime = Duration::from_secs(fresh.expires_in.min(MAX_LIFETIME_SECONDS));
         let margin = RENEW_MARGIN.min(lifetime / 5);
         let token = AdminToken {
             value: fresh.access_token,

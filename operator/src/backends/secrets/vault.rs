@@ -574,6 +574,7 @@ impl SecretStore for VaultClient {
         owner: &Owner,
     ) -> Result<Outcome, BackendError> {
         let mut conflict = String::new();
+        let mut marked_fresh = false;
         for _ in 0..CAS_ATTEMPTS {
             let (cas, outcome) = match self.read_current(at).await? {
                 Current::Live { data, custom_metadata, version } => {
@@ -590,6 +591,7 @@ impl SecretStore for VaultClient {
                 Current::NoValue => match self.read_metadata(at).await? {
                     None => {
                         self.mark(at, owner).await?;
+                        marked_fresh = true;
                         (0, Outcome::Created)
                     }
                     Some(metadata) if is_ours(metadata.custom_metadata.as_ref().unwrap_or(&BTreeMap::new()), owner) => {
@@ -600,6 +602,10 @@ impl SecretStore for VaultClient {
             };
             match self.write(at, value, cas).await {
                 Ok(()) => return Ok(outcome),
+                // The key was absent and someone else wrote it between our marker and our first
+                // version: our marker may now sit on their key, so trusting it would overwrite
+                // a foreign value.
+                Err(WriteError::CasConflict(_)) if marked_fresh => return Err(self.foreign("overwrite", at)),
                 Err(WriteError::CasConflict(message)) => {
                     tracing::info!(system = SYSTEM.as_str(), object = %self.object(at), "secret changed while writing; reading it again");
                     conflict = message;
@@ -668,7 +674,8 @@ struct Lease {
 
 impl From<LoginAuth> for Lease {
     fn from(auth: LoginAuth) -> Self {
-        let lease = Duration::from_secs(auth.lease_duration);
+        // Capped at a year: an absurd lease must not overflow the Instant arithmetic later.
+        let lease = Duration::from_secs(auth.lease_duration.min(365 * 86_400));
         Lease { token: auth.client_token, lease, renewable: auth.renewable, ttl: lease }
     }
 }
