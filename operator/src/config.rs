@@ -281,6 +281,9 @@ pub struct BrokerProfile {
     /// RabbitMQ settings (only for `type: rabbitmq`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rabbitmq: Option<RabbitmqSettings>,
+    /// EMQX settings (only for `type: emqx`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub emqx: Option<EmqxSettings>,
     /// CA bundle for the admin endpoint's TLS certificate. Default: the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<CaBundleRef>,
@@ -325,6 +328,26 @@ impl Default for RabbitmqSettings {
             additional_scopes_key: default_additional_scopes_key(),
         }
     }
+}
+
+/// EMQX-specific settings.
+#[derive(Clone, Debug, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct EmqxSettings {
+    /// Audience consumers' JWTs carry, as the broker's JWT authenticator verifies it.
+    /// Default: `emqx`.
+    #[serde(default = "default_emqx_audience")]
+    pub jwt_audience: String,
+}
+
+impl Default for EmqxSettings {
+    fn default() -> Self {
+        Self { jwt_audience: default_emqx_audience() }
+    }
+}
+
+fn default_emqx_audience() -> String {
+    "emqx".into()
 }
 
 fn default_timeout() -> u64 {
@@ -445,6 +468,9 @@ impl Config {
                 if broker.broker_type == BrokerType::Rabbitmq && broker.rabbitmq.is_none() {
                     broker.rabbitmq = Some(RabbitmqSettings::default());
                 }
+                if broker.broker_type == BrokerType::Emqx && broker.emqx.is_none() {
+                    broker.emqx = Some(EmqxSettings::default());
+                }
             }
             Ok(config)
         } else {
@@ -547,6 +573,12 @@ impl Config {
                 push(
                     format!("{at}.rabbitmq"),
                     format!("only allowed with type: rabbitmq (this broker is {})", p.broker_type.as_str()),
+                );
+            }
+            if p.emqx.is_some() && p.broker_type != BrokerType::Emqx {
+                push(
+                    format!("{at}.emqx"),
+                    format!("only allowed with type: emqx (this broker is {})", p.broker_type.as_str()),
                 );
             }
             if let Some(ca) = &p.ca_bundle {

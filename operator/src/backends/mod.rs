@@ -20,6 +20,7 @@ pub mod broker;
 pub mod connector;
 pub mod http;
 pub mod identity;
+pub mod registry;
 pub mod secrets;
 
 pub use secrecy::{ExposeSecret, SecretString};
