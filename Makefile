@@ -39,5 +39,5 @@ run: build ## Run the operator against the current kube-context with examples/op
 	$(BIN) run --config examples/operator-config.yaml --listen 127.0.0.1:8080
 
 demo e2e bench deploy:
-	@echo "make $@: not built yet — it arrives with the dev stack and the controllers (see README, Status)." >&2
+	@echo "make $@: not built yet — it needs the controllers and the Kubernetes API test server (see README, Status)." >&2
 	@exit 2
