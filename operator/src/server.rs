@@ -59,11 +59,13 @@ pub fn router(metrics: Arc<Metrics>, readiness: watch::Receiver<Readiness>) -> R
 async fn readyz(State(state): State<AppState>) -> impl IntoResponse {
     let readiness = state.readiness.borrow().clone();
     let code = if readiness.is_ready() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
-    state.metrics.ready.set(i64::from(readiness.is_ready()));
     (code, readiness.report())
 }
 
 async fn metrics_handler(State(state): State<AppState>) -> impl IntoResponse {
+    // The gauge is read from the readiness state at scrape time, so it never depends on whether
+    // anyone polled /readyz.
+    state.metrics.ready.set(i64::from(state.readiness.borrow().is_ready()));
     match state.metrics.encode() {
         Ok(body) => (
             StatusCode::OK,

@@ -473,10 +473,9 @@ fn marker(owner: &Owner) -> String {
 /// the client of another MqttTransfer is as foreign as a hand-made one.
 fn is_ours(object: &Value, owner: Option<&Owner>) -> bool {
     let Some(description) = object.get("textdescription").and_then(Value::as_str) else { return false };
-    let mut words = description.split_whitespace();
-    let managed = format!("{OWNER_KEY}={OWNER_VALUE}");
-    let ours = description.split_whitespace().any(|w| w == managed);
-    ours && owner.is_none_or(|o| words.any(|w| w == format!("{OWNER_RESOURCE_KEY}={}", o.marker())))
+    let has = |word: String| description.split_whitespace().any(|w| w == word);
+    has(format!("{OWNER_KEY}={OWNER_VALUE}"))
+        && owner.is_none_or(|o| has(format!("{OWNER_RESOURCE_KEY}={}", o.marker())))
 }
 
 fn rejected(operation: &'static str, object: &str, message: &str) -> BackendError {
