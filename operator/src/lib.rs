@@ -7,11 +7,14 @@
 pub mod api;
 pub mod backends;
 pub mod config;
+pub mod controller;
 pub mod crd;
 pub mod credentials;
 pub mod metrics;
+pub mod plan;
 pub mod run;
 pub mod server;
+pub mod status;
 pub mod telemetry;
 
 /// Installs ring as the process-wide rustls crypto provider. Every TLS client of the operator

@@ -29,6 +29,18 @@ enum Command {
         /// Log format.
         #[arg(long, env = "MQTT_DSP_OPERATOR_LOG_FORMAT", value_enum, default_value = "text")]
         log_format: telemetry::LogFormat,
+        /// Seconds between reconciles of a healthy resource (drift repair), with ±10 % jitter.
+        #[arg(long, env = "MQTT_DSP_OPERATOR_RESYNC_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..))]
+        resync_seconds: u64,
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long, env = "MQTT_DSP_OPERATOR_WATCH_NAMESPACE")]
+        watch_namespace: Option<String>,
+        /// Attempts at deleting an external object a backend refuses to delete before it is left in place.
+        #[arg(long, env = "MQTT_DSP_OPERATOR_CLEANUP_ATTEMPTS", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+        cleanup_attempts: u32,
+        /// Seconds between such attempts.
+        #[arg(long, env = "MQTT_DSP_OPERATOR_CLEANUP_RETRY_SECONDS", default_value_t = 30)]
+        cleanup_retry_seconds: u64,
     },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crdgen {
@@ -62,7 +74,15 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Run { config, listen, log_format } => {
+        Command::Run {
+            config,
+            listen,
+            log_format,
+            resync_seconds,
+            watch_namespace,
+            cleanup_attempts,
+            cleanup_retry_seconds,
+        } => {
             telemetry::init(log_format);
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
@@ -71,7 +91,14 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            match runtime.block_on(run::run(run::RunOptions { config, listen })) {
+            let settings = mqtt_dsp_operator::controller::Settings {
+                resync: std::time::Duration::from_secs(resync_seconds),
+                namespace: watch_namespace,
+                cleanup_attempts,
+                cleanup_retry: std::time::Duration::from_secs(cleanup_retry_seconds),
+                ..Default::default()
+            };
+            match runtime.block_on(run::run(run::RunOptions { config, listen, settings })) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{}", error_chain(&e));

@@ -4,9 +4,31 @@
 //! here; this module only holds what exists from start-up on.
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
+
+use crate::backends::Outcome;
+
+/// Labels of the reconcile metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReconcileLabels {
+    /// `MqttAsset` or `MqttTransfer`.
+    pub kind: String,
+    /// `ok` or the error reason.
+    pub result: String,
+}
+
+/// Labels of `mqtt_dsp_operator_backend_writes`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WriteLabels {
+    /// `connector`, `identity`, `secret-store`, `mosquitto`, `rabbitmq`, `emqx`.
+    pub system: String,
+    /// `created`, `updated`, `deleted`.
+    pub operation: String,
+}
 
 /// Labels of `mqtt_dsp_operator_build_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -22,6 +44,12 @@ pub struct Metrics {
     pub build_info: Family<BuildLabels, Gauge>,
     /// 1 while the operator is ready (configuration loaded, CRDs installed), else 0.
     pub ready: Gauge,
+    /// Reconciles by kind and result.
+    pub reconciles: Family<ReconcileLabels, Counter>,
+    /// Reconcile duration by kind.
+    pub reconcile_seconds: Family<ReconcileLabels, Histogram>,
+    /// Writes made to external systems (creates, updates, deletes).
+    pub backend_writes: Family<WriteLabels, Counter>,
 }
 
 impl Default for Metrics {
@@ -32,11 +60,52 @@ impl Default for Metrics {
         build_info.get_or_create(&BuildLabels { version: env!("CARGO_PKG_VERSION").into() }).set(1);
         let ready = Gauge::default();
         registry.register("ready", "1 while the operator is ready to reconcile", ready.clone());
-        Self { registry, build_info, ready }
+        let reconciles = Family::<ReconcileLabels, Counter>::default();
+        registry.register("reconciles", "Reconciles by kind and result (ok or the error reason)", reconciles.clone());
+        let reconcile_seconds = Family::<ReconcileLabels, Histogram>::new_with_constructor(
+            (|| Histogram::new(exponential_buckets(0.001, 2.0, 16))) as fn() -> Histogram,
+        );
+        registry.register("reconcile_seconds", "Reconcile duration", reconcile_seconds.clone());
+        let backend_writes = Family::<WriteLabels, Counter>::default();
+        registry.register("backend_writes", "Writes made to external systems", backend_writes.clone());
+        Self { registry, build_info, ready, reconciles, reconcile_seconds, backend_writes }
     }
 }
 
 impl Metrics {
+    /// Records one reconcile.
+    pub fn observe_reconcile(&self, kind: &str, took: std::time::Duration, error: Option<&str>) {
+        let labels = ReconcileLabels { kind: kind.into(), result: error.unwrap_or("ok").into() };
+        self.reconciles.get_or_create(&labels).inc();
+        let labels = ReconcileLabels { kind: kind.into(), result: String::new() };
+        self.reconcile_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    /// Records a write to an external system.
+    pub fn count_backend_write(&self, system: &str, outcome: Outcome) {
+        let operation = match outcome {
+            Outcome::Created => "created",
+            Outcome::Updated => "updated",
+            Outcome::Deleted => "deleted",
+            Outcome::Unchanged | Outcome::Absent => return,
+        };
+        self.backend_writes.get_or_create(&WriteLabels { system: system.into(), operation: operation.into() }).inc();
+    }
+
+    /// Total writes made to external systems so far.
+    pub fn backend_write_total(&self) -> u64 {
+        let mut total = 0;
+        for system in ["connector", "identity", "secret-store", "mosquitto", "rabbitmq", "emqx"] {
+            for operation in ["created", "updated", "deleted"] {
+                total += self
+                    .backend_writes
+                    .get_or_create(&WriteLabels { system: system.into(), operation: operation.into() })
+                    .get();
+            }
+        }
+        total
+    }
+
     /// The registry, for layers that add their own families.
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry

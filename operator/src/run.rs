@@ -13,7 +13,9 @@ use tokio::sync::watch;
 use tracing::{info, warn};
 
 use crate::api::{GROUP, VERSION};
+use crate::backends::registry::{Backends, BuildContext};
 use crate::config::{Config, ConfigError};
+use crate::controller::{self, Context};
 use crate::metrics::Metrics;
 use crate::server::{self, Readiness};
 
@@ -24,6 +26,8 @@ pub struct RunOptions {
     pub config: PathBuf,
     /// Address of `/healthz`, `/readyz` and `/metrics`.
     pub listen: SocketAddr,
+    /// Controller tunables.
+    pub settings: crate::controller::Settings,
 }
 
 /// Why the operator could not start or stopped with an error.
@@ -52,6 +56,9 @@ pub enum RunError {
         /// Plural names of the missing resources.
         missing: Vec<String>,
     },
+    /// A profile's client could not be set up (e.g. its credential cannot be read).
+    #[error(transparent)]
+    Backends(#[from] crate::backends::registry::BuildError),
     /// The endpoints' address could not be bound.
     #[error("cannot listen on {addr}")]
     Bind {
@@ -71,7 +78,7 @@ impl RunError {
     /// (2 is clap's usage error).
     pub fn exit_code(&self) -> i32 {
         match self {
-            RunError::Config(_) => 3,
+            RunError::Config(_) | RunError::Backends(_) => 3,
             RunError::CrdsMissing { .. } => 4,
             _ => 1,
         }
@@ -112,21 +119,33 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     readiness_tx.send_modify(|r| r.crds_installed = true);
     info!("CRDs of {GROUP}/{VERSION} are installed");
 
+    let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| client.default_namespace().to_owned());
+    let build = BuildContext { kube: Some(&client), namespace: &namespace, replica: &options.settings.instance };
+    let backends = Backends::build(&config, &build).await?;
+    info!("a client for every configured profile is set up");
+
     let metrics = Arc::new(Metrics::default());
     let listener = server::bind(options.listen).await?;
     info!("serving /healthz, /readyz and /metrics on {}", options.listen);
     let (stop_tx, mut stop_rx) = watch::channel(false);
-    let server_task = tokio::spawn(server::serve(listener, metrics, readiness_rx, async move {
+    let server_task = tokio::spawn(server::serve(listener, metrics.clone(), readiness_rx, async move {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
 
-    // The controllers join here as they are built (MqttAsset, MqttTransfer); until then the
-    // operator is ready as soon as its prerequisites are.
+    let ctx = Arc::new(Context::new(client, Arc::new(config), Arc::new(backends), options.settings, metrics));
+    let mut controllers_stop = stop_tx.subscribe();
+    let controllers = tokio::spawn(controller::run(ctx, async move {
+        let _ = controllers_stop.wait_for(|stop| *stop).await;
+    }));
     readiness_tx.send_modify(|r| r.controllers_started = true);
+    info!("controllers started");
 
     shutdown_signal().await;
     info!("shutting down");
     let _ = stop_tx.send(true);
+    if let Err(e) = controllers.await {
+        warn!("controller task ended abnormally: {e}");
+    }
     match server_task.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(RunError::Serve(e)),

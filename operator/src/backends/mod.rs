@@ -25,6 +25,15 @@ pub mod secrets;
 
 pub use secrecy::{ExposeSecret, SecretString};
 
+/// A fresh random password: 256 bits from the OS-seeded CSPRNG, base64url without padding
+/// (43 characters, safe in every broker's username/password syntax).
+pub fn random_password() -> SecretString {
+    use base64::Engine as _;
+    let mut bytes = [0u8; 32];
+    rand::fill(&mut bytes);
+    SecretString::from(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
+}
+
 /// Key of the ownership marker (EDC private property, Keycloak client attribute, Vault
 /// `custom_metadata`; brokers carry it in the object's text description).
 pub const OWNER_KEY: &str = "dsp-mqtt.io/managed-by";

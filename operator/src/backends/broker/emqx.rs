@@ -51,7 +51,6 @@
 use std::time::Duration;
 
 use async_trait::async_trait;
-use base64::Engine as _;
 use reqwest::{Method, Response, StatusCode};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -61,6 +60,7 @@ use super::{Broker, TokenRequirements, UserGrant};
 use crate::api::AuthMode;
 use crate::backends::http::{self, HttpSettings};
 use crate::backends::identity::HardcodedClaim;
+use crate::backends::random_password;
 use crate::backends::{
     BackendError, ExposeSecret, OWNER_KEY, OWNER_RESOURCE_KEY, OWNER_VALUE, Outcome, Owner, SecretString, System,
 };
@@ -366,13 +366,6 @@ fn check_topics(topics: &[String]) -> Result<(), BackendError> {
         }),
         None => Ok(()),
     }
-}
-
-/// A password nobody knows: what a suspended user gets.
-fn random_password() -> SecretString {
-    let mut bytes = [0u8; 32];
-    rand::fill(&mut bytes);
-    SecretString::from(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes))
 }
 
 /// Whether creating something found it already there.

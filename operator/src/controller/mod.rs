@@ -1,0 +1,280 @@
+//! The controllers: thin reconcile/cleanup functions that walk a plan through the backends and
+//! write what they found into status. Backend details live in `backends/`, the rules in `plan/`.
+//!
+//! Common behaviour:
+//! - a finalizer (`dsp-mqtt.io/cleanup`) guards every resource so that deletion can clean up;
+//! - retryable backend errors (unavailable, timeout, unreachable) and Kubernetes API errors are
+//!   retried with exponential backoff and jitter; other errors are reported and wait for a spec
+//!   change or the next resync;
+//! - a successful reconcile is repeated every `resync` (with jitter): that repairs whatever was
+//!   changed or deleted behind our back, and writes nothing when nothing was;
+//! - status is written only when it differs from what is stored; an Event is published on every
+//!   condition change and every error, its reason being the error variant.
+
+pub mod asset;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::Client;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event as KubeEvent, Recorder, Reporter};
+use tracing::warn;
+
+use crate::backends::registry::Backends;
+use crate::backends::{BackendError, System};
+use crate::config::Config;
+use crate::metrics::Metrics;
+use crate::plan::PlanError;
+
+/// The finalizer our controllers put on resources.
+pub const FINALIZER: &str = "dsp-mqtt.io/cleanup";
+
+/// Name the operator reports Events under.
+pub const REPORTER: &str = "mqtt-dsp-operator";
+
+/// Tunables of the controllers.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// How often a healthy resource is reconciled again (drift repair). Default 5 min.
+    pub resync: Duration,
+    /// First retry delay after a retryable error. Default 1 s.
+    pub backoff_base: Duration,
+    /// Longest retry delay. Default 5 min.
+    pub backoff_max: Duration,
+    /// Attempts at deleting an external object that a backend refuses to delete (e.g. a connector
+    /// asset still referenced by a contract agreement) before it is left in place and the
+    /// finalizer released. Default 3.
+    pub cleanup_attempts: u32,
+    /// Delay between such attempts. Default 30 s.
+    pub cleanup_retry: Duration,
+    /// Namespace to watch; all when `None`.
+    pub namespace: Option<String>,
+    /// The replica's name (Event reporting instance).
+    pub instance: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Self {
+            resync: Duration::from_secs(300),
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(300),
+            cleanup_attempts: 3,
+            cleanup_retry: Duration::from_secs(30),
+            namespace: None,
+            instance: std::env::var("POD_NAME").unwrap_or_else(|_| "local".into()),
+        }
+    }
+}
+
+/// What every reconcile gets.
+pub struct Context {
+    /// The cluster.
+    pub client: Client,
+    /// Operator configuration.
+    pub config: Arc<Config>,
+    /// A client per configured profile.
+    pub backends: Arc<Backends>,
+    /// Tunables.
+    pub settings: Settings,
+    /// Event publisher.
+    pub recorder: Recorder,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// A context for the controllers.
+    pub fn new(
+        client: Client,
+        config: Arc<Config>,
+        backends: Arc<Backends>,
+        settings: Settings,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let reporter = Reporter { controller: REPORTER.into(), instance: Some(settings.instance.clone()) };
+        Self {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            config,
+            backends,
+            settings,
+            metrics,
+            failures: Mutex::default(),
+        }
+    }
+
+    /// Delay before retrying `key` after its n-th consecutive failure: base·2ⁿ⁻¹, capped, ±20 %.
+    fn backoff(&self, key: &str) -> Duration {
+        let mut failures = self.failures.lock().expect("not poisoned");
+        let n = failures.entry(key.to_owned()).or_default();
+        *n = n.saturating_add(1);
+        let exp = self.settings.backoff_base.saturating_mul(2u32.saturating_pow(n.saturating_sub(1).min(20)));
+        jitter(exp.min(self.settings.backoff_max), 0.2)
+    }
+
+    /// Forgets `key`'s failures after a success.
+    fn succeeded(&self, key: &str) {
+        self.failures.lock().expect("not poisoned").remove(key);
+    }
+
+    /// The requeue after a success: the resync interval with ±10 % jitter, so that resources
+    /// created together do not resync together.
+    fn resync(&self) -> Action {
+        Action::requeue(jitter(self.settings.resync, 0.1))
+    }
+
+    /// Publishes an Event; failures to publish are logged, never fatal.
+    async fn publish(&self, reference: &k8s_openapi::api::core::v1::ObjectReference, event: KubeEvent) {
+        if let Err(e) = self.recorder.publish(&event, reference).await {
+            warn!(reason = %event.reason, "cannot publish Event: {e}");
+        }
+    }
+}
+
+/// `d` ± `fraction`·`d`, uniformly.
+fn jitter(d: Duration, fraction: f64) -> Duration {
+    let factor = 1.0 + fraction * (2.0 * rand::random::<f64>() - 1.0);
+    d.mul_f64(factor.max(0.0))
+}
+
+/// A reconcile step, named in conditions and messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Identity-provider client / broker user password.
+    Identity,
+    /// Secret store.
+    Secret,
+    /// Broker.
+    Broker,
+    /// Connector.
+    Connector,
+}
+
+impl Step {
+    /// Its condition type.
+    pub fn condition(self) -> &'static str {
+        match self {
+            Step::Identity => crate::status::IDENTITY_READY,
+            Step::Secret => crate::status::SECRET_READY,
+            Step::Broker => crate::status::BROKER_READY,
+            Step::Connector => crate::status::CONNECTOR_READY,
+        }
+    }
+}
+
+impl std::fmt::Display for Step {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Step::Identity => "identity",
+            Step::Secret => "secret",
+            Step::Broker => "broker",
+            Step::Connector => "connector",
+        })
+    }
+}
+
+/// Why a reconcile failed. The variant (or the wrapped error's variant) is the reason.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The spec cannot be planned.
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    /// A backend refused or failed.
+    #[error("{step}: {source}")]
+    Backend {
+        /// Which step.
+        step: Step,
+        /// What the backend said.
+        #[source]
+        source: BackendError,
+    },
+    /// The Kubernetes API failed.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[source] kube::Error),
+    /// The finalizer helper could not work with the object.
+    #[error("finalizer: {0}")]
+    Finalizer(String),
+    /// Deletion: a backend refused to delete something; tried again after `retry`.
+    #[error("deletion attempt {attempts} was refused; trying again in {retry:?}")]
+    CleanupPending {
+        /// When to try again.
+        retry: Duration,
+        /// Attempts so far.
+        attempts: u32,
+    },
+}
+
+impl Error {
+    /// Stable reason for conditions and Events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            Error::Plan(e) => e.reason(),
+            Error::Backend { source, .. } => source.reason(),
+            Error::Kube(_) => "KubernetesApi",
+            Error::Finalizer(_) => "Finalizer",
+            Error::CleanupPending { .. } => "CleanupPending",
+        }
+    }
+
+    /// Whether retrying soon may help (otherwise: wait for a change or the resync).
+    pub fn is_retryable(&self) -> bool {
+        match self {
+            Error::Plan(_) => false,
+            Error::Backend { source, .. } => source.is_retryable(),
+            Error::Kube(_) | Error::Finalizer(_) | Error::CleanupPending { .. } => true,
+        }
+    }
+
+    fn from_finalizer(e: kube::runtime::finalizer::Error<Error>) -> Self {
+        use kube::runtime::finalizer::Error as F;
+        match e {
+            F::ApplyFailed(e) | F::CleanupFailed(e) => e,
+            F::AddFinalizer(e) | F::RemoveFinalizer(e) => Error::Kube(e),
+            F::UnnamedObject => Error::Finalizer("object has no name".into()),
+            F::InvalidFinalizer => Error::Finalizer("invalid finalizer name".into()),
+        }
+    }
+}
+
+/// Attaches the step to a backend error.
+pub(crate) trait AtStep<T> {
+    fn at(self, step: Step) -> Result<T, Error>;
+}
+
+impl<T> AtStep<T> for Result<T, BackendError> {
+    fn at(self, step: Step) -> Result<T, Error> {
+        self.map_err(|source| Error::Backend { step, source })
+    }
+}
+
+/// The system a step's backend belongs to (for messages).
+pub fn step_system(step: Step, broker: System) -> System {
+    match step {
+        Step::Identity => System::Identity,
+        Step::Secret => System::SecretStore,
+        Step::Broker => broker,
+        Step::Connector => System::Connector,
+    }
+}
+
+/// Runs the controllers until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    asset::run(ctx, shutdown).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jitter_stays_within_bounds() {
+        for _ in 0..1000 {
+            let d = jitter(Duration::from_secs(100), 0.2);
+            assert!(d >= Duration::from_secs(80) && d <= Duration::from_secs(120), "{d:?}");
+        }
+    }
+}

@@ -1,0 +1,151 @@
+//! Pure planning: a validated spec plus the operator configuration → the desired state of every
+//! backend, with deterministic external names. No I/O here; the controllers walk a plan through
+//! the backends. Most of the operator's rules are unit-tested in this module.
+//!
+//! What one object's schema and CEL rules cannot check (a profile that must exist in the
+//! configuration, an auth mode the chosen broker cannot do, MQTT's 65535-*byte* topic bound,
+//! reserved keys inside a free-form map) is checked here and reported as a [`PlanError`], whose
+//! variant name is the condition and Event reason.
+
+pub mod asset;
+pub mod topics;
+
+use crate::api::{AuthMode, TOPIC_FILTER_MAX_BYTES};
+use crate::config::BrokerType;
+
+/// Key prefix reserved for the operator's own markers in the connector's private properties.
+pub const RESERVED_PROPERTY_PREFIX: &str = "dsp-mqtt.io/";
+
+/// Why a spec cannot be planned. Each message names the field to change.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// The spec names a profile the operator configuration does not define.
+    #[error(
+        "{field} names {section} profile \"{name}\", which the operator configuration does not define (defined: {}); set {field} to one of them or add the profile",
+        if defined.is_empty() { "none".to_owned() } else { defined.join(", ") }
+    )]
+    UnknownProfile {
+        /// Spec field that names it (`spec.connector`).
+        field: &'static str,
+        /// Configuration section (`connectors`).
+        section: &'static str,
+        /// The name given (or `default`).
+        name: String,
+        /// Profiles that exist in that section.
+        defined: Vec<String>,
+    },
+    /// The broker cannot authenticate consumers in the requested mode.
+    #[error(
+        "broker profile \"{broker}\" ({broker_type}) does not offer auth mode {mode} (it offers: {}); change spec.auth.mode or choose another broker in spec.broker",
+        offered.iter().map(|m| m.as_str()).collect::<Vec<_>>().join(", ")
+    )]
+    AuthModeUnsupported {
+        /// Broker profile.
+        broker: String,
+        /// Its type.
+        broker_type: &'static str,
+        /// Mode asked for.
+        mode: AuthMode,
+        /// Modes it offers.
+        offered: Vec<AuthMode>,
+    },
+    /// No URL to give consumers.
+    #[error(
+        "spec.endpoint.url is not set and broker profile \"{broker}\" has no public URL for {endpoint_type}; set spec.endpoint.url or add brokers.{broker}.publicUrls.{endpoint_type} to the operator configuration"
+    )]
+    NoEndpointUrl {
+        /// Broker profile.
+        broker: String,
+        /// Endpoint type asked for.
+        endpoint_type: &'static str,
+    },
+    /// A private property uses the operator's reserved key prefix.
+    #[error(
+        "spec.privateProperties.{key}: keys starting with \"{RESERVED_PROPERTY_PREFIX}\" are reserved for the operator's ownership markers; rename the key"
+    )]
+    ReservedProperty {
+        /// The key.
+        key: String,
+    },
+    /// The same key in properties and privateProperties (the connector refuses that).
+    #[error(
+        "key \"{key}\" is in both spec.properties and spec.privateProperties, which the connector refuses; keep it in one of them"
+    )]
+    PropertyConflict {
+        /// The key.
+        key: String,
+    },
+    /// A topic filter longer than MQTT allows.
+    #[error(
+        "{field}[{index}] is {bytes} bytes long in UTF-8; MQTT allows at most {TOPIC_FILTER_MAX_BYTES}: shorten it"
+    )]
+    TopicTooLong {
+        /// Spec field (`spec.topics`).
+        field: &'static str,
+        /// Index in the list.
+        index: usize,
+        /// Its length in bytes.
+        bytes: usize,
+    },
+}
+
+impl PlanError {
+    /// The condition/Event reason: the variant name.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            PlanError::UnknownProfile { .. } => "UnknownProfile",
+            PlanError::AuthModeUnsupported { .. } => "AuthModeUnsupported",
+            PlanError::NoEndpointUrl { .. } => "NoEndpointUrl",
+            PlanError::ReservedProperty { .. } => "ReservedProperty",
+            PlanError::PropertyConflict { .. } => "PropertyConflict",
+            PlanError::TopicTooLong { .. } => "TopicTooLong",
+        }
+    }
+}
+
+/// Profile name a spec field resolves to.
+pub fn profile_name(chosen: Option<&String>) -> &str {
+    chosen.map(String::as_str).unwrap_or("default")
+}
+
+/// Looks a profile up, or says which exist.
+fn lookup<'a, T>(
+    map: &'a std::collections::BTreeMap<String, T>,
+    chosen: Option<&String>,
+    field: &'static str,
+    section: &'static str,
+) -> Result<(String, &'a T), PlanError> {
+    let name = profile_name(chosen);
+    map.get(name).map(|p| (name.to_owned(), p)).ok_or_else(|| PlanError::UnknownProfile {
+        field,
+        section,
+        name: name.to_owned(),
+        defined: map.keys().cloned().collect(),
+    })
+}
+
+/// Checks MQTT's byte bound on every topic filter (the schema can only count characters).
+pub fn check_topic_bytes(field: &'static str, topics: &[String]) -> Result<(), PlanError> {
+    match topics.iter().enumerate().find(|(_, t)| t.len() > TOPIC_FILTER_MAX_BYTES) {
+        Some((index, t)) => Err(PlanError::TopicTooLong { field, index, bytes: t.len() }),
+        None => Ok(()),
+    }
+}
+
+/// Whether a broker profile offers a mode; the error names what it offers.
+fn check_mode(broker: &str, broker_type: BrokerType, offered: Vec<AuthMode>, mode: AuthMode) -> Result<(), PlanError> {
+    if offered.contains(&mode) {
+        Ok(())
+    } else {
+        Err(PlanError::AuthModeUnsupported {
+            broker: broker.to_owned(),
+            broker_type: match broker_type {
+                BrokerType::Mosquitto => "mosquitto",
+                BrokerType::Rabbitmq => "rabbitmq",
+                BrokerType::Emqx => "emqx",
+            },
+            mode,
+            offered,
+        })
+    }
+}
