@@ -9,6 +9,7 @@
 
 pub mod asset;
 pub mod topics;
+pub mod transfer;
 
 use crate::api::{AuthMode, TOPIC_FILTER_MAX_BYTES};
 use crate::config::BrokerType;
@@ -75,6 +76,17 @@ pub enum PlanError {
         /// The key.
         key: String,
     },
+    /// Transfer topics that the asset's filters do not cover.
+    #[error(
+        "spec.topics: {} not within the topic filters of MqttAsset \"{asset}\"; a transfer can only narrow the asset's topics (remove them, or widen spec.topics of the asset)",
+        topics.join(", ")
+    )]
+    TopicsOutsideAsset {
+        /// The offending filters.
+        topics: Vec<String>,
+        /// The asset.
+        asset: String,
+    },
     /// A topic filter longer than MQTT allows.
     #[error(
         "{field}[{index}] is {bytes} bytes long in UTF-8; MQTT allows at most {TOPIC_FILTER_MAX_BYTES}: shorten it"
@@ -99,6 +111,7 @@ impl PlanError {
             PlanError::ReservedProperty { .. } => "ReservedProperty",
             PlanError::PropertyConflict { .. } => "PropertyConflict",
             PlanError::TopicTooLong { .. } => "TopicTooLong",
+            PlanError::TopicsOutsideAsset { .. } => "TopicsOutsideAsset",
         }
     }
 }
