@@ -19,6 +19,9 @@ pub const BROKER_READY: &str = "BrokerReady";
 /// Condition type: connector asset, policies, contract definition.
 pub const CONNECTOR_READY: &str = "ConnectorReady";
 
+/// Condition type: the Secret with the consumer's DataAddress (transfers).
+pub const CREDENTIALS_READY: &str = "CredentialsReady";
+
 /// Reason: the step holds what the spec asks for.
 pub const RECONCILED: &str = "Reconciled";
 /// Reason: an earlier step failed, so this one was not attempted.

@@ -26,7 +26,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use super::{AtStep, Context, Error, FINALIZER, Step};
+use super::{AtStep, Context, Error, FINALIZER, Step, Tracker, publish_changes};
 use crate::api::{
     AuthMode, BrokerRefs, ConnectorRefs, DeletionPolicy, IdentityRefs, MqttAsset, MqttAssetStatus, SecretRefs,
 };
@@ -37,7 +37,7 @@ use crate::backends::secrets::{SecretLocation, SecretStore};
 use crate::backends::{BackendError, Outcome, System, random_password};
 use crate::plan::PlanError;
 use crate::plan::asset::{self as asset_plan, AssetIdentity, AssetPlan};
-use crate::status::{self, BLOCKED, RECONCILED, Status};
+use crate::status::{self, RECONCILED, Status};
 
 /// Runs the MqttAsset controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
@@ -138,48 +138,30 @@ fn count(ctx: &Context, system: System, outcome: Outcome) {
 /// What the walk through the steps produced.
 struct Walk {
     status: MqttAssetStatus,
-    /// Conditions that changed, for Events.
-    changed: Vec<(String, Status, String, String)>,
-    generation: Option<i64>,
+    tracker: Tracker,
 }
+
+/// The asset's steps, in order.
+const STEPS: &[Step] = &[Step::Identity, Step::Secret, Step::Broker, Step::Connector];
 
 impl Walk {
     fn new(asset: &MqttAsset) -> Self {
         let mut status = asset.status.clone().unwrap_or_default();
         status.observed_generation = asset.metadata.generation;
-        Self { status, changed: Vec::new(), generation: asset.metadata.generation }
+        let tracker = Tracker::new(std::mem::take(&mut status.conditions), asset.metadata.generation, STEPS);
+        Self { status, tracker }
     }
 
     fn set(&mut self, type_: &str, s: Status, reason: &str, message: &str) {
-        let message = status::bounded(message);
-        if status::set(&mut self.status.conditions, type_, s, reason, &message, self.generation) {
-            self.changed.push((type_.to_owned(), s, reason.to_owned(), message));
-        }
+        self.tracker.set(type_, s, reason, message);
     }
 
     fn step_ok(&mut self, step: Step, message: &str) {
-        self.set(step.condition(), Status::True, RECONCILED, message);
+        self.tracker.step_ok(step, message);
     }
 
-    /// Records a failure at `failed` (or before any step) and blocks the steps after it.
     fn fail(&mut self, failed: Option<Step>, error: &Error) {
-        let message = error.to_string();
-        let all = [Step::Identity, Step::Secret, Step::Broker, Step::Connector];
-        let after = match failed {
-            Some(step) => {
-                self.set(step.condition(), Status::False, error.reason(), &message);
-                all.iter().skip_while(|s| **s != step).skip(1).copied().collect::<Vec<_>>()
-            }
-            None => all.to_vec(),
-        };
-        for step in after {
-            let blocked = match failed {
-                Some(f) => format!("waiting for the {f} step"),
-                None => "waiting for a valid spec".to_owned(),
-            };
-            self.set(step.condition(), Status::Unknown, BLOCKED, &blocked);
-        }
-        self.set(status::READY, Status::False, error.reason(), &message);
+        self.tracker.fail(failed, error);
     }
 }
 
@@ -423,11 +405,11 @@ async fn remove_stale(
         && let Some(user) = old_refs.user.as_deref()
     {
         let new = broker_refs(plan, clients.broker.system());
-        if new.profile != old_refs.profile || new.user.as_deref() != Some(user) {
-            if let Some(broker) = profile_client(&ctx.backends.brokers, old_refs.profile.as_deref()) {
-                let result = broker.remove_user(user, owner).await.map(|o| count(ctx, broker.system(), o));
-                stale_result(&reference, result, Step::Broker)?;
-            }
+        if (new.profile != old_refs.profile || new.user.as_deref() != Some(user))
+            && let Some(broker) = profile_client(&ctx.backends.brokers, old_refs.profile.as_deref())
+        {
+            let result = broker.remove_user(user, owner).await.map(|o| count(ctx, broker.system(), o));
+            stale_result(&reference, result, Step::Broker)?;
         }
     }
 
@@ -435,11 +417,11 @@ async fn remove_stale(
         && let Some(alias) = old_refs.alias.clone()
     {
         let old_at = SecretLocation { folder: old_refs.folder.clone(), alias };
-        if old_refs.profile.as_deref() != Some(plan.profiles.secret_store.as_str()) || old_at != plan.secret {
-            if let Some(store) = profile_client(&ctx.backends.secret_stores, old_refs.profile.as_deref()) {
-                let result = store.delete_secret(&old_at, owner).await.map(|o| count(ctx, System::SecretStore, o));
-                stale_result(&reference, result, Step::Secret)?;
-            }
+        if (old_refs.profile.as_deref() != Some(plan.profiles.secret_store.as_str()) || old_at != plan.secret)
+            && let Some(store) = profile_client(&ctx.backends.secret_stores, old_refs.profile.as_deref())
+        {
+            let result = store.delete_secret(&old_at, owner).await.map(|o| count(ctx, System::SecretStore, o));
+            stale_result(&reference, result, Step::Secret)?;
         }
     }
 
@@ -481,28 +463,14 @@ fn stale_result(
 /// Writes status when it differs from what is stored, then publishes an Event per changed
 /// condition.
 async fn write_status(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context, walk: Walk) -> Result<(), Error> {
-    let reference = asset.object_ref(&());
-    if asset.status.as_ref() != Some(&walk.status) {
+    let Walk { mut status, tracker } = walk;
+    let changes = tracker.finish(&mut status.conditions);
+    if asset.status.as_ref() != Some(&status) {
         let mut updated = asset.clone();
-        updated.status = Some(walk.status);
+        updated.status = Some(status);
         api.replace_status(&asset.name_any(), &PostParams::default(), &updated).await.map_err(Error::Kube)?;
     }
-    for (type_, s, reason, message) in walk.changed {
-        let type_event = if s == Status::False { EventType::Warning } else { EventType::Normal };
-        if type_ == status::READY || s == Status::False {
-            ctx.publish(
-                &reference,
-                KubeEvent {
-                    type_: type_event,
-                    reason,
-                    note: Some(format!("{type_}: {message}")),
-                    action: "Reconcile".into(),
-                    secondary: None,
-                },
-            )
-            .await;
-        }
-    }
+    publish_changes(ctx, &asset.object_ref(&()), changes).await;
     Ok(())
 }
 
@@ -683,8 +651,10 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
             ctx.settings.cleanup_attempts
         ),
     );
+    let Walk { mut status, tracker } = walk;
+    let _ = tracker.finish(&mut status.conditions);
     let mut updated = asset.clone();
-    updated.status = Some(walk.status);
+    updated.status = Some(status);
     api.replace_status(&asset.name_any(), &PostParams::default(), &updated).await.map_err(Error::Kube)?;
     ctx.publish(
         &reference,

@@ -19,14 +19,17 @@ use std::time::Duration;
 
 use kube::Client;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event as KubeEvent, Recorder, Reporter};
+use k8s_openapi::api::core::v1::ObjectReference;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use tracing::warn;
 
 use crate::backends::registry::Backends;
-use crate::backends::{BackendError, System};
+use crate::backends::BackendError;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plan::PlanError;
+use crate::status::{self, Status};
 
 /// The finalizer our controllers put on resources.
 pub const FINALIZER: &str = "dsp-mqtt.io/cleanup";
@@ -128,7 +131,7 @@ impl Context {
     }
 
     /// Publishes an Event; failures to publish are logged, never fatal.
-    async fn publish(&self, reference: &k8s_openapi::api::core::v1::ObjectReference, event: KubeEvent) {
+    async fn publish(&self, reference: &ObjectReference, event: KubeEvent) {
         if let Err(e) = self.recorder.publish(&event, reference).await {
             warn!(reason = %event.reason, "cannot publish Event: {e}");
         }
@@ -152,6 +155,8 @@ pub enum Step {
     Broker,
     /// Connector.
     Connector,
+    /// The Kubernetes Secret with the DataAddress (transfers).
+    Credentials,
 }
 
 impl Step {
@@ -162,6 +167,7 @@ impl Step {
             Step::Secret => crate::status::SECRET_READY,
             Step::Broker => crate::status::BROKER_READY,
             Step::Connector => crate::status::CONNECTOR_READY,
+            Step::Credentials => crate::status::CREDENTIALS_READY,
         }
     }
 }
@@ -173,6 +179,7 @@ impl std::fmt::Display for Step {
             Step::Secret => "secret",
             Step::Broker => "broker",
             Step::Connector => "connector",
+            Step::Credentials => "credentials",
         })
     }
 }
@@ -240,6 +247,82 @@ impl Error {
     }
 }
 
+/// One condition change, for its Event.
+pub(crate) struct Change {
+    type_: String,
+    status: Status,
+    reason: String,
+    message: String,
+}
+
+/// Conditions being computed for one reconcile: keeps the stored ones, records what changed.
+pub(crate) struct Tracker {
+    conditions: Vec<Condition>,
+    changed: Vec<Change>,
+    generation: Option<i64>,
+    steps: &'static [Step],
+}
+
+impl Tracker {
+    /// Starts from the stored conditions of an object at `generation` with these steps.
+    pub(crate) fn new(conditions: Vec<Condition>, generation: Option<i64>, steps: &'static [Step]) -> Self {
+        Self { conditions, changed: Vec::new(), generation, steps }
+    }
+
+    /// Sets one condition.
+    pub(crate) fn set(&mut self, type_: &str, s: Status, reason: &str, message: &str) {
+        let message = status::bounded(message);
+        if status::set(&mut self.conditions, type_, s, reason, &message, self.generation) {
+            self.changed.push(Change { type_: type_.to_owned(), status: s, reason: reason.to_owned(), message });
+        }
+    }
+
+    /// A step holds.
+    pub(crate) fn step_ok(&mut self, step: Step, message: &str) {
+        self.set(step.condition(), Status::True, status::RECONCILED, message);
+    }
+
+    /// Records a failure at `failed` (or before any step), blocks the steps after it and sets
+    /// `Ready=False` with the error's reason.
+    pub(crate) fn fail(&mut self, failed: Option<Step>, error: &Error) {
+        let message = error.to_string();
+        let after: Vec<Step> = match failed {
+            Some(step) => {
+                self.set(step.condition(), Status::False, error.reason(), &message);
+                self.steps.iter().skip_while(|s| **s != step).skip(1).copied().collect()
+            }
+            None => self.steps.to_vec(),
+        };
+        let blocked = match failed {
+            Some(f) => format!("waiting for the {f} step"),
+            None => "waiting for a valid spec".to_owned(),
+        };
+        for step in after {
+            self.set(step.condition(), Status::Unknown, status::BLOCKED, &blocked);
+        }
+        self.set(status::READY, Status::False, error.reason(), &message);
+    }
+
+    /// Hands the conditions over and returns the changes.
+    pub(crate) fn finish(self, into: &mut Vec<Condition>) -> Vec<Change> {
+        *into = self.conditions;
+        self.changed
+    }
+}
+
+/// An Event for every change of `Ready` and every condition that turned `False`.
+pub(crate) async fn publish_changes(ctx: &Context, reference: &ObjectReference, changes: Vec<Change>) {
+    for c in changes {
+        if c.type_ != status::READY && c.status != Status::False {
+            continue;
+        }
+        let type_ = if c.status == Status::False { EventType::Warning } else { EventType::Normal };
+        let note = Some(format!("{}: {}", c.type_, c.message));
+        ctx.publish(reference, KubeEvent { type_, reason: c.reason, note, action: "Reconcile".into(), secondary: None })
+            .await;
+    }
+}
+
 /// Attaches the step to a backend error.
 pub(crate) trait AtStep<T> {
     fn at(self, step: Step) -> Result<T, Error>;
@@ -248,16 +331,6 @@ pub(crate) trait AtStep<T> {
 impl<T> AtStep<T> for Result<T, BackendError> {
     fn at(self, step: Step) -> Result<T, Error> {
         self.map_err(|source| Error::Backend { step, source })
-    }
-}
-
-/// The system a step's backend belongs to (for messages).
-pub fn step_system(step: Step, broker: System) -> System {
-    match step {
-        Step::Identity => System::Identity,
-        Step::Secret => System::SecretStore,
-        Step::Broker => broker,
-        Step::Connector => System::Connector,
     }
 }
 

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 
 use super::{PlanError, check_topic_bytes, topics};
 use crate::api::{AuthMode, MqttAsset, MqttTransfer, TransferState};
-use crate::backends::Owner;
+use crate::backends::{ExposeSecret, Owner, SecretString};
 use crate::backends::broker::TokenRequirements;
 use crate::backends::connector::mqtt_endpoint_type;
 use crate::backends::identity::ClientDefinition;
@@ -185,22 +185,22 @@ pub fn plan(
     })
 }
 
-/// Credentials that go into the DataAddress (never into status).
+/// Credentials that go into the DataAddress (never into status). Debug never shows them.
 #[derive(Clone, Debug)]
 pub enum Credentials {
     /// A JWT and how to renew it.
     Token {
         /// The access token (`dsp-mqtt:authorization`).
-        access_token: String,
+        access_token: SecretString,
         /// Refresh token, when the identity provider issued one.
-        refresh_token: Option<String>,
+        refresh_token: Option<SecretString>,
         /// Seconds the access token lives (`dsp-mqtt:expiresIn`).
         expires_in: u64,
     },
     /// A broker username and password.
     Password {
         /// The password.
-        password: String,
+        password: SecretString,
     },
 }
 
@@ -253,9 +253,9 @@ pub fn data_address(plan: &TransferPlan, credentials: Option<&Credentials>) -> M
                 da.insert(keys::REFRESH_AUDIENCE.into(), json!(audience));
             }
             if let Some(Credentials::Token { access_token, refresh_token, expires_in }) = credentials {
-                da.insert(keys::AUTHORIZATION.into(), json!(access_token));
+                da.insert(keys::AUTHORIZATION.into(), json!(access_token.expose_secret()));
                 if let Some(refresh) = refresh_token {
-                    da.insert(keys::REFRESH_TOKEN.into(), json!(refresh));
+                    da.insert(keys::REFRESH_TOKEN.into(), json!(refresh.expose_secret()));
                 }
                 da.insert(keys::EXPIRES_IN.into(), json!(expires_in.to_string()));
             }
@@ -263,7 +263,7 @@ pub fn data_address(plan: &TransferPlan, credentials: Option<&Credentials>) -> M
         AuthMode::Usrpw => {
             da.insert(keys::USERNAME.into(), json!(plan.identity));
             if let Some(Credentials::Password { password }) = credentials {
-                da.insert(keys::PASSWORD.into(), json!(password));
+                da.insert(keys::PASSWORD.into(), json!(password.expose_secret()));
             }
         }
     }
@@ -456,7 +456,7 @@ secretStores:
         let mut t = transfer();
         t.spec.topics = Some(vec!["factory/line-1/a".into(), "factory/line-1/b".into()]);
         let p = plan(&t, &asset(AuthMode::Usrpw), &config(), None).unwrap();
-        let full = data_address(&p, Some(&Credentials::Password { password: "pw-123".into() }));
+        let full = data_address(&p, Some(&Credentials::Password { password: SecretString::from("pw-123") }));
         assert_eq!(full[keys::USERNAME], "dsp-mqtt-transfer-dataspace-line-1-consumer-a");
         assert_eq!(full[keys::PASSWORD], "pw-123");
         assert_eq!(full[keys::TOPICS], json!(["factory/line-1/a", "factory/line-1/b"]));
