@@ -666,3 +666,87 @@ async fn event_recorder_publishes_and_leases_work() {
     leases.replace("mqtt-dsp-operator", &PostParams::default(), &taken).await.unwrap();
     assert_eq!(api_error(leases.replace("mqtt-dsp-operator", &PostParams::default(), &created).await).code, 409);
 }
+
+#[tokio::test]
+async fn deleting_a_namespace_removes_its_contents_then_itself() {
+    let Env { client, server: _server, .. } = env().await;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    let ns = Namespace { metadata: ObjectMeta { name: Some("doomed".into()), ..Default::default() }, ..Default::default() };
+    namespaces.create(&PostParams::default(), &ns).await.unwrap();
+    let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "doomed");
+    for (name, finalizers) in [("plain", None), ("held", Some(vec!["e2e/hold".to_owned()]))] {
+        let cm = ConfigMap {
+            metadata: ObjectMeta { name: Some(name.into()), finalizers, ..Default::default() },
+            ..Default::default()
+        };
+        cms.create(&PostParams::default(), &cm).await.unwrap();
+    }
+    let terminating = namespaces.delete("doomed", &DeleteParams::default()).await.unwrap().left().unwrap();
+    assert_eq!(terminating.status.and_then(|s| s.phase).as_deref(), Some("Terminating"));
+    let late = ConfigMap { metadata: ObjectMeta { name: Some("late".into()), ..Default::default() }, ..Default::default() };
+    assert_eq!(api_error(cms.create(&PostParams::default(), &late).await).code, 403);
+
+    eventually("the plain config map is gone", || async { cms.get_opt("plain").await.unwrap().is_none() }).await;
+    assert!(cms.get("held").await.unwrap().metadata.deletion_timestamp.is_some());
+    assert!(namespaces.get_opt("doomed").await.unwrap().is_some(), "the namespace waits for its contents");
+    cms.patch("held", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": null}}))).await.unwrap();
+    eventually("the namespace is gone", || async { namespaces.get_opt("doomed").await.unwrap().is_none() }).await;
+}
+
+#[tokio::test]
+async fn a_controller_settles_and_its_no_change_resyncs_write_nothing() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use kube::runtime::controller::{Action, Controller};
+
+    struct Ctx {
+        api: Api<MqttAsset>,
+        reconciles: AtomicU32,
+    }
+    async fn reconcile(asset: Arc<MqttAsset>, ctx: Arc<Ctx>) -> Result<Action, kube::Error> {
+        ctx.reconciles.fetch_add(1, Ordering::SeqCst);
+        let status = json!({"apiVersion": "dsp-mqtt.io/v1alpha1", "kind": "MqttAsset", "status": {
+            "observedGeneration": asset.metadata.generation,
+            "conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled", "message": "",
+                "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+        let params = PatchParams::apply("e2e-test-controller").force();
+        ctx.api.patch_status(&asset.name_any(), &params, &Patch::Apply(&status)).await?;
+        Ok(Action::requeue(Duration::from_millis(100)))
+    }
+    fn error_policy(_: Arc<MqttAsset>, _: &kube::Error, _: Arc<Ctx>) -> Action {
+        Action::requeue(Duration::from_millis(100))
+    }
+
+    let Env { server, client, .. } = env().await;
+    let api = assets(&client);
+    let ctx = Arc::new(Ctx { api: api.clone(), reconciles: AtomicU32::new(0) });
+    let controller = tokio::spawn(
+        Controller::new(api.clone(), watcher::Config::default())
+            .run(reconcile, error_policy, ctx.clone())
+            .for_each(|_| async {}),
+    );
+    api.create(&PostParams::default(), &asset("line-1")).await.unwrap();
+    let observed = |generation: i64| {
+        let api = api.clone();
+        move || {
+            let api = api.clone();
+            async move {
+                api.get("line-1").await.unwrap().status.is_some_and(|s| s.observed_generation == Some(generation))
+            }
+        }
+    };
+    eventually("the controller reports generation 1", observed(1)).await;
+
+    let rv = server.resource_version();
+    let before = ctx.reconciles.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(ctx.reconciles.load(Ordering::SeqCst) >= before + 3, "the controller resynced");
+    assert_eq!(server.resource_version(), rv, "resyncs that change nothing write nothing");
+
+    api.patch("line-1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"topics": ["factory/x/#"]}})))
+        .await
+        .unwrap();
+    eventually("the controller reports generation 2", observed(2)).await;
+    controller.abort();
+}
