@@ -303,12 +303,17 @@ async fn every_patch_type_and_the_ones_refused() {
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "dataspace");
     let cm = cms.patch("applied", &PatchParams::apply("tester"), &Patch::Apply(&applied)).await.unwrap();
     assert_eq!(cm.data.unwrap().len(), 2);
-    cms.patch("applied", &PatchParams::default(), &Patch::Merge(json!({"data": {"c": "3"}}))).await.unwrap();
+    let other_writer = PatchParams { field_manager: Some("other-writer".into()), ..Default::default() };
+    cms.patch("applied", &other_writer, &Patch::Merge(json!({"data": {"a": "changed", "c": "3"}}))).await.unwrap();
     let reapplied = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "applied"},
         "data": {"a": "1"}});
+    let err = api_error(cms.patch("applied", &PatchParams::apply("tester"), &Patch::Apply(&reapplied)).await);
+    assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
+    assert_eq!(err.message, "Apply failed with 1 conflict: conflict with \"other-writer\" using v1: .data.a");
     let cm = cms.patch("applied", &PatchParams::apply("tester").force(), &Patch::Apply(&reapplied)).await.unwrap();
-    let keys: Vec<String> = cm.data.unwrap().into_keys().collect();
-    assert_eq!(keys, ["a", "c"], "b dropped by its manager, c kept (another writer's)");
+    let data = cm.data.unwrap();
+    assert_eq!(data.keys().collect::<Vec<_>>(), ["a", "c"], "b dropped by its manager, c kept (another writer's)");
+    assert_eq!(data["a"], "1", "force takes the field over");
     let raw = client
         .request_text(
             axum::http::Request::patch("/api/v1/namespaces/dataspace/configmaps/applied")
@@ -671,7 +676,8 @@ async fn event_recorder_publishes_and_leases_work() {
 async fn deleting_a_namespace_removes_its_contents_then_itself() {
     let Env { client, server: _server, .. } = env().await;
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    let ns = Namespace { metadata: ObjectMeta { name: Some("doomed".into()), ..Default::default() }, ..Default::default() };
+    let ns =
+        Namespace { metadata: ObjectMeta { name: Some("doomed".into()), ..Default::default() }, ..Default::default() };
     namespaces.create(&PostParams::default(), &ns).await.unwrap();
     let cms: Api<ConfigMap> = Api::namespaced(client.clone(), "doomed");
     for (name, finalizers) in [("plain", None), ("held", Some(vec!["e2e/hold".to_owned()]))] {
@@ -683,7 +689,8 @@ async fn deleting_a_namespace_removes_its_contents_then_itself() {
     }
     let terminating = namespaces.delete("doomed", &DeleteParams::default()).await.unwrap().left().unwrap();
     assert_eq!(terminating.status.and_then(|s| s.phase).as_deref(), Some("Terminating"));
-    let late = ConfigMap { metadata: ObjectMeta { name: Some("late".into()), ..Default::default() }, ..Default::default() };
+    let late =
+        ConfigMap { metadata: ObjectMeta { name: Some("late".into()), ..Default::default() }, ..Default::default() };
     assert_eq!(api_error(cms.create(&PostParams::default(), &late).await).code, 403);
 
     eventually("the plain config map is gone", || async { cms.get_opt("plain").await.unwrap().is_none() }).await;
@@ -731,9 +738,7 @@ async fn a_controller_settles_and_its_no_change_resyncs_write_nothing() {
         let api = api.clone();
         move || {
             let api = api.clone();
-            async move {
-                api.get("line-1").await.unwrap().status.is_some_and(|s| s.observed_generation == Some(generation))
-            }
+            async move { api.get("line-1").await.unwrap().status.is_some_and(|s| s.observed_generation == Some(generation)) }
         }
     };
     eventually("the controller reports generation 1", observed(1)).await;

@@ -3,10 +3,19 @@
 //! others replaced whole), and what the same field manager applied last time but leaves out
 //! now is removed.
 //!
-//! The real server tracks ownership of every field across all managers (`managedFields`),
-//! refuses to change another manager's field without `force` (409), and only removes a field
-//! when no other manager owns it. Here only each manager's last applied configuration is kept
-//! (not shown as `managedFields`), `force` changes nothing, and there are no apply conflicts.
+//! Field ownership is tracked per object like the real server's `managedFields`, at the
+//! granularity of leaf fields (scalars, atomic lists, items of `map` lists; `set` list items are
+//! never in conflict): a create, update or patch makes its manager (`fieldManager`, else the
+//! User-Agent's product) the owner of the fields it set or changed, an apply the owner of the
+//! fields it applied. An apply without `force` that changes the value of a field another manager
+//! owns is a 409 Conflict naming the manager and field, as on the real server; with `force` it
+//! takes the field over.
+//!
+//! Left out: ownership is not shown as `metadata.managedFields` (nor accepted in requests), a
+//! field two managers applied with the same value has one owner (the last), and a field the
+//! manager stops applying is removed even if another manager applied the same value.
+
+use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
@@ -103,6 +112,163 @@ fn merge_list(target: &mut Value, applied: &Value, previous: Option<&Value>, sch
     }
 }
 
+/// One step of a field path: a map key, or the item of a `map` list with these key values
+/// (canonical JSON of the key object).
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub(crate) enum Segment {
+    Key(String),
+    Item(String),
+}
+
+/// A leaf field, e.g. `.status.conditions[type="Ready"].status`.
+pub(crate) type FieldPath = Vec<Segment>;
+
+/// Which manager owns which leaf field of one object.
+pub(crate) type Owners = BTreeMap<FieldPath, String>;
+
+/// `.spec.topics`, `.status.conditions[type="Ready"].status`: the real server's spelling.
+pub(crate) fn display(path: &FieldPath) -> String {
+    let mut out = String::new();
+    for segment in path {
+        match segment {
+            Segment::Key(k) => {
+                out.push('.');
+                out.push_str(k);
+            }
+            Segment::Item(key) => {
+                let key: Value = serde_json::from_str(key).unwrap_or(Value::Null);
+                let parts: Vec<String> =
+                    key.as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect()).unwrap_or_default();
+                out.push_str(&format!("[{}]", parts.join(",")));
+            }
+        }
+    }
+    out
+}
+
+/// The metadata fields that have owners (others are the server's or identify the object).
+const OWNED_METADATA: [&str; 4] = ["labels", "annotations", "finalizers", "ownerReferences"];
+
+/// The leaf fields of `value` with their values; `schema` gives list types.
+pub(crate) fn leaves(value: &Value, schema: Option<&Value>) -> BTreeMap<FieldPath, Value> {
+    let mut out = BTreeMap::new();
+    walk_leaves(value, schema, true, &mut Vec::new(), &mut out);
+    out
+}
+
+fn walk_leaves(
+    value: &Value,
+    schema: Option<&Value>,
+    root: bool,
+    path: &mut FieldPath,
+    out: &mut BTreeMap<FieldPath, Value>,
+) {
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            let in_metadata = path.len() == 1 && path[0] == Segment::Key("metadata".into());
+            for (key, child) in map {
+                if (root && matches!(key.as_str(), "apiVersion" | "kind"))
+                    || (in_metadata && !OWNED_METADATA.contains(&key.as_str()))
+                {
+                    continue;
+                }
+                let child_schema = child_schema(schema, key, root);
+                path.push(Segment::Key(key.clone()));
+                walk_leaves(child, child_schema.as_ref(), false, path, out);
+                path.pop();
+            }
+        }
+        Value::Array(items) => match schema.and_then(|s| s.get("x-kubernetes-list-type")).and_then(Value::as_str) {
+            Some("set") => {}
+            Some("map") => {
+                let keys = map_keys(schema);
+                let item_schema = schema.and_then(|s| s.get("items"));
+                for item in items {
+                    let key: serde_json::Map<String, Value> =
+                        keys.iter().map(|k| (k.clone(), item[k].clone())).collect();
+                    path.push(Segment::Item(Value::Object(key).to_string()));
+                    walk_leaves(item, item_schema, false, path, out);
+                    path.pop();
+                }
+            }
+            _ => {
+                out.insert(path.clone(), value.clone());
+            }
+        },
+        _ => {
+            out.insert(path.clone(), value.clone());
+        }
+    }
+}
+
+fn map_keys(schema: Option<&Value>) -> Vec<String> {
+    schema
+        .and_then(|s| s.get("x-kubernetes-list-map-keys"))
+        .and_then(Value::as_array)
+        .map(|k| k.iter().filter_map(|k| k.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default()
+}
+
+/// Records `manager` as the owner of every leaf field that `before` → `after` set or changed,
+/// and forgets owners of fields that are gone.
+pub(crate) fn take_changed(
+    owners: &mut Owners,
+    before: Option<&Value>,
+    after: &Value,
+    schema: Option<&Value>,
+    manager: &str,
+) {
+    let old = before.map(|b| leaves(b, schema)).unwrap_or_default();
+    let new = leaves(after, schema);
+    owners.retain(|path, _| new.contains_key(path));
+    for (path, value) in new {
+        if old.get(&path) != Some(&value) {
+            owners.insert(path, manager.to_owned());
+        }
+    }
+}
+
+/// The fields `applied` would change that other managers own: (path, owner).
+pub(crate) fn conflicts(
+    owners: &Owners,
+    current: &Value,
+    applied: &Value,
+    schema: Option<&Value>,
+    manager: &str,
+) -> Vec<(String, String)> {
+    let current = leaves(current, schema);
+    leaves(applied, schema)
+        .into_iter()
+        .filter_map(|(path, value)| {
+            // A field that is not there has no owner, whatever was recorded before.
+            let existing = current.get(&path)?;
+            let owner = owners.get(&path).filter(|o| *o != manager)?;
+            (*existing != value).then(|| (display(&path), owner.clone()))
+        })
+        .collect()
+}
+
+/// After an apply: `manager` owns what it applied (and no longer what it left out).
+pub(crate) fn take_applied(
+    owners: &mut Owners,
+    previous: Option<&Value>,
+    applied: &Value,
+    schema: Option<&Value>,
+    manager: &str,
+) {
+    let applied = leaves(applied, schema);
+    if let Some(previous) = previous {
+        for path in leaves(previous, schema).into_keys() {
+            if !applied.contains_key(&path) && owners.get(&path).is_some_and(|o| o == manager) {
+                owners.remove(&path);
+            }
+        }
+    }
+    for path in applied.into_keys() {
+        owners.insert(path, manager.to_owned());
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -122,6 +288,18 @@ mod tests {
         let mut target = json!({"status": {"conditions": [{"type": "A", "status": "False"}, {"type": "B"}]}});
         merge(&mut target, &json!({"status": {"conditions": [{"type": "A", "status": "True"}]}}), None, Some(&schema));
         assert_eq!(target, json!({"status": {"conditions": [{"type": "A", "status": "True"}, {"type": "B"}]}}));
+    }
+
+    #[test]
+    fn another_managers_changed_field_conflicts() {
+        let mut owners = Owners::new();
+        let before = json!({"spec": {"a": 1}});
+        let after = json!({"spec": {"a": 2, "b": 1}});
+        take_changed(&mut owners, Some(&before), &after, None, "kubectl");
+        assert_eq!(display(&owners.keys().next().unwrap().clone()), ".spec.a");
+        let found = conflicts(&owners, &after, &json!({"spec": {"a": 3, "b": 1}}), None, "op");
+        assert_eq!(found, vec![(".spec.a".to_owned(), "kubectl".to_owned())]);
+        assert!(conflicts(&owners, &after, &json!({"spec": {"a": 2}}), None, "op").is_empty(), "same value");
     }
 
     #[test]

@@ -158,7 +158,17 @@ fn resource(
             )));
         }
     };
-    let opts = WriteOpts { dry_run, strict };
+    let manager = match query.get("fieldManager").filter(|m| !m.is_empty()) {
+        Some(m) => m.to_owned(),
+        // The server's default: the User-Agent up to its first '/'.
+        None => headers
+            .get(header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .map(|ua| ua.split('/').next().unwrap_or_default().to_owned())
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "unknown".into()),
+    };
+    let opts = WriteOpts { dry_run, strict, manager };
     let response = match (method.clone(), name) {
         (Method::GET, Some(name)) => {
             let object = state.get(&rt, namespace, name).ok_or_else(|| not_found(&rt, name))?;
@@ -297,7 +307,10 @@ fn patch(
         return Err(ApiError::bad_request("force is not allowed for non-apply patches"));
     }
     if media == "application/apply-patch+yaml" {
-        return server_side_apply(state, rt, namespace, name, status, query, body, opts);
+        if query.get("fieldManager").is_none_or(str::is_empty) {
+            return Err(ApiError::bad_request("fieldManager is required for apply requests"));
+        }
+        return server_side_apply(state, rt, namespace, name, status, force, body, opts);
     }
     let old = state.get(rt, namespace, name).cloned().ok_or_else(|| not_found(rt, name))?;
     let mut doc = old;
@@ -326,15 +339,11 @@ fn server_side_apply(
     namespace: Option<&str>,
     name: &str,
     status: bool,
-    query: &Query,
+    force: bool,
     body: &[u8],
     opts: &WriteOpts,
 ) -> Result<Response, ApiError> {
-    let manager = query
-        .get("fieldManager")
-        .filter(|m| !m.is_empty())
-        .ok_or_else(|| ApiError::bad_request("fieldManager is required for apply requests"))?
-        .to_owned();
+    let manager = opts.manager.clone();
     let applied: Value =
         serde_yaml::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))?;
     if !applied.is_object() {
@@ -375,17 +384,39 @@ fn server_side_apply(
         return Ok(json_response(StatusCode::CREATED, &present(rt, &created)));
     };
     let uid = old["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
-    let key = (uid, manager, status);
-    let only_status = |v: &Value| json!({"status": v.get("status").cloned().unwrap_or(json!({}))});
-    let (applied_part, previous) = if status {
-        (only_status(&applied), state.applied.get(&key).map(only_status))
-    } else {
-        (applied.clone(), state.applied.get(&key).cloned())
+    let key = (uid.clone(), manager.clone(), status);
+    // What this request applies: on `/status` only the status; on the object everything but a
+    // status the subresource guards.
+    let effective = |v: &Value| -> Value {
+        if status {
+            json!({"status": v.get("status").cloned().unwrap_or(json!({}))})
+        } else if rt.status_subresource {
+            let mut v = v.clone();
+            if let Some(m) = v.as_object_mut() {
+                m.remove("status");
+            }
+            v
+        } else {
+            v.clone()
+        }
     };
+    let applied_part = effective(&applied);
+    let previous = state.applied.get(&key).map(effective);
+    let schema = rt.schema.as_ref();
+    if !force {
+        let owners = state.owners.get(&uid).cloned().unwrap_or_default();
+        let conflicts = apply::conflicts(&owners, &old, &applied_part, schema, &manager);
+        if !conflicts.is_empty() {
+            let target = status::Target { group: &rt.group, plural: &rt.plural, name };
+            return Err(ApiError::apply_conflicts(target, &rt.api_version(), &conflicts));
+        }
+    }
     let mut merged = old;
-    apply::merge(&mut merged, &applied_part, previous.as_ref(), rt.schema.as_ref());
+    apply::merge(&mut merged, &applied_part, previous.as_ref(), schema);
     let updated = state.update(rt, namespace, name, merged, status, opts, false)?;
     if !opts.dry_run {
+        let owners = state.owners.entry(uid).or_default();
+        apply::take_applied(owners, previous.as_ref(), &applied_part, schema, &manager);
         state.applied.insert(key, applied);
     }
     Ok(ok(&present(rt, &updated)))

@@ -93,6 +93,30 @@ impl ApiError {
         e
     }
 
+    /// 409 for a server-side apply that would change fields other managers own.
+    pub fn apply_conflicts(t: Target<'_>, api_version: &str, conflicts: &[(String, String)]) -> Self {
+        let each: Vec<String> = conflicts
+            .iter()
+            .map(|(path, owner)| format!("conflict with \"{owner}\" using {api_version}: {path}"))
+            .collect();
+        let message = if each.len() == 1 {
+            format!("Apply failed with 1 conflict: {}", each[0])
+        } else {
+            format!("Apply failed with {} conflicts: {}", each.len(), each.join("\n"))
+        };
+        let causes: Vec<Value> = conflicts
+            .iter()
+            .map(|(path, owner)| {
+                json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{owner}\" using {api_version}"), "field": path})
+            })
+            .collect();
+        let mut e = Self::new(409, "Conflict", message);
+        let mut details = t.details();
+        details["causes"] = json!(causes);
+        e.details = Some(details);
+        e
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }

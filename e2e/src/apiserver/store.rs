@@ -9,6 +9,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
+use super::apply::{self, Owners};
 use super::resources::{self, ResourceType};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, Target};
@@ -55,6 +56,8 @@ pub(crate) struct WriteOpts {
     pub dry_run: bool,
     /// `fieldValidation=Strict`: unknown fields are a 400 instead of being dropped.
     pub strict: bool,
+    /// Who writes (`fieldManager`, else the User-Agent's product): owner of what it changes.
+    pub manager: String,
 }
 
 /// Options of a DELETE.
@@ -76,6 +79,8 @@ pub(crate) struct State {
     pub objects: BTreeMap<ResKey, BTreeMap<ObjKey, Value>>,
     /// Last configuration each field manager applied, by (uid, manager, status subresource).
     pub applied: HashMap<(String, String, bool), Value>,
+    /// Field owners by object uid.
+    pub owners: HashMap<String, Owners>,
     pub writes: u64,
     pub tx: broadcast::Sender<Msg>,
     /// Set when a removal may have left garbage (dependents, finalizer work).
@@ -128,6 +133,7 @@ impl State {
             builtins,
             objects: BTreeMap::new(),
             applied: HashMap::new(),
+            owners: HashMap::new(),
             writes: 0,
             tx,
             gc_pending: false,
@@ -194,6 +200,7 @@ impl State {
         }
         if let Some(uid) = meta_str(&object, "uid") {
             self.applied.retain(|(u, _, _), _| u != uid);
+            self.owners.remove(uid);
         }
         self.record(Change {
             rv: self.rv,
@@ -423,7 +430,9 @@ impl State {
         if opts.dry_run {
             return Ok(object);
         }
-        Ok(self.commit_put(rt, object, None))
+        let stored = self.commit_put(rt, object, None);
+        self.record_owners(rt, None, &stored, &opts.manager);
+        Ok(stored)
     }
 
     fn crd_of(&self, rt: &ResourceType) -> Option<Value> {
@@ -572,7 +581,15 @@ impl State {
         if is_deleting(&new) && finalizers(&new).is_empty() {
             return Ok(self.commit_remove(rt, new));
         }
-        Ok(self.commit_put(rt, new, Some(old)))
+        let stored = self.commit_put(rt, new, Some(old.clone()));
+        self.record_owners(rt, Some(&old), &stored, &opts.manager);
+        Ok(stored)
+    }
+
+    fn record_owners(&mut self, rt: &ResourceType, old: Option<&Value>, new: &Value, manager: &str) {
+        let uid = meta_str(new, "uid").unwrap_or_default().to_owned();
+        let owners = self.owners.entry(uid).or_default();
+        apply::take_changed(owners, old, new, rt.schema.as_ref(), manager);
     }
 
     /// DELETE: removes the object, or (with finalizers, or for kinds whose deletion is a
