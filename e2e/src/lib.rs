@@ -1,6 +1,8 @@
 //! The dev stack of mqtt-dsp-operator: what tests, benchmarks and `make demo` run against when
 //! no real cluster and no real connector, identity provider or secret store are at hand.
 //!
+//! - [`apiserver`]: a test double of the Kubernetes API server (discovery, CRUD, patches, watches,
+//!   finalizers, garbage collection, CRD validation) for the operator and the e2e suite;
 //! - [`doubles`]: test doubles of Keycloak, Vault, EDC and EMQX (HTTPS, strict, inspectable,
 //!   with fault injection);
 //! - [`brokers`]: launchers for real Mosquitto and RabbitMQ;
@@ -11,6 +13,7 @@
 //!
 //! Everything here is a test double or test tooling and says so; docs/dev-stack.md describes it.
 
+pub mod apiserver;
 pub mod brokers;
 pub mod consumer;
 pub mod doubles;

@@ -1,0 +1,244 @@
+//! What the API server checks before storing an object, for the kinds served here: names,
+//! Secrets' data, events.k8s.io Events' required fields, CRD names, and custom resources against
+//! their CRD schema (pruning of unknown fields, then [`crate::schema::validate`]).
+
+use base64::Engine;
+use serde_json::{Map, Value};
+
+use super::resources::{NameRule, ResourceType};
+use crate::schema::FieldError;
+
+const SUBDOMAIN_MESSAGE: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, \
+'-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation \
+is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')";
+const LABEL_MESSAGE: &str = "a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', \
+and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation \
+is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')";
+
+pub(crate) fn is_label(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 63
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !s.starts_with('-')
+        && !s.ends_with('-')
+}
+
+pub(crate) fn is_subdomain(s: &str) -> bool {
+    s.len() <= 253 && s.split('.').all(is_label)
+}
+
+fn invalid(path: &str, value: &str, why: &str) -> FieldError {
+    FieldError { path: path.into(), message: format!("Invalid value: \"{value}\": {why}") }
+}
+
+/// `metadata.name` (and a namespace's own name) by the kind's rule.
+pub(crate) fn name_errors(rt: &ResourceType, name: &str) -> Vec<FieldError> {
+    match rt.name_rule {
+        NameRule::Subdomain if !is_subdomain(name) => {
+            let why = if name.len() > 253 { "must be no more than 253 characters" } else { SUBDOMAIN_MESSAGE };
+            vec![invalid("metadata.name", name, why)]
+        }
+        NameRule::Label if !is_label(name) => {
+            let why = if name.len() > 63 { "must be no more than 63 characters" } else { LABEL_MESSAGE };
+            vec![invalid("metadata.name", name, why)]
+        }
+        _ => Vec::new(),
+    }
+}
+
+/// Labels: qualified-name keys, values of at most 63 characters from the allowed set.
+pub(crate) fn label_errors(object: &Value) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    let Some(labels) = object["metadata"]["labels"].as_object() else { return out };
+    for (key, value) in labels {
+        let value = value.as_str().unwrap_or_default();
+        let (prefix, name) = key.rsplit_once('/').map_or((None, key.as_str()), |(p, n)| (Some(p), n));
+        let name_ok = !name.is_empty()
+            && name.len() <= 63
+            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+        if !name_ok || prefix.is_some_and(|p| !is_subdomain(p)) {
+            out.push(invalid("metadata.labels", key, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+        }
+        let value_ok = value.is_empty()
+            || (value.len() <= 63
+                && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
+        if !value_ok {
+            out.push(invalid("metadata.labels", value, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+        }
+    }
+    out
+}
+
+/// A Secret as stored: `stringData` folded into `data` (base64, winning over `data`), `type`
+/// defaulted to `Opaque`. Undecodable `data` is the server's 400 (it cannot even decode the body).
+pub(crate) fn normalize_secret(secret: &mut Value) -> Result<(), String> {
+    let b64 = base64::engine::general_purpose::STANDARD;
+    if let Some(data) = secret.get("data").and_then(Value::as_object) {
+        for (key, value) in data {
+            let text = value.as_str().ok_or_else(|| format!("data[{key}]: expected a base64 string"))?;
+            b64.decode(text).map_err(|e| format!("illegal base64 data in data[{key}]: {e}"))?;
+        }
+    }
+    if let Some(Value::Object(string_data)) = secret.as_object_mut().and_then(|s| s.remove("stringData")) {
+        let data = secret["data"].as_object().cloned().unwrap_or_default();
+        let mut data = data;
+        for (key, value) in string_data {
+            data.insert(key, Value::String(b64.encode(value.as_str().unwrap_or_default())));
+        }
+        secret["data"] = Value::Object(data);
+    }
+    if secret.get("type").is_none_or(Value::is_null) {
+        secret["type"] = Value::String("Opaque".into());
+    }
+    Ok(())
+}
+
+/// Secret and ConfigMap keys.
+pub(crate) fn data_key_errors(object: &Value, fields: &[&str]) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    for field in fields {
+        if let Some(map) = object.get(*field).and_then(Value::as_object) {
+            for key in map.keys() {
+                let ok = !key.is_empty()
+                    && key.len() <= 253
+                    && key.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+                if !ok {
+                    out.push(invalid(field, key, "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')"));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// events.k8s.io/v1 Event on create: the fields the server requires.
+pub(crate) fn event_errors(event: &Value) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    let required = |field: &str| event.get(field).and_then(Value::as_str).is_none_or(str::is_empty);
+    for field in ["eventTime", "reportingController", "reportingInstance", "action", "reason"] {
+        if required(field) {
+            out.push(FieldError { path: field.into(), message: "Required value".into() });
+        }
+    }
+    for field in ["reportingInstance", "action", "reason"] {
+        if event.get(field).and_then(Value::as_str).is_some_and(|s| s.len() > 128) {
+            out.push(FieldError { path: field.into(), message: "Too long: may not be more than 128 bytes".into() });
+        }
+    }
+    if event.get("note").and_then(Value::as_str).is_some_and(|s| s.len() > 1024) {
+        out.push(FieldError { path: "note".into(), message: "Too long: may not be more than 1024 bytes".into() });
+    }
+    match event.get("type").and_then(Value::as_str) {
+        Some("Normal" | "Warning") => {}
+        other => out.push(FieldError {
+            path: "type".into(),
+            message: format!(
+                "Unsupported value: \"{}\": supported values: \"Normal\", \"Warning\"",
+                other.unwrap_or_default()
+            ),
+        }),
+    }
+    out
+}
+
+/// A CRD's name is `<plural>.<group>`.
+pub(crate) fn crd_errors(crd: &Value) -> Vec<FieldError> {
+    let spec = &crd["spec"];
+    let expected = format!(
+        "{}.{}",
+        spec["names"]["plural"].as_str().unwrap_or_default(),
+        spec["group"].as_str().unwrap_or_default()
+    );
+    let name = crd["metadata"]["name"].as_str().unwrap_or_default();
+    let mut out = Vec::new();
+    if name != expected {
+        out.push(invalid("metadata.name", name, "must be spec.names.plural+\".\"+spec.group"));
+    }
+    if spec["versions"].as_array().is_none_or(|v| v.is_empty()) {
+        out.push(FieldError { path: "spec.versions".into(), message: "Required value".into() });
+    }
+    if !matches!(spec["scope"].as_str(), Some("Namespaced" | "Cluster")) {
+        out.push(FieldError {
+            path: "spec.scope".into(),
+            message: format!(
+                "Unsupported value: \"{}\": supported values: \"Cluster\", \"Namespaced\"",
+                spec["scope"].as_str().unwrap_or_default()
+            ),
+        });
+    }
+    out
+}
+
+/// Drops the fields `schema` does not declare (the server's pruning of structural schemas) and
+/// returns their paths, as strict field validation reports them (`.spec.foo`).
+pub(crate) fn prune(schema: &Value, value: &mut Value, path: &str, root: bool, pruned: &mut Vec<String>) {
+    if schema.get("x-kubernetes-preserve-unknown-fields") == Some(&Value::Bool(true)) {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            let props = schema.get("properties").and_then(Value::as_object);
+            let additional = schema.get("additionalProperties").filter(|a| a.is_object());
+            let keys: Vec<String> = map.keys().cloned().collect();
+            for key in keys {
+                if root && matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+                    continue;
+                }
+                let child_path = format!("{path}.{key}");
+                match props.and_then(|p| p.get(&key)).or(additional) {
+                    Some(child_schema) => {
+                        if let Some(child) = map.get_mut(&key) {
+                            prune(child_schema, child, &child_path, false, pruned);
+                        }
+                    }
+                    None => {
+                        map.remove(&key);
+                        pruned.push(child_path);
+                    }
+                }
+            }
+        }
+        Value::Array(items) => {
+            let item_schema = schema.get("items").cloned().unwrap_or(Value::Null);
+            for (i, item) in items.iter_mut().enumerate() {
+                prune(&item_schema, item, &format!("{path}[{i}]"), false, pruned);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The object without `metadata` and `status`: what a change of bumps `metadata.generation`.
+pub(crate) fn generation_relevant(object: &Value) -> Map<String, Value> {
+    let mut out = object.as_object().cloned().unwrap_or_default();
+    out.remove("metadata");
+    out.remove("status");
+    out.remove("apiVersion");
+    out.remove("kind");
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn secret_string_data_is_folded_into_data() {
+        let mut s = json!({"stringData": {"a": "hi"}, "data": {"a": "eA==", "b": "eQ=="}});
+        normalize_secret(&mut s).unwrap();
+        assert_eq!(s, json!({"data": {"a": "aGk=", "b": "eQ=="}, "type": "Opaque"}));
+        assert!(normalize_secret(&mut json!({"data": {"a": "!!"}})).is_err());
+    }
+
+    #[test]
+    fn names() {
+        assert!(is_subdomain("a.b-c"));
+        assert!(!is_subdomain("Bad_Name"));
+        assert!(!is_label("a.b"));
+    }
+}
