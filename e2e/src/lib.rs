@@ -7,6 +7,7 @@
 //!   with fault injection);
 //! - [`brokers`]: launchers for real Mosquitto and RabbitMQ;
 //! - [`consumer`]: a test MQTT client;
+//! - [`stack`]: all of it together with an operator configuration and the controllers running;
 //! - [`schema`]: the API server's validation of custom resources against their CRD;
 //! - [`tls`]: the run's CA and an HTTPS server;
 //! - [`logs`]: capture of the run's tracing output for the secret leak check.
@@ -20,4 +21,10 @@ pub mod doubles;
 pub mod fixtures;
 pub mod logs;
 pub mod schema;
+pub mod stack;
 pub mod tls;
+
+/// The repository's committed CRDs (`crds/`).
+pub fn crds_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("crds")
+}

@@ -317,7 +317,18 @@ fn patch(
     if media == "application/json-patch+json" {
         let ops: json_patch::Patch =
             serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-        json_patch::patch(&mut doc, &ops).map_err(|e| ApiError::unprocessable(&e.to_string()))?;
+        // Like the real server's JSON-patch library, a `test` of `null` on a path that does not
+        // exist passes (kube-runtime's finalizer helper relies on it to add the first
+        // finalizer). Operations apply one by one on a copy, so a failure stores nothing.
+        for op in ops.0 {
+            if let json_patch::PatchOperation::Test(test) = &op
+                && test.value.is_null()
+                && doc.pointer(test.path.as_str()).is_none()
+            {
+                continue;
+            }
+            json_patch::patch(&mut doc, &[op]).map_err(|e| ApiError::unprocessable(&e.to_string()))?;
+        }
     } else {
         // Merge patch; for built-ins also strategic merge patch, which differs from it only in
         // the `$patch` directives and list merge keys that the kinds served here barely use.

@@ -111,6 +111,38 @@ impl Mosquitto {
         Ok(Self { mqtts_port, wss_port, ca_pem: ca.cert_pem(), dir, child, _tmp: tmp })
     }
 
+    /// The dynamic-security state as the plugin saved it (it saves after every change).
+    pub fn dynsec_state(&self) -> serde_json::Value {
+        // Mosquitto rewrites the file in place: a read can catch it half written.
+        let mut last_error = None;
+        for _ in 0..50 {
+            let text = std::fs::read_to_string(self.dir.join("dynamic-security.json")).expect("dynamic-security.json");
+            match serde_json::from_str(&text) {
+                Ok(state) => return state,
+                Err(e) => last_error = Some(e),
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        panic!("dynamic-security.json stays unreadable: {last_error:?}")
+    }
+
+    /// A client (user) of the dynamic-security state.
+    pub fn dynsec_client(&self, username: &str) -> Option<serde_json::Value> {
+        let state = self.dynsec_state();
+        state["clients"].as_array()?.iter().find(|c| c["username"] == username).cloned()
+    }
+
+    /// A role of the dynamic-security state.
+    pub fn dynsec_role(&self, rolename: &str) -> Option<serde_json::Value> {
+        let state = self.dynsec_state();
+        state["roles"].as_array()?.iter().find(|r| r["rolename"] == rolename).cloned()
+    }
+
+    /// When the dynamic-security state was last saved: it changes with every write command.
+    pub fn dynsec_saved_at(&self) -> std::time::SystemTime {
+        std::fs::metadata(self.dir.join("dynamic-security.json")).and_then(|m| m.modified()).expect("mtime")
+    }
+
     /// `mqtts://127.0.0.1:<port>`.
     pub fn mqtts_url(&self) -> String {
         format!("mqtts://127.0.0.1:{}", self.mqtts_port)

@@ -1,0 +1,388 @@
+//! The whole dev stack for controller tests and the demo: a Kubernetes API (the test server, or a
+//! real cluster via `KUBECONFIG`), the EDC, Keycloak and Vault doubles, real Mosquitto and
+//! (optionally) real RabbitMQ, an operator configuration pointing at all of them, and the
+//! operator's controllers running in this process.
+//!
+//! Cluster choice: when `KUBECONFIG` is set, the stack uses that cluster (the CRDs must be
+//! installed: `kubectl apply -f crds/`), creates a fresh namespace per stack and deletes it when
+//! the stack is dropped; the doubles and brokers stay on 127.0.0.1 and the operator runs as a
+//! local process. Otherwise it starts the Kubernetes API test server. Tests that look at
+//! test-server internals ask [`Cluster::test_server`] and say so when it is `None`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, PostParams};
+use mqtt_dsp_operator::backends::registry::{Backends, BuildContext};
+use mqtt_dsp_operator::config::Config;
+use mqtt_dsp_operator::controller::{self, Context, Settings};
+use mqtt_dsp_operator::metrics::Metrics;
+use tokio::sync::watch;
+
+use crate::apiserver::ApiServer;
+use crate::brokers::mosquitto::{self, Mosquitto};
+use crate::brokers::rabbitmq::{self, OAuthSettings, RabbitMq};
+use crate::doubles::edc::{self, EdcConfig, EdcDouble, Flavour};
+use crate::doubles::keycloak::{self, KeycloakDouble};
+use crate::doubles::vault::{self, VaultDouble};
+use crate::tls::TestCa;
+
+/// The operator's own client in the Keycloak double.
+pub const KEYCLOAK_OPERATOR_SECRET: &str = "dev-stack-keycloak-operator-secret";
+/// Vault root token.
+pub const VAULT_TOKEN: &str = "dev-stack-vault-root-token";
+/// Realm.
+pub const REALM: &str = "dataspace";
+/// Folder the stock connector's Vault extension uses.
+pub const VAULT_FOLDER: &str = "edc";
+/// Scopes claim RabbitMQ reads.
+pub const SCOPES_KEY: &str = "dsp_mqtt_scopes";
+
+/// Where the cluster comes from.
+pub enum Cluster {
+    /// The in-repo Kubernetes API test server.
+    TestServer(ApiServer),
+    /// A real cluster from `KUBECONFIG`.
+    Real,
+}
+
+impl Cluster {
+    /// The test server, when that is what runs.
+    pub fn test_server(&self) -> Option<&ApiServer> {
+        match self {
+            Cluster::TestServer(s) => Some(s),
+            Cluster::Real => None,
+        }
+    }
+}
+
+/// What to start.
+#[derive(Clone, Debug)]
+pub struct StackOptions {
+    /// Start RabbitMQ (with OAuth 2.0 against the Keycloak double); slower (~5 s).
+    pub rabbitmq: bool,
+    /// Controller settings (resync, cleanup attempts…).
+    pub settings: Settings,
+}
+
+impl Default for StackOptions {
+    fn default() -> Self {
+        Self {
+            rabbitmq: false,
+            settings: Settings {
+                resync: Duration::from_secs(300),
+                backoff_base: Duration::from_millis(200),
+                backoff_max: Duration::from_secs(5),
+                cleanup_attempts: 2,
+                cleanup_retry: Duration::from_secs(1),
+                namespace: None,
+                instance: "e2e".into(),
+            },
+        }
+    }
+}
+
+/// A running dev stack with the operator's controllers.
+pub struct DevStack {
+    /// The run's CA.
+    pub ca: TestCa,
+    /// The cluster.
+    pub cluster: Cluster,
+    /// A client for it.
+    pub client: kube::Client,
+    /// The namespace this stack's resources live in.
+    pub namespace: String,
+    /// Connector profile `default`: stock EDC, ADR spelling, Vault folder `edc`.
+    pub edc: EdcDouble,
+    /// Connector profile `factoryx`: the reference connector, its spelling, no folder.
+    pub edc_fx: EdcDouble,
+    /// Identity provider profile `default`.
+    pub keycloak: KeycloakDouble,
+    /// Secret store profile `default`.
+    pub vault: VaultDouble,
+    /// Broker profile `default`.
+    pub mosquitto: Mosquitto,
+    /// Broker profile `rabbitmq` (when started).
+    pub rabbitmq: Option<RabbitMq>,
+    /// The operator configuration the controllers run with.
+    pub config: Config,
+    /// The controllers' metrics.
+    pub metrics: Arc<Metrics>,
+    /// Backends as the operator built them (tests may use them to inspect or tamper).
+    pub backends: Arc<Backends>,
+    stop: watch::Sender<bool>,
+    controllers: Option<tokio::task::JoinHandle<()>>,
+    _dir: tempfile::TempDir,
+}
+
+impl DevStack {
+    /// Starts everything and the controllers.
+    pub async fn start(options: StackOptions) -> DevStack {
+        mqtt_dsp_operator::install_crypto_provider();
+        crate::logs::init();
+        for s in
+            [KEYCLOAK_OPERATOR_SECRET, VAULT_TOKEN, edc::API_KEY, mosquitto::ADMIN_PASSWORD, rabbitmq::ADMIN_PASSWORD]
+        {
+            crate::logs::register_secret(s);
+        }
+        let ca = TestCa::new();
+        let (cluster, client) = match std::env::var_os("KUBECONFIG") {
+            Some(path) => {
+                eprintln!("dev stack: using the cluster from KUBECONFIG={}", path.to_string_lossy());
+                let client = kube::Client::try_default().await.expect("a client from KUBECONFIG");
+                mqtt_dsp_operator::run::check_crds(&client)
+                    .await
+                    .expect("the CRDs must be installed in the KUBECONFIG cluster (kubectl apply -f crds/)");
+                (Cluster::Real, client)
+            }
+            None => {
+                let server = ApiServer::start(&ca).await.expect("Kubernetes API test server");
+                server.apply_crds(&crate::crds_dir()).await.expect("CRDs applied");
+                let client = server.client();
+                (Cluster::TestServer(server), client)
+            }
+        };
+        let namespace = format!("e2e-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let ns = Namespace {
+            metadata: kube::api::ObjectMeta { name: Some(namespace.clone()), ..Default::default() },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace created");
+
+        let edc = edc::start(&ca, EdcConfig::flavour(Flavour::Stock)).await.expect("EDC double");
+        let edc_fx = edc::start(&ca, EdcConfig::flavour(Flavour::Factoryx)).await.expect("EDC double (factoryx)");
+        let keycloak =
+            keycloak::start(&ca, REALM, "mqtt-dsp-operator", KEYCLOAK_OPERATOR_SECRET).await.expect("Keycloak double");
+        let vault = vault::start(&ca, VAULT_TOKEN).await.expect("Vault double");
+        let mosquitto = Mosquitto::start(&ca).expect("Mosquitto");
+        let rabbitmq = options.rabbitmq.then(|| {
+            let oauth = OAuthSettings {
+                jwks_url: keycloak.jwks_url().replace("127.0.0.1", "localhost"),
+                resource_server_id: "rabbitmq".into(),
+                additional_scopes_key: SCOPES_KEY.into(),
+            };
+            RabbitMq::start(&ca, Some(&oauth)).expect("RabbitMQ")
+        });
+
+        let dir = tempfile::tempdir().expect("temp dir");
+        let file = |name: &str, content: &str| {
+            let path = dir.path().join(name);
+            std::fs::write(&path, content).expect("write");
+            path.display().to_string()
+        };
+        let ca_file = file("ca.pem", &ca.cert_pem());
+        let mut yaml = format!(
+            r#"
+connectors:
+  default:
+    managementUrl: {edc_url}
+    apiKey: {{file: {edc_key}}}
+    vaultFolder: {VAULT_FOLDER}
+    caBundle: {{file: {ca_file}}}
+  factoryx:
+    managementUrl: {edc_fx_url}
+    apiKey: {{file: {edc_key}}}
+    endpointTypeSpelling: factoryx
+    caBundle: {{file: {ca_file}}}
+  factoryx-misconfigured:
+    managementUrl: {edc_fx_url}
+    apiKey: {{file: {edc_key}}}
+    endpointTypeSpelling: adr
+    caBundle: {{file: {ca_file}}}
+identityProviders:
+  default:
+    type: keycloak
+    adminUrl: {kc_url}
+    realm: {REALM}
+    clientId: mqtt-dsp-operator
+    clientSecret: {{file: {kc_secret}}}
+    caBundle: {{file: {ca_file}}}
+secretStores:
+  default:
+    type: vault
+    url: {vault_url}
+    auth: {{token: {{file: {vault_token}}}}}
+    caBundle: {{file: {ca_file}}}
+brokers:
+  default:
+    type: mosquitto
+    adminUrl: {mosquitto_url}
+    adminUsername: admin
+    adminPassword: {{file: {mosquitto_password}}}
+    publicUrls: {{mqtt-tls: "{mosquitto_url}", mqtt-wss: "{mosquitto_wss}"}}
+    caBundle: {{file: {ca_file}}}
+"#,
+            edc_url = edc.management_url,
+            edc_fx_url = edc_fx.management_url,
+            edc_key = file("edc-key", edc::API_KEY),
+            kc_url = keycloak.server.base_url,
+            kc_secret = file("kc-secret", KEYCLOAK_OPERATOR_SECRET),
+            vault_url = vault.url(),
+            vault_token = file("vault-token", VAULT_TOKEN),
+            mosquitto_url = mosquitto.mqtts_url(),
+            mosquitto_wss = mosquitto.wss_url(),
+            mosquitto_password = file("mosquitto-password", mosquitto::ADMIN_PASSWORD),
+        );
+        if let Some(rabbit) = &rabbitmq {
+            yaml.push_str(&format!(
+                r#"  rabbitmq:
+    type: rabbitmq
+    adminUrl: {admin}
+    adminUsername: {user}
+    adminPassword: {{file: {password}}}
+    publicUrls: {{mqtt-tls: "{mqtts}", mqtt-wss: "{wss}"}}
+    rabbitmq: {{resourceServerId: rabbitmq, additionalScopesKey: {SCOPES_KEY}}}
+    caBundle: {{file: {ca_file}}}
+"#,
+                admin = rabbit.management_url(),
+                user = rabbitmq::ADMIN_USER,
+                password = file("rabbitmq-password", rabbitmq::ADMIN_PASSWORD),
+                mqtts = rabbit.mqtts_url(),
+                wss = rabbit.wss_url(),
+            ));
+        }
+        let config = Config::parse(&yaml).unwrap_or_else(|p| panic!("dev-stack configuration: {p:#?}"));
+        let build = BuildContext { kube: Some(&client), namespace: &namespace, replica: "e2e" };
+        let backends = Arc::new(Backends::build(&config, &build).await.unwrap_or_else(|e| panic!("{e}")));
+        let metrics = Arc::new(Metrics::default());
+
+        let (stop, _) = watch::channel(false);
+        let mut stack = DevStack {
+            ca,
+            cluster,
+            client,
+            namespace,
+            edc,
+            edc_fx,
+            keycloak,
+            vault,
+            mosquitto,
+            rabbitmq,
+            config,
+            metrics,
+            backends,
+            stop,
+            controllers: None,
+            _dir: dir,
+        };
+        let mut settings = options.settings;
+        settings.namespace = Some(stack.namespace.clone());
+        stack.start_controllers(settings);
+        stack
+    }
+
+    /// (Re)starts the controllers with these settings.
+    pub fn start_controllers(&mut self, settings: Settings) {
+        let ctx = Arc::new(Context::new(
+            self.client.clone(),
+            Arc::new(self.config.clone()),
+            self.backends.clone(),
+            settings,
+            self.metrics.clone(),
+        ));
+        let _ = self.stop.send(false);
+        let mut stop = self.stop.subscribe();
+        self.controllers = Some(tokio::spawn(controller::run(ctx, async move {
+            let _ = stop.wait_for(|s| *s).await;
+        })));
+    }
+
+    /// Stops the controllers (as an operator shutdown would) and waits for them.
+    pub async fn stop_controllers(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.controllers.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
+        }
+    }
+
+    /// The API of a namespaced kind in this stack's namespace.
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.namespace)
+    }
+
+    /// Deletes the namespace on a real cluster (the test server goes away by itself).
+    pub async fn teardown(mut self) {
+        self.stop_controllers().await;
+        if matches!(self.cluster, Cluster::Real) {
+            let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.namespace, &DeleteParams::default()).await;
+        }
+    }
+}
+
+impl Drop for DevStack {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.controllers.take() {
+            task.abort();
+        }
+    }
+}
+
+/// Waits until `name` satisfies `pred` (polling every 100 ms); panics with the last state after
+/// `timeout`.
+pub async fn wait_for<K>(api: &Api<K>, name: &str, timeout: Duration, what: &str, pred: impl Fn(&K) -> bool) -> K
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut last = None;
+    loop {
+        match api.get_opt(name).await {
+            Ok(Some(object)) if pred(&object) => return object,
+            Ok(found) => last = found,
+            Err(e) => eprintln!("wait_for {name}: {e}"),
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("{name}: not {what} within {timeout:?}; last seen: {last:#?}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `name` is gone.
+pub async fn wait_gone<K>(api: &Api<K>, name: &str, timeout: Duration)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match api.get_opt(name).await {
+            Ok(None) => return,
+            Ok(Some(o)) if tokio::time::Instant::now() >= deadline => {
+                panic!("{name} still there after {timeout:?}: {o:#?}")
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+/// `(type, reason, note)` of the Events about `name` in the stack's namespace, oldest first.
+pub async fn events_about(stack: &DevStack, name: &str) -> Vec<(String, String, String)> {
+    use k8s_openapi::api::events::v1::Event;
+    let api: Api<Event> = stack.api();
+    let mut events: Vec<Event> = api
+        .list(&Default::default())
+        .await
+        .expect("list events")
+        .items
+        .into_iter()
+        .filter(|e| e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(name))
+        .collect();
+    events.sort_by_key(|e| e.metadata.creation_timestamp.clone().map(|t| t.0));
+    events
+        .into_iter()
+        .map(|e| (e.type_.unwrap_or_default(), e.reason.unwrap_or_default(), e.note.unwrap_or_default()))
+        .collect()
+}
+
+/// The status condition `type_` of an object with conditions, as `(status, reason, message)`.
+pub fn condition(
+    conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition],
+    type_: &str,
+) -> Option<(String, String, String)> {
+    conditions.iter().find(|c| c.type_ == type_).map(|c| (c.status.clone(), c.reason.clone(), c.message.clone()))
+}

@@ -1,0 +1,631 @@
+//! The MqttAsset controller end to end: the real controller against the Kubernetes API test
+//! server (or the `KUBECONFIG` cluster), the EDC, Keycloak and Vault doubles and real
+//! Mosquitto / RabbitMQ. Each test has its own stack and namespace.
+
+use std::time::Duration;
+
+use e2e::brokers::mosquitto::PUBLISHER_PASSWORD;
+use e2e::consumer::Consumer;
+use e2e::fixtures::consumer_options;
+use e2e::stack::{DevStack, StackOptions, VAULT_FOLDER, condition, events_about, wait_for, wait_gone};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use mqtt_dsp_operator::api::MqttAsset;
+use mqtt_dsp_operator::backends::{OWNER_KEY, OWNER_RESOURCE_KEY, OWNER_VALUE, Owner};
+use serde_json::{Value, json};
+
+const READY_WITHIN: Duration = Duration::from_secs(30);
+
+fn asset(name: &str, spec: Value) -> MqttAsset {
+    serde_json::from_value(json!({
+        "apiVersion": "dsp-mqtt.io/v1alpha1",
+        "kind": "MqttAsset",
+        "metadata": {"name": name},
+        "spec": spec,
+    }))
+    .expect("a valid MqttAsset")
+}
+
+fn usrpw_spec() -> Value {
+    json!({
+        "endpoint": {"type": "mqtt-tls"},
+        "topics": ["factory/line-1/#"],
+        "auth": {"mode": "usrpw"},
+        "properties": {"name": "Line 1 telemetry"},
+        "policy": {"access": {"participantIds": ["did:web:consumer-a.example.com"]}},
+    })
+}
+
+fn is_ready(a: &MqttAsset) -> bool {
+    let Some(status) = &a.status else { return false };
+    status.observed_generation == a.metadata.generation
+        && condition(&status.conditions, "Ready").is_some_and(|(s, _, _)| s == "True")
+}
+
+fn ready_reason(a: &MqttAsset) -> Option<(String, String, String)> {
+    a.status.as_ref().and_then(|s| condition(&s.conditions, "Ready"))
+}
+
+fn owner(stack: &DevStack, name: &str) -> Owner {
+    Owner { kind: "MqttAsset".into(), namespace: stack.namespace.clone(), name: name.into() }
+}
+
+async fn create(stack: &DevStack, asset: &MqttAsset) -> MqttAsset {
+    let api: Api<MqttAsset> = stack.api();
+    api.create(&PostParams::default(), asset).await.expect("create MqttAsset");
+    wait_for(&api, &asset.metadata.name.clone().unwrap(), READY_WITHIN, "Ready", is_ready).await
+}
+
+async fn merge(stack: &DevStack, name: &str, patch: Value) -> MqttAsset {
+    let api: Api<MqttAsset> = stack.api();
+    api.patch(name, &PatchParams::default(), &Patch::Merge(patch)).await.expect("patch MqttAsset")
+}
+
+/// The asset's password as the connector would resolve it from Vault.
+fn vault_password(stack: &DevStack, alias: &str) -> String {
+    let secret = stack.vault.secret(&format!("{VAULT_FOLDER}/{alias}")).expect("secret in Vault");
+    secret.content().expect("content").to_owned()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Create → Ready
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn usrpw_asset_becomes_ready_with_every_object_shaped_as_the_domain_says() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    let name = "line-1";
+    let ready = create(&stack, &asset(name, usrpw_spec())).await;
+    let ns = &stack.namespace;
+    let asset_id = format!("{ns}-{name}");
+    let user = format!("dsp-mqtt-{ns}-{name}");
+    let alias = format!("dsp-mqtt-{ns}-{name}-secret");
+
+    // Connector: asset with the Mqtt dataAddress (ADR spelling on this profile), literal keys.
+    let stored = stack.edc.state.asset(&asset_id).expect("asset in the connector");
+    let da = &stored.data_address;
+    assert_eq!(da["type"], "Mqtt");
+    assert_eq!(da["baseUrl"], stack.mosquitto.mqtts_url());
+    assert_eq!(da["mqttEndpointType"], "mqtt-tls");
+    assert_eq!(da["username"], user.as_str());
+    assert_eq!(da["passwordAlias"], alias.as_str());
+    assert_eq!(da["dsp-mqtt:topic"], "factory/line-1/#");
+    assert!(da.keys().all(|k| !k.starts_with("http")), "JSON-LD keys must stay literal: {da:?}");
+    assert_eq!(stored.properties["name"], "Line 1 telemetry");
+    assert_eq!(stored.private_properties[OWNER_KEY], OWNER_VALUE);
+    assert_eq!(stored.private_properties[OWNER_RESOURCE_KEY], format!("MqttAsset/{ns}/{name}"));
+    let policy = stack.edc.state.policy(&format!("{asset_id}-access-policy")).expect("access policy");
+    assert_eq!(policy.policy["permission"][0]["constraint"][0]["leftOperand"], "BusinessPartnerDID");
+    assert_eq!(policy.policy["permission"][0]["constraint"][0]["rightOperand"], "did:web:consumer-a.example.com");
+    let cd =
+        stack.edc.state.contract_definition(&format!("{asset_id}-contract-definition")).expect("contract definition");
+    assert_eq!(cd.access_policy_id, format!("{asset_id}-access-policy"));
+    assert_eq!(cd.contract_policy_id, format!("{asset_id}-access-policy"));
+    assert_eq!(cd.assets_selector[0].operand_right, json!(asset_id));
+
+    // Secret store: the password under the alias the connector resolves, marked as ours.
+    let secret = stack.vault.secret(&format!("{VAULT_FOLDER}/{alias}")).expect("secret in Vault");
+    assert_eq!(secret.custom_metadata.get(OWNER_KEY).map(String::as_str), Some(OWNER_VALUE));
+    let password = vault_password(&stack, &alias);
+    e2e::logs::register_secret(&password);
+    assert!(password.len() >= 22, "at least 128 bits of randomness");
+
+    // Broker: a user with a role; it reads the asset's topics with the Vault password, nothing else.
+    assert!(stack.mosquitto.dynsec_client(&user).is_some(), "Mosquitto user");
+    assert!(stack.mosquitto.dynsec_role(&user).is_some(), "Mosquitto role");
+    let mut consumer =
+        Consumer::connect(&consumer_options(stack.mosquitto.mqtts_url(), &stack.ca.cert_pem(), &user, &password))
+            .await
+            .expect("the asset identity connects with the password from Vault");
+    assert!(consumer.subscribe("factory/line-1/temperature").await);
+    assert!(!consumer.subscribe("factory/line-2/temperature").await, "outside the asset's topics");
+    let publisher = Consumer::connect(&consumer_options(
+        stack.mosquitto.mqtts_url(),
+        &stack.ca.cert_pem(),
+        "publisher",
+        PUBLISHER_PASSWORD,
+    ))
+    .await
+    .unwrap();
+    assert!(publisher.publish("factory/line-1/temperature", b"21.5").await);
+    let (topic, _) = consumer.next_message(Duration::from_secs(3)).await.expect("a message on the asset's topic");
+    assert_eq!(topic, "factory/line-1/temperature");
+
+    // Status: refs, every condition True, observedGeneration, the non-secret dataAddress.
+    let status = ready.status.clone().unwrap();
+    for type_ in ["IdentityReady", "SecretReady", "BrokerReady", "ConnectorReady", "Ready"] {
+        let (s, reason, _) = condition(&status.conditions, type_).unwrap_or_else(|| panic!("{type_} missing"));
+        assert_eq!((s.as_str(), reason.as_str()), ("True", "Reconciled"), "{type_}");
+    }
+    assert_eq!(status.connector.as_ref().unwrap().asset_id.as_deref(), Some(asset_id.as_str()));
+    assert_eq!(status.broker.as_ref().unwrap().user.as_deref(), Some(user.as_str()));
+    assert_eq!(status.secret.as_ref().unwrap().alias.as_deref(), Some(alias.as_str()));
+    let status_json = serde_json::to_string(&status).unwrap();
+    assert!(!status_json.contains(&password), "no secret in status");
+    assert!(ready.metadata.finalizers.as_ref().is_some_and(|f| f.contains(&"dsp-mqtt.io/cleanup".to_owned())));
+    let events = events_about(&stack, name).await;
+    assert!(events.iter().any(|(t, r, _)| t == "Normal" && r == "Reconciled"), "a Ready event: {events:?}");
+    assert!(events.iter().all(|(_, _, note)| !note.contains(&password)), "no secret in events");
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reference_connector_gets_its_spelling_and_lists_an_mqtt_pull_distribution() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    let mut spec = usrpw_spec();
+    spec["connector"] = json!("factoryx");
+    spec["endpoint"] = json!({"type": "mqtt-wss"});
+    create(&stack, &asset("line-1", spec)).await;
+    let asset_id = format!("{}-line-1", stack.namespace);
+    let stored = stack.edc_fx.state.asset(&asset_id).expect("asset in the factoryx connector");
+    assert_eq!(stored.data_address["mqttEndpointType"], "mqtt-wss-basic");
+    assert_eq!(stored.data_address["baseUrl"], stack.mosquitto.wss_url());
+    assert!(stack.edc.state.asset(&asset_id).is_none(), "not in the other connector");
+
+    // The DSP catalog a consumer's connector receives.
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(stack.ca.cert_pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let catalog: Value = http
+        .post(format!("{}/v3/catalog/request", stack.edc_fx.management_url))
+        .header("X-Api-Key", e2e::doubles::edc::API_KEY)
+        .json(&json!({
+            "@context": {"@vocab": "https://w3id.org/edc/v0.0.1/ns/"},
+            "counterPartyAddress": format!("{}/api/dsp", stack.edc_fx.server.base_url),
+            "protocol": "dataspace-protocol-http:2025-1",
+        }))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let dataset = catalog["dataset"].as_array().unwrap().iter().find(|d| d["@id"] == json!(asset_id)).expect("dataset");
+    let formats: Vec<&str> =
+        dataset["distribution"].as_array().unwrap().iter().filter_map(|d| d["format"].as_str()).collect();
+    assert!(formats.contains(&"Mqtt-PULL"), "{formats:?}");
+    assert_eq!(
+        dataset["hasPolicy"][0]["permission"][0]["constraint"][0]["rightOperand"],
+        "did:web:consumer-a.example.com"
+    );
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_asset_on_rabbitmq_gets_a_client_whose_tokens_open_the_broker() {
+    let stack = DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }).await;
+    let spec = json!({
+        "broker": "rabbitmq",
+        "endpoint": {"type": "mqtt-tls"},
+        "topics": ["factory/line-1/#"],
+        "auth": {"mode": "oauth2"},
+        "policy": {"access": {"participantIds": ["BPNL000000000001"]}},
+    });
+    let ready = create(&stack, &asset("line-1", spec)).await;
+    let ns = &stack.namespace;
+    let client_id = format!("dsp-mqtt-{ns}-line-1");
+    let alias = format!("dsp-mqtt-{ns}-line-1-secret");
+
+    let client = stack.keycloak.client(&client_id).expect("Keycloak client");
+    assert!(client.service_accounts_enabled && !client.public_client);
+    let secret = vault_password(&stack, &alias);
+    assert_eq!(secret, client.secret, "Vault holds the client's secret under the alias");
+    let da = stack.edc.state.asset(&format!("{ns}-line-1")).unwrap().data_address;
+    assert_eq!(da["oauth2:clientId"], client_id.as_str());
+    assert_eq!(da["oauth2:clientSecretKeyAlias"], alias.as_str());
+    assert_eq!(da["oauth2:tokenUrl"], stack.keycloak.token_url());
+    assert!(!da.contains_key("username"));
+    assert_eq!(
+        ready.status.as_ref().unwrap().identity.as_ref().unwrap().client_id.as_deref(),
+        Some(client_id.as_str())
+    );
+
+    // What the connector does on transfer start: client_credentials with the secret from Vault;
+    // the JWT then opens RabbitMQ for the asset's topics only.
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(stack.ca.cert_pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let token: Value = http
+        .post(stack.keycloak.token_url())
+        .form(&[("grant_type", "client_credentials"), ("client_id", &client_id), ("client_secret", &secret)])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwt = token["access_token"].as_str().expect("access token").to_owned();
+    e2e::logs::register_secret(&jwt);
+    let rabbit = stack.rabbitmq.as_ref().unwrap();
+    let mut consumer = Consumer::connect(&consumer_options(rabbit.mqtts_url(), &stack.ca.cert_pem(), "ignored", &jwt))
+        .await
+        .expect("the JWT opens RabbitMQ");
+    assert!(consumer.subscribe("factory/line-1/temperature").await, "asset topic granted");
+    stack.teardown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Updates, drift, resync
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_policy_change_reaches_the_connector_only_and_a_topic_change_the_broker_and_the_asset() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    create(&stack, &asset("line-1", usrpw_spec())).await;
+    let asset_id = format!("{}-line-1", stack.namespace);
+    let user = format!("dsp-mqtt-{}-line-1", stack.namespace);
+    stack.edc.server.log.clear();
+    stack.vault.server.log.clear();
+    let broker_saved = stack.mosquitto.dynsec_saved_at();
+
+    let updated = merge(
+        &stack,
+        "line-1",
+        json!({"spec": {"policy": {"access": {"participantIds": ["did:web:consumer-b.example.com"]}}}}),
+    )
+    .await;
+    let generation = updated.metadata.generation;
+    let api: Api<MqttAsset> = stack.api();
+    wait_for(&api, "line-1", READY_WITHIN, "Ready at the new generation", |a| {
+        is_ready(a) && a.status.as_ref().unwrap().observed_generation == generation
+    })
+    .await;
+    let policy = stack.edc.state.policy(&format!("{asset_id}-access-policy")).unwrap();
+    assert_eq!(policy.policy["permission"][0]["constraint"][0]["rightOperand"], "did:web:consumer-b.example.com");
+    let writes: Vec<_> = stack.edc.server.log.matching(|r| r.is_mutating());
+    assert_eq!(writes.len(), 1, "one policy update: {writes:?}");
+    assert!(writes[0].path.contains("/v3/policydefinitions/"), "{writes:?}");
+    assert!(stack.vault.server.log.matching(|r| r.is_mutating()).is_empty(), "Vault untouched");
+    assert_eq!(stack.mosquitto.dynsec_saved_at(), broker_saved, "Mosquitto untouched");
+
+    stack.edc.server.log.clear();
+    merge(&stack, "line-1", json!({"spec": {"topics": ["factory/line-1/#", "factory/line-9/#"]}})).await;
+    wait_for(&api, "line-1", READY_WITHIN, "Ready with two topics", |a| {
+        is_ready(a) && a.status.as_ref().unwrap().observed_generation > generation
+    })
+    .await;
+    let role = stack.mosquitto.dynsec_role(&user).unwrap().to_string();
+    assert!(role.contains("factory/line-9/#"), "broker role widened: {role}");
+    let da = stack.edc.state.asset(&asset_id).unwrap().data_address;
+    assert!(!da.contains_key("dsp-mqtt:topic"), "two topics: no single-topic key");
+    let writes: Vec<_> = stack.edc.server.log.matching(|r| r.is_mutating());
+    assert!(writes.iter().all(|w| w.path.ends_with("/v3/assets")), "only the asset changes: {writes:?}");
+    assert!(stack.vault.server.log.matching(|r| r.is_mutating()).is_empty(), "Vault still untouched");
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_with_nothing_changed_writes_nothing_anywhere() {
+    let mut options = StackOptions::default();
+    options.settings.resync = Duration::from_millis(500);
+    let stack = DevStack::start(options).await;
+    create(&stack, &asset("line-1", usrpw_spec())).await;
+    // Let the reconcile triggered by our own status write pass.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let api: Api<MqttAsset> = stack.api();
+    let before = api.get("line-1").await.unwrap();
+    let reconciles_before = reconcile_count(&stack);
+    stack.edc.server.log.clear();
+    stack.vault.server.log.clear();
+    stack.keycloak.server.log.clear();
+    let broker_saved = stack.mosquitto.dynsec_saved_at();
+    let writes_before = stack.metrics.backend_write_total();
+    let api_writes_before = stack.cluster.test_server().map(|s| s.write_count());
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    assert!(reconcile_count(&stack) >= reconciles_before + 3, "resyncs happened");
+    assert!(!stack.edc.server.log.all().is_empty(), "the resync did look at the connector");
+    assert_eq!(stack.edc.server.log.matching(|r| r.is_mutating()), vec![], "connector writes");
+    assert_eq!(stack.vault.server.log.matching(|r| r.is_mutating()), vec![], "Vault writes");
+    assert_eq!(stack.keycloak.server.log.matching(|r| r.is_mutating()), vec![], "Keycloak writes");
+    assert_eq!(stack.mosquitto.dynsec_saved_at(), broker_saved, "Mosquitto writes");
+    assert_eq!(stack.metrics.backend_write_total(), writes_before);
+    let after = api.get("line-1").await.unwrap();
+    assert_eq!(after.metadata.resource_version, before.metadata.resource_version, "no status write");
+    match (api_writes_before, stack.cluster.test_server()) {
+        (Some(n), Some(server)) => assert_eq!(server.write_count(), n, "no Kubernetes writes (Events included)"),
+        _ => eprintln!("real cluster: the Kubernetes write count is only checked on the test server"),
+    }
+    stack.teardown().await;
+}
+
+fn reconcile_count(stack: &DevStack) -> u64 {
+    let text = stack.metrics.encode().unwrap();
+    text.lines()
+        .filter(|l| l.starts_with("mqtt_dsp_operator_reconciles_total{") && l.contains("kind=\"MqttAsset\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drift_in_connector_secret_store_and_broker_is_repaired_on_resync() {
+    let mut options = StackOptions::default();
+    options.settings.resync = Duration::from_millis(500);
+    let stack = DevStack::start(options).await;
+    create(&stack, &asset("line-1", usrpw_spec())).await;
+    let ns = stack.namespace.clone();
+    let asset_id = format!("{ns}-line-1");
+    let user = format!("dsp-mqtt-{ns}-line-1");
+    let alias = format!("dsp-mqtt-{ns}-line-1-secret");
+    let owner = owner(&stack, "line-1");
+    let connector = &stack.backends.connectors["default"];
+
+    // Connector: contract definition and asset deleted, the policy altered.
+    connector.delete_contract_definition(&format!("{asset_id}-contract-definition"), &owner).await.unwrap();
+    let intruder = json!({
+        "@context": "http://www.w3.org/ns/odrl.jsonld",
+        "@type": "Set",
+        "permission": [{"action": "use", "constraint": [
+            {"leftOperand": "BusinessPartnerDID", "operator": "eq", "rightOperand": "did:web:intruder.example.com"}
+        ]}]
+    });
+    let policy_id = format!("{asset_id}-access-policy");
+    connector
+        .ensure_policy(&mqtt_dsp_operator::backends::connector::PolicyDefinition {
+            id: policy_id.clone(),
+            policy: intruder,
+            owner: owner.clone(),
+        })
+        .await
+        .unwrap();
+    connector.delete_asset(&asset_id, &owner).await.unwrap();
+    eventually("connector repaired", || {
+        stack.edc.state.asset(&asset_id).is_some()
+            && stack.edc.state.contract_definition(&format!("{asset_id}-contract-definition")).is_some()
+            && stack.edc.state.policy(&format!("{asset_id}-access-policy")).unwrap().policy["permission"][0]["constraint"][0]
+                ["rightOperand"]
+                == "did:web:consumer-a.example.com"
+    })
+    .await;
+
+    // Secret store: the password deleted → a new one, in Vault and in the broker.
+    let old_password = vault_password(&stack, &alias);
+    let at = mqtt_dsp_operator::backends::secrets::SecretLocation {
+        folder: Some(VAULT_FOLDER.into()),
+        alias: alias.clone(),
+    };
+    stack.backends.secret_stores["default"].delete_secret(&at, &owner).await.unwrap();
+    eventually("Vault repaired", || {
+        stack.vault.secret(&format!("{VAULT_FOLDER}/{alias}")).is_some_and(|s| s.content().is_some())
+    })
+    .await;
+    let new_password = vault_password(&stack, &alias);
+    e2e::logs::register_secret(&old_password);
+    e2e::logs::register_secret(&new_password);
+    assert_ne!(new_password, old_password);
+    let connect = |password: String| {
+        let options = consumer_options(stack.mosquitto.mqtts_url(), &stack.ca.cert_pem(), &user, &password);
+        async move { Consumer::connect(&options).await }
+    };
+    // The broker step follows the secret step: give it its turn.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while connect(new_password.clone()).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the broker user did not get the new password");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(connect(old_password).await.is_err(), "the lost password no longer works");
+
+    // Broker: the user deleted → recreated with the password from Vault.
+    stack.backends.brokers["default"].remove_user(&user, &owner).await.unwrap();
+    assert!(stack.mosquitto.dynsec_client(&user).is_none());
+    eventually("Mosquitto repaired", || stack.mosquitto.dynsec_client(&user).is_some()).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    // Created with the password the connector resolves (its role follows right after).
+    while connect(new_password.clone()).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the recreated user does not take the password from Vault");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_identity_client_is_recreated_and_vault_follows_its_new_secret() {
+    let mut options = StackOptions { rabbitmq: true, ..Default::default() };
+    options.settings.resync = Duration::from_millis(500);
+    let stack = DevStack::start(options).await;
+    let spec = json!({
+        "broker": "rabbitmq",
+        "endpoint": {"type": "mqtt-wss"},
+        "topics": ["factory/line-1/#"],
+        "auth": {"mode": "oauth2"},
+        "policy": {"access": {"participantIds": ["BPNL000000000001"]}},
+    });
+    create(&stack, &asset("line-1", spec)).await;
+    let client_id = format!("dsp-mqtt-{}-line-1", stack.namespace);
+    let alias = format!("dsp-mqtt-{}-line-1-secret", stack.namespace);
+    let old_secret = stack.keycloak.client(&client_id).unwrap().secret;
+    stack.backends.identity_providers["default"].delete_client(&client_id, &owner(&stack, "line-1")).await.unwrap();
+    eventually("client recreated", || stack.keycloak.client(&client_id).is_some()).await;
+    let new_secret = stack.keycloak.client(&client_id).unwrap().secret;
+    assert_ne!(new_secret, old_secret);
+    eventually("Vault follows", || vault_password(&stack, &alias) == new_secret).await;
+
+    // A mapper removed behind our back comes back too.
+    let mappers = stack.keycloak.client(&client_id).unwrap().protocol_mappers.len();
+    assert!(mappers >= 1);
+    stack.keycloak.edit_client(&client_id, |c| c.protocol_mappers.clear());
+    eventually("mappers restored", || stack.keycloak.client(&client_id).unwrap().protocol_mappers.len() == mappers)
+        .await;
+    stack.teardown().await;
+}
+
+async fn eventually(what: &str, check: impl Fn() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while !check() {
+        assert!(tokio::time::Instant::now() < deadline, "{what}: not within 15 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Deletion
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_removes_every_external_object_then_the_resource() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    create(&stack, &asset("line-1", usrpw_spec())).await;
+    let ns = stack.namespace.clone();
+    let api: Api<MqttAsset> = stack.api();
+    stack.edc.server.log.clear();
+    api.delete("line-1", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "line-1", READY_WITHIN).await;
+
+    assert!(stack.edc.state.assets().is_empty(), "asset removed");
+    assert!(stack.edc.state.policies().is_empty(), "policies removed");
+    assert!(stack.edc.state.contract_definitions().is_empty(), "contract definition removed");
+    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-1-secret")).is_none(), "secret removed");
+    assert!(stack.mosquitto.dynsec_client(&format!("dsp-mqtt-{ns}-line-1")).is_none(), "broker user removed");
+    assert!(stack.mosquitto.dynsec_role(&format!("dsp-mqtt-{ns}-line-1")).is_none(), "broker role removed");
+    // Safe order in the connector: contract definition, then policy, then asset.
+    let deletes: Vec<String> = stack
+        .edc
+        .server
+        .log
+        .matching(|r| r.method == "DELETE" && r.status == 204)
+        .into_iter()
+        .map(|r| r.path)
+        .collect();
+    let position =
+        |part: &str| deletes.iter().position(|p| p.contains(part)).unwrap_or_else(|| panic!("{part} in {deletes:?}"));
+    assert!(position("contractdefinitions") < position("policydefinitions"));
+    assert!(position("policydefinitions") < position("/v3/assets/"));
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_leaves_every_external_object_and_releases_the_resource() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    let mut spec = usrpw_spec();
+    spec["deletionPolicy"] = json!("Retain");
+    create(&stack, &asset("line-1", spec)).await;
+    let ns = stack.namespace.clone();
+    let api: Api<MqttAsset> = stack.api();
+    api.delete("line-1", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "line-1", READY_WITHIN).await;
+    assert!(stack.edc.state.asset(&format!("{ns}-line-1")).is_some());
+    assert_eq!(stack.edc.state.policies().len(), 1);
+    assert_eq!(stack.edc.state.contract_definitions().len(), 1);
+    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-1-secret")).is_some());
+    assert!(stack.mosquitto.dynsec_client(&format!("dsp-mqtt-{ns}-line-1")).is_some());
+    let events = events_about(&stack, "line-1").await;
+    assert!(events.iter().any(|(_, r, _)| r == "Retained"), "{events:?}");
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asset_under_contract_does_not_wedge_deletion() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    create(&stack, &asset("line-1", usrpw_spec())).await;
+    let ns = stack.namespace.clone();
+    let asset_id = format!("{ns}-line-1");
+    stack.edc.state.add_agreement(&asset_id);
+    let api: Api<MqttAsset> = stack.api();
+    api.delete("line-1", &DeleteParams::default()).await.unwrap();
+
+    // The refusal is reported while attempts remain…
+    let blocked = wait_for(&api, "line-1", READY_WITHIN, "reporting the refusal", |a| {
+        ready_reason(a).is_some_and(|(s, r, _)| s == "False" && r == "InUse")
+    })
+    .await;
+    let (_, _, message) = ready_reason(&blocked).unwrap();
+    assert!(message.contains(&format!("asset {asset_id}")) && message.contains("attempt 1 of 2"), "{message}");
+    // …then the resource goes, the asset stays (agreements need it), everything else is removed.
+    wait_gone(&api, "line-1", READY_WITHIN).await;
+    assert!(stack.edc.state.asset(&asset_id).is_some(), "the connector keeps an asset under contract");
+    assert!(stack.edc.state.contract_definitions().is_empty(), "no longer offered");
+    assert!(stack.edc.state.policies().is_empty());
+    assert!(stack.mosquitto.dynsec_client(&format!("dsp-mqtt-{ns}-line-1")).is_none());
+    let events = events_about(&stack, "line-1").await;
+    assert!(events.iter().any(|(t, r, _)| t == "Warning" && r == "InUse"), "{events:?}");
+    assert!(
+        events.iter().any(|(_, r, note)| r == "CleanupAbandoned" && note.contains(&asset_id)),
+        "an Event names what is left: {events:?}"
+    );
+    stack.teardown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Bad input
+
+async fn expect_not_ready(stack: &DevStack, name: &str, reason: &str) -> (String, String, String) {
+    let api: Api<MqttAsset> = stack.api();
+    let a = wait_for(&api, name, READY_WITHIN, &format!("Ready=False/{reason}"), |a| {
+        a.status.as_ref().is_some_and(|s| s.observed_generation == a.metadata.generation)
+            && ready_reason(a).is_some_and(|(s, r, _)| s == "False" && r == reason)
+    })
+    .await;
+    ready_reason(&a).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_stable_reason_and_keeps_what_was_provisioned() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    create(&stack, &asset("line-1", usrpw_spec())).await;
+    let ns = stack.namespace.clone();
+    let asset_id = format!("{ns}-line-1");
+    let user = format!("dsp-mqtt-{ns}-line-1");
+
+    // An unknown profile.
+    merge(&stack, "line-1", json!({"spec": {"connector": "nope"}})).await;
+    let (_, _, message) = expect_not_ready(&stack, "line-1", "UnknownProfile").await;
+    assert!(message.contains("spec.connector") && message.contains("defined: default, factoryx"), "{message}");
+    // A mode the broker cannot do.
+    merge(&stack, "line-1", json!({"spec": {"connector": null, "auth": {"mode": "oauth2"}}})).await;
+    let (_, _, message) = expect_not_ready(&stack, "line-1", "AuthModeUnsupported").await;
+    assert!(message.contains("spec.auth.mode"), "{message}");
+    // A topic the broker refuses (Mosquitto cannot grant filters with %).
+    merge(&stack, "line-1", json!({"spec": {"auth": {"mode": "usrpw"}, "topics": ["factory/%u/#"]}})).await;
+    let api: Api<MqttAsset> = stack.api();
+    let (_, _, message) = expect_not_ready(&stack, "line-1", "Rejected").await;
+    assert!(message.starts_with("broker:"), "{message}");
+    let a = api.get("line-1").await.unwrap();
+    let broker = condition(&a.status.as_ref().unwrap().conditions, "BrokerReady").unwrap();
+    assert_eq!((broker.0.as_str(), broker.1.as_str()), ("False", "Rejected"));
+    let connector = condition(&a.status.as_ref().unwrap().conditions, "ConnectorReady").unwrap();
+    assert_eq!(connector.1, "Blocked");
+    // A reserved private property.
+    merge(
+        &stack,
+        "line-1",
+        json!({"spec": {"topics": ["factory/line-1/#"], "privateProperties": {"dsp-mqtt.io/owner": "me"}}}),
+    )
+    .await;
+    expect_not_ready(&stack, "line-1", "ReservedProperty").await;
+
+    // Nothing provisioned before was lost on the way.
+    assert!(stack.edc.state.asset(&asset_id).is_some());
+    assert!(stack.mosquitto.dynsec_client(&user).is_some());
+    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-1-secret")).is_some());
+    let events = events_about(&stack, "line-1").await;
+    for reason in ["UnknownProfile", "AuthModeUnsupported", "Rejected", "ReservedProperty"] {
+        assert!(events.iter().any(|(t, r, _)| t == "Warning" && r == reason), "{reason} Event: {events:?}");
+    }
+
+    // Fixing the spec makes it Ready again.
+    merge(&stack, "line-1", json!({"spec": {"privateProperties": null}})).await;
+    wait_for(&api, "line-1", READY_WITHIN, "Ready again", is_ready).await;
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connector_that_rejects_the_asset_is_named_in_the_condition() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    let mut spec = usrpw_spec();
+    // The reference connector refuses the ADR spelling: a misconfigured profile.
+    spec["connector"] = json!("factoryx-misconfigured");
+    let api: Api<MqttAsset> = stack.api();
+    api.create(&PostParams::default(), &asset("line-1", spec)).await.unwrap();
+    let (_, _, message) = expect_not_ready(&stack, "line-1", "Rejected").await;
+    assert!(message.starts_with("connector:") && message.contains("mqttEndpointType"), "{message}");
+    let a = api.get("line-1").await.unwrap();
+    let connector = condition(&a.status.as_ref().unwrap().conditions, "ConnectorReady").unwrap();
+    assert_eq!((connector.0.as_str(), connector.1.as_str()), ("False", "Rejected"));
+    // Earlier steps succeeded and are kept.
+    assert!(condition(&a.status.as_ref().unwrap().conditions, "BrokerReady").is_some_and(|c| c.0 == "True"));
+
+    // Deleting a resource that never became ready still cleans up what it did create.
+    api.delete("line-1", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "line-1", READY_WITHIN).await;
+    assert!(stack.mosquitto.dynsec_client(&format!("dsp-mqtt-{}-line-1", stack.namespace)).is_none());
+    stack.teardown().await;
+}
