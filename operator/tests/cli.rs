@@ -1,21 +1,18 @@
 //! The binary as a user runs it: exit codes and messages of `run`, `crdgen` and `version`,
-//! against a stand-in API server that answers discovery (HTTPS with the test's own CA).
+//! against the Kubernetes API test server (HTTPS with the test's own CA).
 
 use std::io::Read;
-use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use axum::Router;
-use axum::http::{HeaderMap, StatusCode};
-use axum::response::IntoResponse;
-use axum::routing::get;
-use e2e::tls::{TestCa, serve_https};
-use serde_json::json;
+use e2e::apiserver::ApiServer;
+use e2e::tls::TestCa;
+use k8s_openapi::api::core::v1::Secret;
+use kube::Api;
+use mqtt_dsp_operator::api::MqttAsset;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-dsp-operator");
-const TOKEN: &str = "test-token-for-discovery";
 
 fn config_file(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("config.yaml");
@@ -23,49 +20,31 @@ fn config_file(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-/// A stand-in for the API server's discovery of our group: with or without our CRDs. Like the
-/// real one it refuses requests without the bearer token.
-fn discovery(crds_installed: bool) -> Router {
-    Router::new()
-        .route(
-            "/apis/dsp-mqtt.io/v1alpha1",
-            get(move |headers: HeaderMap| async move {
-                if headers.get("authorization").and_then(|v| v.to_str().ok()) != Some(&format!("Bearer {TOKEN}")) {
-                    return (StatusCode::UNAUTHORIZED, axum::Json(status(401, "Unauthorized"))).into_response();
-                }
-                if !crds_installed {
-                    return (StatusCode::NOT_FOUND, axum::Json(status(404, "NotFound"))).into_response();
-                }
-                let resource = |name: &str, kind: &str, short: &str| {
-                    json!({"name": name, "singularName": kind.to_lowercase(), "namespaced": true, "kind": kind,
-                           "verbs": ["delete","deletecollection","get","list","patch","create","update","watch"],
-                           "shortNames": [short], "categories": ["dsp"]})
-                };
-                axum::Json(json!({
-                    "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "dsp-mqtt.io/v1alpha1",
-                    "resources": [resource("mqttassets", "MqttAsset", "mqa"), resource("mqtttransfers", "MqttTransfer", "mqt")]
-                }))
-                .into_response()
-            }),
-        )
-        .fallback(|| async { (StatusCode::NOT_FOUND, axum::Json(status(404, "NotFound"))) })
-}
-
-fn status(code: u16, reason: &str) -> serde_json::Value {
-    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": reason, "reason": reason, "code": code})
-}
-
-fn kubeconfig(dir: &Path, addr: SocketAddr, ca: &TestCa) -> std::path::PathBuf {
-    let ca_file = dir.join("ca.pem");
-    std::fs::write(&ca_file, ca.cert_pem()).unwrap();
+/// The Kubernetes API test server, with our CRDs applied when asked, the Secrets the example
+/// configuration points at, and a kubeconfig for the binary.
+async fn cluster(dir: &Path, crds: bool) -> (ApiServer, std::path::PathBuf) {
+    mqtt_dsp_operator::install_crypto_provider();
+    let server = ApiServer::start(&TestCa::new()).await.unwrap();
+    if crds {
+        server.apply_crds(&e2e::crds_dir()).await.unwrap();
+    }
+    let secrets: Api<Secret> = Api::namespaced(server.client(), "default");
+    for (name, key) in [
+        ("edc-management-api", "api-key"),
+        ("keycloak-operator-client", "client-secret"),
+        ("rabbitmq-admin", "password"),
+        ("mosquitto-admin", "password"),
+    ] {
+        let secret = Secret {
+            metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
+            string_data: Some([(key.to_owned(), format!("{name}-test-value"))].into()),
+            ..Default::default()
+        };
+        secrets.create(&Default::default(), &secret).await.unwrap();
+    }
     let path = dir.join("kubeconfig");
-    let text = format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: test\n  cluster:\n    server: https://{addr}\n    certificate-authority: {}\n\
-         users:\n- name: test\n  user:\n    token: {TOKEN}\ncontexts:\n- name: test\n  context:\n    cluster: test\n    user: test\n    namespace: default\ncurrent-context: test\n",
-        ca_file.display()
-    );
-    std::fs::write(&path, text).unwrap();
-    path
+    std::fs::write(&path, server.kubeconfig_yaml()).unwrap();
+    (server, path)
 }
 
 /// Kills the operator when a test ends, also by a failed assertion: an orphaned operator would
@@ -133,14 +112,12 @@ fn a_missing_configuration_file_is_named() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_without_the_crds_exits_with_the_install_hint() {
-    let ca = TestCa::new();
-    let (addr, server) = serve_https(discovery(false), &ca).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = kubeconfig(dir.path(), addr, &ca);
+    let (server, kubeconfig) = cluster(dir.path(), false).await;
     let mut cmd = operator(Some(&kubeconfig));
     cmd.args(["run", "--listen", &format!("127.0.0.1:{}", free_port()), "--config"]).arg(config_file(dir.path()));
     let out = tokio::task::spawn_blocking(move || cmd.output().unwrap()).await.unwrap();
-    server.abort();
+    drop(server);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(4), "{stderr}");
     assert!(stderr.contains("CustomResourceDefinitions of dsp-mqtt.io/v1alpha1 are not installed"), "{stderr}");
@@ -150,12 +127,9 @@ async fn run_without_the_crds_exits_with_the_install_hint() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn run_with_the_crds_becomes_ready_and_stops_cleanly_on_sigterm() {
-    let ca = TestCa::new();
-    let (addr, server) = serve_https(discovery(true), &ca).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let kubeconfig = kubeconfig(dir.path(), addr, &ca);
+    let (server, kubeconfig) = cluster(dir.path(), true).await;
     let port = free_port();
-    mqtt_dsp_operator::install_crypto_provider();
     let mut child = operator(Some(&kubeconfig))
         .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json", "--config"])
         .arg(config_file(dir.path()))
@@ -179,6 +153,27 @@ async fn run_with_the_crds_becomes_ready_and_stops_cleanly_on_sigterm() {
     let metrics = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("mqtt_dsp_operator_build_info"), "{metrics}");
 
+    // The controller reconciles: an asset whose backends cannot be reached (example.com, no
+    // network here) gets a Ready=False condition saying so.
+    let assets: Api<MqttAsset> = Api::namespaced(server.client(), "default");
+    let asset: MqttAsset = serde_yaml::from_str(
+        "apiVersion: dsp-mqtt.io/v1alpha1\nkind: MqttAsset\nmetadata: {name: probe}\nspec:\n  endpoint: {type: mqtt-tls}\n  topics: [a/#]\n  auth: {mode: usrpw}\n  policy: {access: {participantIds: [BPNL000000000001]}}\n",
+    )
+    .unwrap();
+    assets.create(&Default::default(), &asset).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (status, reason) = loop {
+        let a = assets.get("probe").await.unwrap();
+        let ready = a.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready").cloned());
+        if let Some(c) = ready {
+            break (c.status, c.reason);
+        }
+        assert!(Instant::now() < deadline, "the operator did not reconcile the asset in 20 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(status, "False");
+    assert!(["Unreachable", "Credential", "Timeout"].contains(&reason.as_str()), "{reason}");
+
     let kill = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let (status, stderr) = tokio::task::spawn_blocking(move || {
@@ -197,7 +192,7 @@ async fn run_with_the_crds_becomes_ready_and_stops_cleanly_on_sigterm() {
     })
     .await
     .unwrap();
-    server.abort();
+    drop(server);
     assert!(status.success(), "exit {status:?}: {stderr}");
     // JSON logs: every line is an object.
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {

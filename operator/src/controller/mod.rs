@@ -17,15 +17,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::Client;
-use kube::runtime::controller::Action;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::Client;
+use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use tracing::warn;
 
-use crate::backends::registry::Backends;
 use crate::backends::BackendError;
+use crate::backends::registry::Backends;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plan::PlanError;
@@ -318,8 +318,11 @@ pub(crate) async fn publish_changes(ctx: &Context, reference: &ObjectReference, 
         }
         let type_ = if c.status == Status::False { EventType::Warning } else { EventType::Normal };
         let note = Some(format!("{}: {}", c.type_, c.message));
-        ctx.publish(reference, KubeEvent { type_, reason: c.reason, note, action: "Reconcile".into(), secondary: None })
-            .await;
+        ctx.publish(
+            reference,
+            KubeEvent { type_, reason: c.reason, note, action: "Reconcile".into(), secondary: None },
+        )
+        .await;
     }
 }
 

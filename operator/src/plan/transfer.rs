@@ -12,11 +12,11 @@ use serde_json::{Map, Value, json};
 
 use super::{PlanError, check_topic_bytes, topics};
 use crate::api::{AuthMode, MqttAsset, MqttTransfer, TransferState};
-use crate::backends::{ExposeSecret, Owner, SecretString};
 use crate::backends::broker::TokenRequirements;
 use crate::backends::connector::mqtt_endpoint_type;
 use crate::backends::identity::ClientDefinition;
 use crate::backends::secrets::SecretLocation;
+use crate::backends::{ExposeSecret, Owner, SecretString};
 use crate::config::Config;
 
 use super::asset::{self as asset_plan, AssetProfiles};
