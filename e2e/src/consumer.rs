@@ -196,3 +196,46 @@ pub fn client_config(ca_pem: &str) -> Arc<rustls::ClientConfig> {
             .with_no_client_auth(),
     )
 }
+
+/// What a consumer program takes from the transfer's Secret, and nothing else: the broker URL,
+/// the topic filter(s), and the credentials (a JWT as the CONNECT password, or a username and
+/// password), all read from the Secret's `dataAddress.json`.
+#[derive(Clone, Debug)]
+pub struct FromSecret {
+    /// How to connect.
+    pub options: ConsumerOptions,
+    /// `dsp-mqtt:topic`, or every entry of `dsp-mqtt:topics`.
+    pub topics: Vec<String>,
+}
+
+impl FromSecret {
+    /// Reads a Secret written by the operator. `ca_pem` is the broker's CA (not part of the
+    /// DataAddress). `None` when the Secret holds no credentials (a suspended transfer).
+    pub fn read(secret: &k8s_openapi::api::core::v1::Secret, ca_pem: &str) -> Option<FromSecret> {
+        let data = secret.data.as_ref()?;
+        let da: serde_json::Value = serde_json::from_slice(&data.get("dataAddress.json")?.0).ok()?;
+        let text = |k: &str| da.get(k).and_then(serde_json::Value::as_str).map(str::to_owned);
+        let url = text("dsp-mqtt:baseUrl")?;
+        let (username, password) = match text("dsp-mqtt:authorization") {
+            Some(jwt) => ("jwt".to_owned(), jwt),
+            None => (text("dsp-mqtt:username")?, text("dsp-mqtt:password")?),
+        };
+        crate::logs::register_secret(&password);
+        let topics = match text("dsp-mqtt:topic") {
+            Some(t) => vec![t],
+            None => {
+                da.get("dsp-mqtt:topics")?.as_array()?.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect()
+            }
+        };
+        Some(FromSecret {
+            options: ConsumerOptions {
+                url,
+                username: username.clone(),
+                password,
+                ca_pem: ca_pem.to_owned(),
+                client_id: format!("consumer-{}", uuid::Uuid::new_v4().simple()),
+            },
+            topics,
+        })
+    }
+}

@@ -111,6 +111,7 @@ pub struct DevStack {
     pub metrics: Arc<Metrics>,
     /// Backends as the operator built them (tests may use them to inspect or tamper).
     pub backends: Arc<Backends>,
+    settings: Settings,
     stop: watch::Sender<bool>,
     controllers: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -262,35 +263,57 @@ brokers:
             config,
             metrics,
             backends,
+            settings: options.settings.clone(),
             stop,
             controllers: None,
             _dir: dir,
         };
-        let mut settings = options.settings;
-        settings.namespace = Some(stack.namespace.clone());
-        stack.start_controllers(settings);
+        stack.settings.namespace = Some(stack.namespace.clone());
+        stack.start_controllers(stack.settings.clone());
         stack
+    }
+
+    /// A fresh client for the cluster, as a new operator process would have.
+    async fn fresh_client(&self) -> kube::Client {
+        match &self.cluster {
+            Cluster::TestServer(server) => server.client(),
+            Cluster::Real => kube::Client::try_default().await.expect("a client from KUBECONFIG"),
+        }
     }
 
     /// (Re)starts the controllers with these settings.
     pub fn start_controllers(&mut self, settings: Settings) {
+        self.start_controllers_with(self.client.clone(), settings);
+    }
+
+    fn start_controllers_with(&mut self, client: kube::Client, settings: Settings) {
         let ctx = Arc::new(Context::new(
-            self.client.clone(),
+            client,
             Arc::new(self.config.clone()),
             self.backends.clone(),
             settings,
             self.metrics.clone(),
         ));
-        let _ = self.stop.send(false);
+        self.stop.send_replace(false);
         let mut stop = self.stop.subscribe();
         self.controllers = Some(tokio::spawn(controller::run(ctx, async move {
             let _ = stop.wait_for(|s| *s).await;
         })));
     }
 
+    /// Stops the controllers and starts them again with the same settings: an operator restart
+    /// (the backends' clients are kept).
+    pub async fn restart_controllers(&mut self) {
+        self.stop_controllers().await;
+        // A new process has its own connections: reusing the stopped controllers' client would
+        // inherit their aborted HTTP/2 connects.
+        let client = self.fresh_client().await;
+        self.start_controllers_with(client, self.settings.clone());
+    }
+
     /// Stops the controllers (as an operator shutdown would) and waits for them.
     pub async fn stop_controllers(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         if let Some(task) = self.controllers.take() {
             let _ = tokio::time::timeout(Duration::from_secs(10), task).await;
         }
@@ -315,7 +338,7 @@ brokers:
 
 impl Drop for DevStack {
     fn drop(&mut self) {
-        let _ = self.stop.send(true);
+        self.stop.send_replace(true);
         if let Some(task) = self.controllers.take() {
             task.abort();
         }

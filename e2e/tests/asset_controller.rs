@@ -629,3 +629,28 @@ async fn a_connector_that_rejects_the_asset_is_named_in_the_condition() {
     assert!(stack.mosquitto.dynsec_client(&format!("dsp-mqtt-{}-line-1", stack.namespace)).is_none());
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_operator_restart_nothing_is_rewritten_and_changes_are_reconciled() {
+    let mut stack = DevStack::start(StackOptions::default()).await;
+    create(&stack, &asset("line-1", usrpw_spec())).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let api: Api<MqttAsset> = stack.api();
+    let before = api.get("line-1").await.unwrap();
+    stack.edc.server.log.clear();
+    stack.vault.server.log.clear();
+    stack.restart_controllers().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!stack.edc.server.log.all().is_empty(), "the restarted controller looked at the connector");
+    assert_eq!(stack.edc.server.log.matching(|r| r.is_mutating()), vec![], "and wrote nothing");
+    assert_eq!(stack.vault.server.log.matching(|r| r.is_mutating()), vec![]);
+    assert_eq!(api.get("line-1").await.unwrap().metadata.resource_version, before.metadata.resource_version);
+    let generation =
+        merge(&stack, "line-1", json!({"spec": {"properties": {"name": "renamed"}}})).await.metadata.generation;
+    wait_for(&api, "line-1", READY_WITHIN, "the change reconciled", |a| {
+        is_ready(a) && a.status.as_ref().unwrap().observed_generation == generation
+    })
+    .await;
+    assert_eq!(stack.edc.state.asset(&format!("{}-line-1", stack.namespace)).unwrap().properties["name"], "renamed");
+    stack.teardown().await;
+}

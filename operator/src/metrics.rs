@@ -21,6 +21,15 @@ pub struct ReconcileLabels {
     pub result: String,
 }
 
+/// Labels of per-transfer metrics.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransferLabels {
+    /// Namespace.
+    pub namespace: String,
+    /// MqttTransfer name.
+    pub name: String,
+}
+
 /// Labels of `mqtt_dsp_operator_backend_writes`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct WriteLabels {
@@ -50,6 +59,8 @@ pub struct Metrics {
     pub reconcile_seconds: Family<ReconcileLabels, Histogram>,
     /// Writes made to external systems (creates, updates, deletes).
     pub backend_writes: Family<WriteLabels, Counter>,
+    /// When each active transfer's current token expires (Unix seconds).
+    pub token_expiry: Family<TransferLabels, Gauge>,
 }
 
 impl Default for Metrics {
@@ -68,7 +79,13 @@ impl Default for Metrics {
         registry.register("reconcile_seconds", "Reconcile duration", reconcile_seconds.clone());
         let backend_writes = Family::<WriteLabels, Counter>::default();
         registry.register("backend_writes", "Writes made to external systems", backend_writes.clone());
-        Self { registry, build_info, ready, reconciles, reconcile_seconds, backend_writes }
+        let token_expiry = Family::<TransferLabels, Gauge>::default();
+        registry.register(
+            "transfer_token_expiry_seconds",
+            "When each active MqttTransfer's current access token expires (Unix time)",
+            token_expiry.clone(),
+        );
+        Self { registry, build_info, ready, reconciles, reconcile_seconds, backend_writes, token_expiry }
     }
 }
 
@@ -79,6 +96,15 @@ impl Metrics {
         self.reconciles.get_or_create(&labels).inc();
         let labels = ReconcileLabels { kind: kind.into(), result: String::new() };
         self.reconcile_seconds.get_or_create(&labels).observe(took.as_secs_f64());
+    }
+
+    /// Sets (or, with `None`, removes) a transfer's token expiry.
+    pub fn set_token_expiry(&self, namespace: &str, name: &str, expires_at: Option<i64>) {
+        let labels = TransferLabels { namespace: namespace.into(), name: name.into() };
+        match expires_at {
+            Some(at) => drop(self.token_expiry.get_or_create(&labels).set(at)),
+            None => drop(self.token_expiry.remove(&labels)),
+        }
     }
 
     /// Records a write to an external system.

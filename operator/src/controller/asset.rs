@@ -89,11 +89,17 @@ fn error_policy(asset: Arc<MqttAsset>, error: &Error, ctx: Arc<Context>) -> Acti
 }
 
 /// The backends an asset's profiles point at.
-struct Clients {
-    connector: Arc<dyn Connector>,
-    identity: Option<Arc<dyn IdentityProvider>>,
-    secrets: Arc<dyn SecretStore>,
-    broker: Arc<dyn Broker>,
+pub(crate) struct Clients {
+    pub(crate) connector: Arc<dyn Connector>,
+    pub(crate) identity: Option<Arc<dyn IdentityProvider>>,
+    pub(crate) secrets: Arc<dyn SecretStore>,
+    pub(crate) broker: Arc<dyn Broker>,
+}
+
+/// Resolves an asset spec's profiles and their clients.
+pub(crate) fn clients_for(ctx: &Context, spec: &crate::api::MqttAssetSpec) -> Result<Clients, Error> {
+    let profiles = asset_plan::resolve_profiles(spec, &ctx.config)?;
+    Ok(clients(ctx, &profiles)?)
 }
 
 fn missing(field: &'static str, section: &'static str, name: &str, defined: Vec<String>) -> PlanError {

@@ -12,6 +12,7 @@
 //!   condition change and every error, its reason being the error variant.
 
 pub mod asset;
+pub mod transfer;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -127,7 +128,12 @@ impl Context {
     /// The requeue after a success: the resync interval with ±10 % jitter, so that resources
     /// created together do not resync together.
     fn resync(&self) -> Action {
-        Action::requeue(jitter(self.settings.resync, 0.1))
+        Action::requeue(self.resync_delay())
+    }
+
+    /// The resync interval with its jitter.
+    fn resync_delay(&self) -> Duration {
+        jitter(self.settings.resync, 0.1)
     }
 
     /// Publishes an Event; failures to publish are logged, never fatal.
@@ -205,6 +211,22 @@ pub enum Error {
     /// The finalizer helper could not work with the object.
     #[error("finalizer: {0}")]
     Finalizer(String),
+    /// The transfer's asset does not exist (or is being deleted).
+    #[error(
+        "MqttAsset \"{name}\" does not exist in this namespace (or is being deleted): access is revoked until it exists; check spec.assetRef.name"
+    )]
+    AssetNotFound {
+        /// spec.assetRef.name.
+        name: String,
+    },
+    /// The Secret name is taken by a Secret this transfer does not own.
+    #[error(
+        "Secret \"{name}\" exists and is not owned by this MqttTransfer; the operator leaves it alone: delete it or set spec.secretName to another name"
+    )]
+    SecretNameTaken {
+        /// The Secret.
+        name: String,
+    },
     /// Deletion: a backend refused to delete something; tried again after `retry`.
     #[error("deletion attempt {attempts} was refused; trying again in {retry:?}")]
     CleanupPending {
@@ -224,13 +246,15 @@ impl Error {
             Error::Kube(_) => "KubernetesApi",
             Error::Finalizer(_) => "Finalizer",
             Error::CleanupPending { .. } => "CleanupPending",
+            Error::AssetNotFound { .. } => "AssetNotFound",
+            Error::SecretNameTaken { .. } => "SecretNameTaken",
         }
     }
 
     /// Whether retrying soon may help (otherwise: wait for a change or the resync).
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Plan(_) => false,
+            Error::Plan(_) | Error::AssetNotFound { .. } | Error::SecretNameTaken { .. } => false,
             Error::Backend { source, .. } => source.is_retryable(),
             Error::Kube(_) | Error::Finalizer(_) | Error::CleanupPending { .. } => true,
         }
@@ -339,7 +363,17 @@ impl<T> AtStep<T> for Result<T, BackendError> {
 
 /// Runs the controllers until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
-    asset::run(ctx, shutdown).await;
+    let (stop, _) = tokio::sync::watch::channel(false);
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let assets = asset::run(ctx.clone(), stopped(stop.subscribe()));
+    let transfers = transfer::run(ctx, stopped(stop.subscribe()));
+    let trigger = async {
+        shutdown.await;
+        stop.send_replace(true);
+    };
+    tokio::join!(assets, transfers, trigger);
 }
 
 #[cfg(test)]

@@ -1,0 +1,403 @@
+//! The MqttTransfer controller end to end, with real brokers: a consumer that reads only the
+//! transfer's Secret connects, receives on its topics and nothing else; suspension cuts it off
+//! at once, resumption gives fresh credentials, termination, expiry and deletion leave nothing
+//! behind in any backend.
+
+use std::time::Duration;
+
+use e2e::brokers::mosquitto::PUBLISHER_PASSWORD;
+use e2e::consumer::{Consumer, FromSecret};
+use e2e::fixtures::consumer_options;
+use e2e::stack::{DevStack, StackOptions, VAULT_FOLDER, condition, events_about, wait_for, wait_gone};
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use mqtt_dsp_operator::api::{MqttAsset, MqttTransfer};
+use serde_json::{Value, json};
+
+const WITHIN: Duration = Duration::from_secs(30);
+
+fn asset(name: &str, spec: Value) -> MqttAsset {
+    serde_json::from_value(
+        json!({"apiVersion": "dsp-mqtt.io/v1alpha1", "kind": "MqttAsset", "metadata": {"name": name}, "spec": spec}),
+    )
+    .unwrap()
+}
+
+fn transfer(name: &str, spec: Value) -> MqttTransfer {
+    serde_json::from_value(
+        json!({"apiVersion": "dsp-mqtt.io/v1alpha1", "kind": "MqttTransfer", "metadata": {"name": name}, "spec": spec}),
+    )
+    .unwrap()
+}
+
+fn mosquitto_asset() -> MqttAsset {
+    asset(
+        "line-1",
+        json!({
+            "endpoint": {"type": "mqtt-tls"},
+            "topics": ["factory/line-1/#"],
+            "auth": {"mode": "usrpw"},
+            "policy": {"access": {"participantIds": ["did:web:consumer-a.example.com", "did:web:consumer-b.example.com"]}},
+        }),
+    )
+}
+
+fn to(consumer: &str) -> Value {
+    json!({"assetRef": {"name": "line-1"}, "consumer": {"participantId": format!("did:web:{consumer}.example.com")}})
+}
+
+fn phase(t: &MqttTransfer) -> Option<String> {
+    t.status.as_ref()?.phase.map(|p| format!("{p:?}"))
+}
+
+fn ready(t: &MqttTransfer) -> Option<(String, String, String)> {
+    t.status.as_ref().and_then(|s| condition(&s.conditions, "Ready"))
+}
+
+fn is_active(t: &MqttTransfer) -> bool {
+    phase(t).as_deref() == Some("Active")
+        && t.status.as_ref().unwrap().observed_generation == t.metadata.generation
+        && ready(t).is_some_and(|(s, _, _)| s == "True")
+}
+
+async fn with_ready_asset(stack: &DevStack, asset: &MqttAsset) {
+    let api: Api<MqttAsset> = stack.api();
+    api.create(&PostParams::default(), asset).await.unwrap();
+    wait_for(&api, &asset.metadata.name.clone().unwrap(), WITHIN, "Ready", |a| {
+        a.status.as_ref().and_then(|s| condition(&s.conditions, "Ready")).is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+}
+
+async fn create_active(stack: &DevStack, t: &MqttTransfer) -> MqttTransfer {
+    let api: Api<MqttTransfer> = stack.api();
+    api.create(&PostParams::default(), t).await.unwrap();
+    wait_for(&api, &t.metadata.name.clone().unwrap(), WITHIN, "Active", is_active).await
+}
+
+async fn set_state(stack: &DevStack, name: &str, state: &str) -> MqttTransfer {
+    let api: Api<MqttTransfer> = stack.api();
+    let patched =
+        api.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"state": state}}))).await.unwrap();
+    let generation = patched.metadata.generation;
+    wait_for(&api, name, WITHIN, &format!("{state} observed"), |t| {
+        t.status.as_ref().is_some_and(|s| s.observed_generation == generation)
+    })
+    .await
+}
+
+async fn secret(stack: &DevStack, name: &str) -> Option<Secret> {
+    let api: Api<Secret> = stack.api();
+    api.get_opt(name).await.unwrap()
+}
+
+async fn from_secret(stack: &DevStack, name: &str) -> FromSecret {
+    let s = secret(stack, name).await.expect("the transfer's Secret");
+    FromSecret::read(&s, &stack.ca.cert_pem()).expect("credentials in the Secret")
+}
+
+async fn publish(stack: &DevStack, topic: &str, payload: &str) {
+    let publisher = Consumer::connect(&consumer_options(
+        stack.mosquitto.mqtts_url(),
+        &stack.ca.cert_pem(),
+        "publisher",
+        PUBLISHER_PASSWORD,
+    ))
+    .await
+    .unwrap();
+    assert!(publisher.publish(topic, payload.as_bytes()).await);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_usrpw_consumer_reads_only_the_secret_and_receives_its_topic_over_mqtts_and_wss() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    with_ready_asset(&stack, &mosquitto_asset()).await;
+    let mut spec = to("consumer-a");
+    spec["topics"] = json!(["factory/line-1/temperature"]);
+    let active = create_active(&stack, &transfer("t-a", spec)).await;
+
+    let from = from_secret(&stack, "t-a").await;
+    assert_eq!(from.topics, vec!["factory/line-1/temperature"]);
+    assert_eq!(from.options.url, stack.mosquitto.mqtts_url());
+    for url in [stack.mosquitto.mqtts_url(), stack.mosquitto.wss_url()] {
+        let mut options = from.options.clone();
+        options.url = url.clone();
+        let mut c = Consumer::connect(&options).await.unwrap_or_else(|e| panic!("{url}: {e:?}"));
+        assert!(c.subscribe("factory/line-1/temperature").await, "{url}: own topic");
+        publish(&stack, "factory/line-1/temperature", "21.5").await;
+        let (topic, payload) = c.next_message(Duration::from_secs(3)).await.expect("a message");
+        assert_eq!((topic.as_str(), payload.as_slice()), ("factory/line-1/temperature", b"21.5".as_slice()));
+        assert!(
+            !c.subscribe("factory/line-1/pressure").await,
+            "{url}: the asset's other topics are not this transfer's"
+        );
+        assert!(!c.subscribe("factory/line-2/temperature").await, "{url}: foreign topic");
+    }
+    // Read-only: what the consumer publishes reaches nobody.
+    // Watched with the asset's own identity (password from Vault), which reads factory/line-1/#.
+    let asset_user = format!("dsp-mqtt-{}-line-1", stack.namespace);
+    let asset_password = stack
+        .vault
+        .secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{}-line-1-secret", stack.namespace))
+        .and_then(|s| s.content().map(str::to_owned))
+        .unwrap();
+    e2e::logs::register_secret(&asset_password);
+    let mut watcher = Consumer::connect(&consumer_options(
+        stack.mosquitto.mqtts_url(),
+        &stack.ca.cert_pem(),
+        &asset_user,
+        &asset_password,
+    ))
+    .await
+    .unwrap();
+    assert!(watcher.subscribe("factory/line-1/#").await);
+    let c = Consumer::connect(&from.options).await.unwrap();
+    c.publish("factory/line-1/temperature", b"forged").await;
+    assert_eq!(watcher.next_message(Duration::from_secs(1)).await, None, "a consumer must not publish");
+
+    // Status: the DataAddress without credentials; the Secret has one key per field.
+    let status = active.status.unwrap();
+    let da = status.data_address.unwrap();
+    assert_eq!(da["flowType"], "PULL");
+    assert_eq!(da["dsp-mqtt:username"], format!("dsp-mqtt-transfer-{}-t-a", stack.namespace));
+    assert!(!da.contains_key("dsp-mqtt:password"));
+    assert!(!serde_json::to_string(&da).unwrap().contains(&from.options.password));
+    let s = secret(&stack, "t-a").await.unwrap();
+    let keys: Vec<&String> = s.data.as_ref().unwrap().keys().collect();
+    for k in ["dataAddress.json", "baseUrl", "topic", "username", "password", "mqttEndpointType"] {
+        assert!(keys.iter().any(|x| *x == k), "{k} in {keys:?}");
+    }
+    let owner = &s.metadata.owner_references.as_ref().unwrap()[0];
+    assert_eq!((owner.kind.as_str(), owner.controller), ("MqttTransfer", Some(true)));
+    let events = events_about(&stack, "t-a").await;
+    assert!(events.iter().all(|(_, _, n)| !n.contains(&from.options.password)));
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn suspension_cuts_the_consumer_off_at_once_and_resumption_gives_fresh_credentials() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    with_ready_asset(&stack, &mosquitto_asset()).await;
+    create_active(&stack, &transfer("t-a", to("consumer-a"))).await;
+    let before = from_secret(&stack, "t-a").await;
+    let mut c = Consumer::connect(&before.options).await.unwrap();
+    assert!(c.subscribe("factory/line-1/#").await);
+
+    let started = tokio::time::Instant::now();
+    let api: Api<MqttTransfer> = stack.api();
+    api.patch("t-a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"state": "Suspended"}}))).await.unwrap();
+    let cut = c.wait_disconnected(Duration::from_secs(5)).await.expect("disconnected");
+    let latency = started.elapsed();
+    eprintln!("suspend → disconnected: {latency:?}");
+    assert!(latency < Duration::from_secs(1), "cut off within one second, took {latency:?} ({cut:?})");
+    let suspended = wait_for(&api, "t-a", WITHIN, "Suspended", |t| phase(t).as_deref() == Some("Suspended")).await;
+    assert!(Consumer::connect(&before.options).await.is_err(), "cannot reconnect while suspended");
+    let s = secret(&stack, "t-a").await.expect("the Secret stays");
+    assert!(FromSecret::read(&s, &stack.ca.cert_pem()).is_none(), "no credentials in the Secret while suspended");
+    assert!(!s.data.as_ref().unwrap().contains_key("password"));
+    assert_eq!(ready(&suspended).unwrap().1, "Suspended");
+
+    set_state(&stack, "t-a", "Started").await;
+    wait_for(&api, "t-a", WITHIN, "Active again", is_active).await;
+    let after = from_secret(&stack, "t-a").await;
+    assert_ne!(after.options.password, before.options.password, "fresh credentials");
+    let mut c = Consumer::connect(&after.options).await.expect("connects again with the new password");
+    assert!(c.subscribe("factory/line-1/#").await);
+    assert!(Consumer::connect(&before.options).await.is_err(), "the old password stays dead");
+    stack.teardown().await;
+}
+
+async fn assert_nothing_left(stack: &DevStack, name: &str) {
+    let identity = format!("dsp-mqtt-transfer-{}-{name}", stack.namespace);
+    assert!(stack.mosquitto.dynsec_client(&identity).is_none(), "broker user {identity} left");
+    assert!(stack.mosquitto.dynsec_role(&identity).is_none(), "broker role {identity} left");
+    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/{identity}-secret")).is_none(), "Vault secret left");
+    assert!(stack.keycloak.client(&identity).is_none(), "Keycloak client left");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn termination_expiry_and_deletion_leave_nothing_and_revoking_one_transfer_spares_the_other() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    with_ready_asset(&stack, &mosquitto_asset()).await;
+    let api: Api<MqttTransfer> = stack.api();
+    create_active(&stack, &transfer("t-a", to("consumer-a"))).await;
+    create_active(&stack, &transfer("t-b", to("consumer-b"))).await;
+    let a = from_secret(&stack, "t-a").await;
+    let b = from_secret(&stack, "t-b").await;
+    assert_ne!(a.options.username, b.options.username, "credentials are per transfer");
+    let mut ca = Consumer::connect(&a.options).await.unwrap();
+    let mut cb = Consumer::connect(&b.options).await.unwrap();
+    assert!(ca.subscribe("factory/line-1/#").await && cb.subscribe("factory/line-1/#").await);
+
+    // Terminate a: it is cut off and gone everywhere; b keeps receiving.
+    set_state(&stack, "t-a", "Terminated").await;
+    let terminated = wait_for(&api, "t-a", WITHIN, "Terminated", |t| phase(t).as_deref() == Some("Terminated")).await;
+    assert!(ca.wait_disconnected(Duration::from_secs(2)).await.is_some(), "a cut off");
+    assert!(Consumer::connect(&a.options).await.is_err(), "a cannot reconnect");
+    assert_nothing_left(&stack, "t-a").await;
+    assert!(secret(&stack, "t-a").await.is_none(), "a's Secret removed");
+    assert!(terminated.status.unwrap().data_address.is_none());
+    publish(&stack, "factory/line-1/x", "still here").await;
+    assert!(cb.next_message(Duration::from_secs(3)).await.is_some(), "b still receives");
+    // Final: the API server refuses to start it again.
+    let again = api.patch("t-a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"state": "Started"}}))).await;
+    assert!(matches!(again, Err(kube::Error::Api(ref s)) if s.code == 422), "{again:?}");
+
+    // Expiry: b expires by itself, without anyone touching it.
+    let expires = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(3);
+    api.patch("t-b", &PatchParams::default(), &Patch::Merge(json!({"spec": {"expiresAt": expires.to_string()}})))
+        .await
+        .unwrap();
+    let expired =
+        wait_for(&api, "t-b", Duration::from_secs(15), "Expired", |t| phase(t).as_deref() == Some("Expired")).await;
+    assert!(cb.wait_disconnected(Duration::from_secs(2)).await.is_some(), "b cut off at expiry");
+    assert_eq!(ready(&expired).unwrap().1, "Expired");
+    assert_nothing_left(&stack, "t-b").await;
+
+    // Deletion of an active transfer.
+    create_active(&stack, &transfer("t-c", to("consumer-a"))).await;
+    let c = from_secret(&stack, "t-c").await;
+    api.delete("t-c", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "t-c", WITHIN).await;
+    assert_nothing_left(&stack, "t-c").await;
+    assert!(Consumer::connect(&c.options).await.is_err());
+    let metrics = stack.metrics.encode().unwrap();
+    assert!(!metrics.contains("name=\"t-c\""), "no token metric for a deleted transfer");
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_on_rabbitmq_the_jwt_from_the_secret_opens_the_broker_and_is_renewed_not_reissued() {
+    let stack = DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }).await;
+    let mut a = mosquitto_asset();
+    a.spec.broker = Some("rabbitmq".into());
+    a.spec.auth.mode = mqtt_dsp_operator::api::AuthMode::Oauth2;
+    with_ready_asset(&stack, &a).await;
+    let mut spec = to("consumer-a");
+    spec["topics"] = json!(["factory/line-1/temperature"]);
+    spec["tokenLifetimeSeconds"] = json!(120);
+    let active = create_active(&stack, &transfer("t-a", spec)).await;
+    let identity = format!("dsp-mqtt-transfer-{}-t-a", stack.namespace);
+    let client = stack.keycloak.client(&identity).expect("a client per transfer");
+    assert_eq!(client.attributes.get("client_credentials.use_refresh_token").map(String::as_str), Some("true"));
+
+    let from = from_secret(&stack, "t-a").await;
+    let rabbit = stack.rabbitmq.as_ref().unwrap();
+    assert_eq!(from.options.url, rabbit.mqtts_url());
+    let mut c = Consumer::connect(&from.options).await.expect("the JWT opens RabbitMQ");
+    assert!(c.subscribe("factory/line-1/temperature").await, "own topic");
+    let s = secret(&stack, "t-a").await.unwrap();
+    let data = s.data.as_ref().unwrap();
+    let text = |k: &str| String::from_utf8(data[k].0.clone()).unwrap();
+    assert_eq!(text("expiresIn"), "120");
+    assert_eq!(text("refreshEndpoint"), stack.keycloak.token_url());
+    assert!(data.contains_key("refreshToken"));
+    let status = active.status.clone().unwrap();
+    let expires_at = status.token_expires_at.clone().expect("status.tokenExpiresAt");
+    let metrics = stack.metrics.encode().unwrap();
+    assert!(
+        metrics.contains(&format!(
+            "mqtt_dsp_operator_transfer_token_expiry_seconds{{namespace=\"{}\",name=\"t-a\"}} {}",
+            stack.namespace,
+            expires_at.0.as_second()
+        )),
+        "{metrics}"
+    );
+
+    // An operator restart does not re-issue a token that is still good.
+    let issued = stack.keycloak.logins(&identity);
+    let mut stack = stack;
+    stack.restart_controllers().await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(stack.keycloak.logins(&identity), issued, "no new token after a restart");
+    assert_eq!(
+        String::from_utf8(secret(&stack, "t-a").await.unwrap().data.unwrap()["authorization"].0.clone()).unwrap(),
+        from.options.password
+    );
+
+    // Two thirds of the lifetime later (simulated: the recorded expiry moved close), a new
+    // token replaces it in the Secret.
+    let api: Api<MqttTransfer> = stack.api();
+    let soon = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(10);
+    api.patch_status(
+        "t-a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"tokenExpiresAt": soon.to_string()}})),
+    )
+    .await
+    .unwrap();
+    let renewed = wait_for(&api, "t-a", WITHIN, "renewed", |t| {
+        t.status.as_ref().and_then(|s| s.token_expires_at.as_ref()).is_some_and(|e| e.0 > soon)
+    })
+    .await;
+    let new_token = from_secret(&stack, "t-a").await.options.password;
+    assert_ne!(new_token, from.options.password, "a new token in the Secret");
+    assert!(stack.keycloak.logins(&identity) > issued);
+    assert!(renewed.status.unwrap().token_expires_at.unwrap().0 > expires_at.0);
+
+    // Deletion removes the client.
+    api.delete("t-a", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "t-a", WITHIN).await;
+    assert!(stack.keycloak.client(&identity).is_none());
+    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/{identity}-secret")).is_none());
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_named_and_nothing_is_provisioned() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    with_ready_asset(&stack, &mosquitto_asset()).await;
+    let api: Api<MqttTransfer> = stack.api();
+
+    let mut spec = to("consumer-a");
+    spec["topics"] = json!(["factory/line-1/temperature", "factory/line-2/#"]);
+    api.create(&PostParams::default(), &transfer("wide", spec)).await.unwrap();
+    let t = wait_for(&api, "wide", WITHIN, "TopicsOutsideAsset", |t| {
+        ready(t).is_some_and(|(_, r, _)| r == "TopicsOutsideAsset")
+    })
+    .await;
+    let (s, _, message) = ready(&t).unwrap();
+    assert_eq!(s, "False");
+    assert!(message.contains("factory/line-2/#") && !message.contains("temperature"), "{message}");
+    assert_nothing_left(&stack, "wide").await;
+    assert!(secret(&stack, "wide").await.is_none());
+
+    let mut spec = to("consumer-a");
+    spec["assetRef"] = json!({"name": "no-such-asset"});
+    api.create(&PostParams::default(), &transfer("orphan", spec)).await.unwrap();
+    let t =
+        wait_for(&api, "orphan", WITHIN, "AssetNotFound", |t| ready(t).is_some_and(|(_, r, _)| r == "AssetNotFound"))
+            .await;
+    assert!(ready(&t).unwrap().2.contains("no-such-asset"));
+    assert_nothing_left(&stack, "orphan").await;
+
+    // Illegal DSP transitions are refused by the API server.
+    create_active(&stack, &transfer("t-a", to("consumer-a"))).await;
+    set_state(&stack, "t-a", "Suspended").await;
+    let completed =
+        api.patch("t-a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"state": "Completed"}}))).await;
+    assert!(matches!(completed, Err(kube::Error::Api(ref s)) if s.code == 422), "Suspended → Completed: {completed:?}");
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_the_asset_goes_its_transfers_lose_access_and_say_why() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    with_ready_asset(&stack, &mosquitto_asset()).await;
+    create_active(&stack, &transfer("t-a", to("consumer-a"))).await;
+    let from = from_secret(&stack, "t-a").await;
+    let mut c = Consumer::connect(&from.options).await.unwrap();
+    assert!(c.subscribe("factory/line-1/#").await);
+    let assets: Api<MqttAsset> = stack.api();
+    assets.delete("line-1", &DeleteParams::default()).await.unwrap();
+    let api: Api<MqttTransfer> = stack.api();
+    let t = wait_for(&api, "t-a", WITHIN, "AssetNotFound", |t| ready(t).is_some_and(|(_, r, _)| r == "AssetNotFound"))
+        .await;
+    assert_eq!(phase(&t).as_deref(), Some("Failed"));
+    assert!(c.wait_disconnected(Duration::from_secs(3)).await.is_some(), "cut off");
+    assert_nothing_left(&stack, "t-a").await;
+    stack.teardown().await;
+}

@@ -1,0 +1,701 @@
+//! The `MqttTransfer` controller: one consumer's access to one asset, following DSP.
+//!
+//! - `Started` (and not expired): identity (a per-transfer identity-provider client in `oauth2`
+//!   mode, or a broker user with a password generated once in `usrpw` mode) → its secret in the
+//!   secret store → broker access to the transfer's topics, read-only → credentials (a token,
+//!   renewed at about two thirds of its lifetime, or the password) → the Secret with the full
+//!   DataAddress, owned by the transfer → status with everything but the credentials.
+//! - `Suspended`: the identity is disabled (Keycloak client disabled, broker user disabled or
+//!   removed per broker) and live sessions are closed; the Secret keeps the DataAddress without
+//!   credentials. Resuming issues fresh credentials (a new password, a new token).
+//! - `Terminated`, `Completed`, `expiresAt` passed: every object of the transfer is removed
+//!   from every backend and the Secret is deleted. Final.
+//! - The asset gone (or being deleted): the same removal, `Ready=False` reason `AssetNotFound`;
+//!   access comes back when the asset does.
+//! - Deletion: the same removal, then the finalizer is released.
+//!
+//! The operator reads only the Secret it writes (by name, never a list or watch of Secrets).
+//! Expiry and token renewal are requeued at their time, not polled.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine as _;
+use futures::StreamExt;
+use k8s_openapi::ByteString;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event as KubeEvent, EventType};
+use kube::runtime::finalizer::{Event, finalizer};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Resource, ResourceExt};
+use tracing::{debug, info, warn};
+
+use super::{AtStep, Context, Error, FINALIZER, Step, Tracker, publish_changes};
+use crate::api::{
+    AuthMode, BrokerRefs, IdentityRefs, MqttAsset, MqttTransfer, MqttTransferStatus, SecretReference, SecretRefs,
+    TransferPhase, TransferState,
+};
+use crate::backends::broker::UserGrant;
+use crate::backends::secrets::SecretLocation;
+use crate::backends::{BackendError, ExposeSecret, Outcome, SecretString, System, random_password};
+use crate::plan::transfer::{self as transfer_plan, Access, Cause, Credentials, TransferPlan};
+use crate::status::{self, Status};
+
+/// The transfer's steps, in order.
+const STEPS: &[Step] = &[Step::Identity, Step::Secret, Step::Broker, Step::Credentials];
+
+/// Label on the Secrets the operator writes.
+pub const SECRET_LABEL: &str = "dsp-mqtt.io/transfer";
+
+/// Runs the MqttTransfer controller until `shutdown` resolves.
+pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
+    let (transfers, assets): (Api<MqttTransfer>, Api<MqttAsset>) = match &ctx.settings.namespace {
+        Some(ns) => (Api::namespaced(ctx.client.clone(), ns), Api::namespaced(ctx.client.clone(), ns)),
+        None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
+    };
+    let controller = Controller::new(transfers, watcher::Config::default());
+    let store = controller.store();
+    controller
+        // An asset that appears, changes or goes concerns the transfers that name it.
+        .watches(assets, watcher::Config::default(), move |asset: MqttAsset| {
+            let (ns, name) = (asset.namespace(), asset.name_any());
+            store
+                .state()
+                .into_iter()
+                .filter(|t| t.namespace() == ns && t.spec.asset_ref.name == name)
+                .map(|t| ObjectRef::from_obj(&*t))
+                .collect::<Vec<_>>()
+        })
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => debug!(transfer = %object, "reconciled"),
+                Err(e) => debug!("MqttTransfer controller: {e}"),
+            }
+        })
+        .await;
+}
+
+fn key(t: &MqttTransfer) -> String {
+    format!("MqttTransfer/{}/{}", t.namespace().unwrap_or_default(), t.name_any())
+}
+
+async fn reconcile(transfer: Arc<MqttTransfer>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let api: Api<MqttTransfer> = Api::namespaced(ctx.client.clone(), &transfer.namespace().unwrap_or_default());
+    let started = std::time::Instant::now();
+    let result = finalizer(&api, FINALIZER, transfer.clone(), |event| async {
+        match event {
+            Event::Apply(t) => apply(&t, &api, &ctx).await,
+            Event::Cleanup(t) => cleanup(&t, &ctx).await,
+        }
+    })
+    .await
+    .map_err(Error::from_finalizer);
+    ctx.metrics.observe_reconcile("MqttTransfer", started.elapsed(), result.as_ref().err().map(Error::reason));
+    if result.is_ok() {
+        ctx.succeeded(&key(&transfer));
+    }
+    result
+}
+
+fn error_policy(transfer: Arc<MqttTransfer>, error: &Error, ctx: Arc<Context>) -> Action {
+    let delay = ctx.backoff(&key(&transfer));
+    warn!(transfer = %key(&transfer), reason = error.reason(), retry_in = ?delay, "{error}");
+    Action::requeue(delay)
+}
+
+fn now() -> i64 {
+    Timestamp::now().as_second()
+}
+
+fn time(second: i64) -> Option<Time> {
+    Timestamp::from_second(second).ok().map(Time)
+}
+
+/// Status being computed.
+struct Walk {
+    status: MqttTransferStatus,
+    tracker: Tracker,
+}
+
+impl Walk {
+    fn new(t: &MqttTransfer) -> Self {
+        let mut status = t.status.clone().unwrap_or_default();
+        status.observed_generation = t.metadata.generation;
+        let tracker = Tracker::new(std::mem::take(&mut status.conditions), t.metadata.generation, STEPS);
+        Self { status, tracker }
+    }
+}
+
+async fn apply(t: &MqttTransfer, api: &Api<MqttTransfer>, ctx: &Context) -> Result<Action, Error> {
+    let mut walk = Walk::new(t);
+    let (access, cause) = transfer_plan::access(t, now());
+    let assets: Api<MqttAsset> = Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
+    let asset = assets.get_opt(&t.spec.asset_ref.name).await.map_err(Error::Kube)?;
+    let asset = asset.filter(|a| a.metadata.deletion_timestamp.is_none());
+
+    let result = match (access, &asset) {
+        (Access::Revoked, _) => revoke(t, asset.as_ref(), ctx).await.map(|()| {
+            let phase = match cause {
+                Cause::Expired => TransferPhase::Expired,
+                Cause::State(TransferState::Completed) => TransferPhase::Completed,
+                Cause::State(_) => TransferPhase::Terminated,
+            };
+            revoked_status(&mut walk, phase);
+            None
+        }),
+        (_, None) => revoke(t, None, ctx).await.map(|()| {
+            revoked_status(&mut walk, TransferPhase::Failed);
+            let e = Error::AssetNotFound { name: t.spec.asset_ref.name.clone() };
+            walk.tracker.set(status::READY, Status::False, e.reason(), &e.to_string());
+            None
+        }),
+        (Access::Granted, Some(asset)) => grant(t, asset, ctx, &mut walk).await.map(Some),
+        (Access::Suspended, Some(asset)) => suspend(t, asset, ctx, &mut walk).await.map(|()| None),
+    };
+    if let Err((step, e)) = &result {
+        walk.tracker.fail(*step, e);
+        if walk.status.phase.is_none() {
+            walk.status.phase = Some(TransferPhase::Pending);
+        }
+    }
+    write_status(t, api, ctx, walk).await?;
+
+    // When to look again: token renewal, expiry, resync — whichever comes first.
+    let mut delay = ctx.resync_delay();
+    let until = |second: i64| Duration::from_secs(u64::try_from(second - now()).unwrap_or(0).max(1));
+    if let Ok(Some(renew_at)) = &result {
+        delay = delay.min(until(*renew_at));
+    }
+    if access != Access::Revoked
+        && let Some(expires) = &t.spec.expires_at
+    {
+        delay = delay.min(until(expires.0.as_second()));
+    }
+    let next = Action::requeue(delay);
+    match result {
+        Ok(_) if access == Access::Revoked => Ok(Action::await_change()),
+        Ok(_) => Ok(next),
+        Err((_, e)) if e.is_retryable() => Err(e),
+        Err(_) => Ok(next),
+    }
+}
+
+/// Status of a transfer whose access is removed.
+fn revoked_status(walk: &mut Walk, phase: TransferPhase) {
+    let s = &mut walk.status;
+    s.phase = Some(phase);
+    s.identity = None;
+    s.secret = None;
+    s.broker = None;
+    s.data_address = None;
+    s.credentials_secret_ref = None;
+    s.token_expires_at = None;
+    let message = match phase {
+        TransferPhase::Expired => "spec.expiresAt has passed: access revoked for good, nothing of the transfer remains",
+        TransferPhase::Completed => "completed: access revoked for good, nothing of the transfer remains",
+        TransferPhase::Failed => "access revoked while the asset is missing",
+        _ => "terminated: access revoked for good, nothing of the transfer remains",
+    };
+    for step in STEPS {
+        walk.tracker.set(step.condition(), Status::True, "Revoked", message);
+    }
+    if phase != TransferPhase::Failed {
+        walk.tracker.set(status::READY, Status::True, &format!("{phase:?}"), message);
+    }
+}
+
+type StepResult<T> = Result<T, (Option<Step>, Error)>;
+
+fn at(step: Step) -> impl FnOnce(BackendError) -> (Option<Step>, Error) {
+    move |source| (Some(step), Error::Backend { step, source })
+}
+
+/// Grants access; returns when the token should be renewed (epoch seconds), if there is one.
+async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Walk) -> StepResult<i64> {
+    let clients = super::asset::clients_for(ctx, &asset.spec).map_err(|e| (None, e))?;
+    let topics = t.spec.topics.clone().unwrap_or_else(|| asset.spec.topics.clone());
+    let token = match asset.spec.auth.mode {
+        AuthMode::Oauth2 => Some(clients.broker.token_requirements(&topics).at(Step::Broker).map_err(|e| (None, e))?),
+        AuthMode::Usrpw => None,
+    };
+    let plan = transfer_plan::plan(t, asset, &ctx.config, token.as_ref()).map_err(|e| (None, e.into()))?;
+    let owner = &plan.owner;
+    let broker_system = clients.broker.system();
+    let resuming = t.status.as_ref().and_then(|s| s.phase) == Some(TransferPhase::Suspended);
+
+    // Identity.
+    let (secret, fresh) = match (&plan.client, &clients.identity) {
+        (Some(client), Some(idp)) => {
+            count(ctx, System::Identity, idp.ensure_client(client).await.map_err(at(Step::Identity))?);
+            let secret = idp.client_secret(&client.client_id, owner).await.map_err(at(Step::Identity))?;
+            walk.tracker.step_ok(Step::Identity, &format!("client {} is enabled", client.client_id));
+            (secret, false)
+        }
+        _ => {
+            let stored = clients.secrets.read_secret(&plan.secret, owner).await.map_err(at(Step::Identity))?;
+            walk.tracker.step_ok(Step::Identity, &format!("broker user {} has its password", plan.identity));
+            match stored {
+                // Resuming after a suspension: fresh credentials.
+                Some(password) if !resuming => (password, false),
+                _ => (random_password(), true),
+            }
+        }
+    };
+
+    // Secret store.
+    count(
+        ctx,
+        System::SecretStore,
+        clients.secrets.ensure_secret(&plan.secret, &secret, owner).await.map_err(at(Step::Secret))?,
+    );
+    walk.tracker.step_ok(Step::Secret, &format!("secret at {}", clients.secrets.path(&plan.secret)));
+
+    // Broker.
+    if plan.mode == AuthMode::Usrpw {
+        let grant = UserGrant {
+            username: plan.identity.clone(),
+            password: secret.clone(),
+            topics: plan.topics.clone(),
+            enabled: true,
+            owner: owner.clone(),
+        };
+        let outcome = clients.broker.ensure_user(&grant).await.map_err(at(Step::Broker))?;
+        count(ctx, broker_system, outcome);
+        if fresh && outcome != Outcome::Created {
+            count(
+                ctx,
+                broker_system,
+                clients.broker.set_password(&plan.identity, &secret, owner).await.map_err(at(Step::Broker))?,
+            );
+        }
+        walk.tracker.step_ok(
+            Step::Broker,
+            &format!("user {} may read {} topic filter(s), nothing else", plan.identity, plan.topics.len()),
+        );
+    } else {
+        walk.tracker.step_ok(
+            Step::Broker,
+            &format!("{broker_system} admits the client's tokens for {} topic filter(s), read-only", plan.topics.len()),
+        );
+    }
+
+    // Credentials and the Secret.
+    let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let existing =
+        secrets_api.get_opt(&plan.secret_name).await.map_err(|e| (Some(Step::Credentials), Error::Kube(e)))?;
+    if let Some(existing) = &existing {
+        check_ours(existing, t).map_err(|e| (Some(Step::Credentials), e))?;
+    }
+    let status = t.status.clone().unwrap_or_default();
+    let (credentials, expires_at, broker_user) = match plan.mode {
+        AuthMode::Usrpw => (Credentials::Password { password: secret.clone() }, None, Some(plan.identity.clone())),
+        AuthMode::Oauth2 => {
+            let lifetime = i64::from(plan.client.as_ref().and_then(|c| c.access_token_lifespan_seconds).unwrap_or(300));
+            let reusable =
+                (!resuming).then(|| reusable_token(existing.as_ref(), &status, lifetime, jitter_seed(t))).flatten();
+            match reusable {
+                Some(reused) => reused,
+                None => {
+                    let idp = clients.identity.as_ref().expect("oauth2 has an identity provider");
+                    let tokens = idp.issue_token(&plan.identity, &secret).await.map_err(at(Step::Credentials))?;
+                    let sub = jwt_subject(&tokens.access_token);
+                    let expires_at = now() + i64::try_from(tokens.expires_in).unwrap_or(i64::MAX / 2);
+                    (
+                        Credentials::Token {
+                            access_token: tokens.access_token,
+                            refresh_token: tokens.refresh_token,
+                            expires_in: tokens.expires_in,
+                        },
+                        Some(expires_at),
+                        sub,
+                    )
+                }
+            }
+        }
+    };
+    let full = transfer_plan::data_address(&plan, Some(&credentials));
+    write_secret(&secrets_api, t, &plan.secret_name, &transfer_plan::secret_data(&full), existing.as_ref())
+        .await
+        .map_err(|e| (Some(Step::Credentials), e))?;
+    walk.tracker.step_ok(Step::Credentials, &format!("Secret {} holds the DataAddress", plan.secret_name));
+
+    let s = &mut walk.status;
+    s.phase = Some(TransferPhase::Active);
+    s.identity = plan.client.as_ref().map(|c| IdentityRefs {
+        profile: plan.profiles.identity_provider.clone(),
+        client_id: Some(c.client_id.clone()),
+    });
+    s.secret = Some(SecretRefs {
+        profile: Some(plan.profiles.secret_store.clone()),
+        folder: plan.secret.folder.clone(),
+        alias: Some(plan.secret.alias.clone()),
+        path: Some(clients.secrets.path(&plan.secret)),
+    });
+    s.broker = Some(BrokerRefs {
+        profile: Some(plan.profiles.broker.clone()),
+        user: broker_user.or_else(|| status.broker.as_ref().and_then(|b| b.user.clone())),
+        role: (broker_system == System::Mosquitto && plan.mode == AuthMode::Usrpw).then(|| plan.identity.clone()),
+    });
+    s.data_address = Some(transfer_plan::data_address(&plan, None).into_iter().collect());
+    s.credentials_secret_ref = Some(SecretReference { name: plan.secret_name.clone() });
+    s.token_expires_at = expires_at.and_then(time);
+    ctx.metrics.set_token_expiry(&owner.namespace, &owner.name, expires_at);
+    walk.tracker.set(
+        status::READY,
+        Status::True,
+        status::RECONCILED,
+        &format!("the consumer may read {} via Secret {}", plan.topics.join(", "), plan.secret_name),
+    );
+
+    let lifetime = match &credentials {
+        Credentials::Token { expires_in, .. } => i64::try_from(*expires_in).unwrap_or(i64::MAX / 4),
+        Credentials::Password { .. } => return Ok(i64::MAX),
+    };
+    Ok(renew_at(expires_at.unwrap_or(i64::MAX), lifetime, jitter_seed(t)))
+}
+
+/// When a token that expires at `expires_at` and lived `lifetime` seconds is renewed: at about
+/// two thirds of its life, shifted by up to ±5 % of the lifetime (stable per transfer, so that
+/// transfers created together do not renew together and a reconcile agrees with the last one).
+pub fn renew_at(expires_at: i64, lifetime: i64, seed: u64) -> i64 {
+    let jitter = ((seed % 1001) as f64 / 1000.0 - 0.5) * 0.1 * lifetime as f64;
+    expires_at.saturating_sub(lifetime / 3).saturating_add(jitter as i64)
+}
+
+fn jitter_seed(t: &MqttTransfer) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    t.metadata.uid.hash(&mut h);
+    h.finish()
+}
+
+/// The token in the Secret when it is still worth keeping (an operator restart or resync must
+/// not re-issue what is valid).
+fn reusable_token(
+    existing: Option<&Secret>,
+    status: &MqttTransferStatus,
+    lifetime: i64,
+    seed: u64,
+) -> Option<(Credentials, Option<i64>, Option<String>)> {
+    let data = existing?.data.as_ref()?;
+    let text = |k: &str| data.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
+    let access_token = text("authorization")?;
+    let expires_at = status.token_expires_at.as_ref()?.0.as_second();
+    let expires_in: u64 = text("expiresIn")?.parse().ok()?;
+    if i64::try_from(expires_in).ok()? != lifetime || now() >= renew_at(expires_at, lifetime, seed) {
+        return None;
+    }
+    let sub = status.broker.as_ref().and_then(|b| b.user.clone());
+    Some((
+        Credentials::Token {
+            access_token: SecretString::from(access_token),
+            refresh_token: text("refreshToken").map(SecretString::from),
+            expires_in,
+        },
+        Some(expires_at),
+        sub,
+    ))
+}
+
+/// The `sub` of a JWT (no verification: it is the identity provider's token we just received,
+/// read only to know the name the broker sees).
+fn jwt_subject(token: &SecretString) -> Option<String> {
+    let payload = token.expose_secret().split('.').nth(1)?;
+    let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload.trim_end_matches('=')).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    claims.get("sub")?.as_str().map(str::to_owned)
+}
+
+/// Suspends access: identity disabled, sessions closed, credentials out of the Secret.
+async fn suspend(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Walk) -> StepResult<()> {
+    let clients = super::asset::clients_for(ctx, &asset.spec).map_err(|e| (None, e))?;
+    let topics = t.spec.topics.clone().unwrap_or_else(|| asset.spec.topics.clone());
+    let token = match asset.spec.auth.mode {
+        AuthMode::Oauth2 => Some(clients.broker.token_requirements(&topics).at(Step::Broker).map_err(|e| (None, e))?),
+        AuthMode::Usrpw => None,
+    };
+    let plan = transfer_plan::plan(t, asset, &ctx.config, token.as_ref()).map_err(|e| (None, e.into()))?;
+    let owner = &plan.owner;
+    let broker_system = clients.broker.system();
+    let status = t.status.clone().unwrap_or_default();
+    match (&plan.client, &clients.identity) {
+        (Some(client), Some(idp)) => {
+            let mut disabled = client.clone();
+            disabled.enabled = false;
+            count(ctx, System::Identity, idp.ensure_client(&disabled).await.map_err(at(Step::Identity))?);
+            walk.tracker.step_ok(Step::Identity, &format!("client {} is disabled: no new tokens", client.client_id));
+            if let Some(user) = status.broker.as_ref().and_then(|b| b.user.as_deref()) {
+                clients.broker.disconnect(user).await.map_err(at(Step::Broker))?;
+            }
+            walk.tracker.step_ok(Step::Broker, "live sessions closed");
+        }
+        _ => {
+            let password = match clients.secrets.read_secret(&plan.secret, owner).await.map_err(at(Step::Identity))? {
+                Some(p) => p,
+                None => random_password(),
+            };
+            walk.tracker.step_ok(Step::Identity, &format!("broker user {} is suspended", plan.identity));
+            let grant = UserGrant {
+                username: plan.identity.clone(),
+                password,
+                topics: plan.topics.clone(),
+                enabled: false,
+                owner: owner.clone(),
+            };
+            count(ctx, broker_system, clients.broker.ensure_user(&grant).await.map_err(at(Step::Broker))?);
+            walk.tracker
+                .step_ok(Step::Broker, &format!("user {} cannot connect; its sessions are closed", plan.identity));
+        }
+    }
+    walk.tracker.step_ok(Step::Secret, "kept for resumption");
+
+    let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    let existing =
+        secrets_api.get_opt(&plan.secret_name).await.map_err(|e| (Some(Step::Credentials), Error::Kube(e)))?;
+    if let Some(existing) = &existing {
+        check_ours(existing, t).map_err(|e| (Some(Step::Credentials), e))?;
+    }
+    let without = transfer_plan::data_address(&plan, None);
+    write_secret(&secrets_api, t, &plan.secret_name, &transfer_plan::secret_data(&without), existing.as_ref())
+        .await
+        .map_err(|e| (Some(Step::Credentials), e))?;
+    walk.tracker
+        .step_ok(Step::Credentials, &format!("Secret {} holds no credentials while suspended", plan.secret_name));
+
+    let s = &mut walk.status;
+    s.phase = Some(TransferPhase::Suspended);
+    s.data_address = Some(without.into_iter().collect());
+    s.credentials_secret_ref = Some(SecretReference { name: plan.secret_name.clone() });
+    s.token_expires_at = None;
+    ctx.metrics.set_token_expiry(&owner.namespace, &owner.name, None);
+    walk.tracker.set(
+        status::READY,
+        Status::True,
+        "Suspended",
+        "suspended: the consumer is cut off until spec.state is Started again",
+    );
+    Ok(())
+}
+
+/// Removes every object of the transfer: broker user (or its sessions), identity client,
+/// secret, and the Kubernetes Secret. Names come from status and, when the asset is known, from
+/// the plan.
+async fn revoke(t: &MqttTransfer, asset: Option<&MqttAsset>, ctx: &Context) -> StepResult<()> {
+    let status = t.status.clone().unwrap_or_default();
+    let owner = transfer_plan::owner(t);
+    let plan: Option<TransferPlan> = asset.and_then(|a| transfer_plan::plan(t, a, &ctx.config, None).ok());
+    let mode = plan.as_ref().map(|p| p.mode).or(if status.identity.is_some() { Some(AuthMode::Oauth2) } else { None });
+
+    // Broker: remove the user (usrpw) — which also closes its sessions — or close the sessions
+    // of the token's subject (oauth2).
+    let broker_profile = status
+        .broker
+        .as_ref()
+        .and_then(|b| b.profile.clone())
+        .or_else(|| plan.as_ref().map(|p| p.profiles.broker.clone()));
+    if let Some(broker) = broker_profile.and_then(|p| ctx.backends.brokers.get(&p).cloned()) {
+        match mode {
+            Some(AuthMode::Oauth2) => {
+                if let Some(user) = status.broker.as_ref().and_then(|b| b.user.as_deref()) {
+                    tolerate_foreign(broker.disconnect(user).await.map(|_| Outcome::Unchanged))
+                        .map_err(at(Step::Broker))?;
+                }
+            }
+            _ => {
+                let user = status
+                    .broker
+                    .as_ref()
+                    .and_then(|b| b.user.clone())
+                    .or_else(|| plan.as_ref().map(|p| p.identity.clone()));
+                if let Some(user) = user {
+                    let outcome =
+                        tolerate_foreign(broker.remove_user(&user, &owner).await).map_err(at(Step::Broker))?;
+                    count(ctx, broker.system(), outcome);
+                }
+            }
+        }
+    }
+
+    // Identity-provider client.
+    let identity =
+        status.identity.as_ref().and_then(|i| Some((i.profile.clone()?, i.client_id.clone()?))).or_else(|| {
+            plan.as_ref()
+                .and_then(|p| Some((p.profiles.identity_provider.clone()?, p.client.as_ref()?.client_id.clone())))
+        });
+    if let Some((profile, client_id)) = identity
+        && let Some(idp) = ctx.backends.identity_providers.get(&profile)
+    {
+        let outcome = tolerate_foreign(idp.delete_client(&client_id, &owner).await).map_err(at(Step::Identity))?;
+        count(ctx, System::Identity, outcome);
+    }
+
+    // Secret store.
+    let stored = status
+        .secret
+        .as_ref()
+        .and_then(|s| Some((s.profile.clone()?, SecretLocation { folder: s.folder.clone(), alias: s.alias.clone()? })))
+        .or_else(|| plan.as_ref().map(|p| (p.profiles.secret_store.clone(), p.secret.clone())));
+    if let Some((profile, at_location)) = stored
+        && let Some(store) = ctx.backends.secret_stores.get(&profile)
+    {
+        let outcome = tolerate_foreign(store.delete_secret(&at_location, &owner).await).map_err(at(Step::Secret))?;
+        count(ctx, System::SecretStore, outcome);
+    }
+
+    // The Kubernetes Secret (only ours).
+    let name = status
+        .credentials_secret_ref
+        .as_ref()
+        .map(|r| r.name.clone())
+        .unwrap_or_else(|| t.spec.secret_name.clone().unwrap_or_else(|| t.name_any()));
+    let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &owner.namespace);
+    if let Some(existing) = secrets_api.get_opt(&name).await.map_err(|e| (Some(Step::Credentials), Error::Kube(e)))?
+        && check_ours(&existing, t).is_ok()
+    {
+        match secrets_api.delete(&name, &DeleteParams::default()).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => {}
+            Err(e) => return Err((Some(Step::Credentials), Error::Kube(e))),
+        }
+    }
+    ctx.metrics.set_token_expiry(&owner.namespace, &owner.name, None);
+    Ok(())
+}
+
+/// An object that turns out not to be ours is left alone.
+fn tolerate_foreign(result: Result<Outcome, BackendError>) -> Result<Outcome, BackendError> {
+    match result {
+        Err(BackendError::Foreign { .. }) => Ok(Outcome::Unchanged),
+        other => other,
+    }
+}
+
+fn count(ctx: &Context, system: System, outcome: Outcome) {
+    ctx.metrics.count_backend_write(system.as_str(), outcome);
+}
+
+/// Whether the Secret is this transfer's (a controller owner reference with its uid).
+fn check_ours(secret: &Secret, t: &MqttTransfer) -> Result<(), Error> {
+    let uid = t.metadata.uid.as_deref().unwrap_or_default();
+    let ours = secret.metadata.owner_references.iter().flatten().any(|r| r.uid == uid && r.controller == Some(true));
+    if ours { Ok(()) } else { Err(Error::SecretNameTaken { name: secret.name_any() }) }
+}
+
+/// Creates or updates the Secret when its content differs.
+async fn write_secret(
+    api: &Api<Secret>,
+    t: &MqttTransfer,
+    name: &str,
+    data: &BTreeMap<String, String>,
+    existing: Option<&Secret>,
+) -> Result<Outcome, Error> {
+    let data: BTreeMap<String, ByteString> =
+        data.iter().map(|(k, v)| (k.clone(), ByteString(v.as_bytes().to_vec()))).collect();
+    let labels = BTreeMap::from([
+        ("app.kubernetes.io/managed-by".to_owned(), "mqtt-dsp-operator".to_owned()),
+        (SECRET_LABEL.to_owned(), t.name_any()),
+    ]);
+    match existing {
+        Some(existing)
+            if existing.data.as_ref() == Some(&data) && existing.metadata.labels.as_ref() == Some(&labels) =>
+        {
+            Ok(Outcome::Unchanged)
+        }
+        Some(existing) => {
+            let mut updated = existing.clone();
+            updated.data = Some(data);
+            updated.string_data = None;
+            updated.metadata.labels = Some(labels);
+            api.replace(name, &PostParams::default(), &updated).await.map_err(Error::Kube)?;
+            Ok(Outcome::Updated)
+        }
+        None => {
+            let secret = Secret {
+                metadata: ObjectMeta {
+                    name: Some(name.to_owned()),
+                    labels: Some(labels),
+                    owner_references: t.controller_owner_ref(&()).map(|r| vec![r]),
+                    ..Default::default()
+                },
+                type_: Some("Opaque".into()),
+                data: Some(data),
+                ..Default::default()
+            };
+            api.create(&PostParams::default(), &secret).await.map_err(Error::Kube)?;
+            Ok(Outcome::Created)
+        }
+    }
+}
+
+async fn write_status(t: &MqttTransfer, api: &Api<MqttTransfer>, ctx: &Context, walk: Walk) -> Result<(), Error> {
+    let Walk { mut status, tracker } = walk;
+    let changes = tracker.finish(&mut status.conditions);
+    if t.status.as_ref() != Some(&status) {
+        let mut updated = t.clone();
+        updated.status = Some(status);
+        api.replace_status(&t.name_any(), &PostParams::default(), &updated).await.map_err(Error::Kube)?;
+    }
+    publish_changes(ctx, &t.object_ref(&()), changes).await;
+    Ok(())
+}
+
+/// Deletion: revoke everything, then let the finalizer go.
+async fn cleanup(t: &MqttTransfer, ctx: &Context) -> Result<Action, Error> {
+    let assets: Api<MqttAsset> = Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
+    let asset = assets.get_opt(&t.spec.asset_ref.name).await.map_err(Error::Kube)?;
+    match revoke(t, asset.as_ref(), ctx).await {
+        Ok(()) => {
+            info!(transfer = %key(t), "access revoked, objects removed");
+            Ok(Action::await_change())
+        }
+        Err((_, e)) if e.is_retryable() => Err(e),
+        Err((_, e)) => {
+            // Retrying a refusal would keep the resource forever; say what may be left.
+            ctx.publish(
+                &t.object_ref(&()),
+                KubeEvent {
+                    type_: EventType::Warning,
+                    reason: "CleanupAbandoned".into(),
+                    note: Some(status::bounded(&format!("{e}; check the backend for what is left"))),
+                    action: "Delete".into(),
+                    secondary: None,
+                },
+            )
+            .await;
+            Ok(Action::await_change())
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renewal_is_at_two_thirds_with_bounded_jitter() {
+        let (expires, lifetime) = (10_000, 300);
+        for seed in [0, 500, 1000, 12345, u64::MAX] {
+            let at = renew_at(expires, lifetime, seed);
+            // Two thirds of the way: 100 s before expiry, ±15 s.
+            assert!((expires - 115..=expires - 85).contains(&at), "{at}");
+        }
+        assert_eq!(renew_at(expires, lifetime, 7), renew_at(expires, lifetime, 7), "stable per transfer");
+    }
+
+    #[test]
+    fn jwt_subject_reads_the_payload() {
+        let payload =
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(br#"{"sub":"service-account-1","exp":1}"#);
+        let token = SecretString::from(format!("eyJhbGciOiJSUzI1NiJ9.{payload}.sig"));
+        assert_eq!(jwt_subject(&token).as_deref(), Some("service-account-1"));
+        assert_eq!(jwt_subject(&SecretString::from("not-a-jwt")), None);
+    }
+}
