@@ -401,3 +401,35 @@ async fn when_the_asset_goes_its_transfers_lose_access_and_say_why() {
     assert_nothing_left(&stack, "t-a").await;
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resync_with_nothing_changed_writes_nothing() {
+    let mut options = StackOptions::default();
+    options.settings.resync = Duration::from_millis(500);
+    let stack = DevStack::start(options).await;
+    with_ready_asset(&stack, &mosquitto_asset()).await;
+    create_active(&stack, &transfer("t-a", to("consumer-a"))).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let api: Api<MqttTransfer> = stack.api();
+    let before = api.get("t-a").await.unwrap();
+    let secret_before = secret(&stack, "t-a").await.unwrap();
+    stack.vault.server.log.clear();
+    let broker_saved = stack.mosquitto.dynsec_saved_at();
+    let writes = stack.metrics.backend_write_total();
+    let api_writes = stack.cluster.test_server().map(|s| s.write_count());
+
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    assert!(!stack.vault.server.log.all().is_empty(), "resyncs looked at Vault");
+    assert_eq!(stack.vault.server.log.matching(|r| r.is_mutating()), vec![], "Vault writes");
+    assert_eq!(stack.mosquitto.dynsec_saved_at(), broker_saved, "Mosquitto writes");
+    assert_eq!(stack.metrics.backend_write_total(), writes);
+    assert_eq!(api.get("t-a").await.unwrap().metadata.resource_version, before.metadata.resource_version, "status");
+    let secret_after = secret(&stack, "t-a").await.unwrap();
+    assert_eq!(secret_after.metadata.resource_version, secret_before.metadata.resource_version, "the Secret");
+    match (api_writes, stack.cluster.test_server()) {
+        (Some(n), Some(server)) => assert_eq!(server.write_count(), n, "no Kubernetes writes at all"),
+        _ => eprintln!("real cluster: the Kubernetes write count is only checked on the test server"),
+    }
+    stack.teardown().await;
+}
