@@ -123,8 +123,34 @@ pub(crate) enum Segment {
 /// A leaf field, e.g. `.status.conditions[type="Ready"].status`.
 pub(crate) type FieldPath = Vec<Segment>;
 
+/// A field manager as the real server tells them apart: by name and by operation (the same name
+/// applying and updating are two managers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub manager: String,
+    pub apply: bool,
+    pub api_version: String,
+    pub time: String,
+}
+
+impl Owner {
+    fn same_manager(&self, other: &Owner) -> bool {
+        self.manager == other.manager && self.apply == other.apply
+    }
+
+    /// How conflict messages name it: `"kubectl"` for an applier, `"kubectl" using v1 at <time>`
+    /// for an updater.
+    pub fn printed(&self) -> String {
+        if self.apply {
+            format!("\"{}\"", self.manager)
+        } else {
+            format!("\"{}\" using {} at {}", self.manager, self.api_version, self.time)
+        }
+    }
+}
+
 /// Which manager owns which leaf field of one object.
-pub(crate) type Owners = BTreeMap<FieldPath, String>;
+pub(crate) type Owners = BTreeMap<FieldPath, Owner>;
 
 /// `.spec.topics`, `.status.conditions[type="Ready"].status`: the real server's spelling.
 pub(crate) fn display(path: &FieldPath) -> String {
@@ -216,14 +242,14 @@ pub(crate) fn take_changed(
     before: Option<&Value>,
     after: &Value,
     schema: Option<&Value>,
-    manager: &str,
+    manager: &Owner,
 ) {
     let old = before.map(|b| leaves(b, schema)).unwrap_or_default();
     let new = leaves(after, schema);
     owners.retain(|path, _| new.contains_key(path));
     for (path, value) in new {
         if old.get(&path) != Some(&value) {
-            owners.insert(path, manager.to_owned());
+            owners.insert(path, manager.clone());
         }
     }
 }
@@ -234,15 +260,15 @@ pub(crate) fn conflicts(
     current: &Value,
     applied: &Value,
     schema: Option<&Value>,
-    manager: &str,
-) -> Vec<(String, String)> {
+    manager: &Owner,
+) -> Vec<(String, Owner)> {
     let current = leaves(current, schema);
     leaves(applied, schema)
         .into_iter()
         .filter_map(|(path, value)| {
             // A field that is not there has no owner, whatever was recorded before.
             let existing = current.get(&path)?;
-            let owner = owners.get(&path).filter(|o| *o != manager)?;
+            let owner = owners.get(&path).filter(|o| !o.same_manager(manager))?;
             (*existing != value).then(|| (display(&path), owner.clone()))
         })
         .collect()
@@ -254,18 +280,18 @@ pub(crate) fn take_applied(
     previous: Option<&Value>,
     applied: &Value,
     schema: Option<&Value>,
-    manager: &str,
+    manager: &Owner,
 ) {
     let applied = leaves(applied, schema);
     if let Some(previous) = previous {
         for path in leaves(previous, schema).into_keys() {
-            if !applied.contains_key(&path) && owners.get(&path).is_some_and(|o| o == manager) {
+            if !applied.contains_key(&path) && owners.get(&path).is_some_and(|o| o.same_manager(manager)) {
                 owners.remove(&path);
             }
         }
     }
     for path in applied.into_keys() {
-        owners.insert(path, manager.to_owned());
+        owners.insert(path, manager.clone());
     }
 }
 
@@ -290,16 +316,23 @@ mod tests {
         assert_eq!(target, json!({"status": {"conditions": [{"type": "A", "status": "True"}, {"type": "B"}]}}));
     }
 
+    fn owner(manager: &str, apply: bool) -> Owner {
+        Owner { manager: manager.into(), apply, api_version: "v1".into(), time: "2026-01-01T00:00:00Z".into() }
+    }
+
     #[test]
     fn another_managers_changed_field_conflicts() {
         let mut owners = Owners::new();
         let before = json!({"spec": {"a": 1}});
         let after = json!({"spec": {"a": 2, "b": 1}});
-        take_changed(&mut owners, Some(&before), &after, None, "kubectl");
+        take_changed(&mut owners, Some(&before), &after, None, &owner("kubectl", false));
         assert_eq!(display(&owners.keys().next().unwrap().clone()), ".spec.a");
-        let found = conflicts(&owners, &after, &json!({"spec": {"a": 3, "b": 1}}), None, "op");
-        assert_eq!(found, vec![(".spec.a".to_owned(), "kubectl".to_owned())]);
-        assert!(conflicts(&owners, &after, &json!({"spec": {"a": 2}}), None, "op").is_empty(), "same value");
+        let found = conflicts(&owners, &after, &json!({"spec": {"a": 3, "b": 1}}), None, &owner("op", true));
+        assert_eq!(found, vec![(".spec.a".to_owned(), owner("kubectl", false))]);
+        let same_value = conflicts(&owners, &after, &json!({"spec": {"a": 2}}), None, &owner("op", true));
+        assert!(same_value.is_empty());
+        let same_name = conflicts(&owners, &after, &json!({"spec": {"a": 3}}), None, &owner("kubectl", true));
+        assert_eq!(same_name.len(), 1, "applying and updating under one name are two managers");
     }
 
     #[test]

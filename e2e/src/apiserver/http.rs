@@ -19,7 +19,7 @@ use super::apply;
 use super::resources::{self, ResourceType};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
-use super::store::{Change, ChangeType, DeleteOpts, Msg, State, WriteOpts, present};
+use super::store::{self, Change, ChangeType, DeleteOpts, Msg, State, WriteOpts, present};
 
 const MAX_BODY: usize = 3 * 1024 * 1024;
 /// How often an open watch that asked for bookmarks gets one.
@@ -403,12 +403,17 @@ fn server_side_apply(
     let applied_part = effective(&applied);
     let previous = state.applied.get(&key).map(effective);
     let schema = rt.schema.as_ref();
+    let owner =
+        apply::Owner { manager: manager.clone(), apply: true, api_version: rt.api_version(), time: store::now() };
     if !force {
         let owners = state.owners.get(&uid).cloned().unwrap_or_default();
-        let conflicts = apply::conflicts(&owners, &old, &applied_part, schema, &manager);
+        let conflicts: Vec<(String, String)> = apply::conflicts(&owners, &old, &applied_part, schema, &owner)
+            .into_iter()
+            .map(|(path, o)| (path, o.printed()))
+            .collect();
         if !conflicts.is_empty() {
             let target = status::Target { group: &rt.group, plural: &rt.plural, name };
-            return Err(ApiError::apply_conflicts(target, &rt.api_version(), &conflicts));
+            return Err(ApiError::apply_conflicts(target, &conflicts));
         }
     }
     let mut merged = old;
@@ -416,7 +421,7 @@ fn server_side_apply(
     let updated = state.update(rt, namespace, name, merged, status, opts, false)?;
     if !opts.dry_run {
         let owners = state.owners.entry(uid).or_default();
-        apply::take_applied(owners, previous.as_ref(), &applied_part, schema, &manager);
+        apply::take_applied(owners, previous.as_ref(), &applied_part, schema, &owner);
         state.applied.insert(key, applied);
     }
     Ok(ok(&present(rt, &updated)))

@@ -93,21 +93,26 @@ impl ApiError {
         e
     }
 
-    /// 409 for a server-side apply that would change fields other managers own.
-    pub fn apply_conflicts(t: Target<'_>, api_version: &str, conflicts: &[(String, String)]) -> Self {
-        let each: Vec<String> = conflicts
-            .iter()
-            .map(|(path, owner)| format!("conflict with \"{owner}\" using {api_version}: {path}"))
-            .collect();
-        let message = if each.len() == 1 {
-            format!("Apply failed with 1 conflict: {}", each[0])
+    /// 409 for a server-side apply that would change fields other managers own; `conflicts` are
+    /// (field, manager as printed), in the real server's wording.
+    pub fn apply_conflicts(t: Target<'_>, conflicts: &[(String, String)]) -> Self {
+        let message = if let [(path, manager)] = conflicts {
+            format!("Apply failed with 1 conflict: conflict with {manager}: {path}")
         } else {
-            format!("Apply failed with {} conflicts: {}", each.len(), each.join("\n"))
+            let mut managers: Vec<&String> = conflicts.iter().map(|(_, m)| m).collect();
+            managers.sort();
+            managers.dedup();
+            let mut lines = Vec::new();
+            for manager in managers {
+                lines.push(format!("conflicts with {manager}:"));
+                lines.extend(conflicts.iter().filter(|(_, m)| m == manager).map(|(p, _)| format!("- {p}")));
+            }
+            format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
         };
         let causes: Vec<Value> = conflicts
             .iter()
-            .map(|(path, owner)| {
-                json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{owner}\" using {api_version}"), "field": path})
+            .map(|(path, manager)| {
+                json!({"reason": "FieldManagerConflict", "message": format!("conflict with {manager}"), "field": path})
             })
             .collect();
         let mut e = Self::new(409, "Conflict", message);

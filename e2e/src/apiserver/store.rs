@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::apply::{self, Owners};
+use super::apply::{self, Owner, Owners};
 use super::resources::{self, ResourceType};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, Target};
@@ -588,8 +588,9 @@ impl State {
 
     fn record_owners(&mut self, rt: &ResourceType, old: Option<&Value>, new: &Value, manager: &str) {
         let uid = meta_str(new, "uid").unwrap_or_default().to_owned();
+        let owner = Owner { manager: manager.to_owned(), apply: false, api_version: rt.api_version(), time: now() };
         let owners = self.owners.entry(uid).or_default();
-        apply::take_changed(owners, old, new, rt.schema.as_ref(), manager);
+        apply::take_changed(owners, old, new, rt.schema.as_ref(), &owner);
     }
 
     /// DELETE: removes the object, or (with finalizers, or for kinds whose deletion is a
