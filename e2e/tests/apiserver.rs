@@ -327,7 +327,12 @@ async fn every_patch_type_and_the_ones_refused() {
                 .unwrap(),
         )
         .await;
-    assert_eq!(api_error(raw).code, 400, "apply without fieldManager");
+    let err = api_error(raw);
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"), "apply without fieldManager");
+    assert_eq!(
+        err.message,
+        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+    );
 
     // Strategic merge patch: built-ins only; an unknown media type is 415.
     let smp =

@@ -144,20 +144,42 @@ fn resource(
         Some("status") if rt.status_subresource => true,
         Some(_) => return Err(ApiError::no_such_resource()),
     };
+    let options_kind = match *method {
+        Method::POST => "CreateOptions",
+        Method::PUT => "UpdateOptions",
+        Method::PATCH => "PatchOptions",
+        Method::DELETE => "DeleteOptions",
+        _ => "ListOptions",
+    };
     let dry_run = match query.get("dryRun") {
         None => false,
         Some("All") => true,
-        Some(other) => return Err(ApiError::bad_request(format!("Invalid dry run value: {other}"))),
+        Some(other) => {
+            return Err(ApiError::invalid_options(
+                options_kind,
+                "dryRun",
+                &format!("Unsupported value: [\"{other}\"]: supported values: \"All\""),
+            ));
+        }
     };
     let strict = match query.get("fieldValidation") {
         None | Some("" | "Ignore" | "Warn") => false,
         Some("Strict") => true,
         Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "fieldValidation parameter unsupported: {other}. Supported values: Ignore, Warn, Strict"
-            )));
+            return Err(ApiError::invalid_options(
+                options_kind,
+                "fieldValidation",
+                &format!("Unsupported value: \"{other}\": supported values: \"Ignore\", \"Strict\", \"Warn\""),
+            ));
         }
     };
+    if query.get("fieldManager").is_some_and(|m| m.len() > 128) {
+        return Err(ApiError::invalid_options(
+            options_kind,
+            "fieldManager",
+            "Too long: may not be more than 128 bytes",
+        ));
+    }
     let manager = match query.get("fieldManager").filter(|m| !m.is_empty()) {
         Some(m) => m.to_owned(),
         // The server's default: the User-Agent up to its first '/'.
@@ -303,12 +325,20 @@ fn patch(
         return Err(ApiError::unsupported_media_type(&media, &accepted));
     }
     let force = query.flag("force")?;
-    if force && media != "application/apply-patch+yaml" {
-        return Err(ApiError::bad_request("force is not allowed for non-apply patches"));
+    if query.get("force").is_some() && media != "application/apply-patch+yaml" {
+        return Err(ApiError::invalid_options(
+            "PatchOptions",
+            "force",
+            "Forbidden: may not be specified for non-apply patch",
+        ));
     }
     if media == "application/apply-patch+yaml" {
         if query.get("fieldManager").is_none_or(str::is_empty) {
-            return Err(ApiError::bad_request("fieldManager is required for apply requests"));
+            return Err(ApiError::invalid_options(
+                "PatchOptions",
+                "fieldManager",
+                "Required value: is required for apply patch",
+            ));
         }
         return server_side_apply(state, rt, namespace, name, status, force, body, opts);
     }

@@ -84,13 +84,20 @@ impl ApiError {
         out
     }
 
-    /// 422 for a request that cannot be carried out as asked (a failed JSON Patch `test`, …):
-    /// the server's generic "rejected" answer with the reason as its only cause.
+    /// 422 for a patch that cannot be applied (a failed JSON Patch `test`, a missing path): the
+    /// server's generic answer, with the reason as its only cause.
     pub fn unprocessable(why: &str) -> Self {
-        let mut e =
-            Self::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {why}"));
-        e.details = Some(json!({"causes": [{"message": why}]}));
+        let mut e = Self::new(422, "Invalid", "the server rejected our request due to an error in our request");
+        e.details = Some(json!({
+            "name": "", "group": "", "kind": "",
+            "causes": [{"reason": "UnexpectedServerResponse", "message": why}],
+        }));
         e
+    }
+
+    /// 422 for invalid request options (`CreateOptions`, `PatchOptions`, …).
+    pub fn invalid_options(kind: &str, field: &str, message: &str) -> Self {
+        Self::invalid(kind, "meta.k8s.io", "", &[FieldError { path: field.into(), message: message.into() }])
     }
 
     /// 409 for a server-side apply that would change fields other managers own; `conflicts` are

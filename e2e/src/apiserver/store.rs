@@ -373,9 +373,10 @@ impl State {
                     return Err(ApiError::not_found(Target { group: "", plural: "namespaces", name: ns }));
                 }
                 Some(n) if is_deleting(n) => {
+                    let resource =
+                        if rt.group.is_empty() { rt.plural.clone() } else { format!("{}.{}", rt.plural, rt.group) };
                     return Err(ApiError::forbidden(format!(
-                        "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                        rt.plural
+                        "{resource} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated"
                     )));
                 }
                 Some(_) => {}
