@@ -11,6 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Secret};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch, PatchParams,
     PostParams, WatchEvent, WatchParams,
@@ -264,6 +265,27 @@ async fn names_and_schema_violations_are_422_with_the_field() {
     assert_eq!(err.code, 422, "{}", err.message);
     assert!(err.message.contains("status.conditions[0]"), "{}", err.message);
     assert_eq!(created.metadata.generation, Some(1));
+
+    // Metadata is checked on every kind: one controller at most, finalizers are qualified names.
+    let owner_ref = created.controller_owner_ref(&()).unwrap();
+    let mut two_controllers = asset("line-2");
+    let second = OwnerReference { uid: "another-uid".into(), name: "line-9".into(), ..owner_ref.clone() };
+    two_controllers.metadata.owner_references = Some(vec![owner_ref, second]);
+    let err = api_error(assets(&client).create(&PostParams::default(), &two_controllers).await);
+    assert!(err.code == 422 && err.message.contains("Only one reference can have Controller set to true"), "{err:?}");
+    let mut bad_finalizer = asset("line-3");
+    bad_finalizer.metadata.finalizers = Some(vec!["not a name".into()]);
+    let err = api_error(assets(&client).create(&PostParams::default(), &bad_finalizer).await);
+    assert!(err.code == 422 && err.message.contains("metadata.finalizers[0]"), "{err:?}");
+    // A fetched object cannot be created again as it is: it carries a resourceVersion.
+    let mut again = assets(&client).get("line-1").await.unwrap();
+    again.metadata.name = Some("line-4".into());
+    again.metadata.uid = None;
+    let err = api_error(assets(&client).create(&PostParams::default(), &again).await);
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (500, "Internal error occurred: resourceVersion should not be set on objects to be created")
+    );
 
     let mut bad_name = asset("line-1");
     bad_name.metadata.name = Some("Bad_Name".into());

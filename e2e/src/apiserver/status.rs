@@ -129,6 +129,13 @@ impl ApiError {
         e
     }
 
+    /// 500, for what the real server's storage refuses without a more specific status.
+    pub fn internal(message: &str) -> Self {
+        let mut e = Self::new(500, "InternalError", format!("Internal error occurred: {message}"));
+        e.details = Some(json!({"causes": [{"message": message}]}));
+        e
+    }
+
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(400, "BadRequest", message)
     }

@@ -280,7 +280,7 @@ impl State {
         if old.is_none() {
             errors.extend(validation::name_errors(rt, &name));
         }
-        errors.extend(validation::label_errors(object));
+        errors.extend(validation::metadata_errors(object));
         match (rt.group.as_str(), rt.plural.as_str()) {
             ("", "secrets") => {
                 validation::normalize_secret(object).map_err(ApiError::bad_request)?;
@@ -352,6 +352,7 @@ impl State {
             }
         };
         meta["name"] = Value::String(name.clone());
+        let resource_version_given = meta.get("resourceVersion").and_then(Value::as_str).is_some_and(|v| !v.is_empty());
         if let Some(m) = meta.as_object_mut() {
             for field in
                 ["deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion", "managedFields", "selfLink"]
@@ -393,9 +394,6 @@ impl State {
                 details: None,
             });
         }
-        if self.get(rt, namespace.filter(|_| rt.namespaced), &name).is_some() {
-            return Err(ApiError::already_exists(target(rt, &name)));
-        }
         if rt.status_subresource
             && let Some(m) = object.as_object_mut()
         {
@@ -428,6 +426,13 @@ impl State {
             _ => {}
         }
         self.admit(rt, &mut object, None, opts)?;
+        // The storage layer's checks, after validation as on the real server.
+        if resource_version_given {
+            return Err(ApiError::internal("resourceVersion should not be set on objects to be created"));
+        }
+        if self.get(rt, namespace.filter(|_| rt.namespaced), &name).is_some() {
+            return Err(ApiError::already_exists(target(rt, &name)));
+        }
         if opts.dry_run {
             return Ok(object);
         }

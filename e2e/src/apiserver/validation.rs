@@ -46,28 +46,81 @@ pub(crate) fn name_errors(rt: &ResourceType, name: &str) -> Vec<FieldError> {
     }
 }
 
-/// Labels: qualified-name keys, values of at most 63 characters from the allowed set.
-pub(crate) fn label_errors(object: &Value) -> Vec<FieldError> {
+/// A qualified name (`[prefix/]name`): label keys, finalizers.
+pub(crate) fn is_qualified_name(key: &str) -> bool {
+    let (prefix, name) = key.rsplit_once('/').map_or((None, key), |(p, n)| (Some(p), n));
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    name_ok && prefix.is_none_or(is_subdomain)
+}
+
+const QUALIFIED_NAME_MESSAGE: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must \
+start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation \
+is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+
+/// Labels, finalizers and owner references, as the server checks every object's metadata.
+pub(crate) fn metadata_errors(object: &Value) -> Vec<FieldError> {
     let mut out = Vec::new();
-    let Some(labels) = object["metadata"]["labels"].as_object() else { return out };
-    for (key, value) in labels {
-        let value = value.as_str().unwrap_or_default();
-        let (prefix, name) = key.rsplit_once('/').map_or((None, key.as_str()), |(p, n)| (Some(p), n));
-        let name_ok = !name.is_empty()
-            && name.len() <= 63
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-        if !name_ok || prefix.is_some_and(|p| !is_subdomain(p)) {
-            out.push(invalid("metadata.labels", key, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+    let meta = &object["metadata"];
+    if let Some(labels) = meta["labels"].as_object() {
+        for (key, value) in labels {
+            let value = value.as_str().unwrap_or_default();
+            if !is_qualified_name(key) {
+                out.push(invalid("metadata.labels", key, QUALIFIED_NAME_MESSAGE));
+            }
+            let value_ok = value.is_empty()
+                || (value.len() <= 63
+                    && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                    && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
+            if !value_ok {
+                out.push(invalid(
+                    "metadata.labels",
+                    value,
+                    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', \
+                     and must start and end with an alphanumeric character",
+                ));
+            }
         }
-        let value_ok = value.is_empty()
-            || (value.len() <= 63
-                && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-                && value.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
-        if !value_ok {
-            out.push(invalid("metadata.labels", value, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+    }
+    if let Some(finalizers) = meta["finalizers"].as_array() {
+        for (i, f) in finalizers.iter().enumerate() {
+            let f = f.as_str().unwrap_or_default();
+            if !is_qualified_name(f) {
+                out.push(invalid(&format!("metadata.finalizers[{i}]"), f, QUALIFIED_NAME_MESSAGE));
+            }
+        }
+    }
+    if let Some(refs) = meta["ownerReferences"].as_array() {
+        for r in refs {
+            for (field, what) in [("apiVersion", "version"), ("kind", "kind"), ("name", "name"), ("uid", "uid")] {
+                let v = r[field].as_str().unwrap_or_default();
+                if v.is_empty() {
+                    out.push(invalid(
+                        &format!("metadata.ownerReferences.{field}"),
+                        v,
+                        &format!("{what} must not be empty"),
+                    ));
+                }
+            }
+        }
+        let controllers: Vec<String> = refs
+            .iter()
+            .filter(|r| r["controller"] == true)
+            .map(|r| format!("{}/{}", r["kind"].as_str().unwrap_or_default(), r["name"].as_str().unwrap_or_default()))
+            .collect();
+        if controllers.len() > 1 {
+            out.push(FieldError {
+                path: "metadata.ownerReferences".into(),
+                message: format!(
+                    "Invalid value: {}: Only one reference can have Controller set to true. Found \"true\" in references for {}",
+                    Value::Array(refs.clone()),
+                    controllers.join(" and ")
+                ),
+            });
         }
     }
     out
