@@ -622,6 +622,27 @@ async fn label_and_field_selectors() {
     assert_eq!(names("", "metadata.name!=b,metadata.namespace=dataspace").await.unwrap(), ["a", "c"]);
     let err = api_error(names("", "data.k=v").await);
     assert_eq!((err.code, err.reason.as_str()), (400, "BadRequest"));
+
+    cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("tier")).await.unwrap();
+    assert_eq!(names("", "").await.unwrap(), ["c"], "deletecollection removes exactly the selected");
+}
+
+#[tokio::test]
+async fn requests_are_logged_and_faults_reach_the_client() {
+    let Env { server, client, .. } = env().await;
+    let api = assets(&client);
+    let mut stream = api.watch(&WatchParams::default(), "0").await.unwrap().boxed();
+    api.create(&PostParams::default(), &asset("line-1")).await.unwrap();
+    assert!(matches!(stream.try_next().await.unwrap(), Some(WatchEvent::Added(_))), "streams pass the middleware");
+    let watches = server.log.matching(|r| r.query.as_deref().is_some_and(|q| q.contains("watch=true")));
+    assert_eq!(watches.len(), 1);
+    assert_eq!(watches[0].path, "/apis/dsp-mqtt.io/v1alpha1/namespaces/dataspace/mqttassets");
+
+    server.faults.fail_next(1, 500);
+    assert!(api.get("line-1").await.is_err());
+    // kube's client retries 429/503/504 by itself: one 503 is invisible to its caller.
+    server.faults.fail_next(1, 503);
+    assert_eq!(api.get("line-1").await.unwrap().name_any(), "line-1");
 }
 
 #[tokio::test]
