@@ -341,6 +341,21 @@ async fn every_patch_type_and_the_ones_refused() {
     let data = cm.data.unwrap();
     assert_eq!(data.keys().collect::<Vec<_>>(), ["a", "c"], "b dropped by its manager, c kept (another writer's)");
     assert_eq!(data["a"], "1", "force takes the field over");
+    let managed: Vec<(String, String, Value)> = cm
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| (m.manager.unwrap(), m.operation.unwrap(), serde_json::to_value(m.fields_v1.unwrap()).unwrap()))
+        .collect();
+    let tester = managed.iter().find(|(m, _, _)| m == "tester").expect("the applier has an entry");
+    assert_eq!((tester.1.as_str(), &tester.2), ("Apply", &json!({"f:data": {"f:a": {}}})));
+    let other = managed.iter().find(|(m, _, _)| m == "other-writer").expect("the updater has an entry");
+    assert_eq!((other.1.as_str(), &other.2), ("Update", &json!({"f:data": {"f:c": {}}})));
+    // What a GET returns cannot be applied back as it is.
+    let fetched = cms.get("applied").await.unwrap();
+    let err = api_error(cms.patch("applied", &PatchParams::apply("tester"), &Patch::Apply(&fetched)).await);
+    assert_eq!((err.code, err.message.as_str()), (400, "metadata.managedFields must be nil"));
     let raw = client
         .request_text(
             axum::http::Request::patch("/api/v1/namespaces/dataspace/configmaps/applied")

@@ -11,9 +11,12 @@
 //! owns is a 409 Conflict naming the manager and field, as on the real server; with `force` it
 //! takes the field over.
 //!
-//! Left out: ownership is not shown as `metadata.managedFields` (nor accepted in requests), a
-//! field two managers applied with the same value has one owner (the last), and a field the
-//! manager stops applying is removed even if another manager applied the same value.
+//! Ownership is shown as `metadata.managedFields` (`FieldsV1`), and an applied configuration
+//! that carries `managedFields` is refused, as on the real server. Left out: `managedFields`
+//! sent in an update are ignored (the real server takes them as the new ownership), entries do
+//! not name their subresource, a field two managers applied with the same value has one owner
+//! (the last), and a field the manager stops applying is removed even if another manager applied
+//! the same value.
 
 use std::collections::BTreeMap;
 
@@ -118,6 +121,8 @@ fn merge_list(target: &mut Value, applied: &Value, previous: Option<&Value>, sch
 pub(crate) enum Segment {
     Key(String),
     Item(String),
+    /// An item of a `set` list (its JSON).
+    Value(String),
 }
 
 /// A leaf field, e.g. `.status.conditions[type="Ready"].status`.
@@ -167,6 +172,7 @@ pub(crate) fn display(path: &FieldPath) -> String {
                     key.as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect()).unwrap_or_default();
                 out.push_str(&format!("[{}]", parts.join(",")));
             }
+            Segment::Value(v) => out.push_str(&format!("[={v}]")),
         }
     }
     out
@@ -205,7 +211,13 @@ fn walk_leaves(
             }
         }
         Value::Array(items) => match schema.and_then(|s| s.get("x-kubernetes-list-type")).and_then(Value::as_str) {
-            Some("set") => {}
+            Some("set") => {
+                for item in items {
+                    path.push(Segment::Value(item.to_string()));
+                    out.insert(path.clone(), item.clone());
+                    path.pop();
+                }
+            }
             Some("map") => {
                 let keys = map_keys(schema);
                 let item_schema = schema.and_then(|s| s.get("items"));
@@ -291,8 +303,60 @@ pub(crate) fn take_applied(
         }
     }
     for path in applied.into_keys() {
-        owners.insert(path, manager.clone());
+        // An unchanged owner keeps its entry (and time): re-applying the same is no change.
+        if !owners.get(&path).is_some_and(|o| o.same_manager(manager)) {
+            owners.insert(path, manager.clone());
+        }
     }
+}
+
+/// `metadata.managedFields` as the real server shows it: one entry per manager, its fields as a
+/// `FieldsV1` tree (`f:<field>`, `k:<key JSON>` for map-list items, `v:<value JSON>` for set
+/// items).
+pub(crate) fn managed_fields(owners: &Owners) -> Value {
+    let mut managers: Vec<(Owner, Vec<&FieldPath>)> = Vec::new();
+    for (path, owner) in owners {
+        match managers.iter_mut().find(|(o, _)| o.same_manager(owner)) {
+            Some((o, paths)) => {
+                if owner.time > o.time {
+                    o.time = owner.time.clone();
+                }
+                paths.push(path);
+            }
+            None => managers.push((owner.clone(), vec![path])),
+        }
+    }
+    managers.sort_by(|(a, _), (b, _)| (&a.time, &a.manager).cmp(&(&b.time, &b.manager)));
+    let entries: Vec<Value> = managers
+        .into_iter()
+        .map(|(owner, paths)| {
+            let mut tree = serde_json::Map::new();
+            for path in paths {
+                let mut node = &mut tree;
+                for segment in path {
+                    let key = match segment {
+                        Segment::Key(k) => format!("f:{k}"),
+                        Segment::Item(k) => format!("k:{k}"),
+                        Segment::Value(v) => format!("v:{v}"),
+                    };
+                    node = node
+                        .entry(key)
+                        .or_insert_with(|| json!({}))
+                        .as_object_mut()
+                        .expect("field trees hold only objects");
+                }
+            }
+            json!({
+                "manager": owner.manager,
+                "operation": if owner.apply { "Apply" } else { "Update" },
+                "apiVersion": owner.api_version,
+                "time": owner.time,
+                "fieldsType": "FieldsV1",
+                "fieldsV1": tree,
+            })
+        })
+        .collect();
+    Value::Array(entries)
 }
 
 #[cfg(test)]

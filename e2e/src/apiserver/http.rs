@@ -19,7 +19,7 @@ use super::apply;
 use super::resources::{self, ResourceType};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
-use super::store::{self, Change, ChangeType, DeleteOpts, Msg, State, WriteOpts, present};
+use super::store::{self, Applied, Change, ChangeType, DeleteOpts, Msg, State, WriteOpts, present};
 
 const MAX_BODY: usize = 3 * 1024 * 1024;
 /// How often an open watch that asked for bookmarks gets one.
@@ -190,7 +190,7 @@ fn resource(
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| "unknown".into()),
     };
-    let opts = WriteOpts { dry_run, strict, manager };
+    let opts = WriteOpts { dry_run, strict, manager, apply: None };
     let response = match (method.clone(), name) {
         (Method::GET, Some(name)) => {
             let object = state.get(&rt, namespace, name).ok_or_else(|| not_found(&rt, name))?;
@@ -406,7 +406,8 @@ fn server_side_apply(
         }
         let mut object = applied.clone();
         object["metadata"]["name"] = Value::String(name.to_owned());
-        let created = state.create(rt, namespace, object, opts)?;
+        let opts = WriteOpts { apply: Some(Applied { previous: None, applied: applied.clone() }), ..opts.clone() };
+        let created = state.create(rt, namespace, object, &opts)?;
         if !opts.dry_run {
             let uid = created["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
             state.applied.insert((uid, manager, false), applied);
@@ -448,10 +449,9 @@ fn server_side_apply(
     }
     let mut merged = old;
     apply::merge(&mut merged, &applied_part, previous.as_ref(), schema);
-    let updated = state.update(rt, namespace, name, merged, status, opts, false)?;
+    let opts = WriteOpts { apply: Some(Applied { previous, applied: applied_part }), ..opts.clone() };
+    let updated = state.update(rt, namespace, name, merged, status, &opts, false)?;
     if !opts.dry_run {
-        let owners = state.owners.entry(uid).or_default();
-        apply::take_applied(owners, previous.as_ref(), &applied_part, schema, &owner);
         state.applied.insert(key, applied);
     }
     Ok(ok(&present(rt, &updated)))

@@ -18,8 +18,8 @@
 //!   deletecollection, `dryRun=All`, `fieldValidation` (unknown fields of custom resources are
 //!   dropped, or a 400 with `Strict`);
 //! - PATCH as JSON Patch (with `test`), merge patch, server-side apply (`fieldManager` required,
-//!   field ownership per manager with 409 conflicts unless `force`; see [`apply`] for how it is
-//!   simplified), strategic merge patch for built-ins only (handled as
+//!   field ownership per manager shown as `managedFields`, 409 conflicts unless `force`; see
+//!   [`apply`] for how it is simplified), strategic merge patch for built-ins only (handled as
 //!   a merge patch) and 415 for custom resources and unknown media types;
 //! - the status subresource: writes to `/status` change only `.status`, writes to the object
 //!   keep the stored `.status`; `metadata.generation` moves on changes outside metadata and
@@ -39,7 +39,7 @@
 //!   one.
 //!
 //! What it leaves out: authorization (RBAC: every valid token may do everything), admission
-//! webhooks, `metadata.managedFields` (ownership is tracked but not shown), conversion webhooks, protobuf, aggregated
+//! webhooks, `managedFields` sent in updates (ignored), conversion webhooks, protobuf, aggregated
 //! discovery, `resourceVersion` snapshots (a list always shows the current state, a `continue`
 //! page too), graceful deletion periods (deletion is immediate but for finalizers), field
 //! validation of built-in kinds beyond the checks above, and kinds not listed.

@@ -58,6 +58,15 @@ pub(crate) struct WriteOpts {
     pub strict: bool,
     /// Who writes (`fieldManager`, else the User-Agent's product): owner of what it changes.
     pub manager: String,
+    /// For a server-side apply: what is applied and what the manager applied before; the
+    /// manager then owns exactly the applied fields.
+    pub apply: Option<Applied>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Applied {
+    pub previous: Option<Value>,
+    pub applied: Value,
 }
 
 /// Options of a DELETE.
@@ -433,11 +442,13 @@ impl State {
         if self.get(rt, namespace.filter(|_| rt.namespaced), &name).is_some() {
             return Err(ApiError::already_exists(target(rt, &name)));
         }
+        let owners = self.ownership(rt, None, &object, opts);
+        object["metadata"]["managedFields"] = apply::managed_fields(&owners);
         if opts.dry_run {
             return Ok(object);
         }
         let stored = self.commit_put(rt, object, None);
-        self.record_owners(rt, None, &stored, &opts.manager);
+        self.owners.insert(meta_str(&stored, "uid").unwrap_or_default().to_owned(), owners);
         Ok(stored)
     }
 
@@ -539,7 +550,6 @@ impl State {
                 }
             }
             if let Some(m) = new["metadata"].as_object_mut() {
-                m.remove("managedFields");
                 m.remove("selfLink");
             }
             if rt.status_subresource {
@@ -580,6 +590,8 @@ impl State {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             new["metadata"]["generation"] = json!(generation);
         }
+        let owners = self.ownership(rt, Some(&old), &new, opts);
+        new["metadata"]["managedFields"] = apply::managed_fields(&owners);
         if new == old || opts.dry_run {
             // A write that changes nothing is not a write: same resourceVersion, no watch event.
             return Ok(new);
@@ -587,16 +599,34 @@ impl State {
         if is_deleting(&new) && finalizers(&new).is_empty() {
             return Ok(self.commit_remove(rt, new));
         }
-        let stored = self.commit_put(rt, new, Some(old.clone()));
-        self.record_owners(rt, Some(&old), &stored, &opts.manager);
+        let stored = self.commit_put(rt, new, Some(old));
+        self.owners.insert(meta_str(&stored, "uid").unwrap_or_default().to_owned(), owners);
         Ok(stored)
     }
 
-    fn record_owners(&mut self, rt: &ResourceType, old: Option<&Value>, new: &Value, manager: &str) {
-        let uid = meta_str(new, "uid").unwrap_or_default().to_owned();
-        let owner = Owner { manager: manager.to_owned(), apply: false, api_version: rt.api_version(), time: now() };
-        let owners = self.owners.entry(uid).or_default();
-        apply::take_changed(owners, old, new, rt.schema.as_ref(), &owner);
+    /// The field owners after this write: an updater owns what it changed, an applier what it
+    /// applied.
+    fn ownership(&self, rt: &ResourceType, old: Option<&Value>, new: &Value, opts: &WriteOpts) -> Owners {
+        let uid = old.and_then(|o| meta_str(o, "uid")).unwrap_or_default();
+        let mut owners = self.owners.get(uid).cloned().unwrap_or_default();
+        let owner = Owner {
+            manager: opts.manager.clone(),
+            apply: opts.apply.is_some(),
+            api_version: rt.api_version(),
+            time: now(),
+        };
+        let schema = rt.schema.as_ref();
+        match &opts.apply {
+            None => apply::take_changed(&mut owners, old, new, schema, &owner),
+            Some(applied) => {
+                apply::take_applied(&mut owners, applied.previous.as_ref(), &applied.applied, schema, &owner);
+                // Fields not in the object (gone, or applied where the server ignores them) have
+                // no owner.
+                let present = apply::leaves(new, schema);
+                owners.retain(|path, _| present.contains_key(path));
+            }
+        }
+        owners
     }
 
     /// DELETE: removes the object, or (with finalizers, or for kinds whose deletion is a
