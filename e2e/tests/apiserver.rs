@@ -242,6 +242,14 @@ async fn secrets_store_string_data_as_data_and_default_their_type() {
     assert!(stored.string_data.is_none());
     assert_eq!(stored.data.unwrap()["password"].0, b"s3cret");
     assert_eq!(stored.type_.as_deref(), Some("Opaque"));
+
+    let frozen =
+        secrets.patch("creds", &PatchParams::default(), &Patch::Merge(json!({"immutable": true}))).await.unwrap();
+    assert_eq!(frozen.immutable, Some(true));
+    let change = json!({"stringData": {"password": "other"}});
+    let err = api_error(secrets.patch("creds", &PatchParams::default(), &Patch::Merge(&change)).await);
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("data: Forbidden: field is immutable when `immutable` is set"), "{}", err.message);
 }
 
 #[tokio::test]
@@ -372,9 +380,13 @@ async fn every_patch_type_and_the_ones_refused() {
     );
 
     // Strategic merge patch: built-ins only; an unknown media type is 415.
-    let smp =
-        cms.patch("applied", &PatchParams::default(), &Patch::Strategic(json!({"data": {"d": "4"}}))).await.unwrap();
+    cms.patch("applied", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": ["e2e/a"]}})))
+        .await
+        .unwrap();
+    let smp = json!({"data": {"d": "4"}, "metadata": {"finalizers": ["e2e/b"]}});
+    let smp = cms.patch("applied", &PatchParams::default(), &Patch::Strategic(smp)).await.unwrap();
     assert_eq!(smp.data.unwrap()["d"], "4");
+    assert_eq!(smp.metadata.finalizers.unwrap(), ["e2e/a", "e2e/b"], "finalizers merge as a set");
     let err = api_error(api.patch("line-1", &PatchParams::default(), &Patch::Strategic(json!({"spec": {}}))).await);
     assert_eq!((err.code, err.reason.as_str()), (415, "UnsupportedMediaType"));
     let raw = client
@@ -733,6 +745,9 @@ async fn event_recorder_publishes_and_leases_work() {
             ..Default::default()
         }),
     };
+    let mut never = lease.clone();
+    never.spec.as_mut().unwrap().lease_duration_seconds = Some(0);
+    assert_eq!(api_error(leases.create(&PostParams::default(), &never).await).code, 422);
     let created = leases.create(&PostParams::default(), &lease).await.unwrap();
     let mut taken = created.clone();
     taken.spec.as_mut().unwrap().holder_identity = Some("pod-b".into());
@@ -755,6 +770,7 @@ async fn deleting_a_namespace_removes_its_contents_then_itself() {
         };
         cms.create(&PostParams::default(), &cm).await.unwrap();
     }
+    assert_eq!(api_error(namespaces.delete("default", &DeleteParams::default()).await).code, 403);
     let terminating = namespaces.delete("doomed", &DeleteParams::default()).await.unwrap().left().unwrap();
     assert_eq!(terminating.status.and_then(|s| s.phase).as_deref(), Some("Terminating"));
     let late =

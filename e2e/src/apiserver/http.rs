@@ -20,6 +20,7 @@ use super::resources::{self, ResourceType};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
 use super::store::{self, Applied, Change, ChangeType, DeleteOpts, Msg, State, WriteOpts, present};
+use super::strategic;
 
 const MAX_BODY: usize = 3 * 1024 * 1024;
 /// How often an open watch that asked for bookmarks gets one.
@@ -349,14 +350,16 @@ fn patch(
             serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
         json_patch::patch(&mut doc, &ops).map_err(|e| ApiError::unprocessable(&e.to_string()))?;
     } else {
-        // Merge patch; for built-ins also strategic merge patch, which differs from it only in
-        // the `$patch` directives and list merge keys that the kinds served here barely use.
         let patch: Value =
             serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
         if !patch.is_object() {
             return Err(ApiError::bad_request("error decoding patch: a merge patch must be a JSON object"));
         }
-        json_patch::merge(&mut doc, &patch);
+        if media == "application/strategic-merge-patch+json" {
+            strategic::merge(&mut doc, &patch).map_err(ApiError::bad_request)?;
+        } else {
+            json_patch::merge(&mut doc, &patch);
+        }
     }
     let updated = state.update(rt, namespace, name, doc, status, opts, false)?;
     Ok(ok(&present(rt, &updated)))

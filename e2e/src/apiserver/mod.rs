@@ -19,8 +19,9 @@
 //!   dropped, or a 400 with `Strict`);
 //! - PATCH as JSON Patch (with `test`), merge patch, server-side apply (`fieldManager` required,
 //!   field ownership per manager shown as `managedFields`, 409 conflicts unless `force`; see
-//!   [`apply`] for how it is simplified), strategic merge patch for built-ins only (handled as
-//!   a merge patch) and 415 for custom resources and unknown media types;
+//!   [`apply`] for how it is simplified), strategic merge patch for built-ins only (the list
+//!   strategies of the kinds served, see [`strategic`]) and 415 for custom resources and
+//!   unknown media types;
 //! - the status subresource: writes to `/status` change only `.status`, writes to the object
 //!   keep the stored `.status`; `metadata.generation` moves on changes outside metadata and
 //!   status and when deletion starts;
@@ -50,6 +51,7 @@ mod resources;
 mod selectors;
 mod status;
 mod store;
+mod strategic;
 mod validation;
 
 use std::path::{Path, PathBuf};

@@ -294,8 +294,23 @@ impl State {
             ("", "secrets") => {
                 validation::normalize_secret(object).map_err(ApiError::bad_request)?;
                 errors.extend(validation::data_key_errors(object, &["data"]));
+                if let Some(old) = old {
+                    errors.extend(validation::immutable_data_errors(object, old, &["data"]));
+                    if object["type"] != old["type"] {
+                        errors.push(FieldError {
+                            path: "type".into(),
+                            message: format!("Invalid value: {}: field is immutable", object["type"]),
+                        });
+                    }
+                }
             }
-            ("", "configmaps") => errors.extend(validation::data_key_errors(object, &["data", "binaryData"])),
+            ("", "configmaps") => {
+                errors.extend(validation::data_key_errors(object, &["data", "binaryData"]));
+                if let Some(old) = old {
+                    errors.extend(validation::immutable_data_errors(object, old, &["data", "binaryData"]));
+                }
+            }
+            ("coordination.k8s.io", "leases") => errors.extend(validation::lease_errors(object)),
             ("events.k8s.io", "events") => errors.extend(validation::event_errors(object)),
             ("apiextensions.k8s.io", "customresourcedefinitions") => errors.extend(validation::crd_errors(object)),
             _ => {}
@@ -688,6 +703,11 @@ impl State {
             fins.push("customresourcecleanup.apiextensions.k8s.io".into());
         }
         let is_namespace = rt.group.is_empty() && rt.plural == "namespaces";
+        if is_namespace && matches!(name, "default" | "kube-system" | "kube-public") {
+            return Err(ApiError::forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
         if fins.is_empty() && !is_namespace {
             if opts.dry_run {
                 return Ok((old, true));

@@ -168,6 +168,48 @@ pub(crate) fn data_key_errors(object: &Value, fields: &[&str]) -> Vec<FieldError
     out
 }
 
+/// A Secret or ConfigMap marked `immutable: true` keeps its data and the mark.
+pub(crate) fn immutable_data_errors(object: &Value, old: &Value, fields: &[&str]) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    if old["immutable"] != true {
+        return out;
+    }
+    for field in fields {
+        if object.get(*field) != old.get(*field) {
+            out.push(FieldError {
+                path: (*field).into(),
+                message: "Forbidden: field is immutable when `immutable` is set".into(),
+            });
+        }
+    }
+    if object["immutable"] != true {
+        out.push(FieldError {
+            path: "immutable".into(),
+            message: "Forbidden: field is immutable when `immutable` is set".into(),
+        });
+    }
+    out
+}
+
+/// A Lease's durations and transitions are not negative (duration: positive).
+pub(crate) fn lease_errors(lease: &Value) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    let spec = &lease["spec"];
+    if let Some(d) = spec["leaseDurationSeconds"].as_i64().filter(|d| *d <= 0) {
+        out.push(FieldError {
+            path: "spec.leaseDurationSeconds".into(),
+            message: format!("Invalid value: {d}: must be greater than 0"),
+        });
+    }
+    if let Some(t) = spec["leaseTransitions"].as_i64().filter(|t| *t < 0) {
+        out.push(FieldError {
+            path: "spec.leaseTransitions".into(),
+            message: format!("Invalid value: {t}: must be greater than or equal to 0"),
+        });
+    }
+    out
+}
+
 /// events.k8s.io/v1 Event on create: the fields the server requires.
 pub(crate) fn event_errors(event: &Value) -> Vec<FieldError> {
     let mut out = Vec::new();
