@@ -164,7 +164,13 @@ async fn discovery_shows_builtins_and_crds_while_they_exist() {
     let crd = crds.get("mqttassets.dsp-mqtt.io").await.unwrap();
     let established = crd.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "Established").unwrap();
     assert_eq!(established.status, "True");
+    let mut open_watch =
+        Api::<MqttAsset>::all(client.clone()).watch(&WatchParams::default(), "0").await.unwrap().boxed();
     crds.delete("mqttassets.dsp-mqtt.io", &DeleteParams::default()).await.unwrap();
+    let ended =
+        tokio::time::timeout(Duration::from_secs(5), async { while open_watch.try_next().await.unwrap().is_some() {} })
+            .await;
+    assert!(ended.is_ok(), "watches of a resource end with its CRD");
     eventually("the CRD is gone from discovery", || async {
         kube::discovery::pinned_kind(&client, &gvk).await.is_err()
     })

@@ -576,12 +576,14 @@ impl WatchFilter {
         self.labels.matches(object) && self.fields.matches(object)
     }
 
+    fn resource(&self) -> (String, String) {
+        (self.rt.group.clone(), self.rt.plural.clone())
+    }
+
     /// The event a change is for this watch: a modification moving an object into or out of
     /// the selection is an ADDED or DELETED, as on the real server.
     fn line(&self, change: &Change) -> Option<Bytes> {
-        if change.res != (self.rt.group.clone(), self.rt.plural.clone())
-            || self.namespace.as_ref().is_some_and(|ns| *ns != change.namespace)
-        {
+        if change.res != self.resource() || self.namespace.as_ref().is_some_and(|ns| *ns != change.namespace) {
             return None;
         }
         let now = self.matches(&change.object);
@@ -725,7 +727,11 @@ async fn stream_changes(
         tokio::select! {
             _ = &mut deadline => return,
             message = receiver.recv() => {
-                let Ok(Msg::Change(change)) = message else { return };
+                let change = match message {
+                    Ok(Msg::Change(change)) => change,
+                    Ok(Msg::Gone(res)) if res != filter.resource() => continue,
+                    _ => return,
+                };
                 if let Some(line) = filter.line(&change)
                     && tx.send(line).await.is_err()
                 {
@@ -740,7 +746,8 @@ async fn stream_changes(
                     loop {
                         match receiver.try_recv() {
                             Ok(Msg::Change(change)) => pending.push(change),
-                            Ok(Msg::Close) => return,
+                            Ok(Msg::Gone(res)) if res != filter.resource() => {}
+                            Ok(Msg::Close | Msg::Gone(_)) => return,
                             Err(broadcast::error::TryRecvError::Empty) => break,
                             Err(_) => return,
                         }

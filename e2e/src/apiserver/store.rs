@@ -48,6 +48,8 @@ pub(crate) enum Msg {
     Change(Arc<Change>),
     /// Every open watch ends (after `compact`).
     Close,
+    /// Watches of this resource end: its CRD is gone.
+    Gone(ResKey),
 }
 
 /// Options of a write request.
@@ -221,6 +223,9 @@ impl State {
         });
         if rt.plural == "customresourcedefinitions" {
             self.refresh_types();
+            let group = object["spec"]["group"].as_str().unwrap_or_default().to_owned();
+            let plural = object["spec"]["names"]["plural"].as_str().unwrap_or_default().to_owned();
+            let _ = self.tx.send(Msg::Gone((group, plural)));
         }
         self.gc_pending = true;
         object
