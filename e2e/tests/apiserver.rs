@@ -158,6 +158,10 @@ async fn discovery_shows_builtins_and_crds_while_they_exist() {
     assert_eq!(assets["categories"], json!(["dsp"]));
     assert!(assets["verbs"].as_array().unwrap().contains(&json!("watch")));
     assert_eq!(client.apiserver_version().await.unwrap().major, "1");
+    let aggregated = kube::Discovery::new(client.clone()).run_aggregated().await.unwrap();
+    let (ar, caps) = aggregated.get("dsp-mqtt.io").unwrap().recommended_kind("MqttTransfer").unwrap();
+    assert_eq!((ar.plural.as_str(), caps.scope), ("mqtttransfers", kube::discovery::Scope::Namespaced));
+    assert!(aggregated.get("").is_some_and(|core| core.recommended_kind("Secret").is_some()));
 
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());

@@ -98,6 +98,11 @@ async fn route(shared: &Arc<Shared>, request: Request) -> Result<Response, ApiEr
     match segments.as_slice() {
         ["version"] => discovery(Some(resources::version())),
         ["healthz" | "livez" | "readyz"] => Ok("ok".into_response()),
+        ["api" | "apis"] if wants_aggregated(&parts.headers) && parts.method == Method::GET => {
+            let body = resources::aggregated(&types, segments == ["api"]);
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, resources::AGGREGATED_DISCOVERY)], body.to_string())
+                .into_response())
+        }
         ["api"] => discovery(Some(resources::core_versions(&host))),
         ["apis"] => discovery(Some(resources::group_list(&types))),
         ["apis", group] => discovery(resources::group(&types, group)),
@@ -109,6 +114,27 @@ async fn route(shared: &Arc<Shared>, request: Request) -> Result<Response, ApiEr
         }
         _ => Err(ApiError::no_such_resource()),
     }
+}
+
+/// Whether the client prefers aggregated discovery v2 (the first media type it accepts that
+/// this server can give).
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    for media in accept.split(',') {
+        let params: Vec<&str> = media.split(';').map(str::trim).collect();
+        let is_json = params.first().is_some_and(|m| *m == "application/json" || *m == "*/*");
+        if !is_json {
+            continue;
+        }
+        let aggregated = params.contains(&"as=APIGroupDiscoveryList");
+        if !aggregated {
+            return false;
+        }
+        if params.contains(&"g=apidiscovery.k8s.io") && params.contains(&"v=v2") {
+            return true;
+        }
+    }
+    false
 }
 
 /// A request on a resource path, after the group and version.

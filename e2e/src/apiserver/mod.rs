@@ -12,7 +12,8 @@
 //!
 //! What it follows:
 //! - discovery (`/api`, `/api/v1`, `/apis`, `/apis/<group>[/<version>]`, `/version`) with verbs,
-//!   short names, categories and `/status` subresources;
+//!   short names, categories and `/status` subresources, and aggregated discovery
+//!   (`apidiscovery.k8s.io/v2`) when a client asks for it;
 //! - get, list (`limit`/`continue`, `resourceVersionMatch`), create (`generateName`, `uid`,
 //!   `creationTimestamp`, `generation`), update, delete (`propagationPolicy`, preconditions),
 //!   deletecollection, `dryRun=All`, `fieldValidation` (unknown fields of custom resources are
@@ -40,10 +41,10 @@
 //!   one.
 //!
 //! What it leaves out: authorization (RBAC: every valid token may do everything), admission
-//! webhooks, `managedFields` sent in updates (ignored), conversion webhooks, protobuf, aggregated
-//! discovery, `resourceVersion` snapshots (a list always shows the current state, a `continue`
-//! page too), graceful deletion periods (deletion is immediate but for finalizers), field
-//! validation of built-in kinds beyond the checks above, and kinds not listed.
+//! webhooks, `managedFields` sent in updates (ignored), conversion webhooks, protobuf,
+//! `resourceVersion` snapshots (a list always shows the current state, a `continue` page too),
+//! graceful deletion periods (deletion is immediate but for finalizers), field validation of
+//! built-in kinds beyond the checks above, and kinds not listed.
 
 mod apply;
 mod http;
