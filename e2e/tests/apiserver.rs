@@ -166,8 +166,24 @@ async fn discovery_shows_builtins_and_crds_while_they_exist() {
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
     let crd = crds.get("mqttassets.dsp-mqtt.io").await.unwrap();
+    let mut crd_before_delete = crd.clone();
+    crd_before_delete.status = None;
     let established = crd.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "Established").unwrap();
     assert_eq!(established.status, "True");
+    // A CRD whose schema is not structural is refused.
+    let mut untyped: Value = serde_json::to_value(&crd_before_delete).unwrap();
+    untyped["metadata"] = json!({"name": "widgets.example.com"});
+    untyped["spec"]["group"] = json!("example.com");
+    untyped["spec"]["names"] = json!({"plural": "widgets", "singular": "widget", "kind": "Widget"});
+    untyped["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("type");
+    let untyped: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_json::from_value(untyped).unwrap();
+    let err = api_error(crds.create(&PostParams::default(), &untyped).await);
+    assert!(err.code == 422 && err.message.contains("structural schema violation"), "{err:?}");
+
     let mut open_watch =
         Api::<MqttAsset>::all(client.clone()).watch(&WatchParams::default(), "0").await.unwrap().boxed();
     crds.delete("mqttassets.dsp-mqtt.io", &DeleteParams::default()).await.unwrap();

@@ -256,6 +256,41 @@ pub(crate) fn crd_errors(crd: &Value) -> Vec<FieldError> {
     if spec["versions"].as_array().is_none_or(|v| v.is_empty()) {
         out.push(FieldError { path: "spec.versions".into(), message: "Required value".into() });
     }
+    if let Some(versions) = spec["versions"].as_array() {
+        let storage = versions.iter().filter(|v| v["storage"] == true).count();
+        if storage != 1 {
+            out.push(FieldError {
+                path: "spec.versions".into(),
+                message: format!(
+                    "Invalid value: {}: must have exactly one version marked as storage version",
+                    Value::Array(versions.clone())
+                ),
+            });
+        }
+        for (i, version) in versions.iter().enumerate() {
+            let Some(schema) = version["schema"].get("openAPIV3Schema") else {
+                out.push(FieldError {
+                    path: format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                    message: "Required value: schemas are required".into(),
+                });
+                continue;
+            };
+            // The structural-schema rules; anyOf/oneOf/allOf are allowed by the server in
+            // restricted forms, so only the flat violations are refused here.
+            for violation in crate::schema::structural_violations(schema) {
+                if violation.contains("uses anyOf")
+                    || violation.contains("uses oneOf")
+                    || violation.contains("uses allOf")
+                {
+                    continue;
+                }
+                out.push(FieldError {
+                    path: format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                    message: format!("Invalid value: structural schema violation: {violation}"),
+                });
+            }
+        }
+    }
     if !matches!(spec["scope"].as_str(), Some("Namespaced" | "Cluster")) {
         out.push(FieldError {
             path: "spec.scope".into(),
