@@ -599,6 +599,36 @@ async fn finalizers_hold_deletion_until_removed() {
 }
 
 #[tokio::test]
+async fn kube_runtimes_finalizer_helper_adds_and_removes_its_finalizer() {
+    use std::sync::Arc;
+
+    use kube::runtime::controller::Action;
+    use kube::runtime::finalizer::{Event, finalizer};
+
+    let Env { client, server: _server, .. } = env().await;
+    let api = assets(&client);
+    api.create(&PostParams::default(), &asset("line-1")).await.unwrap();
+    let name = "dsp-mqtt.io/cleanup";
+    let run = |object: MqttAsset| {
+        let api = api.clone();
+        async move {
+            finalizer(&api, name, Arc::new(object), |event| async move {
+                Ok::<_, kube::Error>(match event {
+                    Event::Apply(_) => Action::await_change(),
+                    Event::Cleanup(_) => Action::await_change(),
+                })
+            })
+            .await
+        }
+    };
+    run(api.get("line-1").await.unwrap()).await.unwrap();
+    assert_eq!(api.get("line-1").await.unwrap().metadata.finalizers.unwrap(), [name], "the first finalizer is added");
+    api.delete("line-1", &DeleteParams::default()).await.unwrap();
+    run(api.get("line-1").await.unwrap()).await.unwrap();
+    assert!(api.get_opt("line-1").await.unwrap().is_none(), "cleanup removed the finalizer and the object is gone");
+}
+
+#[tokio::test]
 async fn dependents_are_collected_with_their_owner() {
     let Env { client, server: _server, .. } = env().await;
     let owner = assets(&client).create(&PostParams::default(), &asset("line-1")).await.unwrap();

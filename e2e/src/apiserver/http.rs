@@ -374,7 +374,7 @@ fn patch(
     if media == "application/json-patch+json" {
         let ops: json_patch::Patch =
             serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-        json_patch::patch(&mut doc, &ops).map_err(|e| ApiError::unprocessable(&e.to_string()))?;
+        apply_json_patch(&mut doc, &ops).map_err(|e| ApiError::unprocessable(&e))?;
     } else {
         let patch: Value =
             serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
@@ -389,6 +389,26 @@ fn patch(
     }
     let updated = state.update(rt, namespace, name, doc, status, opts, false)?;
     Ok(ok(&present(rt, &updated)))
+}
+
+/// RFC 6902 as the real server applies it (evanphx/json-patch): a `test` for `null` succeeds
+/// where the member is absent but its parent exists. kube-runtime's finalizer helper relies on
+/// that to add the first finalizer (`test /metadata/finalizers == null`, then `add`).
+fn apply_json_patch(doc: &mut Value, ops: &json_patch::Patch) -> Result<(), String> {
+    for op in &ops.0 {
+        if let json_patch::PatchOperation::Test(test) = op
+            && test.value.is_null()
+            && doc.pointer(test.path.as_str()).is_none()
+        {
+            let parent = test.path.as_str().rsplit_once('/').map(|(p, _)| p).unwrap_or_default();
+            if doc.pointer(parent).is_some() {
+                continue;
+            }
+            return Err(format!("test operation does not apply: is missing path: {}", test.path.as_str()));
+        }
+        json_patch::patch(doc, std::slice::from_ref(op)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
