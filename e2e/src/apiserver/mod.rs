@@ -35,16 +35,23 @@
 //! - finalizers and `deletionTimestamp` (no new finalizers during deletion, 422), removal with
 //!   the last finalizer; garbage collection of dependents by owner uid (background, foreground,
 //!   orphan), namespace deletion removing its contents, CRD deletion removing its instances;
-//! - validation: names (RFC 1123), labels, Secret data, events.k8s.io Event fields, CRD names,
-//!   custom resources against their CRD's schema with CEL ([`crate::schema::validate`]) on every
-//!   write, 422 `Invalid` naming each field; 404 for a missing namespace, 403 for a terminating
-//!   one.
+//! - validation: names (RFC 1123), labels, finalizers, owner references (one controller), Secret
+//!   data and type, immutable Secrets and ConfigMaps, Lease durations, events.k8s.io Event fields,
+//!   CRDs (name, one storage version, structural schemas), and custom resources against their
+//!   CRD's schema with CEL ([`crate::schema::validate`]) on every write, whole object, status
+//!   writes too: 422 `Invalid` naming each field; 404 for a missing namespace, 403 for a
+//!   terminating one and for deleting `default`, `kube-system` or `kube-public`; a create that
+//!   carries a `resourceVersion` fails as in the real storage layer (500).
 //!
 //! What it leaves out: authorization (RBAC: every valid token may do everything), admission
 //! webhooks, `managedFields` sent in updates (ignored), conversion webhooks, protobuf,
 //! `resourceVersion` snapshots (a list always shows the current state, a `continue` page too),
-//! graceful deletion periods (deletion is immediate but for finalizers), field validation of
-//! built-in kinds beyond the checks above, and kinds not listed.
+//! graceful deletion periods (deletion is immediate but for finalizers), validation ratcheting
+//! (an update must make the whole object valid, even fields it does not touch), CEL cost limits,
+//! field validation of built-in kinds beyond the checks above, and kinds not listed.
+//!
+//! Fault injection meets kube's client, which retries 429, 503 and 504 by itself (up to 15
+//! times): a test that wants a request to fail injects another status or more failures.
 
 mod apply;
 mod http;
