@@ -20,8 +20,8 @@
 //!   dropped, or a 400 with `Strict`);
 //! - PATCH as JSON Patch (with `test`), merge patch, server-side apply (`fieldManager` required,
 //!   field ownership per manager shown as `managedFields`, 409 conflicts unless `force`; see
-//!   [`apply`] for how it is simplified), strategic merge patch for built-ins only (the list
-//!   strategies of the kinds served, see [`strategic`]) and 415 for custom resources and
+//!   `apiserver/apply.rs` for how it is simplified), strategic merge patch for built-ins only (the list
+//!   strategies of the kinds served, see `apiserver/strategic.rs`) and 415 for custom resources and
 //!   unknown media types;
 //! - the status subresource: writes to `/status` change only `.status`, writes to the object
 //!   keep the stored `.status`; `metadata.generation` moves on changes outside metadata and
