@@ -20,9 +20,9 @@
 //!   dropped, or a 400 with `Strict`);
 //! - PATCH as JSON Patch (with `test`), merge patch, server-side apply (`fieldManager` required,
 //!   field ownership per manager shown as `managedFields`, 409 conflicts unless `force`; see
-//!   `apiserver/apply.rs` for how it is simplified), strategic merge patch for built-ins only (the list
-//!   strategies of the kinds served, see `apiserver/strategic.rs`) and 415 for custom resources and
-//!   unknown media types;
+//!   `apiserver/apply.rs` for how it is simplified), strategic merge patch for built-ins only
+//!   (the list strategies of the kinds served, see `apiserver/strategic.rs`) and 415 for custom
+//!   resources and unknown media types;
 //! - the status subresource: writes to `/status` change only `.status`, writes to the object
 //!   keep the stored `.status`; `metadata.generation` moves on changes outside metadata and
 //!   status and when deletion starts;
