@@ -231,6 +231,14 @@ async fn create_get_list_update_delete() {
     assert!(rest.metadata.continue_.is_none_or(|c| c.is_empty()));
     assert!(!first.metadata.resource_version.unwrap_or_default().is_empty());
 
+    let writes = server.write_count();
+    let rv = server.resource_version();
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    let planned = api.create(&dry, &asset("line-9")).await.unwrap();
+    assert_eq!(planned.name_any(), "line-9");
+    assert!(server.object("dsp-mqtt.io/v1alpha1", "mqttassets", Some("dataspace"), "line-9").is_none());
+    assert_eq!((server.write_count(), server.resource_version()), (writes, rv), "a dry run writes nothing");
+
     let gone = api.delete("line-1", &DeleteParams::default()).await.unwrap();
     assert!(gone.is_left(), "a custom resource's DELETE answers with the object");
     assert_eq!(api_error(api.get("line-1").await).code, 404);
@@ -705,6 +713,16 @@ async fn label_and_field_selectors() {
     assert_eq!(names("", "metadata.name!=b,metadata.namespace=dataspace").await.unwrap(), ["a", "c"]);
     let err = api_error(names("", "data.k=v").await);
     assert_eq!((err.code, err.reason.as_str()), (400, "BadRequest"));
+
+    // A watch with a selector sees objects enter and leave the selection as ADDED and DELETED.
+    let mut web = cms.watch(&WatchParams::default().labels("tier=web"), "0").await.unwrap().boxed();
+    assert!(matches!(web.try_next().await.unwrap(), Some(WatchEvent::Added(ref c)) if c.name_any() == "a"));
+    let relabel = |tier: &str| Patch::Merge(json!({"metadata": {"labels": {"tier": tier}}}));
+    cms.patch("b", &PatchParams::default(), &relabel("web")).await.unwrap();
+    assert!(matches!(web.try_next().await.unwrap(), Some(WatchEvent::Added(ref c)) if c.name_any() == "b"));
+    cms.patch("b", &PatchParams::default(), &relabel("db")).await.unwrap();
+    assert!(matches!(web.try_next().await.unwrap(), Some(WatchEvent::Deleted(ref c)) if c.name_any() == "b"));
+    cms.patch("c", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "v"}}))).await.unwrap();
 
     cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("tier")).await.unwrap();
     assert_eq!(names("", "").await.unwrap(), ["c"], "deletecollection removes exactly the selected");
