@@ -37,6 +37,7 @@ struct Env {
 
 /// A server with our CRDs applied and the namespace `dataspace`.
 async fn env() -> Env {
+    e2e::logs::init();
     mqtt_dsp_operator::install_crypto_provider();
     let ca = TestCa::new();
     let server = ApiServer::start(&ca).await.unwrap();
@@ -126,6 +127,7 @@ where
 
 #[tokio::test]
 async fn discovery_shows_builtins_and_crds_while_they_exist() {
+    e2e::logs::init();
     mqtt_dsp_operator::install_crypto_provider();
     let ca = TestCa::new();
     let server = ApiServer::start(&ca).await.unwrap();
@@ -779,6 +781,7 @@ async fn kubeconfig_serves_a_separate_client() {
         .map(|n| n.name_any())
         .collect();
     assert!(names.contains(&"dataspace".to_owned()) && names.contains(&"kube-system".to_owned()), "{names:?}");
+    assert!(!e2e::logs::captured().contains(server.token()), "the bearer token stays out of the logs");
 }
 
 #[tokio::test]
@@ -904,7 +907,7 @@ async fn a_controller_settles_and_its_no_change_resyncs_write_nothing() {
     let rv = server.resource_version();
     let before = ctx.reconciles.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(ctx.reconciles.load(Ordering::SeqCst) >= before + 3, "the controller resynced");
+    assert!(ctx.reconciles.load(Ordering::SeqCst) >= before + 2, "the controller resynced");
     assert_eq!(server.resource_version(), rv, "resyncs that change nothing write nothing");
 
     api.patch("line-1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"topics": ["factory/x/#"]}})))
