@@ -809,6 +809,13 @@ async fn event_recorder_publishes_and_leases_work() {
     assert_eq!(stored.series.as_ref().map(|s| s.count), Some(2));
     assert_eq!(stored.regarding.as_ref().and_then(|r| r.name.as_deref()), Some("line-1"));
 
+    // The same Event through the core/v1 API, as `kubectl get events` shows it.
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "dataspace");
+    let seen = core.list(&ListParams::default().fields("involvedObject.name=line-1")).await.unwrap();
+    assert_eq!(seen.items.len(), 1);
+    assert_eq!(seen.items[0].message.as_deref(), Some("all backends hold the spec"));
+    assert_eq!(seen.items[0].reporting_component.as_deref(), Some("mqtt-dsp-operator"));
+
     let invalid =
         K8sEvent { metadata: ObjectMeta { name: Some("bad".into()), ..Default::default() }, ..Default::default() };
     assert_eq!(api_error(events.create(&PostParams::default(), &invalid).await).code, 422);

@@ -49,8 +49,8 @@
 //! graceful deletion periods (deletion is immediate but for finalizers), validation ratcheting
 //! (an update must make the whole object valid, even fields it does not touch), CEL cost limits,
 //! field validation of built-in kinds beyond the checks above, and kinds not listed. Events are
-//! two separate resources here (core/v1 and events.k8s.io/v1); on the real server they are one,
-//! seen in two versions, so an Event written through one API is listed by the other too.
+//! one resource seen through core/v1 and events.k8s.io/v1 as on the real server (fields renamed
+//! between them), though stored twice, so their `managedFields` name each API's own fields.
 //!
 //! Fault injection meets kube's client, which retries 429, 503 and 504 by itself (up to 15
 //! times): a test that wants a request to fail injects another status or more failures.

@@ -193,11 +193,37 @@ impl State {
         let name = meta_str(&object, "name").unwrap_or_default().to_owned();
         self.objects.entry(res_key(rt)).or_default().insert((namespace.clone(), name), object.clone());
         let kind = if old.is_some() { ChangeType::Modified } else { ChangeType::Added };
-        self.record(Change { rv: self.rv, res: res_key(rt), namespace, kind, object: object.clone(), old });
+        self.record(Change {
+            rv: self.rv,
+            res: res_key(rt),
+            namespace: namespace.clone(),
+            kind,
+            object: object.clone(),
+            old,
+        });
+        if let Some((mirror_rt, mirror)) = self.event_mirror(rt, &object) {
+            let key = (namespace.clone(), meta_str(&object, "name").unwrap_or_default().to_owned());
+            let store = self.objects.entry(res_key(&mirror_rt)).or_default();
+            let old = store.insert(key, mirror.clone());
+            let kind = if old.is_some() { ChangeType::Modified } else { ChangeType::Added };
+            self.record(Change { rv: self.rv, res: res_key(&mirror_rt), namespace, kind, object: mirror, old });
+        }
         if rt.plural == "customresourcedefinitions" {
             self.refresh_types();
         }
         object
+    }
+
+    /// The same Event in the other Events API: the real server stores one resource and serves
+    /// it as core/v1 and as events.k8s.io/v1, so every write to one shows in the other.
+    fn event_mirror(&self, rt: &ResourceType, object: &Value) -> Option<(ResourceType, Value)> {
+        let to_events_api = match (rt.group.as_str(), rt.plural.as_str()) {
+            ("", "events") => true,
+            ("events.k8s.io", "events") => false,
+            _ => return None,
+        };
+        let other = self.type_of(if to_events_api { "events.k8s.io" } else { "" }, "events")?;
+        Some((other, validation::convert_event(object, to_events_api)))
     }
 
     /// Removes the object, recording its last state with the deletion's resourceVersion.
@@ -207,7 +233,14 @@ impl State {
         let namespace = meta_str(&object, "namespace").unwrap_or_default().to_owned();
         let name = meta_str(&object, "name").unwrap_or_default().to_owned();
         if let Some(objects) = self.objects.get_mut(&res_key(rt)) {
-            objects.remove(&(namespace.clone(), name));
+            objects.remove(&(namespace.clone(), name.clone()));
+        }
+        if let Some((mirror_rt, mirror)) = self.event_mirror(rt, &object) {
+            if let Some(objects) = self.objects.get_mut(&res_key(&mirror_rt)) {
+                objects.remove(&(namespace.clone(), name));
+            }
+            let (rv, res, ns) = (self.rv, res_key(&mirror_rt), namespace.clone());
+            self.record(Change { rv, res, namespace: ns, kind: ChangeType::Deleted, object: mirror, old: None });
         }
         if let Some(uid) = meta_str(&object, "uid") {
             self.applied.retain(|(u, _, _), _| u != uid);

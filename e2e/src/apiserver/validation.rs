@@ -240,6 +240,32 @@ pub(crate) fn event_errors(event: &Value) -> Vec<FieldError> {
     out
 }
 
+/// Fields an Event has under another name in events.k8s.io/v1 than in core/v1.
+const EVENT_FIELDS_RENAMED: [(&str, &str); 7] = [
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+    ("reportingComponent", "reportingController"),
+];
+
+/// An Event converted from core/v1 to events.k8s.io/v1 (`to_events_api`) or back.
+pub(crate) fn convert_event(event: &Value, to_events_api: bool) -> Value {
+    let mut out = event.as_object().cloned().unwrap_or_default();
+    for (core, events_api) in EVENT_FIELDS_RENAMED {
+        let (from, to) = if to_events_api { (core, events_api) } else { (events_api, core) };
+        if let Some(value) = out.remove(from) {
+            out.insert(to.to_owned(), value);
+        }
+    }
+    let api_version = if to_events_api { "events.k8s.io/v1" } else { "v1" };
+    out.insert("apiVersion".into(), Value::String(api_version.into()));
+    out.insert("kind".into(), Value::String("Event".into()));
+    Value::Object(out)
+}
+
 /// A CRD's name is `<plural>.<group>`.
 pub(crate) fn crd_errors(crd: &Value) -> Vec<FieldError> {
     let spec = &crd["spec"];
