@@ -11,6 +11,7 @@ use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, ObjectReference, Secret};
 use k8s_openapi::api::events::v1::Event as K8sEvent;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{
     Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, ObjectMeta, Patch, PatchParams,
     PostParams, WatchEvent, WatchParams,
@@ -36,6 +37,7 @@ struct Env {
 
 /// A server with our CRDs applied and the namespace `dataspace`.
 async fn env() -> Env {
+    e2e::logs::init();
     mqtt_dsp_operator::install_crypto_provider();
     let ca = TestCa::new();
     let server = ApiServer::start(&ca).await.unwrap();
@@ -125,6 +127,7 @@ where
 
 #[tokio::test]
 async fn discovery_shows_builtins_and_crds_while_they_exist() {
+    e2e::logs::init();
     mqtt_dsp_operator::install_crypto_provider();
     let ca = TestCa::new();
     let server = ApiServer::start(&ca).await.unwrap();
@@ -157,13 +160,39 @@ async fn discovery_shows_builtins_and_crds_while_they_exist() {
     assert_eq!(assets["categories"], json!(["dsp"]));
     assert!(assets["verbs"].as_array().unwrap().contains(&json!("watch")));
     assert_eq!(client.apiserver_version().await.unwrap().major, "1");
+    let aggregated = kube::Discovery::new(client.clone()).run_aggregated().await.unwrap();
+    let (ar, caps) = aggregated.get("dsp-mqtt.io").unwrap().recommended_kind("MqttTransfer").unwrap();
+    assert_eq!((ar.plural.as_str(), caps.scope), ("mqtttransfers", kube::discovery::Scope::Namespaced));
+    assert!(aggregated.get("").is_some_and(|core| core.recommended_kind("Secret").is_some()));
 
     let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
         Api::all(client.clone());
     let crd = crds.get("mqttassets.dsp-mqtt.io").await.unwrap();
+    let mut crd_before_delete = crd.clone();
+    crd_before_delete.status = None;
     let established = crd.status.unwrap().conditions.unwrap().into_iter().find(|c| c.type_ == "Established").unwrap();
     assert_eq!(established.status, "True");
+    // A CRD whose schema is not structural is refused.
+    let mut untyped: Value = serde_json::to_value(&crd_before_delete).unwrap();
+    untyped["metadata"] = json!({"name": "widgets.example.com"});
+    untyped["spec"]["group"] = json!("example.com");
+    untyped["spec"]["names"] = json!({"plural": "widgets", "singular": "widget", "kind": "Widget"});
+    untyped["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        .as_object_mut()
+        .unwrap()
+        .remove("type");
+    let untyped: k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition =
+        serde_json::from_value(untyped).unwrap();
+    let err = api_error(crds.create(&PostParams::default(), &untyped).await);
+    assert!(err.code == 422 && err.message.contains("structural schema violation"), "{err:?}");
+
+    let mut open_watch =
+        Api::<MqttAsset>::all(client.clone()).watch(&WatchParams::default(), "0").await.unwrap().boxed();
     crds.delete("mqttassets.dsp-mqtt.io", &DeleteParams::default()).await.unwrap();
+    let ended =
+        tokio::time::timeout(Duration::from_secs(5), async { while open_watch.try_next().await.unwrap().is_some() {} })
+            .await;
+    assert!(ended.is_ok(), "watches of a resource end with its CRD");
     eventually("the CRD is gone from discovery", || async {
         kube::discovery::pinned_kind(&client, &gvk).await.is_err()
     })
@@ -204,6 +233,14 @@ async fn create_get_list_update_delete() {
     assert!(rest.metadata.continue_.is_none_or(|c| c.is_empty()));
     assert!(!first.metadata.resource_version.unwrap_or_default().is_empty());
 
+    let writes = server.write_count();
+    let rv = server.resource_version();
+    let dry = PostParams { dry_run: true, ..Default::default() };
+    let planned = api.create(&dry, &asset("line-9")).await.unwrap();
+    assert_eq!(planned.name_any(), "line-9");
+    assert!(server.object("dsp-mqtt.io/v1alpha1", "mqttassets", Some("dataspace"), "line-9").is_none());
+    assert_eq!((server.write_count(), server.resource_version()), (writes, rv), "a dry run writes nothing");
+
     let gone = api.delete("line-1", &DeleteParams::default()).await.unwrap();
     assert!(gone.is_left(), "a custom resource's DELETE answers with the object");
     assert_eq!(api_error(api.get("line-1").await).code, 404);
@@ -241,6 +278,14 @@ async fn secrets_store_string_data_as_data_and_default_their_type() {
     assert!(stored.string_data.is_none());
     assert_eq!(stored.data.unwrap()["password"].0, b"s3cret");
     assert_eq!(stored.type_.as_deref(), Some("Opaque"));
+
+    let frozen =
+        secrets.patch("creds", &PatchParams::default(), &Patch::Merge(json!({"immutable": true}))).await.unwrap();
+    assert_eq!(frozen.immutable, Some(true));
+    let change = json!({"stringData": {"password": "other"}});
+    let err = api_error(secrets.patch("creds", &PatchParams::default(), &Patch::Merge(&change)).await);
+    assert_eq!(err.code, 422);
+    assert!(err.message.contains("data: Forbidden: field is immutable when `immutable` is set"), "{}", err.message);
 }
 
 #[tokio::test]
@@ -264,6 +309,27 @@ async fn names_and_schema_violations_are_422_with_the_field() {
     assert_eq!(err.code, 422, "{}", err.message);
     assert!(err.message.contains("status.conditions[0]"), "{}", err.message);
     assert_eq!(created.metadata.generation, Some(1));
+
+    // Metadata is checked on every kind: one controller at most, finalizers are qualified names.
+    let owner_ref = created.controller_owner_ref(&()).unwrap();
+    let mut two_controllers = asset("line-2");
+    let second = OwnerReference { uid: "another-uid".into(), name: "line-9".into(), ..owner_ref.clone() };
+    two_controllers.metadata.owner_references = Some(vec![owner_ref, second]);
+    let err = api_error(assets(&client).create(&PostParams::default(), &two_controllers).await);
+    assert!(err.code == 422 && err.message.contains("Only one reference can have Controller set to true"), "{err:?}");
+    let mut bad_finalizer = asset("line-3");
+    bad_finalizer.metadata.finalizers = Some(vec!["not a name".into()]);
+    let err = api_error(assets(&client).create(&PostParams::default(), &bad_finalizer).await);
+    assert!(err.code == 422 && err.message.contains("metadata.finalizers[0]"), "{err:?}");
+    // A fetched object cannot be created again as it is: it carries a resourceVersion.
+    let mut again = assets(&client).get("line-1").await.unwrap();
+    again.metadata.name = Some("line-4".into());
+    again.metadata.uid = None;
+    let err = api_error(assets(&client).create(&PostParams::default(), &again).await);
+    assert_eq!(
+        (err.code, err.message.as_str()),
+        (500, "Internal error occurred: resourceVersion should not be set on objects to be created")
+    );
 
     let mut bad_name = asset("line-1");
     bad_name.metadata.name = Some("Bad_Name".into());
@@ -309,11 +375,31 @@ async fn every_patch_type_and_the_ones_refused() {
         "data": {"a": "1"}});
     let err = api_error(cms.patch("applied", &PatchParams::apply("tester"), &Patch::Apply(&reapplied)).await);
     assert_eq!((err.code, err.reason.as_str()), (409, "Conflict"));
-    assert_eq!(err.message, "Apply failed with 1 conflict: conflict with \"other-writer\" using v1: .data.a");
+    assert!(
+        err.message.starts_with("Apply failed with 1 conflict: conflict with \"other-writer\" using v1 at ")
+            && err.message.ends_with(": .data.a"),
+        "{}",
+        err.message
+    );
     let cm = cms.patch("applied", &PatchParams::apply("tester").force(), &Patch::Apply(&reapplied)).await.unwrap();
     let data = cm.data.unwrap();
     assert_eq!(data.keys().collect::<Vec<_>>(), ["a", "c"], "b dropped by its manager, c kept (another writer's)");
     assert_eq!(data["a"], "1", "force takes the field over");
+    let managed: Vec<(String, String, Value)> = cm
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| (m.manager.unwrap(), m.operation.unwrap(), serde_json::to_value(m.fields_v1.unwrap()).unwrap()))
+        .collect();
+    let tester = managed.iter().find(|(m, _, _)| m == "tester").expect("the applier has an entry");
+    assert_eq!((tester.1.as_str(), &tester.2), ("Apply", &json!({"f:data": {"f:a": {}}})));
+    let other = managed.iter().find(|(m, _, _)| m == "other-writer").expect("the updater has an entry");
+    assert_eq!((other.1.as_str(), &other.2), ("Update", &json!({"f:data": {"f:c": {}}})));
+    // What a GET returns cannot be applied back as it is.
+    let fetched = cms.get("applied").await.unwrap();
+    let err = api_error(cms.patch("applied", &PatchParams::apply("tester"), &Patch::Apply(&fetched)).await);
+    assert_eq!((err.code, err.message.as_str()), (400, "metadata.managedFields must be nil"));
     let raw = client
         .request_text(
             axum::http::Request::patch("/api/v1/namespaces/dataspace/configmaps/applied")
@@ -322,12 +408,21 @@ async fn every_patch_type_and_the_ones_refused() {
                 .unwrap(),
         )
         .await;
-    assert_eq!(api_error(raw).code, 400, "apply without fieldManager");
+    let err = api_error(raw);
+    assert_eq!((err.code, err.reason.as_str()), (422, "Invalid"), "apply without fieldManager");
+    assert_eq!(
+        err.message,
+        "PatchOptions.meta.k8s.io \"\" is invalid: fieldManager: Required value: is required for apply patch"
+    );
 
     // Strategic merge patch: built-ins only; an unknown media type is 415.
-    let smp =
-        cms.patch("applied", &PatchParams::default(), &Patch::Strategic(json!({"data": {"d": "4"}}))).await.unwrap();
+    cms.patch("applied", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"finalizers": ["e2e/a"]}})))
+        .await
+        .unwrap();
+    let smp = json!({"data": {"d": "4"}, "metadata": {"finalizers": ["e2e/b"]}});
+    let smp = cms.patch("applied", &PatchParams::default(), &Patch::Strategic(smp)).await.unwrap();
     assert_eq!(smp.data.unwrap()["d"], "4");
+    assert_eq!(smp.metadata.finalizers.unwrap(), ["e2e/a", "e2e/b"], "finalizers merge as a set");
     let err = api_error(api.patch("line-1", &PatchParams::default(), &Patch::Strategic(json!({"spec": {}}))).await);
     assert_eq!((err.code, err.reason.as_str()), (415, "UnsupportedMediaType"));
     let raw = client
@@ -514,6 +609,36 @@ async fn finalizers_hold_deletion_until_removed() {
 }
 
 #[tokio::test]
+async fn kube_runtimes_finalizer_helper_adds_and_removes_its_finalizer() {
+    use std::sync::Arc;
+
+    use kube::runtime::controller::Action;
+    use kube::runtime::finalizer::{Event, finalizer};
+
+    let Env { client, server: _server, .. } = env().await;
+    let api = assets(&client);
+    api.create(&PostParams::default(), &asset("line-1")).await.unwrap();
+    let name = "dsp-mqtt.io/cleanup";
+    let run = |object: MqttAsset| {
+        let api = api.clone();
+        async move {
+            finalizer(&api, name, Arc::new(object), |event| async move {
+                Ok::<_, kube::Error>(match event {
+                    Event::Apply(_) => Action::await_change(),
+                    Event::Cleanup(_) => Action::await_change(),
+                })
+            })
+            .await
+        }
+    };
+    run(api.get("line-1").await.unwrap()).await.unwrap();
+    assert_eq!(api.get("line-1").await.unwrap().metadata.finalizers.unwrap(), [name], "the first finalizer is added");
+    api.delete("line-1", &DeleteParams::default()).await.unwrap();
+    run(api.get("line-1").await.unwrap()).await.unwrap();
+    assert!(api.get_opt("line-1").await.unwrap().is_none(), "cleanup removed the finalizer and the object is gone");
+}
+
+#[tokio::test]
 async fn dependents_are_collected_with_their_owner() {
     let Env { client, server: _server, .. } = env().await;
     let owner = assets(&client).create(&PostParams::default(), &asset("line-1")).await.unwrap();
@@ -590,6 +715,37 @@ async fn label_and_field_selectors() {
     assert_eq!(names("", "metadata.name!=b,metadata.namespace=dataspace").await.unwrap(), ["a", "c"]);
     let err = api_error(names("", "data.k=v").await);
     assert_eq!((err.code, err.reason.as_str()), (400, "BadRequest"));
+
+    // A watch with a selector sees objects enter and leave the selection as ADDED and DELETED.
+    let mut web = cms.watch(&WatchParams::default().labels("tier=web"), "0").await.unwrap().boxed();
+    assert!(matches!(web.try_next().await.unwrap(), Some(WatchEvent::Added(ref c)) if c.name_any() == "a"));
+    let relabel = |tier: &str| Patch::Merge(json!({"metadata": {"labels": {"tier": tier}}}));
+    cms.patch("b", &PatchParams::default(), &relabel("web")).await.unwrap();
+    assert!(matches!(web.try_next().await.unwrap(), Some(WatchEvent::Added(ref c)) if c.name_any() == "b"));
+    cms.patch("b", &PatchParams::default(), &relabel("db")).await.unwrap();
+    assert!(matches!(web.try_next().await.unwrap(), Some(WatchEvent::Deleted(ref c)) if c.name_any() == "b"));
+    cms.patch("c", &PatchParams::default(), &Patch::Merge(json!({"data": {"k": "v"}}))).await.unwrap();
+
+    cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("tier")).await.unwrap();
+    assert_eq!(names("", "").await.unwrap(), ["c"], "deletecollection removes exactly the selected");
+}
+
+#[tokio::test]
+async fn requests_are_logged_and_faults_reach_the_client() {
+    let Env { server, client, .. } = env().await;
+    let api = assets(&client);
+    let mut stream = api.watch(&WatchParams::default(), "0").await.unwrap().boxed();
+    api.create(&PostParams::default(), &asset("line-1")).await.unwrap();
+    assert!(matches!(stream.try_next().await.unwrap(), Some(WatchEvent::Added(_))), "streams pass the middleware");
+    let watches = server.log.matching(|r| r.query.as_deref().is_some_and(|q| q.contains("watch=true")));
+    assert_eq!(watches.len(), 1);
+    assert_eq!(watches[0].path, "/apis/dsp-mqtt.io/v1alpha1/namespaces/dataspace/mqttassets");
+
+    server.faults.fail_next(1, 500);
+    assert!(api.get("line-1").await.is_err());
+    // kube's client retries 429/503/504 by itself: one 503 is invisible to its caller.
+    server.faults.fail_next(1, 503);
+    assert_eq!(api.get("line-1").await.unwrap().name_any(), "line-1");
 }
 
 #[tokio::test]
@@ -625,6 +781,7 @@ async fn kubeconfig_serves_a_separate_client() {
         .map(|n| n.name_any())
         .collect();
     assert!(names.contains(&"dataspace".to_owned()) && names.contains(&"kube-system".to_owned()), "{names:?}");
+    assert!(!e2e::logs::captured().contains(server.token()), "the bearer token stays out of the logs");
 }
 
 #[tokio::test]
@@ -652,6 +809,13 @@ async fn event_recorder_publishes_and_leases_work() {
     assert_eq!(stored.series.as_ref().map(|s| s.count), Some(2));
     assert_eq!(stored.regarding.as_ref().and_then(|r| r.name.as_deref()), Some("line-1"));
 
+    // The same Event through the core/v1 API, as `kubectl get events` shows it.
+    let core: Api<k8s_openapi::api::core::v1::Event> = Api::namespaced(client.clone(), "dataspace");
+    let seen = core.list(&ListParams::default().fields("involvedObject.name=line-1")).await.unwrap();
+    assert_eq!(seen.items.len(), 1);
+    assert_eq!(seen.items[0].message.as_deref(), Some("all backends hold the spec"));
+    assert_eq!(seen.items[0].reporting_component.as_deref(), Some("mqtt-dsp-operator"));
+
     let invalid =
         K8sEvent { metadata: ObjectMeta { name: Some("bad".into()), ..Default::default() }, ..Default::default() };
     assert_eq!(api_error(events.create(&PostParams::default(), &invalid).await).code, 422);
@@ -665,6 +829,9 @@ async fn event_recorder_publishes_and_leases_work() {
             ..Default::default()
         }),
     };
+    let mut never = lease.clone();
+    never.spec.as_mut().unwrap().lease_duration_seconds = Some(0);
+    assert_eq!(api_error(leases.create(&PostParams::default(), &never).await).code, 422);
     let created = leases.create(&PostParams::default(), &lease).await.unwrap();
     let mut taken = created.clone();
     taken.spec.as_mut().unwrap().holder_identity = Some("pod-b".into());
@@ -687,6 +854,7 @@ async fn deleting_a_namespace_removes_its_contents_then_itself() {
         };
         cms.create(&PostParams::default(), &cm).await.unwrap();
     }
+    assert_eq!(api_error(namespaces.delete("default", &DeleteParams::default()).await).code, 403);
     let terminating = namespaces.delete("doomed", &DeleteParams::default()).await.unwrap().left().unwrap();
     assert_eq!(terminating.status.and_then(|s| s.phase).as_deref(), Some("Terminating"));
     let late =
@@ -746,7 +914,7 @@ async fn a_controller_settles_and_its_no_change_resyncs_write_nothing() {
     let rv = server.resource_version();
     let before = ctx.reconciles.load(Ordering::SeqCst);
     tokio::time::sleep(Duration::from_millis(800)).await;
-    assert!(ctx.reconciles.load(Ordering::SeqCst) >= before + 3, "the controller resynced");
+    assert!(ctx.reconciles.load(Ordering::SeqCst) >= before + 2, "the controller resynced");
     assert_eq!(server.resource_version(), rv, "resyncs that change nothing write nothing");
 
     api.patch("line-1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"topics": ["factory/x/#"]}})))

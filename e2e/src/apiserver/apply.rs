@@ -11,9 +11,12 @@
 //! owns is a 409 Conflict naming the manager and field, as on the real server; with `force` it
 //! takes the field over.
 //!
-//! Left out: ownership is not shown as `metadata.managedFields` (nor accepted in requests), a
-//! field two managers applied with the same value has one owner (the last), and a field the
-//! manager stops applying is removed even if another manager applied the same value.
+//! Ownership is shown as `metadata.managedFields` (`FieldsV1`), and an applied configuration
+//! that carries `managedFields` is refused, as on the real server. Left out: `managedFields`
+//! sent in an update are ignored (the real server takes them as the new ownership), entries do
+//! not name their subresource, a field two managers applied with the same value has one owner
+//! (the last), and a field the manager stops applying is removed even if another manager applied
+//! the same value.
 
 use std::collections::BTreeMap;
 
@@ -118,13 +121,41 @@ fn merge_list(target: &mut Value, applied: &Value, previous: Option<&Value>, sch
 pub(crate) enum Segment {
     Key(String),
     Item(String),
+    /// An item of a `set` list (its JSON).
+    Value(String),
 }
 
 /// A leaf field, e.g. `.status.conditions[type="Ready"].status`.
 pub(crate) type FieldPath = Vec<Segment>;
 
+/// A field manager as the real server tells them apart: by name and by operation (the same name
+/// applying and updating are two managers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Owner {
+    pub manager: String,
+    pub apply: bool,
+    pub api_version: String,
+    pub time: String,
+}
+
+impl Owner {
+    fn same_manager(&self, other: &Owner) -> bool {
+        self.manager == other.manager && self.apply == other.apply
+    }
+
+    /// How conflict messages name it: `"kubectl"` for an applier, `"kubectl" using v1 at <time>`
+    /// for an updater.
+    pub fn printed(&self) -> String {
+        if self.apply {
+            format!("\"{}\"", self.manager)
+        } else {
+            format!("\"{}\" using {} at {}", self.manager, self.api_version, self.time)
+        }
+    }
+}
+
 /// Which manager owns which leaf field of one object.
-pub(crate) type Owners = BTreeMap<FieldPath, String>;
+pub(crate) type Owners = BTreeMap<FieldPath, Owner>;
 
 /// `.spec.topics`, `.status.conditions[type="Ready"].status`: the real server's spelling.
 pub(crate) fn display(path: &FieldPath) -> String {
@@ -141,6 +172,7 @@ pub(crate) fn display(path: &FieldPath) -> String {
                     key.as_object().map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect()).unwrap_or_default();
                 out.push_str(&format!("[{}]", parts.join(",")));
             }
+            Segment::Value(v) => out.push_str(&format!("[={v}]")),
         }
     }
     out
@@ -179,7 +211,13 @@ fn walk_leaves(
             }
         }
         Value::Array(items) => match schema.and_then(|s| s.get("x-kubernetes-list-type")).and_then(Value::as_str) {
-            Some("set") => {}
+            Some("set") => {
+                for item in items {
+                    path.push(Segment::Value(item.to_string()));
+                    out.insert(path.clone(), item.clone());
+                    path.pop();
+                }
+            }
             Some("map") => {
                 let keys = map_keys(schema);
                 let item_schema = schema.and_then(|s| s.get("items"));
@@ -216,14 +254,14 @@ pub(crate) fn take_changed(
     before: Option<&Value>,
     after: &Value,
     schema: Option<&Value>,
-    manager: &str,
+    manager: &Owner,
 ) {
     let old = before.map(|b| leaves(b, schema)).unwrap_or_default();
     let new = leaves(after, schema);
     owners.retain(|path, _| new.contains_key(path));
     for (path, value) in new {
         if old.get(&path) != Some(&value) {
-            owners.insert(path, manager.to_owned());
+            owners.insert(path, manager.clone());
         }
     }
 }
@@ -234,15 +272,15 @@ pub(crate) fn conflicts(
     current: &Value,
     applied: &Value,
     schema: Option<&Value>,
-    manager: &str,
-) -> Vec<(String, String)> {
+    manager: &Owner,
+) -> Vec<(String, Owner)> {
     let current = leaves(current, schema);
     leaves(applied, schema)
         .into_iter()
         .filter_map(|(path, value)| {
             // A field that is not there has no owner, whatever was recorded before.
             let existing = current.get(&path)?;
-            let owner = owners.get(&path).filter(|o| *o != manager)?;
+            let owner = owners.get(&path).filter(|o| !o.same_manager(manager))?;
             (*existing != value).then(|| (display(&path), owner.clone()))
         })
         .collect()
@@ -254,19 +292,71 @@ pub(crate) fn take_applied(
     previous: Option<&Value>,
     applied: &Value,
     schema: Option<&Value>,
-    manager: &str,
+    manager: &Owner,
 ) {
     let applied = leaves(applied, schema);
     if let Some(previous) = previous {
         for path in leaves(previous, schema).into_keys() {
-            if !applied.contains_key(&path) && owners.get(&path).is_some_and(|o| o == manager) {
+            if !applied.contains_key(&path) && owners.get(&path).is_some_and(|o| o.same_manager(manager)) {
                 owners.remove(&path);
             }
         }
     }
     for path in applied.into_keys() {
-        owners.insert(path, manager.to_owned());
+        // An unchanged owner keeps its entry (and time): re-applying the same is no change.
+        if !owners.get(&path).is_some_and(|o| o.same_manager(manager)) {
+            owners.insert(path, manager.clone());
+        }
     }
+}
+
+/// `metadata.managedFields` as the real server shows it: one entry per manager, its fields as a
+/// `FieldsV1` tree (`f:<field>`, `k:<key JSON>` for map-list items, `v:<value JSON>` for set
+/// items).
+pub(crate) fn managed_fields(owners: &Owners) -> Value {
+    let mut managers: Vec<(Owner, Vec<&FieldPath>)> = Vec::new();
+    for (path, owner) in owners {
+        match managers.iter_mut().find(|(o, _)| o.same_manager(owner)) {
+            Some((o, paths)) => {
+                if owner.time > o.time {
+                    o.time = owner.time.clone();
+                }
+                paths.push(path);
+            }
+            None => managers.push((owner.clone(), vec![path])),
+        }
+    }
+    managers.sort_by(|(a, _), (b, _)| (&a.time, &a.manager).cmp(&(&b.time, &b.manager)));
+    let entries: Vec<Value> = managers
+        .into_iter()
+        .map(|(owner, paths)| {
+            let mut tree = serde_json::Map::new();
+            for path in paths {
+                let mut node = &mut tree;
+                for segment in path {
+                    let key = match segment {
+                        Segment::Key(k) => format!("f:{k}"),
+                        Segment::Item(k) => format!("k:{k}"),
+                        Segment::Value(v) => format!("v:{v}"),
+                    };
+                    node = node
+                        .entry(key)
+                        .or_insert_with(|| json!({}))
+                        .as_object_mut()
+                        .expect("field trees hold only objects");
+                }
+            }
+            json!({
+                "manager": owner.manager,
+                "operation": if owner.apply { "Apply" } else { "Update" },
+                "apiVersion": owner.api_version,
+                "time": owner.time,
+                "fieldsType": "FieldsV1",
+                "fieldsV1": tree,
+            })
+        })
+        .collect();
+    Value::Array(entries)
 }
 
 #[cfg(test)]
@@ -290,16 +380,23 @@ mod tests {
         assert_eq!(target, json!({"status": {"conditions": [{"type": "A", "status": "True"}, {"type": "B"}]}}));
     }
 
+    fn owner(manager: &str, apply: bool) -> Owner {
+        Owner { manager: manager.into(), apply, api_version: "v1".into(), time: "2026-01-01T00:00:00Z".into() }
+    }
+
     #[test]
     fn another_managers_changed_field_conflicts() {
         let mut owners = Owners::new();
         let before = json!({"spec": {"a": 1}});
         let after = json!({"spec": {"a": 2, "b": 1}});
-        take_changed(&mut owners, Some(&before), &after, None, "kubectl");
+        take_changed(&mut owners, Some(&before), &after, None, &owner("kubectl", false));
         assert_eq!(display(&owners.keys().next().unwrap().clone()), ".spec.a");
-        let found = conflicts(&owners, &after, &json!({"spec": {"a": 3, "b": 1}}), None, "op");
-        assert_eq!(found, vec![(".spec.a".to_owned(), "kubectl".to_owned())]);
-        assert!(conflicts(&owners, &after, &json!({"spec": {"a": 2}}), None, "op").is_empty(), "same value");
+        let found = conflicts(&owners, &after, &json!({"spec": {"a": 3, "b": 1}}), None, &owner("op", true));
+        assert_eq!(found, vec![(".spec.a".to_owned(), owner("kubectl", false))]);
+        let same_value = conflicts(&owners, &after, &json!({"spec": {"a": 2}}), None, &owner("op", true));
+        assert!(same_value.is_empty());
+        let same_name = conflicts(&owners, &after, &json!({"spec": {"a": 3}}), None, &owner("kubectl", true));
+        assert_eq!(same_name.len(), 1, "applying and updating under one name are two managers");
     }
 
     #[test]

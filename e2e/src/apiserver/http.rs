@@ -19,7 +19,8 @@ use super::apply;
 use super::resources::{self, ResourceType};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
-use super::store::{Change, ChangeType, DeleteOpts, Msg, State, WriteOpts, present};
+use super::store::{self, Applied, Change, ChangeType, DeleteOpts, Msg, State, WriteOpts, present};
+use super::strategic;
 
 const MAX_BODY: usize = 3 * 1024 * 1024;
 /// How often an open watch that asked for bookmarks gets one.
@@ -97,6 +98,11 @@ async fn route(shared: &Arc<Shared>, request: Request) -> Result<Response, ApiEr
     match segments.as_slice() {
         ["version"] => discovery(Some(resources::version())),
         ["healthz" | "livez" | "readyz"] => Ok("ok".into_response()),
+        ["api" | "apis"] if wants_aggregated(&parts.headers) && parts.method == Method::GET => {
+            let body = resources::aggregated(&types, segments == ["api"]);
+            Ok((StatusCode::OK, [(header::CONTENT_TYPE, resources::AGGREGATED_DISCOVERY)], body.to_string())
+                .into_response())
+        }
         ["api"] => discovery(Some(resources::core_versions(&host))),
         ["apis"] => discovery(Some(resources::group_list(&types))),
         ["apis", group] => discovery(resources::group(&types, group)),
@@ -108,6 +114,27 @@ async fn route(shared: &Arc<Shared>, request: Request) -> Result<Response, ApiEr
         }
         _ => Err(ApiError::no_such_resource()),
     }
+}
+
+/// Whether the client prefers aggregated discovery v2 (the first media type it accepts that
+/// this server can give).
+fn wants_aggregated(headers: &HeaderMap) -> bool {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()).unwrap_or_default();
+    for media in accept.split(',') {
+        let params: Vec<&str> = media.split(';').map(str::trim).collect();
+        let is_json = params.first().is_some_and(|m| *m == "application/json" || *m == "*/*");
+        if !is_json {
+            continue;
+        }
+        let aggregated = params.contains(&"as=APIGroupDiscoveryList");
+        if !aggregated {
+            return false;
+        }
+        if params.contains(&"g=apidiscovery.k8s.io") && params.contains(&"v=v2") {
+            return true;
+        }
+    }
+    false
 }
 
 /// A request on a resource path, after the group and version.
@@ -144,20 +171,42 @@ fn resource(
         Some("status") if rt.status_subresource => true,
         Some(_) => return Err(ApiError::no_such_resource()),
     };
+    let options_kind = match *method {
+        Method::POST => "CreateOptions",
+        Method::PUT => "UpdateOptions",
+        Method::PATCH => "PatchOptions",
+        Method::DELETE => "DeleteOptions",
+        _ => "ListOptions",
+    };
     let dry_run = match query.get("dryRun") {
         None => false,
         Some("All") => true,
-        Some(other) => return Err(ApiError::bad_request(format!("Invalid dry run value: {other}"))),
+        Some(other) => {
+            return Err(ApiError::invalid_options(
+                options_kind,
+                "dryRun",
+                &format!("Unsupported value: [\"{other}\"]: supported values: \"All\""),
+            ));
+        }
     };
     let strict = match query.get("fieldValidation") {
         None | Some("" | "Ignore" | "Warn") => false,
         Some("Strict") => true,
         Some(other) => {
-            return Err(ApiError::bad_request(format!(
-                "fieldValidation parameter unsupported: {other}. Supported values: Ignore, Warn, Strict"
-            )));
+            return Err(ApiError::invalid_options(
+                options_kind,
+                "fieldValidation",
+                &format!("Unsupported value: \"{other}\": supported values: \"Ignore\", \"Strict\", \"Warn\""),
+            ));
         }
     };
+    if query.get("fieldManager").is_some_and(|m| m.len() > 128) {
+        return Err(ApiError::invalid_options(
+            options_kind,
+            "fieldManager",
+            "Too long: may not be more than 128 bytes",
+        ));
+    }
     let manager = match query.get("fieldManager").filter(|m| !m.is_empty()) {
         Some(m) => m.to_owned(),
         // The server's default: the User-Agent up to its first '/'.
@@ -168,7 +217,7 @@ fn resource(
             .filter(|m| !m.is_empty())
             .unwrap_or_else(|| "unknown".into()),
     };
-    let opts = WriteOpts { dry_run, strict, manager };
+    let opts = WriteOpts { dry_run, strict, manager, apply: None };
     let response = match (method.clone(), name) {
         (Method::GET, Some(name)) => {
             let object = state.get(&rt, namespace, name).ok_or_else(|| not_found(&rt, name))?;
@@ -303,12 +352,20 @@ fn patch(
         return Err(ApiError::unsupported_media_type(&media, &accepted));
     }
     let force = query.flag("force")?;
-    if force && media != "application/apply-patch+yaml" {
-        return Err(ApiError::bad_request("force is not allowed for non-apply patches"));
+    if query.get("force").is_some() && media != "application/apply-patch+yaml" {
+        return Err(ApiError::invalid_options(
+            "PatchOptions",
+            "force",
+            "Forbidden: may not be specified for non-apply patch",
+        ));
     }
     if media == "application/apply-patch+yaml" {
         if query.get("fieldManager").is_none_or(str::is_empty) {
-            return Err(ApiError::bad_request("fieldManager is required for apply requests"));
+            return Err(ApiError::invalid_options(
+                "PatchOptions",
+                "fieldManager",
+                "Required value: is required for apply patch",
+            ));
         }
         return server_side_apply(state, rt, namespace, name, status, force, body, opts);
     }
@@ -317,30 +374,41 @@ fn patch(
     if media == "application/json-patch+json" {
         let ops: json_patch::Patch =
             serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-        // Like the real server's JSON-patch library, a `test` of `null` on a path that does not
-        // exist passes (kube-runtime's finalizer helper relies on it to add the first
-        // finalizer). Operations apply one by one on a copy, so a failure stores nothing.
-        for op in ops.0 {
-            if let json_patch::PatchOperation::Test(test) = &op
-                && test.value.is_null()
-                && doc.pointer(test.path.as_str()).is_none()
-            {
-                continue;
-            }
-            json_patch::patch(&mut doc, &[op]).map_err(|e| ApiError::unprocessable(&e.to_string()))?;
-        }
+        apply_json_patch(&mut doc, &ops).map_err(|e| ApiError::unprocessable(&e))?;
     } else {
-        // Merge patch; for built-ins also strategic merge patch, which differs from it only in
-        // the `$patch` directives and list merge keys that the kinds served here barely use.
         let patch: Value =
             serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
         if !patch.is_object() {
             return Err(ApiError::bad_request("error decoding patch: a merge patch must be a JSON object"));
         }
-        json_patch::merge(&mut doc, &patch);
+        if media == "application/strategic-merge-patch+json" {
+            strategic::merge(&mut doc, &patch).map_err(ApiError::bad_request)?;
+        } else {
+            json_patch::merge(&mut doc, &patch);
+        }
     }
     let updated = state.update(rt, namespace, name, doc, status, opts, false)?;
     Ok(ok(&present(rt, &updated)))
+}
+
+/// RFC 6902 as the real server applies it (evanphx/json-patch): a `test` for `null` succeeds
+/// where the member is absent but its parent exists. kube-runtime's finalizer helper relies on
+/// that to add the first finalizer (`test /metadata/finalizers == null`, then `add`).
+fn apply_json_patch(doc: &mut Value, ops: &json_patch::Patch) -> Result<(), String> {
+    for op in &ops.0 {
+        if let json_patch::PatchOperation::Test(test) = op
+            && test.value.is_null()
+            && doc.pointer(test.path.as_str()).is_none()
+        {
+            let parent = test.path.as_str().rsplit_once('/').map(|(p, _)| p).unwrap_or_default();
+            if doc.pointer(parent).is_some() {
+                continue;
+            }
+            return Err(format!("test operation does not apply: is missing path: {}", test.path.as_str()));
+        }
+        json_patch::patch(doc, std::slice::from_ref(op)).map_err(|e| e.to_string())?;
+    }
+    Ok(())
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -387,7 +455,8 @@ fn server_side_apply(
         }
         let mut object = applied.clone();
         object["metadata"]["name"] = Value::String(name.to_owned());
-        let created = state.create(rt, namespace, object, opts)?;
+        let opts = WriteOpts { apply: Some(Applied { previous: None, applied: applied.clone() }), ..opts.clone() };
+        let created = state.create(rt, namespace, object, &opts)?;
         if !opts.dry_run {
             let uid = created["metadata"]["uid"].as_str().unwrap_or_default().to_owned();
             state.applied.insert((uid, manager, false), applied);
@@ -414,20 +483,24 @@ fn server_side_apply(
     let applied_part = effective(&applied);
     let previous = state.applied.get(&key).map(effective);
     let schema = rt.schema.as_ref();
+    let owner =
+        apply::Owner { manager: manager.clone(), apply: true, api_version: rt.api_version(), time: store::now() };
     if !force {
         let owners = state.owners.get(&uid).cloned().unwrap_or_default();
-        let conflicts = apply::conflicts(&owners, &old, &applied_part, schema, &manager);
+        let conflicts: Vec<(String, String)> = apply::conflicts(&owners, &old, &applied_part, schema, &owner)
+            .into_iter()
+            .map(|(path, o)| (path, o.printed()))
+            .collect();
         if !conflicts.is_empty() {
             let target = status::Target { group: &rt.group, plural: &rt.plural, name };
-            return Err(ApiError::apply_conflicts(target, &rt.api_version(), &conflicts));
+            return Err(ApiError::apply_conflicts(target, &conflicts));
         }
     }
     let mut merged = old;
     apply::merge(&mut merged, &applied_part, previous.as_ref(), schema);
-    let updated = state.update(rt, namespace, name, merged, status, opts, false)?;
+    let opts = WriteOpts { apply: Some(Applied { previous, applied: applied_part }), ..opts.clone() };
+    let updated = state.update(rt, namespace, name, merged, status, &opts, false)?;
     if !opts.dry_run {
-        let owners = state.owners.entry(uid).or_default();
-        apply::take_applied(owners, previous.as_ref(), &applied_part, schema, &manager);
         state.applied.insert(key, applied);
     }
     Ok(ok(&present(rt, &updated)))
@@ -549,12 +622,14 @@ impl WatchFilter {
         self.labels.matches(object) && self.fields.matches(object)
     }
 
+    fn resource(&self) -> (String, String) {
+        (self.rt.group.clone(), self.rt.plural.clone())
+    }
+
     /// The event a change is for this watch: a modification moving an object into or out of
     /// the selection is an ADDED or DELETED, as on the real server.
     fn line(&self, change: &Change) -> Option<Bytes> {
-        if change.res != (self.rt.group.clone(), self.rt.plural.clone())
-            || self.namespace.as_ref().is_some_and(|ns| *ns != change.namespace)
-        {
+        if change.res != self.resource() || self.namespace.as_ref().is_some_and(|ns| *ns != change.namespace) {
             return None;
         }
         let now = self.matches(&change.object);
@@ -698,7 +773,11 @@ async fn stream_changes(
         tokio::select! {
             _ = &mut deadline => return,
             message = receiver.recv() => {
-                let Ok(Msg::Change(change)) = message else { return };
+                let change = match message {
+                    Ok(Msg::Change(change)) => change,
+                    Ok(Msg::Gone(res)) if res != filter.resource() => continue,
+                    _ => return,
+                };
                 if let Some(line) = filter.line(&change)
                     && tx.send(line).await.is_err()
                 {
@@ -713,7 +792,8 @@ async fn stream_changes(
                     loop {
                         match receiver.try_recv() {
                             Ok(Msg::Change(change)) => pending.push(change),
-                            Ok(Msg::Close) => return,
+                            Ok(Msg::Gone(res)) if res != filter.resource() => {}
+                            Ok(Msg::Close | Msg::Gone(_)) => return,
                             Err(broadcast::error::TryRecvError::Empty) => break,
                             Err(_) => return,
                         }

@@ -12,15 +12,17 @@
 //!
 //! What it follows:
 //! - discovery (`/api`, `/api/v1`, `/apis`, `/apis/<group>[/<version>]`, `/version`) with verbs,
-//!   short names, categories and `/status` subresources;
+//!   short names, categories and `/status` subresources, and aggregated discovery
+//!   (`apidiscovery.k8s.io/v2`) when a client asks for it;
 //! - get, list (`limit`/`continue`, `resourceVersionMatch`), create (`generateName`, `uid`,
 //!   `creationTimestamp`, `generation`), update, delete (`propagationPolicy`, preconditions),
 //!   deletecollection, `dryRun=All`, `fieldValidation` (unknown fields of custom resources are
 //!   dropped, or a 400 with `Strict`);
 //! - PATCH as JSON Patch (with `test`), merge patch, server-side apply (`fieldManager` required,
-//!   field ownership per manager with 409 conflicts unless `force`; see [`apply`] for how it is
-//!   simplified), strategic merge patch for built-ins only (handled as
-//!   a merge patch) and 415 for custom resources and unknown media types;
+//!   field ownership per manager shown as `managedFields`, 409 conflicts unless `force`; see
+//!   `apiserver/apply.rs` for how it is simplified), strategic merge patch for built-ins only
+//!   (the list strategies of the kinds served, see `apiserver/strategic.rs`) and 415 for custom
+//!   resources and unknown media types;
 //! - the status subresource: writes to `/status` change only `.status`, writes to the object
 //!   keep the stored `.status`; `metadata.generation` moves on changes outside metadata and
 //!   status and when deletion starts;
@@ -33,16 +35,25 @@
 //! - finalizers and `deletionTimestamp` (no new finalizers during deletion, 422), removal with
 //!   the last finalizer; garbage collection of dependents by owner uid (background, foreground,
 //!   orphan), namespace deletion removing its contents, CRD deletion removing its instances;
-//! - validation: names (RFC 1123), labels, Secret data, events.k8s.io Event fields, CRD names,
-//!   custom resources against their CRD's schema with CEL ([`crate::schema::validate`]) on every
-//!   write, 422 `Invalid` naming each field; 404 for a missing namespace, 403 for a terminating
-//!   one.
+//! - validation: names (RFC 1123), labels, finalizers, owner references (one controller), Secret
+//!   data and type, immutable Secrets and ConfigMaps, Lease durations, events.k8s.io Event fields,
+//!   CRDs (name, one storage version, structural schemas), and custom resources against their
+//!   CRD's schema with CEL ([`crate::schema::validate`]) on every write, whole object, status
+//!   writes too: 422 `Invalid` naming each field; 404 for a missing namespace, 403 for a
+//!   terminating one and for deleting `default`, `kube-system` or `kube-public`; a create that
+//!   carries a `resourceVersion` fails as in the real storage layer (500).
 //!
 //! What it leaves out: authorization (RBAC: every valid token may do everything), admission
-//! webhooks, `metadata.managedFields` (ownership is tracked but not shown), conversion webhooks, protobuf, aggregated
-//! discovery, `resourceVersion` snapshots (a list always shows the current state, a `continue`
-//! page too), graceful deletion periods (deletion is immediate but for finalizers), field
-//! validation of built-in kinds beyond the checks above, and kinds not listed.
+//! webhooks, `managedFields` sent in updates (ignored), conversion webhooks, protobuf,
+//! `resourceVersion` snapshots (a list always shows the current state, a `continue` page too),
+//! graceful deletion periods (deletion is immediate but for finalizers), validation ratcheting
+//! (an update must make the whole object valid, even fields it does not touch), CEL cost limits,
+//! field validation of built-in kinds beyond the checks above, and kinds not listed. Events are
+//! one resource seen through core/v1 and events.k8s.io/v1 as on the real server (fields renamed
+//! between them), though stored twice, so their `managedFields` name each API's own fields.
+//!
+//! Fault injection meets kube's client, which retries 429, 503 and 504 by itself (up to 15
+//! times): a test that wants a request to fail injects another status or more failures.
 
 mod apply;
 mod http;
@@ -50,6 +61,7 @@ mod resources;
 mod selectors;
 mod status;
 mod store;
+mod strategic;
 mod validation;
 
 use std::path::{Path, PathBuf};

@@ -228,6 +228,52 @@ pub(crate) fn resource_list(types: &[ResourceType], group: &str, version: &str) 
     Some(json!({"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": group_version, "resources": resources}))
 }
 
+/// The media type of aggregated discovery (what `/api` and `/apis` answer when asked for it).
+pub(crate) const AGGREGATED_DISCOVERY: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+
+/// Aggregated discovery (`apidiscovery.k8s.io/v2`) of the core group (`core`) or of all others.
+pub(crate) fn aggregated(types: &[ResourceType], core: bool) -> Value {
+    let groups = if core { vec![(String::new(), vec!["v1".to_owned()])] } else { groups(types) };
+    let items: Vec<Value> = groups
+        .iter()
+        .map(|(group, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|version| {
+                    let resources: Vec<Value> = types
+                        .iter()
+                        .filter(|t| t.group == *group && t.version == *version)
+                        .map(|t| {
+                            let kind = json!({"group": t.group, "version": t.version, "kind": t.kind});
+                            let mut r = json!({
+                                "resource": t.plural,
+                                "responseKind": kind,
+                                "scope": if t.namespaced { "Namespaced" } else { "Cluster" },
+                                "singularResource": t.singular,
+                                "verbs": VERBS,
+                            });
+                            if !t.short_names.is_empty() {
+                                r["shortNames"] = json!(t.short_names);
+                            }
+                            if !t.categories.is_empty() {
+                                r["categories"] = json!(t.categories);
+                            }
+                            if t.status_subresource {
+                                r["subresources"] = json!([{"subresource": "status", "responseKind": kind,
+                                    "verbs": ["get", "patch", "update"]}]);
+                            }
+                            r
+                        })
+                        .collect();
+                    json!({"version": version, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": group}, "versions": versions})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": "apidiscovery.k8s.io/v2", "metadata": {}, "items": items})
+}
+
 /// `/version`.
 pub(crate) fn version() -> Value {
     json!({

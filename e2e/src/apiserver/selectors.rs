@@ -42,16 +42,7 @@ fn split_top_level(s: &str) -> Vec<String> {
 }
 
 fn valid_key(key: &str) -> bool {
-    let (prefix, name) = match key.rsplit_once('/') {
-        Some((p, n)) => (Some(p), n),
-        None => (None, key),
-    };
-    let name_ok = !name.is_empty()
-        && name.len() <= 63
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-    name_ok && prefix.is_none_or(super::validation::is_subdomain)
+    super::validation::is_qualified_name(key)
 }
 
 fn valid_value(value: &str) -> bool {

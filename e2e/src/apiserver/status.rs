@@ -84,36 +84,55 @@ impl ApiError {
         out
     }
 
-    /// 422 for a request that cannot be carried out as asked (a failed JSON Patch `test`, …):
-    /// the server's generic "rejected" answer with the reason as its only cause.
+    /// 422 for a patch that cannot be applied (a failed JSON Patch `test`, a missing path): the
+    /// server's generic answer, with the reason as its only cause.
     pub fn unprocessable(why: &str) -> Self {
-        let mut e =
-            Self::new(422, "Invalid", format!("the server rejected our request due to an error in our request: {why}"));
-        e.details = Some(json!({"causes": [{"message": why}]}));
+        let mut e = Self::new(422, "Invalid", "the server rejected our request due to an error in our request");
+        e.details = Some(json!({
+            "name": "", "group": "", "kind": "",
+            "causes": [{"reason": "UnexpectedServerResponse", "message": why}],
+        }));
         e
     }
 
-    /// 409 for a server-side apply that would change fields other managers own.
-    pub fn apply_conflicts(t: Target<'_>, api_version: &str, conflicts: &[(String, String)]) -> Self {
-        let each: Vec<String> = conflicts
-            .iter()
-            .map(|(path, owner)| format!("conflict with \"{owner}\" using {api_version}: {path}"))
-            .collect();
-        let message = if each.len() == 1 {
-            format!("Apply failed with 1 conflict: {}", each[0])
+    /// 422 for invalid request options (`CreateOptions`, `PatchOptions`, …).
+    pub fn invalid_options(kind: &str, field: &str, message: &str) -> Self {
+        Self::invalid(kind, "meta.k8s.io", "", &[FieldError { path: field.into(), message: message.into() }])
+    }
+
+    /// 409 for a server-side apply that would change fields other managers own; `conflicts` are
+    /// (field, manager as printed), in the real server's wording.
+    pub fn apply_conflicts(t: Target<'_>, conflicts: &[(String, String)]) -> Self {
+        let message = if let [(path, manager)] = conflicts {
+            format!("Apply failed with 1 conflict: conflict with {manager}: {path}")
         } else {
-            format!("Apply failed with {} conflicts: {}", each.len(), each.join("\n"))
+            let mut managers: Vec<&String> = conflicts.iter().map(|(_, m)| m).collect();
+            managers.sort();
+            managers.dedup();
+            let mut lines = Vec::new();
+            for manager in managers {
+                lines.push(format!("conflicts with {manager}:"));
+                lines.extend(conflicts.iter().filter(|(_, m)| m == manager).map(|(p, _)| format!("- {p}")));
+            }
+            format!("Apply failed with {} conflicts: {}", conflicts.len(), lines.join("\n"))
         };
         let causes: Vec<Value> = conflicts
             .iter()
-            .map(|(path, owner)| {
-                json!({"reason": "FieldManagerConflict", "message": format!("conflict with \"{owner}\" using {api_version}"), "field": path})
+            .map(|(path, manager)| {
+                json!({"reason": "FieldManagerConflict", "message": format!("conflict with {manager}"), "field": path})
             })
             .collect();
         let mut e = Self::new(409, "Conflict", message);
         let mut details = t.details();
         details["causes"] = json!(causes);
         e.details = Some(details);
+        e
+    }
+
+    /// 500, for what the real server's storage refuses without a more specific status.
+    pub fn internal(message: &str) -> Self {
+        let mut e = Self::new(500, "InternalError", format!("Internal error occurred: {message}"));
+        e.details = Some(json!({"causes": [{"message": message}]}));
         e
     }
 

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 use tokio::sync::broadcast;
 
-use super::apply::{self, Owners};
+use super::apply::{self, Owner, Owners};
 use super::resources::{self, ResourceType};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{ApiError, Target};
@@ -48,6 +48,8 @@ pub(crate) enum Msg {
     Change(Arc<Change>),
     /// Every open watch ends (after `compact`).
     Close,
+    /// Watches of this resource end: its CRD is gone.
+    Gone(ResKey),
 }
 
 /// Options of a write request.
@@ -58,6 +60,15 @@ pub(crate) struct WriteOpts {
     pub strict: bool,
     /// Who writes (`fieldManager`, else the User-Agent's product): owner of what it changes.
     pub manager: String,
+    /// For a server-side apply: what is applied and what the manager applied before; the
+    /// manager then owns exactly the applied fields.
+    pub apply: Option<Applied>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Applied {
+    pub previous: Option<Value>,
+    pub applied: Value,
 }
 
 /// Options of a DELETE.
@@ -182,11 +193,37 @@ impl State {
         let name = meta_str(&object, "name").unwrap_or_default().to_owned();
         self.objects.entry(res_key(rt)).or_default().insert((namespace.clone(), name), object.clone());
         let kind = if old.is_some() { ChangeType::Modified } else { ChangeType::Added };
-        self.record(Change { rv: self.rv, res: res_key(rt), namespace, kind, object: object.clone(), old });
+        self.record(Change {
+            rv: self.rv,
+            res: res_key(rt),
+            namespace: namespace.clone(),
+            kind,
+            object: object.clone(),
+            old,
+        });
+        if let Some((mirror_rt, mirror)) = self.event_mirror(rt, &object) {
+            let key = (namespace.clone(), meta_str(&object, "name").unwrap_or_default().to_owned());
+            let store = self.objects.entry(res_key(&mirror_rt)).or_default();
+            let old = store.insert(key, mirror.clone());
+            let kind = if old.is_some() { ChangeType::Modified } else { ChangeType::Added };
+            self.record(Change { rv: self.rv, res: res_key(&mirror_rt), namespace, kind, object: mirror, old });
+        }
         if rt.plural == "customresourcedefinitions" {
             self.refresh_types();
         }
         object
+    }
+
+    /// The same Event in the other Events API: the real server stores one resource and serves
+    /// it as core/v1 and as events.k8s.io/v1, so every write to one shows in the other.
+    fn event_mirror(&self, rt: &ResourceType, object: &Value) -> Option<(ResourceType, Value)> {
+        let to_events_api = match (rt.group.as_str(), rt.plural.as_str()) {
+            ("", "events") => true,
+            ("events.k8s.io", "events") => false,
+            _ => return None,
+        };
+        let other = self.type_of(if to_events_api { "events.k8s.io" } else { "" }, "events")?;
+        Some((other, validation::convert_event(object, to_events_api)))
     }
 
     /// Removes the object, recording its last state with the deletion's resourceVersion.
@@ -196,7 +233,14 @@ impl State {
         let namespace = meta_str(&object, "namespace").unwrap_or_default().to_owned();
         let name = meta_str(&object, "name").unwrap_or_default().to_owned();
         if let Some(objects) = self.objects.get_mut(&res_key(rt)) {
-            objects.remove(&(namespace.clone(), name));
+            objects.remove(&(namespace.clone(), name.clone()));
+        }
+        if let Some((mirror_rt, mirror)) = self.event_mirror(rt, &object) {
+            if let Some(objects) = self.objects.get_mut(&res_key(&mirror_rt)) {
+                objects.remove(&(namespace.clone(), name));
+            }
+            let (rv, res, ns) = (self.rv, res_key(&mirror_rt), namespace.clone());
+            self.record(Change { rv, res, namespace: ns, kind: ChangeType::Deleted, object: mirror, old: None });
         }
         if let Some(uid) = meta_str(&object, "uid") {
             self.applied.retain(|(u, _, _), _| u != uid);
@@ -212,6 +256,9 @@ impl State {
         });
         if rt.plural == "customresourcedefinitions" {
             self.refresh_types();
+            let group = object["spec"]["group"].as_str().unwrap_or_default().to_owned();
+            let plural = object["spec"]["names"]["plural"].as_str().unwrap_or_default().to_owned();
+            let _ = self.tx.send(Msg::Gone((group, plural)));
         }
         self.gc_pending = true;
         object
@@ -280,13 +327,28 @@ impl State {
         if old.is_none() {
             errors.extend(validation::name_errors(rt, &name));
         }
-        errors.extend(validation::label_errors(object));
+        errors.extend(validation::metadata_errors(object));
         match (rt.group.as_str(), rt.plural.as_str()) {
             ("", "secrets") => {
                 validation::normalize_secret(object).map_err(ApiError::bad_request)?;
                 errors.extend(validation::data_key_errors(object, &["data"]));
+                if let Some(old) = old {
+                    errors.extend(validation::immutable_data_errors(object, old, &["data"]));
+                    if object["type"] != old["type"] {
+                        errors.push(FieldError {
+                            path: "type".into(),
+                            message: format!("Invalid value: {}: field is immutable", object["type"]),
+                        });
+                    }
+                }
             }
-            ("", "configmaps") => errors.extend(validation::data_key_errors(object, &["data", "binaryData"])),
+            ("", "configmaps") => {
+                errors.extend(validation::data_key_errors(object, &["data", "binaryData"]));
+                if let Some(old) = old {
+                    errors.extend(validation::immutable_data_errors(object, old, &["data", "binaryData"]));
+                }
+            }
+            ("coordination.k8s.io", "leases") => errors.extend(validation::lease_errors(object)),
             ("events.k8s.io", "events") => errors.extend(validation::event_errors(object)),
             ("apiextensions.k8s.io", "customresourcedefinitions") => errors.extend(validation::crd_errors(object)),
             _ => {}
@@ -352,6 +414,7 @@ impl State {
             }
         };
         meta["name"] = Value::String(name.clone());
+        let resource_version_given = meta.get("resourceVersion").and_then(Value::as_str).is_some_and(|v| !v.is_empty());
         if let Some(m) = meta.as_object_mut() {
             for field in
                 ["deletionTimestamp", "deletionGracePeriodSeconds", "resourceVersion", "managedFields", "selfLink"]
@@ -373,9 +436,10 @@ impl State {
                     return Err(ApiError::not_found(Target { group: "", plural: "namespaces", name: ns }));
                 }
                 Some(n) if is_deleting(n) => {
+                    let resource =
+                        if rt.group.is_empty() { rt.plural.clone() } else { format!("{}.{}", rt.plural, rt.group) };
                     return Err(ApiError::forbidden(format!(
-                        "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                        rt.plural
+                        "{resource} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated"
                     )));
                 }
                 Some(_) => {}
@@ -391,9 +455,6 @@ impl State {
                 message: "create not allowed while custom resource definition is terminating".into(),
                 details: None,
             });
-        }
-        if self.get(rt, namespace.filter(|_| rt.namespaced), &name).is_some() {
-            return Err(ApiError::already_exists(target(rt, &name)));
         }
         if rt.status_subresource
             && let Some(m) = object.as_object_mut()
@@ -427,11 +488,20 @@ impl State {
             _ => {}
         }
         self.admit(rt, &mut object, None, opts)?;
+        // The storage layer's checks, after validation as on the real server.
+        if resource_version_given {
+            return Err(ApiError::internal("resourceVersion should not be set on objects to be created"));
+        }
+        if self.get(rt, namespace.filter(|_| rt.namespaced), &name).is_some() {
+            return Err(ApiError::already_exists(target(rt, &name)));
+        }
+        let owners = self.ownership(rt, None, &object, opts);
+        object["metadata"]["managedFields"] = apply::managed_fields(&owners);
         if opts.dry_run {
             return Ok(object);
         }
         let stored = self.commit_put(rt, object, None);
-        self.record_owners(rt, None, &stored, &opts.manager);
+        self.owners.insert(meta_str(&stored, "uid").unwrap_or_default().to_owned(), owners);
         Ok(stored)
     }
 
@@ -533,7 +603,6 @@ impl State {
                 }
             }
             if let Some(m) = new["metadata"].as_object_mut() {
-                m.remove("managedFields");
                 m.remove("selfLink");
             }
             if rt.status_subresource {
@@ -574,6 +643,8 @@ impl State {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(0) + 1;
             new["metadata"]["generation"] = json!(generation);
         }
+        let owners = self.ownership(rt, Some(&old), &new, opts);
+        new["metadata"]["managedFields"] = apply::managed_fields(&owners);
         if new == old || opts.dry_run {
             // A write that changes nothing is not a write: same resourceVersion, no watch event.
             return Ok(new);
@@ -581,15 +652,34 @@ impl State {
         if is_deleting(&new) && finalizers(&new).is_empty() {
             return Ok(self.commit_remove(rt, new));
         }
-        let stored = self.commit_put(rt, new, Some(old.clone()));
-        self.record_owners(rt, Some(&old), &stored, &opts.manager);
+        let stored = self.commit_put(rt, new, Some(old));
+        self.owners.insert(meta_str(&stored, "uid").unwrap_or_default().to_owned(), owners);
         Ok(stored)
     }
 
-    fn record_owners(&mut self, rt: &ResourceType, old: Option<&Value>, new: &Value, manager: &str) {
-        let uid = meta_str(new, "uid").unwrap_or_default().to_owned();
-        let owners = self.owners.entry(uid).or_default();
-        apply::take_changed(owners, old, new, rt.schema.as_ref(), manager);
+    /// The field owners after this write: an updater owns what it changed, an applier what it
+    /// applied.
+    fn ownership(&self, rt: &ResourceType, old: Option<&Value>, new: &Value, opts: &WriteOpts) -> Owners {
+        let uid = old.and_then(|o| meta_str(o, "uid")).unwrap_or_default();
+        let mut owners = self.owners.get(uid).cloned().unwrap_or_default();
+        let owner = Owner {
+            manager: opts.manager.clone(),
+            apply: opts.apply.is_some(),
+            api_version: rt.api_version(),
+            time: now(),
+        };
+        let schema = rt.schema.as_ref();
+        match &opts.apply {
+            None => apply::take_changed(&mut owners, old, new, schema, &owner),
+            Some(applied) => {
+                apply::take_applied(&mut owners, applied.previous.as_ref(), &applied.applied, schema, &owner);
+                // Fields not in the object (gone, or applied where the server ignores them) have
+                // no owner.
+                let present = apply::leaves(new, schema);
+                owners.retain(|path, _| present.contains_key(path));
+            }
+        }
+        owners
     }
 
     /// DELETE: removes the object, or (with finalizers, or for kinds whose deletion is a
@@ -651,6 +741,11 @@ impl State {
             fins.push("customresourcecleanup.apiextensions.k8s.io".into());
         }
         let is_namespace = rt.group.is_empty() && rt.plural == "namespaces";
+        if is_namespace && matches!(name, "default" | "kube-system" | "kube-public") {
+            return Err(ApiError::forbidden(format!(
+                "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+            )));
+        }
         if fins.is_empty() && !is_namespace {
             if opts.dry_run {
                 return Ok((old, true));

@@ -46,28 +46,81 @@ pub(crate) fn name_errors(rt: &ResourceType, name: &str) -> Vec<FieldError> {
     }
 }
 
-/// Labels: qualified-name keys, values of at most 63 characters from the allowed set.
-pub(crate) fn label_errors(object: &Value) -> Vec<FieldError> {
+/// A qualified name (`[prefix/]name`): label keys, finalizers.
+pub(crate) fn is_qualified_name(key: &str) -> bool {
+    let (prefix, name) = key.rsplit_once('/').map_or((None, key), |(p, n)| (Some(p), n));
+    let name_ok = !name.is_empty()
+        && name.len() <= 63
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+        && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && name.ends_with(|c: char| c.is_ascii_alphanumeric());
+    name_ok && prefix.is_none_or(is_subdomain)
+}
+
+const QUALIFIED_NAME_MESSAGE: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must \
+start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation \
+is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
+
+/// Labels, finalizers and owner references, as the server checks every object's metadata.
+pub(crate) fn metadata_errors(object: &Value) -> Vec<FieldError> {
     let mut out = Vec::new();
-    let Some(labels) = object["metadata"]["labels"].as_object() else { return out };
-    for (key, value) in labels {
-        let value = value.as_str().unwrap_or_default();
-        let (prefix, name) = key.rsplit_once('/').map_or((None, key.as_str()), |(p, n)| (Some(p), n));
-        let name_ok = !name.is_empty()
-            && name.len() <= 63
-            && name.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-            && name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && name.ends_with(|c: char| c.is_ascii_alphanumeric());
-        if !name_ok || prefix.is_some_and(|p| !is_subdomain(p)) {
-            out.push(invalid("metadata.labels", key, "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+    let meta = &object["metadata"];
+    if let Some(labels) = meta["labels"].as_object() {
+        for (key, value) in labels {
+            let value = value.as_str().unwrap_or_default();
+            if !is_qualified_name(key) {
+                out.push(invalid("metadata.labels", key, QUALIFIED_NAME_MESSAGE));
+            }
+            let value_ok = value.is_empty()
+                || (value.len() <= 63
+                    && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+                    && value.starts_with(|c: char| c.is_ascii_alphanumeric())
+                    && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
+            if !value_ok {
+                out.push(invalid(
+                    "metadata.labels",
+                    value,
+                    "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', \
+                     and must start and end with an alphanumeric character",
+                ));
+            }
         }
-        let value_ok = value.is_empty()
-            || (value.len() <= 63
-                && value.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-                && value.starts_with(|c: char| c.is_ascii_alphanumeric())
-                && value.ends_with(|c: char| c.is_ascii_alphanumeric()));
-        if !value_ok {
-            out.push(invalid("metadata.labels", value, "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character"));
+    }
+    if let Some(finalizers) = meta["finalizers"].as_array() {
+        for (i, f) in finalizers.iter().enumerate() {
+            let f = f.as_str().unwrap_or_default();
+            if !is_qualified_name(f) {
+                out.push(invalid(&format!("metadata.finalizers[{i}]"), f, QUALIFIED_NAME_MESSAGE));
+            }
+        }
+    }
+    if let Some(refs) = meta["ownerReferences"].as_array() {
+        for r in refs {
+            for (field, what) in [("apiVersion", "version"), ("kind", "kind"), ("name", "name"), ("uid", "uid")] {
+                let v = r[field].as_str().unwrap_or_default();
+                if v.is_empty() {
+                    out.push(invalid(
+                        &format!("metadata.ownerReferences.{field}"),
+                        v,
+                        &format!("{what} must not be empty"),
+                    ));
+                }
+            }
+        }
+        let controllers: Vec<String> = refs
+            .iter()
+            .filter(|r| r["controller"] == true)
+            .map(|r| format!("{}/{}", r["kind"].as_str().unwrap_or_default(), r["name"].as_str().unwrap_or_default()))
+            .collect();
+        if controllers.len() > 1 {
+            out.push(FieldError {
+                path: "metadata.ownerReferences".into(),
+                message: format!(
+                    "Invalid value: {}: Only one reference can have Controller set to true. Found \"true\" in references for {}",
+                    Value::Array(refs.clone()),
+                    controllers.join(" and ")
+                ),
+            });
         }
     }
     out
@@ -115,6 +168,48 @@ pub(crate) fn data_key_errors(object: &Value, fields: &[&str]) -> Vec<FieldError
     out
 }
 
+/// A Secret or ConfigMap marked `immutable: true` keeps its data and the mark.
+pub(crate) fn immutable_data_errors(object: &Value, old: &Value, fields: &[&str]) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    if old["immutable"] != true {
+        return out;
+    }
+    for field in fields {
+        if object.get(*field) != old.get(*field) {
+            out.push(FieldError {
+                path: (*field).into(),
+                message: "Forbidden: field is immutable when `immutable` is set".into(),
+            });
+        }
+    }
+    if object["immutable"] != true {
+        out.push(FieldError {
+            path: "immutable".into(),
+            message: "Forbidden: field is immutable when `immutable` is set".into(),
+        });
+    }
+    out
+}
+
+/// A Lease's durations and transitions are not negative (duration: positive).
+pub(crate) fn lease_errors(lease: &Value) -> Vec<FieldError> {
+    let mut out = Vec::new();
+    let spec = &lease["spec"];
+    if let Some(d) = spec["leaseDurationSeconds"].as_i64().filter(|d| *d <= 0) {
+        out.push(FieldError {
+            path: "spec.leaseDurationSeconds".into(),
+            message: format!("Invalid value: {d}: must be greater than 0"),
+        });
+    }
+    if let Some(t) = spec["leaseTransitions"].as_i64().filter(|t| *t < 0) {
+        out.push(FieldError {
+            path: "spec.leaseTransitions".into(),
+            message: format!("Invalid value: {t}: must be greater than or equal to 0"),
+        });
+    }
+    out
+}
+
 /// events.k8s.io/v1 Event on create: the fields the server requires.
 pub(crate) fn event_errors(event: &Value) -> Vec<FieldError> {
     let mut out = Vec::new();
@@ -145,6 +240,32 @@ pub(crate) fn event_errors(event: &Value) -> Vec<FieldError> {
     out
 }
 
+/// Fields an Event has under another name in events.k8s.io/v1 than in core/v1.
+const EVENT_FIELDS_RENAMED: [(&str, &str); 7] = [
+    ("involvedObject", "regarding"),
+    ("message", "note"),
+    ("source", "deprecatedSource"),
+    ("firstTimestamp", "deprecatedFirstTimestamp"),
+    ("lastTimestamp", "deprecatedLastTimestamp"),
+    ("count", "deprecatedCount"),
+    ("reportingComponent", "reportingController"),
+];
+
+/// An Event converted from core/v1 to events.k8s.io/v1 (`to_events_api`) or back.
+pub(crate) fn convert_event(event: &Value, to_events_api: bool) -> Value {
+    let mut out = event.as_object().cloned().unwrap_or_default();
+    for (core, events_api) in EVENT_FIELDS_RENAMED {
+        let (from, to) = if to_events_api { (core, events_api) } else { (events_api, core) };
+        if let Some(value) = out.remove(from) {
+            out.insert(to.to_owned(), value);
+        }
+    }
+    let api_version = if to_events_api { "events.k8s.io/v1" } else { "v1" };
+    out.insert("apiVersion".into(), Value::String(api_version.into()));
+    out.insert("kind".into(), Value::String("Event".into()));
+    Value::Object(out)
+}
+
 /// A CRD's name is `<plural>.<group>`.
 pub(crate) fn crd_errors(crd: &Value) -> Vec<FieldError> {
     let spec = &crd["spec"];
@@ -160,6 +281,41 @@ pub(crate) fn crd_errors(crd: &Value) -> Vec<FieldError> {
     }
     if spec["versions"].as_array().is_none_or(|v| v.is_empty()) {
         out.push(FieldError { path: "spec.versions".into(), message: "Required value".into() });
+    }
+    if let Some(versions) = spec["versions"].as_array() {
+        let storage = versions.iter().filter(|v| v["storage"] == true).count();
+        if storage != 1 {
+            out.push(FieldError {
+                path: "spec.versions".into(),
+                message: format!(
+                    "Invalid value: {}: must have exactly one version marked as storage version",
+                    Value::Array(versions.clone())
+                ),
+            });
+        }
+        for (i, version) in versions.iter().enumerate() {
+            let Some(schema) = version["schema"].get("openAPIV3Schema") else {
+                out.push(FieldError {
+                    path: format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                    message: "Required value: schemas are required".into(),
+                });
+                continue;
+            };
+            // The structural-schema rules; anyOf/oneOf/allOf are allowed by the server in
+            // restricted forms, so only the flat violations are refused here.
+            for violation in crate::schema::structural_violations(schema) {
+                if violation.contains("uses anyOf")
+                    || violation.contains("uses oneOf")
+                    || violation.contains("uses allOf")
+                {
+                    continue;
+                }
+                out.push(FieldError {
+                    path: format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                    message: format!("Invalid value: structural schema violation: {violation}"),
+                });
+            }
+        }
     }
     if !matches!(spec["scope"].as_str(), Some("Namespaced" | "Cluster")) {
         out.push(FieldError {
