@@ -216,9 +216,10 @@ impl FromSecret {
         let da: serde_json::Value = serde_json::from_slice(&data.get("dataAddress.json")?.0).ok()?;
         let text = |k: &str| da.get(k).and_then(serde_json::Value::as_str).map(str::to_owned);
         let url = text("dsp-mqtt:baseUrl")?;
-        let (username, password) = match text("dsp-mqtt:authorization") {
-            Some(jwt) => ("jwt".to_owned(), jwt),
-            None => (text("dsp-mqtt:username")?, text("dsp-mqtt:password")?),
+        let username = text("dsp-mqtt:username").unwrap_or_else(|| "jwt".to_owned());
+        let password = match text("dsp-mqtt:authorization") {
+            Some(jwt) => jwt,
+            None => text("dsp-mqtt:password")?,
         };
         crate::logs::register_secret(&password);
         let topics = match text("dsp-mqtt:topic") {

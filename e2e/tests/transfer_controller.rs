@@ -433,3 +433,54 @@ async fn a_resync_with_nothing_changed_writes_nothing() {
     }
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oauth2_suspension_on_rabbitmq_closes_live_sessions_and_stops_new_tokens() {
+    let stack = DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }).await;
+    let mut a = mosquitto_asset();
+    a.spec.broker = Some("rabbitmq".into());
+    a.spec.auth.mode = mqtt_dsp_operator::api::AuthMode::Oauth2;
+    with_ready_asset(&stack, &a).await;
+    create_active(&stack, &transfer("t-a", to("consumer-a"))).await;
+    let from = from_secret(&stack, "t-a").await;
+    let mut c = Consumer::connect(&from.options).await.expect("the JWT opens RabbitMQ");
+    assert!(c.subscribe("factory/line-1/#").await);
+    // RabbitMQ lists a connection (which is how the operator finds it to close it) only after
+    // its statistics interval: wait until it is listed, under the username the Secret gave.
+    let identity = format!("dsp-mqtt-transfer-{}-t-a", stack.namespace);
+    let rabbit = stack.rabbitmq.as_ref().unwrap();
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(stack.ca.cert_pem().as_bytes()).unwrap()])
+        .build()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let connections: Value = http
+            .get(format!("{}/api/connections", rabbit.management_url()))
+            .basic_auth(e2e::brokers::rabbitmq::ADMIN_USER, Some(e2e::brokers::rabbitmq::ADMIN_PASSWORD))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if connections.as_array().unwrap().iter().any(|c| c["user"] == json!(identity)) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "RabbitMQ never listed the connection: {connections}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let started = tokio::time::Instant::now();
+    let api: Api<MqttTransfer> = stack.api();
+    api.patch("t-a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"state": "Suspended"}}))).await.unwrap();
+    c.wait_disconnected(Duration::from_secs(5)).await.expect("live session closed");
+    let latency = started.elapsed();
+    eprintln!("oauth2 suspend → disconnected: {latency:?}");
+    assert!(latency < Duration::from_secs(1), "closed within one second, took {latency:?}");
+    wait_for(&api, "t-a", WITHIN, "Suspended", |t| phase(t).as_deref() == Some("Suspended")).await;
+    assert!(!stack.keycloak.client(&identity).unwrap().enabled, "no new tokens for a suspended transfer");
+    let s = secret(&stack, "t-a").await.unwrap();
+    assert!(FromSecret::read(&s, &stack.ca.cert_pem()).is_none(), "no token in the Secret");
+    stack.teardown().await;
+}

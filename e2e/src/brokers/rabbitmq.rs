@@ -83,7 +83,9 @@ impl RabbitMq {
              web_mqtt.ssl.ip = 127.0.0.1\nweb_mqtt.ssl.port = {wss_port}\n\
              web_mqtt.ssl.certfile = {d}/server.crt\nweb_mqtt.ssl.keyfile = {d}/server.key\nweb_mqtt.ssl.cacertfile = {d}/ca.crt\n\
              management.ssl.ip = 127.0.0.1\nmanagement.ssl.port = {management_port}\n\
-             management.ssl.certfile = {d}/server.crt\nmanagement.ssl.keyfile = {d}/server.key\nmanagement.ssl.cacertfile = {d}/ca.crt\n"
+             management.ssl.certfile = {d}/server.crt\nmanagement.ssl.keyfile = {d}/server.key\nmanagement.ssl.cacertfile = {d}/ca.crt\n\
+             # Connections appear in the management API's list after this interval (default 5 s).\n\
+             collect_statistics_interval = 500\n"
         );
         match oauth {
             Some(o) => config.push_str(&format!(

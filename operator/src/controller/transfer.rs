@@ -432,8 +432,8 @@ async fn suspend(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut 
             disabled.enabled = false;
             count(ctx, System::Identity, idp.ensure_client(&disabled).await.map_err(at(Step::Identity))?);
             walk.tracker.step_ok(Step::Identity, &format!("client {} is disabled: no new tokens", client.client_id));
-            if let Some(user) = status.broker.as_ref().and_then(|b| b.user.as_deref()) {
-                clients.broker.disconnect(user).await.map_err(at(Step::Broker))?;
+            for user in session_users(&plan.identity, &status) {
+                clients.broker.disconnect(&user).await.map_err(at(Step::Broker))?;
             }
             walk.tracker.step_ok(Step::Broker, "live sessions closed");
         }
@@ -504,8 +504,8 @@ async fn revoke(t: &MqttTransfer, asset: Option<&MqttAsset>, ctx: &Context) -> S
     if let Some(broker) = broker_profile.and_then(|p| ctx.backends.brokers.get(&p).cloned()) {
         match mode {
             Some(AuthMode::Oauth2) => {
-                if let Some(user) = status.broker.as_ref().and_then(|b| b.user.as_deref()) {
-                    tolerate_foreign(broker.disconnect(user).await.map(|_| Outcome::Unchanged))
+                for user in session_users(&transfer_plan::identity(t), &status) {
+                    tolerate_foreign(broker.disconnect(&user).await.map(|_| Outcome::Unchanged))
                         .map_err(at(Step::Broker))?;
                 }
             }
@@ -568,6 +568,19 @@ async fn revoke(t: &MqttTransfer, asset: Option<&MqttAsset>, ctx: &Context) -> S
     }
     ctx.metrics.set_token_expiry(&owner.namespace, &owner.name, None);
     Ok(())
+}
+
+/// The names a transfer's `oauth2` sessions may carry at the broker: the MQTT username the
+/// DataAddress gives (RabbitMQ lists connections under it) and the token's subject (brokers that
+/// take the identity from the token).
+fn session_users(identity: &str, status: &MqttTransferStatus) -> Vec<String> {
+    let mut users = vec![identity.to_owned()];
+    if let Some(sub) = status.broker.as_ref().and_then(|b| b.user.clone())
+        && sub != identity
+    {
+        users.push(sub);
+    }
+    users
 }
 
 /// An object that turns out not to be ours is left alone.

@@ -244,6 +244,10 @@ pub fn data_address(plan: &TransferPlan, credentials: Option<&Credentials>) -> M
         [one] => drop(da.insert(keys::TOPIC.into(), json!(one))),
         many => drop(da.insert(keys::TOPICS.into(), json!(many))),
     }
+    // The MQTT username: needed in usrpw mode; in oauth2 mode the name to connect with, so the
+    // broker's connection list can tell this transfer's sessions apart (brokers that take the
+    // identity from the token ignore it).
+    da.insert(keys::USERNAME.into(), json!(plan.identity));
     match plan.mode {
         AuthMode::Oauth2 => {
             if let Some(url) = &plan.token_url {
@@ -261,7 +265,6 @@ pub fn data_address(plan: &TransferPlan, credentials: Option<&Credentials>) -> M
             }
         }
         AuthMode::Usrpw => {
-            da.insert(keys::USERNAME.into(), json!(plan.identity));
             if let Some(Credentials::Password { password }) = credentials {
                 da.insert(keys::PASSWORD.into(), json!(password.expose_secret()));
             }
@@ -428,6 +431,7 @@ secretStores:
             "dsp-mqtt:refreshEndpoint": "https://kc.example.com/realms/dataspace/protocol/openid-connect/token",
             "dsp-mqtt:expiresIn": "300",
             "dsp-mqtt:refreshAudience": "rabbitmq",
+            "dsp-mqtt:username": "dsp-mqtt-transfer-dataspace-line-1-consumer-a",
         });
         assert_eq!(da, golden);
         let sample: Value = serde_json::from_str(include_str!(
