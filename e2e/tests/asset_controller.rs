@@ -419,7 +419,7 @@ async fn drift_in_connector_secret_store_and_broker_is_repaired_on_resync() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_deleted_identity_client_is_recreated_and_vault_follows_its_new_secret() {
+async fn keycloak_and_rabbitmq_drift_is_repaired_and_vault_follows_a_new_client_secret() {
     let mut options = StackOptions { rabbitmq: true, ..Default::default() };
     options.settings.resync = Duration::from_millis(500);
     let stack = DevStack::start(options).await;
@@ -439,6 +439,26 @@ async fn a_deleted_identity_client_is_recreated_and_vault_follows_its_new_secret
     let new_secret = stack.keycloak.client(&client_id).unwrap().secret;
     assert_ne!(new_secret, old_secret);
     eventually("Vault follows", || vault_password(&stack, &alias) == new_secret).await;
+
+    // RabbitMQ: a usrpw asset's user deleted behind our back is recreated.
+    let mut usrpw = usrpw_spec();
+    usrpw["broker"] = json!("rabbitmq");
+    create(&stack, &asset("line-2", usrpw)).await;
+    let rabbit_user = format!("dsp-mqtt-{}-line-2", stack.namespace);
+    let removed = stack.backends.brokers["rabbitmq"].remove_user(&rabbit_user, &owner(&stack, "line-2")).await.unwrap();
+    assert_eq!(removed, mqtt_dsp_operator::backends::Outcome::Deleted);
+    let rabbit = stack.rabbitmq.as_ref().unwrap();
+    let password = vault_password(&stack, &format!("dsp-mqtt-{}-line-2-secret", stack.namespace));
+    e2e::logs::register_secret(&password);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let options = consumer_options(rabbit.mqtts_url(), &stack.ca.cert_pem(), &rabbit_user, &password);
+        if Consumer::connect(&options).await.is_ok() {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "RabbitMQ user not recreated");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // A mapper removed behind our back comes back too.
     let mappers = stack.keycloak.client(&client_id).unwrap().protocol_mappers.len();
