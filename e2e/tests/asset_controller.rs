@@ -674,3 +674,36 @@ async fn after_an_operator_restart_nothing_is_rewritten_and_changes_are_reconcil
     assert_eq!(stack.edc.state.asset(&format!("{}-line-1", stack.namespace)).unwrap().properties["name"], "renamed");
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_asset_is_left_alone_until_the_annotation_goes() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    create(&stack, &asset("line-1", usrpw_spec())).await;
+    let api: Api<MqttAsset> = stack.api();
+    merge(&stack, "line-1", json!({"metadata": {"annotations": {"dsp-mqtt.io/paused": "true"}}})).await;
+    wait_for(&api, "line-1", READY_WITHIN, "Paused", |a| {
+        a.status.as_ref().and_then(|s| condition(&s.conditions, "Paused")).is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+    stack.edc.server.log.clear();
+    let generation =
+        merge(&stack, "line-1", json!({"spec": {"properties": {"name": "while paused"}}})).await.metadata.generation;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(stack.edc.server.log.all().is_empty(), "a paused asset is not reconciled");
+    let asset_id = format!("{}-line-1", stack.namespace);
+    assert_ne!(stack.edc.state.asset(&asset_id).unwrap().properties["name"], "while paused");
+
+    merge(&stack, "line-1", json!({"metadata": {"annotations": {"dsp-mqtt.io/paused": null}}})).await;
+    let resumed = wait_for(&api, "line-1", READY_WITHIN, "reconciled after the pause", |a| {
+        is_ready(a) && a.status.as_ref().unwrap().observed_generation == generation
+    })
+    .await;
+    assert!(condition(&resumed.status.unwrap().conditions, "Paused").is_none());
+    assert_eq!(stack.edc.state.asset(&asset_id).unwrap().properties["name"], "while paused");
+    let events = events_about(&stack, "line-1").await;
+    assert!(
+        events.iter().any(|(_, r, _)| r == "Paused") && events.iter().any(|(_, r, _)| r == "Resumed"),
+        "{events:?}"
+    );
+    stack.teardown().await;
+}

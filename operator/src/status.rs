@@ -22,6 +22,9 @@ pub const CONNECTOR_READY: &str = "ConnectorReady";
 /// Condition type: the Secret with the consumer's DataAddress (transfers).
 pub const CREDENTIALS_READY: &str = "CredentialsReady";
 
+/// Condition type: reconciling is paused by annotation.
+pub const PAUSED: &str = "Paused";
+
 /// Reason: the step holds what the spec asks for.
 pub const RECONCILED: &str = "Reconciled";
 /// Reason: an earlier step failed, so this one was not attempted.

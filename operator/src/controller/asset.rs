@@ -26,7 +26,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use super::{AtStep, Context, Error, FINALIZER, Step, Tracker, publish_changes};
+use super::{AtStep, Context, Error, FINALIZER, Step, Tracker, is_paused, publish_changes};
 use crate::api::{
     AuthMode, BrokerRefs, ConnectorRefs, DeletionPolicy, IdentityRefs, MqttAsset, MqttAssetStatus, SecretRefs,
 };
@@ -173,6 +173,12 @@ impl Walk {
 
 async fn apply(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Result<Action, Error> {
     let mut walk = Walk::new(asset);
+    if walk.tracker.paused(is_paused(&asset.metadata)) {
+        // Not reconciled: the generation is not observed.
+        walk.status.observed_generation = asset.status.as_ref().and_then(|s| s.observed_generation);
+        write_status(asset, api, ctx, walk).await?;
+        return Ok(Action::await_change());
+    }
     let result = provision(asset, ctx, &mut walk).await;
     if let Err((step, error)) = &result {
         walk.fail(*step, error);

@@ -35,6 +35,14 @@ use crate::status::{self, Status};
 /// The finalizer our controllers put on resources.
 pub const FINALIZER: &str = "dsp-mqtt.io/cleanup";
 
+/// Annotation that pauses reconciling one resource (`"true"`); deletion still cleans up.
+pub const PAUSED_ANNOTATION: &str = "dsp-mqtt.io/paused";
+
+/// Whether a resource is paused by annotation.
+pub fn is_paused(meta: &kube::api::ObjectMeta) -> bool {
+    meta.annotations.as_ref().and_then(|a| a.get(PAUSED_ANNOTATION)).is_some_and(|v| v == "true")
+}
+
 /// Name the operator reports Events under.
 pub const REPORTER: &str = "mqtt-dsp-operator";
 
@@ -327,6 +335,31 @@ impl Tracker {
         self.set(status::READY, Status::False, error.reason(), &message);
     }
 
+    /// Marks the resource paused (or not): a `Paused` condition while the annotation is set,
+    /// none otherwise. Returns whether it is paused.
+    pub(crate) fn paused(&mut self, paused: bool) -> bool {
+        if paused {
+            self.set(
+                status::PAUSED,
+                Status::True,
+                "Paused",
+                &format!("annotation {PAUSED_ANNOTATION}=true: the operator leaves every backend as it is; remove the annotation to resume"),
+            );
+        } else if let Some(i) = self.conditions.iter().position(|c| c.type_ == status::PAUSED) {
+            let removed = self.conditions.remove(i);
+            self.changed.push(Change {
+                type_: status::READY.into(),
+                status: Status::Unknown,
+                reason: "Resumed".into(),
+                message: format!(
+                    "annotation {PAUSED_ANNOTATION} removed: reconciling again (was: {})",
+                    removed.message
+                ),
+            });
+        }
+        paused
+    }
+
     /// Hands the conditions over and returns the changes.
     pub(crate) fn finish(self, into: &mut Vec<Condition>) -> Vec<Change> {
         *into = self.conditions;
@@ -337,7 +370,7 @@ impl Tracker {
 /// An Event for every change of `Ready` and every condition that turned `False`.
 pub(crate) async fn publish_changes(ctx: &Context, reference: &ObjectReference, changes: Vec<Change>) {
     for c in changes {
-        if c.type_ != status::READY && c.status != Status::False {
+        if c.type_ != status::READY && c.type_ != status::PAUSED && c.status != Status::False {
             continue;
         }
         let type_ = if c.status == Status::False { EventType::Warning } else { EventType::Normal };

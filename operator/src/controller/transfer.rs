@@ -36,7 +36,7 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use super::{AtStep, Context, Error, FINALIZER, Step, Tracker, publish_changes};
+use super::{AtStep, Context, Error, FINALIZER, Step, Tracker, is_paused, publish_changes};
 use crate::api::{
     AuthMode, BrokerRefs, IdentityRefs, MqttAsset, MqttTransfer, MqttTransferStatus, SecretReference, SecretRefs,
     TransferPhase, TransferState,
@@ -137,6 +137,14 @@ impl Walk {
 async fn apply(t: &MqttTransfer, api: &Api<MqttTransfer>, ctx: &Context) -> Result<Action, Error> {
     let mut walk = Walk::new(t);
     let (access, cause) = transfer_plan::access(t, now());
+    // A pause never extends access: termination and expiry are enforced regardless.
+    if walk.tracker.paused(is_paused(&t.metadata) && access != Access::Revoked) {
+        // Not reconciled: the generation is not observed.
+        walk.status.observed_generation = t.status.as_ref().and_then(|s| s.observed_generation);
+        write_status(t, api, ctx, walk).await?;
+        let expiry = t.spec.expires_at.as_ref().map(|e| u64::try_from(e.0.as_second() - now()).unwrap_or(0).max(1));
+        return Ok(expiry.map_or_else(Action::await_change, |s| Action::requeue(Duration::from_secs(s))));
+    }
     let assets: Api<MqttAsset> = Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
     let asset = assets.get_opt(&t.spec.asset_ref.name).await.map_err(Error::Kube)?;
     let asset = asset.filter(|a| a.metadata.deletion_timestamp.is_none());
