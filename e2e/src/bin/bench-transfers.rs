@@ -351,6 +351,57 @@ fn any_request(r: &e2e::doubles::LoggedRequest) -> String {
     format!("{} {} ({})", r.method, r.path, r.status)
 }
 
+/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`.
+fn cpu_seconds(pid: &str) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else { return 0.0 };
+    // Fields after the parenthesised command name; utime and stime are the 14th and 15th.
+    let after = stat.rsplit_once(')').map(|(_, rest)| rest).unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// The Mosquitto process of this stack (the broker whose command line names its directory).
+fn mosquitto_pid(stack: &Stack) -> Option<String> {
+    let dir = stack.mosquitto.dir.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc").ok()?.filter_map(Result::ok).find_map(|e| {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        // The broker itself, not the watchdog that also names the directory.
+        (name.chars().all(|c| c.is_ascii_digit())
+            && cmdline.starts_with("/usr/sbin/mosquitto")
+            && cmdline.contains(&dir))
+        .then_some(name)
+    })
+}
+
+/// CPU seconds used by the operator, Mosquitto and this process (API server, doubles, watch).
+#[derive(Clone, Copy, Default)]
+struct Cpu {
+    operator: f64,
+    mosquitto: f64,
+    harness: f64,
+}
+
+impl Cpu {
+    fn now(stack: &Stack, operator: Option<&OperatorProcess>) -> Cpu {
+        Cpu {
+            operator: operator.map(|o| cpu_seconds(&o.pid().to_string())).unwrap_or(0.0),
+            mosquitto: mosquitto_pid(stack).map(|p| cpu_seconds(&p)).unwrap_or(0.0),
+            harness: cpu_seconds("self"),
+        }
+    }
+
+    fn since(self, before: Cpu) -> Cpu {
+        Cpu {
+            operator: self.operator - before.operator,
+            mosquitto: self.mosquitto - before.mosquitto,
+            harness: self.harness - before.harness,
+        }
+    }
+}
+
 // --- the resources --------------------------------------------------------------------------
 
 fn asset() -> Result<MqttAsset, Failure> {
@@ -411,6 +462,7 @@ struct FloorResult {
     elapsed: Duration,
     vault: Tally,
     dynsec: u64,
+    cpu: Cpu,
 }
 
 /// The backend calls of one usrpw transfer's first grant, made directly with the operator's
@@ -433,6 +485,7 @@ async fn floor(stack: &Stack, dynsec: &DynsecCounter, n: usize, concurrency: usi
 
     let dynsec_before = dynsec.reading().await;
     let before = counts(stack);
+    let cpu_before = Cpu::now(stack, None);
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -453,7 +506,9 @@ async fn floor(stack: &Stack, dynsec: &DynsecCounter, n: usize, concurrency: usi
         .try_collect::<Vec<()>>()
         .await?;
     let elapsed = started.elapsed();
+    let cpu = Cpu::now(stack, None).since(cpu_before);
     let result = FloorResult {
+        cpu,
         elapsed,
         vault: tally(&stack.vault.server.log, before.vault, vault_request),
         dynsec: dynsec.reading().await - dynsec_before,
@@ -489,6 +544,7 @@ struct ProvisionResult {
     reconcile_seconds_sum: f64,
     peak_rss_kib: u64,
     harness_creates: u64,
+    cpu: Cpu,
 }
 
 async fn provision(
@@ -533,6 +589,7 @@ async fn provision(
     let writes_before = operator.metric("mqtt_dsp_operator_backend_writes_total", &[]).await?;
     let reconciles_before = operator.metric("mqtt_dsp_operator_reconciles_total", &["MqttTransfer"]).await?;
     let seconds_before = operator.metric("mqtt_dsp_operator_reconcile_seconds_sum", &["MqttTransfer"]).await?;
+    let cpu_before = Cpu::now(stack, Some(operator));
     let started = Instant::now();
     futures::stream::iter(0..n)
         .map(|i| {
@@ -562,6 +619,7 @@ async fn provision(
     let ready = ready.lock().unwrap().clone();
     let last = ready.values().max().copied().unwrap_or(started);
     let elapsed = last - started;
+    let cpu = Cpu::now(stack, Some(operator)).since(cpu_before);
     let peak_rss_kib = operator.peak_rss_kib()?;
     watch.abort();
 
@@ -585,6 +643,7 @@ async fn provision(
     latencies.sort();
     let kube = tally(&stack.api.log, before.kube, kube_request);
     Ok(ProvisionResult {
+        cpu,
         elapsed,
         latencies,
         harness_creates: n as u64,
@@ -883,6 +942,22 @@ fn report(
         mib(rss_after_revocation),
         mib(s.peak_rss_kib),
         wall.elapsed().as_secs_f64()
+    ));
+    let cpu = |c: &Cpu, wall: Duration| {
+        format!(
+            "operator {:.1} s, Mosquitto {:.1} s, harness (API server, Vault/EDC/Keycloak doubles, watch, creates) {:.1} s \
+             — of {:.1} CPU-seconds available ({:.1} s × 2 cores)",
+            c.operator,
+            c.mosquitto,
+            c.harness,
+            2.0 * wall.as_secs_f64(),
+            wall.as_secs_f64()
+        )
+    };
+    out.push_str(&format!(
+        "\nCPU time during provisioning: {}.\nCPU time during the floor: {}.\n",
+        cpu(&p.cpu, p.elapsed),
+        cpu(&floor.cpu, floor.elapsed)
     ));
     tally_lines(
         &mut out,
