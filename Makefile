@@ -41,8 +41,7 @@ run: build ## Run the operator against the current kube-context with examples/op
 BENCH_OUT := target/bench/transfers.md
 
 bench: ## MqttTransfer provisioning benchmark (release build, operator as its own process; a few minutes), results in target/bench/transfers.md
-	$(CARGO) build --release --locked -p mqtt-dsp-operator --bin mqtt-dsp-operator
-	$(CARGO) build --release --locked -p e2e --bin bench-transfers
+	$(CARGO) build --release --locked -p mqtt-dsp-operator -p e2e --bin mqtt-dsp-operator --bin bench-transfers
 	target/release/bench-transfers --operator target/release/mqtt-dsp-operator --out $(BENCH_OUT)
 
 demo e2e deploy:
