@@ -38,6 +38,12 @@ crds-check: crds ## Fail when the committed CRDs differ from the types
 run: build ## Run the operator against the current kube-context with examples/operator-config.yaml
 	$(BIN) run --config examples/operator-config.yaml --listen 127.0.0.1:8080
 
-demo e2e bench deploy:
+BENCH_OUT := target/bench/transfers.md
+
+bench: ## MqttTransfer provisioning benchmark (release build, operator as its own process; a few minutes), results in target/bench/transfers.md
+	$(CARGO) build --release --locked -p mqtt-dsp-operator -p e2e --bin mqtt-dsp-operator --bin bench-transfers
+	target/release/bench-transfers --operator target/release/mqtt-dsp-operator --out $(BENCH_OUT)
+
+demo e2e deploy:
 	@echo "make $@: not built yet — it needs the controllers and the Kubernetes API test server (see README, Status)." >&2
 	@exit 2

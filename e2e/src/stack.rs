@@ -167,82 +167,8 @@ impl DevStack {
         });
 
         let dir = tempfile::tempdir().expect("temp dir");
-        let file = |name: &str, content: &str| {
-            let path = dir.path().join(name);
-            std::fs::write(&path, content).expect("write");
-            path.display().to_string()
-        };
-        let ca_file = file("ca.pem", &ca.cert_pem());
-        let mut yaml = format!(
-            r#"
-connectors:
-  default:
-    managementUrl: {edc_url}
-    apiKey: {{file: {edc_key}}}
-    vaultFolder: {VAULT_FOLDER}
-    caBundle: {{file: {ca_file}}}
-  factoryx:
-    managementUrl: {edc_fx_url}
-    apiKey: {{file: {edc_key}}}
-    endpointTypeSpelling: factoryx
-    caBundle: {{file: {ca_file}}}
-  factoryx-misconfigured:
-    managementUrl: {edc_fx_url}
-    apiKey: {{file: {edc_key}}}
-    endpointTypeSpelling: adr
-    caBundle: {{file: {ca_file}}}
-identityProviders:
-  default:
-    type: keycloak
-    adminUrl: {kc_url}
-    realm: {REALM}
-    clientId: mqtt-dsp-operator
-    clientSecret: {{file: {kc_secret}}}
-    caBundle: {{file: {ca_file}}}
-secretStores:
-  default:
-    type: vault
-    url: {vault_url}
-    auth: {{token: {{file: {vault_token}}}}}
-    caBundle: {{file: {ca_file}}}
-brokers:
-  default:
-    type: mosquitto
-    adminUrl: {mosquitto_url}
-    adminUsername: admin
-    adminPassword: {{file: {mosquitto_password}}}
-    publicUrls: {{mqtt-tls: "{mosquitto_url}", mqtt-wss: "{mosquitto_wss}"}}
-    caBundle: {{file: {ca_file}}}
-"#,
-            edc_url = edc.management_url,
-            edc_fx_url = edc_fx.management_url,
-            edc_key = file("edc-key", edc::API_KEY),
-            kc_url = keycloak.server.base_url,
-            kc_secret = file("kc-secret", KEYCLOAK_OPERATOR_SECRET),
-            vault_url = vault.url(),
-            vault_token = file("vault-token", VAULT_TOKEN),
-            mosquitto_url = mosquitto.mqtts_url(),
-            mosquitto_wss = mosquitto.wss_url(),
-            mosquitto_password = file("mosquitto-password", mosquitto::ADMIN_PASSWORD),
-        );
-        if let Some(rabbit) = &rabbitmq {
-            yaml.push_str(&format!(
-                r#"  rabbitmq:
-    type: rabbitmq
-    adminUrl: {admin}
-    adminUsername: {user}
-    adminPassword: {{file: {password}}}
-    publicUrls: {{mqtt-tls: "{mqtts}", mqtt-wss: "{wss}"}}
-    rabbitmq: {{resourceServerId: rabbitmq, additionalScopesKey: {SCOPES_KEY}}}
-    caBundle: {{file: {ca_file}}}
-"#,
-                admin = rabbit.management_url(),
-                user = rabbitmq::ADMIN_USER,
-                password = file("rabbitmq-password", rabbitmq::ADMIN_PASSWORD),
-                mqtts = rabbit.mqtts_url(),
-                wss = rabbit.wss_url(),
-            ));
-        }
+        let yaml =
+            operator_config_yaml(dir.path(), &ca, &edc, &edc_fx, &keycloak, &vault, &mosquitto, rabbitmq.as_ref());
         let config = Config::parse(&yaml).unwrap_or_else(|p| panic!("dev-stack configuration: {p:#?}"));
         let build = BuildContext { kube: Some(&client), namespace: &namespace, replica: "e2e" };
         let backends = Arc::new(Backends::build(&config, &build).await.unwrap_or_else(|e| panic!("{e}")));
@@ -343,6 +269,100 @@ impl Drop for DevStack {
             task.abort();
         }
     }
+}
+
+/// The operator configuration for these doubles and brokers (profiles `default`, `factoryx`,
+/// `factoryx-misconfigured`, and `rabbitmq` when given), with every credential and the CA bundle
+/// written as files into `dir` (which must outlive the configuration's use). The dev stack runs
+/// its controllers with it; the benchmark hands it to a separate operator process.
+#[allow(clippy::too_many_arguments)]
+pub fn operator_config_yaml(
+    dir: &std::path::Path,
+    ca: &TestCa,
+    edc: &EdcDouble,
+    edc_fx: &EdcDouble,
+    keycloak: &KeycloakDouble,
+    vault: &VaultDouble,
+    mosquitto: &Mosquitto,
+    rabbitmq: Option<&RabbitMq>,
+) -> String {
+    let file = |name: &str, content: &str| {
+        let path = dir.join(name);
+        std::fs::write(&path, content).expect("write");
+        path.display().to_string()
+    };
+    let ca_file = file("ca.pem", &ca.cert_pem());
+    let mut yaml = format!(
+        r#"
+connectors:
+  default:
+    managementUrl: {edc_url}
+    apiKey: {{file: {edc_key}}}
+    vaultFolder: {VAULT_FOLDER}
+    caBundle: {{file: {ca_file}}}
+  factoryx:
+    managementUrl: {edc_fx_url}
+    apiKey: {{file: {edc_key}}}
+    endpointTypeSpelling: factoryx
+    caBundle: {{file: {ca_file}}}
+  factoryx-misconfigured:
+    managementUrl: {edc_fx_url}
+    apiKey: {{file: {edc_key}}}
+    endpointTypeSpelling: adr
+    caBundle: {{file: {ca_file}}}
+identityProviders:
+  default:
+    type: keycloak
+    adminUrl: {kc_url}
+    realm: {REALM}
+    clientId: mqtt-dsp-operator
+    clientSecret: {{file: {kc_secret}}}
+    caBundle: {{file: {ca_file}}}
+secretStores:
+  default:
+    type: vault
+    url: {vault_url}
+    auth: {{token: {{file: {vault_token}}}}}
+    caBundle: {{file: {ca_file}}}
+brokers:
+  default:
+    type: mosquitto
+    adminUrl: {mosquitto_url}
+    adminUsername: admin
+    adminPassword: {{file: {mosquitto_password}}}
+    publicUrls: {{mqtt-tls: "{mosquitto_url}", mqtt-wss: "{mosquitto_wss}"}}
+    caBundle: {{file: {ca_file}}}
+"#,
+        edc_url = edc.management_url,
+        edc_fx_url = edc_fx.management_url,
+        edc_key = file("edc-key", edc::API_KEY),
+        kc_url = keycloak.server.base_url,
+        kc_secret = file("kc-secret", KEYCLOAK_OPERATOR_SECRET),
+        vault_url = vault.url(),
+        vault_token = file("vault-token", VAULT_TOKEN),
+        mosquitto_url = mosquitto.mqtts_url(),
+        mosquitto_wss = mosquitto.wss_url(),
+        mosquitto_password = file("mosquitto-password", mosquitto::ADMIN_PASSWORD),
+    );
+    if let Some(rabbit) = rabbitmq {
+        yaml.push_str(&format!(
+            r#"  rabbitmq:
+    type: rabbitmq
+    adminUrl: {admin}
+    adminUsername: {user}
+    adminPassword: {{file: {password}}}
+    publicUrls: {{mqtt-tls: "{mqtts}", mqtt-wss: "{wss}"}}
+    rabbitmq: {{resourceServerId: rabbitmq, additionalScopesKey: {SCOPES_KEY}}}
+    caBundle: {{file: {ca_file}}}
+"#,
+            admin = rabbit.management_url(),
+            user = rabbitmq::ADMIN_USER,
+            password = file("rabbitmq-password", rabbitmq::ADMIN_PASSWORD),
+            mqtts = rabbit.mqtts_url(),
+            wss = rabbit.wss_url(),
+        ));
+    }
+    yaml
 }
 
 /// Waits until `name` satisfies `pred` (polling every 100 ms); panics with the last state after
