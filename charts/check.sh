@@ -13,7 +13,7 @@ packages=(helm-python-sdk==0.2.2 kubernetes-validate==1.37.0)
 if ! "$venv/bin/python" -c 'import helm_python, kubernetes_validate' 2>/dev/null \
    || [ "$(cat "$venv/.packages" 2>/dev/null)" != "${packages[*]}" ]; then
   echo "== chart-check: installing ${packages[*]} into $venv"
-  python3 -m venv "$venv"
+  python3 -m venv "$venv" || { echo "chart-check: python3 -m venv failed (Debian: apt-get install python3-venv)" >&2; exit 1; }
   "$venv/bin/pip" install --quiet --disable-pip-version-check "${packages[@]}"
   echo "${packages[*]}" > "$venv/.packages"
 fi
