@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN   := target/debug/mqtt-dsp-operator
 
-.PHONY: help build test fmt fmt-check lint unit crds crds-check run demo e2e bench deploy
+.PHONY: help build test fmt fmt-check lint unit crds crds-check chart-check run demo e2e bench deploy
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -10,7 +10,8 @@ help: ## List the targets
 build: ## Build the operator
 	$(CARGO) build --workspace --locked
 
-test: fmt-check lint unit ## Everything CI runs: format check, clippy -D warnings, all tests
+test: fmt-check lint unit ## Everything CI runs: format check, clippy -D warnings, all tests, the chart
+	$(MAKE) chart-check
 
 fmt: ## Format the code
 	$(CARGO) fmt --all
@@ -34,6 +35,9 @@ crds: ## Regenerate crds/*.yaml and docs/crd-reference.md from the Rust types
 
 crds-check: crds ## Fail when the committed CRDs differ from the types
 	git diff --exit-code -- crds docs/crd-reference.md
+
+chart-check: ## Lint, render and validate the Helm chart (charts/check.sh; a venv in target/)
+	bash charts/check.sh
 
 run: build ## Run the operator against the current kube-context with examples/operator-config.yaml
 	$(BIN) run --config examples/operator-config.yaml --listen 127.0.0.1:8080

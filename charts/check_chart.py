@@ -1,0 +1,272 @@
+"""The Helm chart's checks; charts/check.sh runs this in its venv.
+
+Helm is helm-python-sdk's libhelm_c (Helm v4's Go SDK behind a C ABI, loaded with ctypes): the
+package ships no `helm` binary, so `helm lint` and `helm template` are its `lint()` and
+`Chart.render()`, both offline. Every rendered object is validated by kubernetes-validate
+against the chart's oldest supported Kubernetes and the newest the package knows.
+"""
+
+from __future__ import annotations
+
+import copy
+import pathlib
+import sys
+import tomllib
+
+import helm_python as helm
+import kubernetes_validate
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+CHART = ROOT / "charts" / "mqtt-dsp-operator"
+RELEASE = NAMESPACE = "mqtt-dsp-operator"  # as in deploy/rbac.yaml, so the two compare as they are
+# Chart.yaml's kubeVersion floor and the newest Kubernetes kubernetes-validate has schemas of.
+KUBE_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
+# Kinds Kubernetes itself does not define, so kubernetes-validate has no schema for them; each
+# is checked by hand below instead.
+FOREIGN_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+
+# Values that switch on everything that is off by default.
+EVERYTHING = {
+    "singleNamespace": True,
+    "image": {"digest": "sha256:" + "0" * 64},
+    "rbac": {"credentialSecretNames": ["edc-management-api", "keycloak-operator-client"]},
+    "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
+    "networkPolicy": {
+        "enabled": True,
+        "metricsFrom": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}],
+        "egress": [{"ports": [{"port": 443, "protocol": "TCP"}, {"port": 8883, "protocol": "TCP"}]}],
+    },
+    "podDisruptionBudget": {"enabled": True},
+    "extraEnv": [{"name": "EDC_API_KEY", "valueFrom": {"secretKeyRef": {"name": "edc", "key": "api-key"}}}],
+    "extraVolumes": [{"name": "ca", "secret": {"secretName": "backend-ca"}}],
+    "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/backends", "readOnly": True}],
+}
+# Another namespace watched, no CRDs, no aggregated roles, an existing ServiceAccount.
+OTHER_NAMESPACE = {
+    "watchNamespace": "dataspace",
+    "crds": {"install": False},
+    "rbac": {"aggregateToDefaultRoles": False},
+    "serviceAccount": {"create": False, "name": "operator"},
+}
+# Values the schema must refuse, with why.
+REFUSED = {
+    "two replicas (no leader election yet)": {"replicaCount": 2},
+    "a credential written as a value": {"config": {"connectors": {"other": {"apiKey": "s3cr3t"}}}},
+    "a credential with two sources": {"config": {"brokers": {"b": {"adminPassword": {"env": "A", "file": "/f"}}}}},
+    "a namespace that is no DNS label": {"watchNamespace": "Data_Space"},
+    "an unknown value (a typo)": {"replicas": 1},
+    "privilege escalation": {"securityContext": {"allowPrivilegeEscalation": True}},
+}
+
+passed = 0
+failures: list[str] = []
+
+
+def check(ok: bool, what: str) -> None:
+    global passed
+    if ok:
+        passed += 1
+    else:
+        failures.append(what)
+
+
+def docs_of(text: str) -> list[dict]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def render(values: dict) -> list[dict]:
+    rendered = helm.Chart.load(CHART).render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return [d for name, text in sorted(rendered.items()) if not name.endswith("NOTES.txt") for d in docs_of(text)]
+
+
+def one(objs: list[dict], kind: str, name: str | None = None) -> dict:
+    found = [o for o in objs if o["kind"] == kind and (name is None or o["metadata"]["name"] == name)]
+    if len(found) != 1:
+        raise SystemExit(f"expected one {kind} {name or ''}, rendered {len(found)}")
+    return found[0]
+
+
+def rules(obj: dict) -> list[tuple]:
+    """A role's rules, order-insensitive, for comparing."""
+    return sorted(
+        (tuple(sorted(r.get("apiGroups", []))), tuple(sorted(r["resources"])), tuple(sorted(r["verbs"])),
+         tuple(sorted(r.get("resourceNames", []))))
+        for r in obj["rules"]
+    )
+
+
+def check_sources() -> None:
+    workspace = tomllib.loads((ROOT / "Cargo.toml").read_text())["workspace"]["package"]["version"]
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    check(chart["appVersion"] == workspace, f"Chart.yaml appVersion {chart['appVersion']} != crate version {workspace}")
+
+    ours = sorted(p.name for p in (ROOT / "crds").glob("*.yaml"))
+    copies = sorted(p.name for p in (CHART / "files" / "crds").glob("*.yaml"))
+    check(ours == copies, f"charts/mqtt-dsp-operator/files/crds/ holds {copies}, crds/ holds {ours}")
+    for name in ours:
+        same = (CHART / "files" / "crds" / name).exists() and (
+            (ROOT / "crds" / name).read_bytes() == (CHART / "files" / "crds" / name).read_bytes())
+        check(same, f"files/crds/{name} differs from crds/{name}: cp crds/*.yaml charts/mqtt-dsp-operator/files/crds/")
+
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    example = yaml.safe_load((ROOT / "examples" / "operator-config.yaml").read_text())
+    check(values["config"] == example, "values.yaml `config` differs from examples/operator-config.yaml")
+
+
+def check_lint(label: str, values: dict) -> None:
+    report = helm.lint(CHART, values, strict=True, namespace=NAMESPACE, kube_version="v" + KUBE_VERSIONS[-1])
+    # Severity 1 is information ("icon is recommended"); warnings count as errors (strict).
+    problems = [m for m in report["messages"] if m["severity"] >= 2] + [{"error": e} for e in report["errors"]]
+    check(not problems, f"helm lint ({label}): {problems}")
+
+
+def check_valid(label: str, objs: list[dict]) -> None:
+    for obj in objs:
+        ident = f"{label}: {obj['kind']} {obj['metadata'].get('name')}"
+        if (obj["apiVersion"], obj["kind"]) in FOREIGN_KINDS:
+            continue
+        for version in KUBE_VERSIONS:
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+                check(True, ident)
+            except kubernetes_validate.SchemaNotFoundError:
+                check(False, f"{ident}: Kubernetes {version} has no such kind (add it to FOREIGN_KINDS only if it is a CRD's)")
+            except kubernetes_validate.ValidationError as e:
+                check(False, f"{ident}: invalid for Kubernetes {version}: {e.message} at {list(e.path)}")
+
+
+def check_rbac(label: str, objs: list[dict], operator_kind: str) -> None:
+    reference = docs_of((ROOT / "deploy" / "rbac.yaml").read_text())
+    operator = one(objs, operator_kind, RELEASE)
+    check(rules(operator) == rules(one(reference, "ClusterRole")), f"{label}: operator rules differ from deploy/rbac.yaml")
+    credentials = one(objs, "Role", f"{RELEASE}-credentials")
+    check(credentials["metadata"]["namespace"] == NAMESPACE, f"{label}: credentials Role outside the release namespace")
+    plain = [dict(r, resourceNames=[]) for r in credentials["rules"]]
+    check(rules({"rules": plain}) == rules(one(reference, "Role")), f"{label}: credentials rules differ from deploy/rbac.yaml")
+    for role in (o for o in objs if o["kind"] in ("Role", "ClusterRole")):
+        for rule in role["rules"]:
+            secrets = "" in rule.get("apiGroups", []) and ({"secrets", "*"} & set(rule["resources"]))
+            check(not (secrets and {"list", "watch", "*"} & set(rule["verbs"])),
+                  f"{label}: {role['kind']} {role['metadata']['name']} lists or watches Secrets")
+            check("customresourcedefinitions" not in rule["resources"], f"{label}: a rule on CRDs")
+            check("*" not in rule["verbs"] and "*" not in rule["resources"], f"{label}: a wildcard rule")
+
+
+def check_deployment(label: str, objs: list[dict], values: dict) -> dict:
+    dep = one(objs, "Deployment")
+    pod = dep["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    psc, csc = pod["securityContext"], c["securityContext"]
+    check(dep["spec"]["replicas"] == 1, f"{label}: replicas != 1")
+    check(dep["spec"]["strategy"]["type"] == "Recreate", f"{label}: rollout may run two operators")
+    check(psc.get("runAsNonRoot") is True and csc.get("runAsNonRoot") is True, f"{label}: runAsNonRoot")
+    check(psc.get("runAsUser", 0) > 0 and psc.get("runAsGroup", 0) > 0, f"{label}: fixed non-root uid/gid")
+    check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{label}: seccomp RuntimeDefault")
+    check(csc.get("readOnlyRootFilesystem") is True, f"{label}: readOnlyRootFilesystem")
+    check(csc.get("allowPrivilegeEscalation") is False, f"{label}: allowPrivilegeEscalation")
+    check(csc.get("capabilities", {}).get("drop") == ["ALL"], f"{label}: capabilities not all dropped")
+    check(all(c["resources"].get(k, {}).get(r) for k in ("requests", "limits") for r in ("cpu", "memory")),
+          f"{label}: resource requests/limits")
+    check(pod.get("automountServiceAccountToken") is True, f"{label}: the pod needs its token for the API")
+    check(pod.get("terminationGracePeriodSeconds", 0) > 0, f"{label}: terminationGracePeriodSeconds")
+    (port,) = c["ports"]
+    check(f"--listen=0.0.0.0:{port['containerPort']}" in c["args"], f"{label}: the probes' port is not --listen's")
+    for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
+        check(c[probe]["httpGet"] == {"path": path, "port": port["name"]}, f"{label}: {probe} is not {path}")
+    env = {e["name"]: e for e in c["env"]}
+    for name, field in (("POD_NAMESPACE", "metadata.namespace"), ("POD_NAME", "metadata.name")):
+        check(env.get(name, {}).get("valueFrom", {}).get("fieldRef", {}).get("fieldPath") == field,
+              f"{label}: {name} not from the downward API")
+    check(all("value" not in e for e in c["env"] if e["name"] not in ("RUST_LOG",)), f"{label}: an env value written inline")
+    check("--config=/etc/mqtt-dsp-operator/config.yaml" in c["args"], f"{label}: --config")
+    mount = next(m for m in c["volumeMounts"] if m["name"] == "config")
+    volume = next(v for v in pod["volumes"] if v["name"] == "config")
+    config_map = one(objs, "ConfigMap")
+    check(mount["mountPath"] == "/etc/mqtt-dsp-operator" and volume["configMap"]["name"] == config_map["metadata"]["name"],
+          f"{label}: the config is not mounted at /etc/mqtt-dsp-operator/config.yaml")
+    expected_config = values.get("config", yaml.safe_load((CHART / "values.yaml").read_text())["config"])
+    check(yaml.safe_load(config_map["data"]["config.yaml"]) == expected_config, f"{label}: ConfigMap is not `config` verbatim")
+    return c
+
+
+def main() -> int:
+    check_sources()
+    chart = helm.Chart.load(CHART)
+
+    # Defaults: all namespaces, CRDs kept on uninstall, nothing optional.
+    objs = render({})
+    check_lint("defaults", {})
+    check_valid("defaults", objs)
+    check_rbac("defaults", objs, "ClusterRole")
+    c = check_deployment("defaults", objs, {})
+    check(not any(a.startswith("--watch-namespace") for a in c["args"]), "defaults: --watch-namespace set")
+    kinds = {o["kind"] for o in objs}
+    check(not kinds & {"ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget"}, f"defaults render optional kinds: {kinds}")
+    crds = [o for o in objs if o["kind"] == "CustomResourceDefinition"]
+    check(len(crds) == len(list((ROOT / "crds").glob("*.yaml"))), "defaults: not every CRD rendered")
+    for crd in crds:
+        source = yaml.safe_load((ROOT / "crds" / f"{crd['metadata']['name']}.yaml").read_text())
+        check(crd["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", f"CRD {crd['metadata']['name']} not kept")
+        check(crd["spec"] == source["spec"], f"CRD {crd['metadata']['name']}: rendered spec differs from crds/")
+    aggregated = {o["metadata"]["name"]: o["metadata"]["labels"] for o in objs if o["kind"] == "ClusterRole"}
+    check(aggregated.get(f"{RELEASE}-edit", {}).get("rbac.authorization.k8s.io/aggregate-to-edit") == "true", "no edit aggregation")
+    check(aggregated.get(f"{RELEASE}-view", {}).get("rbac.authorization.k8s.io/aggregate-to-view") == "true", "no view aggregation")
+
+    # Everything on: the release namespace only, optional objects, narrowed credentials.
+    objs = render(EVERYTHING)
+    check_lint("everything", EVERYTHING)
+    check_valid("everything", objs)
+    check_rbac("everything", objs, "Role")
+    c = check_deployment("everything", objs, EVERYTHING)
+    check(f"--watch-namespace={NAMESPACE}" in c["args"], "everything: --watch-namespace is not the release namespace")
+    check(c["image"] == f"mqtt-dsp-operator@{EVERYTHING['image']['digest']}", "everything: digest not used")
+    check(not any(o["kind"] in ("ClusterRoleBinding",) for o in objs), "single namespace: a ClusterRoleBinding rendered")
+    credentials = one(objs, "Role", f"{RELEASE}-credentials")
+    check(credentials["rules"][0].get("resourceNames") == EVERYTHING["rbac"]["credentialSecretNames"], "resourceNames not set")
+    service, monitor = one(objs, "Service"), one(objs, "ServiceMonitor")
+    check(monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items(),
+          "ServiceMonitor does not select the Service")
+    check(monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+          and monitor["spec"]["endpoints"][0]["path"] == "/metrics", "ServiceMonitor endpoint is not the Service's /metrics")
+    check(monitor["metadata"]["labels"].get("release") == "prometheus", "ServiceMonitor labels not applied")
+    policy = one(objs, "NetworkPolicy")
+    check(policy["spec"]["policyTypes"] == ["Ingress", "Egress"], "NetworkPolicy policyTypes")
+    check(one(objs, "PodDisruptionBudget")["spec"].get("maxUnavailable") == 1, "PDB would block drains")
+
+    # Another namespace watched.
+    objs = render(OTHER_NAMESPACE)
+    check_lint("other-namespace", OTHER_NAMESPACE)
+    check_valid("other-namespace", objs)
+    role = one(objs, "Role", RELEASE)
+    check(role["metadata"]["namespace"] == "dataspace", "watchNamespace: the Role is not in the watched namespace")
+    binding = one(objs, "RoleBinding", RELEASE)
+    check(binding["subjects"] == [{"kind": "ServiceAccount", "name": "operator", "namespace": NAMESPACE}],
+          "watchNamespace: the RoleBinding does not name the operator's account")
+    check("--watch-namespace=dataspace" in one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"],
+          "watchNamespace: --watch-namespace")
+    check(not any(o["kind"] in ("CustomResourceDefinition", "ServiceAccount", "ClusterRole") for o in objs),
+          "other-namespace: CRDs, ServiceAccount or ClusterRoles rendered although switched off")
+
+    # What the schema refuses.
+    for why, values in REFUSED.items():
+        try:
+            chart.validate_schema(values)
+            check(False, f"values.schema.json accepts {why}")
+        except helm.HelmValuesError:
+            check(True, why)
+        try:
+            render(values)
+            check(False, f"helm template accepts {why}")
+        except helm.HelmError:
+            check(True, why)
+
+    for failure in failures:
+        print(f"FAIL {failure}", file=sys.stderr)
+    print(f"chart-check: {passed} checks passed, {len(failures)} failed "
+          f"(lint, 3 renders validated against Kubernetes {', '.join(KUBE_VERSIONS)}; ServiceMonitor checked by hand)")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
