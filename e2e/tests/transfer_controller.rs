@@ -484,3 +484,31 @@ async fn oauth2_suspension_on_rabbitmq_closes_live_sessions_and_stops_new_tokens
     assert!(FromSecret::read(&s, &stack.ca.cert_pem()).is_none(), "no token in the Secret");
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn narrowing_the_asset_below_a_transfer_revokes_that_transfer() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    with_ready_asset(&stack, &mosquitto_asset()).await;
+    let mut spec = to("consumer-a");
+    spec["topics"] = json!(["factory/line-1/temperature"]);
+    create_active(&stack, &transfer("t-a", spec)).await;
+    let from = from_secret(&stack, "t-a").await;
+    let mut c = Consumer::connect(&from.options).await.unwrap();
+    assert!(c.subscribe("factory/line-1/temperature").await);
+
+    let assets: Api<MqttAsset> = stack.api();
+    assets
+        .patch("line-1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"topics": ["factory/line-2/#"]}})))
+        .await
+        .unwrap();
+    let api: Api<MqttTransfer> = stack.api();
+    let t = wait_for(&api, "t-a", WITHIN, "TopicsOutsideAsset", |t| {
+        ready(t).is_some_and(|(_, r, _)| r == "TopicsOutsideAsset")
+    })
+    .await;
+    assert_eq!(phase(&t).as_deref(), Some("Failed"));
+    assert!(c.wait_disconnected(Duration::from_secs(3)).await.is_some(), "cut off");
+    assert_nothing_left(&stack, "t-a").await;
+    assert!(Consumer::connect(&from.options).await.is_err());
+    stack.teardown().await;
+}

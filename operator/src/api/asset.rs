@@ -236,13 +236,6 @@ pub struct MqttAssetStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub data_address: Option<BTreeMap<String, Value>>,
-
-    /// Attempts made at deleting external objects that a backend refused to delete (while the
-    /// resource is being deleted). After the operator's limit the objects are left in place, an
-    /// Event names them, and the finalizer is released.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 0))]
-    pub cleanup_attempts: Option<u32>,
 }
 
 /// Ids of the connector objects.

@@ -632,11 +632,14 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
         return Ok(Action::await_change());
     }
 
-    let attempts = old.cleanup_attempts.unwrap_or(0) + 1;
+    // Attempts are counted in memory: writing them to status would trigger the next attempt at
+    // once instead of after `cleanup_retry` (a restart starts the count again; still bounded).
+    let attempts = ctx.cleanup_attempt(&key(asset));
     let summary = refused.iter().map(|(what, e)| format!("{what}: {e}")).collect::<Vec<_>>().join("; ");
     let reason = refused[0].1.reason();
     if attempts >= ctx.settings.cleanup_attempts {
         warn!(asset = %key(asset), attempts, "giving up on cleanup of refused objects: {summary}");
+        ctx.forget_cleanup(&key(asset));
         ctx.publish(
             &reference,
             KubeEvent {
@@ -653,21 +656,16 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
         return Ok(Action::await_change());
     }
     let mut walk = Walk::new(asset);
-    walk.status.cleanup_attempts = Some(attempts);
     walk.set(
         status::READY,
         Status::False,
         reason,
         &format!(
-            "deletion attempt {attempts} of {}: {summary}; after the last attempt these objects are left in place",
-            ctx.settings.cleanup_attempts
+            "deletion refused: {summary}; tried {} times, {:?} apart, then these objects are left in place",
+            ctx.settings.cleanup_attempts, ctx.settings.cleanup_retry
         ),
     );
-    let Walk { mut status, tracker } = walk;
-    let _ = tracker.finish(&mut status.conditions);
-    let mut updated = asset.clone();
-    updated.status = Some(status);
-    api.replace_status(&asset.name_any(), &PostParams::default(), &updated).await.map_err(Error::Kube)?;
+    write_status(asset, api, ctx, walk).await?;
     ctx.publish(
         &reference,
         KubeEvent {

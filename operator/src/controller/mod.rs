@@ -128,6 +128,19 @@ impl Context {
         jitter(exp.min(self.settings.backoff_max), 0.2)
     }
 
+    /// Counts one more refused deletion attempt of `key` and returns the count.
+    fn cleanup_attempt(&self, key: &str) -> u32 {
+        let mut failures = self.failures.lock().expect("not poisoned");
+        let n = failures.entry(format!("cleanup:{key}")).or_default();
+        *n += 1;
+        *n
+    }
+
+    /// Forgets `key`'s deletion attempts.
+    fn forget_cleanup(&self, key: &str) {
+        self.failures.lock().expect("not poisoned").remove(&format!("cleanup:{key}"));
+    }
+
     /// Forgets `key`'s failures after a success.
     fn succeeded(&self, key: &str) {
         self.failures.lock().expect("not poisoned").remove(key);
@@ -290,6 +303,9 @@ pub(crate) struct Change {
 /// Conditions being computed for one reconcile: keeps the stored ones, records what changed.
 pub(crate) struct Tracker {
     conditions: Vec<Condition>,
+    /// The stored conditions: changes are judged against them, not against what an earlier
+    /// step of the same reconcile set (a step set True then False in one pass is no flip).
+    original: Vec<Condition>,
     changed: Vec<Change>,
     generation: Option<i64>,
     steps: &'static [Step],
@@ -298,14 +314,19 @@ pub(crate) struct Tracker {
 impl Tracker {
     /// Starts from the stored conditions of an object at `generation` with these steps.
     pub(crate) fn new(conditions: Vec<Condition>, generation: Option<i64>, steps: &'static [Step]) -> Self {
-        Self { conditions, changed: Vec::new(), generation, steps }
+        Self { original: conditions.clone(), conditions, changed: Vec::new(), generation, steps }
     }
 
     /// Sets one condition.
     pub(crate) fn set(&mut self, type_: &str, s: Status, reason: &str, message: &str) {
         let message = status::bounded(message);
-        if status::set(&mut self.conditions, type_, s, reason, &message, self.generation) {
-            self.changed.push(Change { type_: type_.to_owned(), status: s, reason: reason.to_owned(), message });
+        status::set(&mut self.conditions, type_, s, reason, &message, self.generation);
+        // The transition time moves only when the status differs from the stored one.
+        if let Some(stored) = self.original.iter().find(|c| c.type_ == type_)
+            && let Some(c) = self.conditions.iter_mut().find(|c| c.type_ == type_)
+            && stored.status == c.status
+        {
+            c.last_transition_time = stored.last_transition_time.clone();
         }
     }
 
@@ -347,6 +368,7 @@ impl Tracker {
             );
         } else if let Some(i) = self.conditions.iter().position(|c| c.type_ == status::PAUSED) {
             let removed = self.conditions.remove(i);
+            self.original.retain(|c| c.type_ != status::PAUSED);
             self.changed.push(Change {
                 type_: status::READY.into(),
                 status: Status::Unknown,
@@ -362,8 +384,28 @@ impl Tracker {
 
     /// Hands the conditions over and returns the changes.
     pub(crate) fn finish(self, into: &mut Vec<Condition>) -> Vec<Change> {
+        let mut changed = self.changed;
+        for c in &self.conditions {
+            let same = self
+                .original
+                .iter()
+                .any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason && o.message == c.message);
+            if !same {
+                let status = match c.status.as_str() {
+                    "True" => Status::True,
+                    "False" => Status::False,
+                    _ => Status::Unknown,
+                };
+                changed.push(Change {
+                    type_: c.type_.clone(),
+                    status,
+                    reason: c.reason.clone(),
+                    message: c.message.clone(),
+                });
+            }
+        }
         *into = self.conditions;
-        self.changed
+        changed
     }
 }
 

@@ -136,18 +136,23 @@ impl Walk {
 
 async fn apply(t: &MqttTransfer, api: &Api<MqttTransfer>, ctx: &Context) -> Result<Action, Error> {
     let mut walk = Walk::new(t);
-    let (access, cause) = transfer_plan::access(t, now());
-    // A pause never extends access: termination and expiry are enforced regardless.
-    if walk.tracker.paused(is_paused(&t.metadata) && access != Access::Revoked) {
+    let (mut access, mut cause) = transfer_plan::access(t, now());
+    // Expired is final, like Terminated: moving expiresAt afterwards grants nothing.
+    if t.status.as_ref().and_then(|s| s.phase) == Some(TransferPhase::Expired) {
+        (access, cause) = (Access::Revoked, Cause::Expired);
+    }
+    let assets: Api<MqttAsset> = Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
+    let asset = assets.get_opt(&t.spec.asset_ref.name).await.map_err(Error::Kube)?;
+    let asset = asset.filter(|a| a.metadata.deletion_timestamp.is_none());
+    // A pause never extends access: suspension, termination, expiry and the asset's loss are
+    // enforced regardless; only granting (and renewing) waits.
+    if walk.tracker.paused(is_paused(&t.metadata) && access == Access::Granted && asset.is_some()) {
         // Not reconciled: the generation is not observed.
         walk.status.observed_generation = t.status.as_ref().and_then(|s| s.observed_generation);
         write_status(t, api, ctx, walk).await?;
         let expiry = t.spec.expires_at.as_ref().map(|e| u64::try_from(e.0.as_second() - now()).unwrap_or(0).max(1));
         return Ok(expiry.map_or_else(Action::await_change, |s| Action::requeue(Duration::from_secs(s))));
     }
-    let assets: Api<MqttAsset> = Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
-    let asset = assets.get_opt(&t.spec.asset_ref.name).await.map_err(Error::Kube)?;
-    let asset = asset.filter(|a| a.metadata.deletion_timestamp.is_none());
 
     let result = match (access, &asset) {
         (Access::Revoked, _) => revoke(t, asset.as_ref(), ctx).await.map(|()| {
@@ -167,6 +172,20 @@ async fn apply(t: &MqttTransfer, api: &Api<MqttTransfer>, ctx: &Context) -> Resu
         }),
         (Access::Granted, Some(asset)) => grant(t, asset, ctx, &mut walk).await.map(Some),
         (Access::Suspended, Some(asset)) => suspend(t, asset, ctx, &mut walk).await.map(|()| None),
+    };
+    // A spec that can no longer be planned (e.g. the asset's topics narrowed below the
+    // transfer's) must not leave the old access in place.
+    let had_access =
+        t.status.as_ref().is_some_and(|s| s.identity.is_some() || s.broker.is_some() || s.secret.is_some());
+    let result = match result {
+        Err((None, e @ Error::Plan(_))) if had_access => match revoke(t, asset.as_ref(), ctx).await {
+            Ok(()) => {
+                revoked_status(&mut walk, TransferPhase::Failed);
+                Err((None, e))
+            }
+            Err(revoke_error) => Err(revoke_error),
+        },
+        other => other,
     };
     if let Err((step, e)) = &result {
         walk.tracker.fail(*step, e);
@@ -510,24 +529,15 @@ async fn revoke(t: &MqttTransfer, asset: Option<&MqttAsset>, ctx: &Context) -> S
         .and_then(|b| b.profile.clone())
         .or_else(|| plan.as_ref().map(|p| p.profiles.broker.clone()));
     if let Some(broker) = broker_profile.and_then(|p| ctx.backends.brokers.get(&p).cloned()) {
-        match mode {
-            Some(AuthMode::Oauth2) => {
-                for user in session_users(&transfer_plan::identity(t), &status) {
-                    tolerate_foreign(broker.disconnect(&user).await.map(|_| Outcome::Unchanged))
-                        .map_err(at(Step::Broker))?;
-                }
-            }
-            _ => {
-                let user = status
-                    .broker
-                    .as_ref()
-                    .and_then(|b| b.user.clone())
-                    .or_else(|| plan.as_ref().map(|p| p.identity.clone()));
-                if let Some(user) = user {
-                    let outcome =
-                        tolerate_foreign(broker.remove_user(&user, &owner).await).map_err(at(Step::Broker))?;
-                    count(ctx, broker.system(), outcome);
-                }
+        // Whatever the mode now, a broker user of this transfer's name goes (the asset may have
+        // switched from usrpw to oauth2 since it was made); absent users cost one read.
+        let identity = transfer_plan::identity(t);
+        let outcome = tolerate_foreign(broker.remove_user(&identity, &owner).await).map_err(at(Step::Broker))?;
+        count(ctx, broker.system(), outcome);
+        if mode == Some(AuthMode::Oauth2) {
+            for user in session_users(&identity, &status) {
+                tolerate_foreign(broker.disconnect(&user).await.map(|_| Outcome::Unchanged))
+                    .map_err(at(Step::Broker))?;
             }
         }
     }
