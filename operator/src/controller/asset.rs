@@ -507,6 +507,9 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
         return Ok(Action::await_change());
     }
 
+    if let Some(wait) = ctx.cleanup_wait(&key(asset)) {
+        return Err(Error::CleanupPending { retry: wait, attempts: 0 });
+    }
     let owner = asset_plan::owner(asset);
     let old = asset.status.clone().unwrap_or_default();
     // What the spec plans now (when it can be planned) and what status recorded.

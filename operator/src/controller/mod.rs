@@ -96,6 +96,7 @@ pub struct Context {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     failures: Mutex<HashMap<String, u32>>,
+    cleanup_last: Mutex<HashMap<String, std::time::Instant>>,
 }
 
 impl Context {
@@ -116,6 +117,7 @@ impl Context {
             settings,
             metrics,
             failures: Mutex::default(),
+            cleanup_last: Mutex::default(),
         }
     }
 
@@ -128,8 +130,16 @@ impl Context {
         jitter(exp.min(self.settings.backoff_max), 0.2)
     }
 
+    /// How long to wait before the next deletion attempt of `key` (a reconcile triggered by our
+    /// own status write must not count as the next attempt).
+    fn cleanup_wait(&self, key: &str) -> Option<Duration> {
+        let last = *self.cleanup_last.lock().expect("not poisoned").get(key)?;
+        self.settings.cleanup_retry.checked_sub(last.elapsed()).filter(|d| !d.is_zero())
+    }
+
     /// Counts one more refused deletion attempt of `key` and returns the count.
     fn cleanup_attempt(&self, key: &str) -> u32 {
+        self.cleanup_last.lock().expect("not poisoned").insert(key.to_owned(), std::time::Instant::now());
         let mut failures = self.failures.lock().expect("not poisoned");
         let n = failures.entry(format!("cleanup:{key}")).or_default();
         *n += 1;
@@ -138,6 +148,7 @@ impl Context {
 
     /// Forgets `key`'s deletion attempts.
     fn forget_cleanup(&self, key: &str) {
+        self.cleanup_last.lock().expect("not poisoned").remove(key);
         self.failures.lock().expect("not poisoned").remove(&format!("cleanup:{key}"));
     }
 
@@ -249,7 +260,7 @@ pub enum Error {
         name: String,
     },
     /// Deletion: a backend refused to delete something; tried again after `retry`.
-    #[error("deletion attempt {attempts} was refused; trying again in {retry:?}")]
+    #[error("a backend refused deletion ({attempts} attempt(s) this round); trying again in {retry:?}")]
     CleanupPending {
         /// When to try again.
         retry: Duration,
