@@ -435,7 +435,7 @@ secretStores:
         });
         assert_eq!(da, golden);
         let sample: Value = serde_json::from_str(include_str!(
-            "../../../../shared/specs/factoryx-edc-mqtt/mqtt-edr-dataaddress-sample.json"
+            "../../testdata/mqtt-edr-dataaddress-sample.json"
         ))
         .unwrap();
         for key in [
