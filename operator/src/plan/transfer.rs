@@ -434,10 +434,8 @@ secretStores:
             "dsp-mqtt:username": "dsp-mqtt-transfer-dataspace-line-1-consumer-a",
         });
         assert_eq!(da, golden);
-        let sample: Value = serde_json::from_str(include_str!(
-            "../../testdata/mqtt-edr-dataaddress-sample.json"
-        ))
-        .unwrap();
+        let sample: Value =
+            serde_json::from_str(include_str!("../../testdata/mqtt-edr-dataaddress-sample.json")).unwrap();
         for key in [
             "@type",
             "flowType",
