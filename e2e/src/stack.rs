@@ -245,6 +245,13 @@ impl DevStack {
         }
     }
 
+    /// An HTTPS client that trusts exactly this stack's CA (for talking to the doubles and
+    /// brokers directly, as a consumer's connector or an operator of the broker would).
+    pub fn http(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(self.ca.cert_pem().as_bytes()).expect("the CA's PEM");
+        reqwest::Client::builder().tls_certs_only([ca]).build().expect("an HTTPS client")
+    }
+
     /// The API of a namespaced kind in this stack's namespace.
     pub fn api<K>(&self) -> Api<K>
     where

@@ -161,10 +161,7 @@ async fn the_reference_connector_gets_its_spelling_and_lists_an_mqtt_pull_distri
     assert!(stack.edc.state.asset(&asset_id).is_none(), "not in the other connector");
 
     // The DSP catalog a consumer's connector receives.
-    let http = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(stack.ca.cert_pem().as_bytes()).unwrap()])
-        .build()
-        .unwrap();
+    let http = stack.http();
     let catalog: Value = http
         .post(format!("{}/v3/catalog/request", stack.edc_fx.management_url))
         .header("X-Api-Key", e2e::doubles::edc::API_KEY)
@@ -221,10 +218,7 @@ async fn oauth2_asset_on_rabbitmq_gets_a_client_whose_tokens_open_the_broker() {
 
     // What the connector does on transfer start: client_credentials with the secret from Vault;
     // the JWT then opens RabbitMQ for the asset's topics only.
-    let http = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(stack.ca.cert_pem().as_bytes()).unwrap()])
-        .build()
-        .unwrap();
+    let http = stack.http();
     let token: Value = http
         .post(stack.keycloak.token_url())
         .form(&[("grant_type", "client_credentials"), ("client_id", &client_id), ("client_secret", &secret)])

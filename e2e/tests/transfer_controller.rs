@@ -449,10 +449,7 @@ async fn oauth2_suspension_on_rabbitmq_closes_live_sessions_and_stops_new_tokens
     // its statistics interval: wait until it is listed, under the username the Secret gave.
     let identity = format!("dsp-mqtt-transfer-{}-t-a", stack.namespace);
     let rabbit = stack.rabbitmq.as_ref().unwrap();
-    let http = reqwest::Client::builder()
-        .tls_certs_only([reqwest::Certificate::from_pem(stack.ca.cert_pem().as_bytes()).unwrap()])
-        .build()
-        .unwrap();
+    let http = stack.http();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let connections: Value = http
