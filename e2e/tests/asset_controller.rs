@@ -610,8 +610,18 @@ async fn bad_input_gets_a_stable_reason_and_keeps_what_was_provisioned() {
     assert!(stack.edc.state.asset(&asset_id).is_some());
     assert!(stack.mosquitto.dynsec_client(&user).is_some());
     assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-1-secret")).is_some());
-    let events = events_about(&stack, "line-1").await;
-    for reason in ["UnknownProfile", "AuthModeUnsupported", "Rejected", "ReservedProperty"] {
+    // The Event follows the status write: give the last one a moment.
+    let wanted = ["UnknownProfile", "AuthModeUnsupported", "Rejected", "ReservedProperty"];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let events = loop {
+        let events = events_about(&stack, "line-1").await;
+        let all = wanted.iter().all(|w| events.iter().any(|(t, r, _)| t == "Warning" && r == w));
+        if all || tokio::time::Instant::now() >= deadline {
+            break events;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    for reason in wanted {
         assert!(events.iter().any(|(t, r, _)| t == "Warning" && r == reason), "{reason} Event: {events:?}");
     }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use super::{free_port, spawn_watched, stop_watched, wait_for_port};
+use super::{free_ports, spawn_watched, stop_watched, wait_for_port};
 use crate::tls::TestCa;
 
 /// Where the dynamic-security plugin lives in Debian's package.
@@ -63,6 +63,20 @@ impl Mosquitto {
 
     /// Starts a Mosquitto with certificates from `ca`.
     pub fn start(ca: &TestCa) -> Result<Self, LaunchError> {
+        // A free port can be taken by a parallel test between choosing and binding it: try
+        // again with fresh ports before giving up.
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_once(ca) {
+                Ok(m) => return Ok(m),
+                Err(LaunchError::Failed(e)) => last = Some(LaunchError::Failed(e)),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("three attempts"))
+    }
+
+    fn start_once(ca: &TestCa) -> Result<Self, LaunchError> {
         Self::installed()?;
         let tmp = tempfile::Builder::new().prefix("dev-stack-mosquitto-").tempdir()?;
         let dir = tmp.path().to_owned();
@@ -71,8 +85,7 @@ impl Mosquitto {
         std::fs::write(dir.join("server.key"), &cert.key_pem)?;
         std::fs::write(dir.join("ca.crt"), ca.cert_pem())?;
         write_dynsec_state(&dir)?;
-        let mqtts_port = free_port();
-        let wss_port = free_port();
+        let [mqtts_port, wss_port] = free_ports();
         let d = dir.display();
         let config = format!(
             "# dev-stack Mosquitto (generated)\n\

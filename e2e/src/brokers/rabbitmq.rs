@@ -10,7 +10,7 @@ use std::process::Child;
 use std::time::Duration;
 
 use super::mosquitto::LaunchError;
-use super::{free_port, spawn_watched, stop_watched, wait_for_port};
+use super::{free_ports, spawn_watched, stop_watched, wait_for_port};
 use crate::tls::TestCa;
 
 const SERVER: &str = "/usr/lib/rabbitmq/bin/rabbitmq-server";
@@ -66,8 +66,7 @@ impl RabbitMq {
         std::fs::write(dir.join("server.crt"), &cert.cert_pem)?;
         std::fs::write(dir.join("server.key"), &cert.key_pem)?;
         std::fs::write(dir.join("ca.crt"), ca.cert_pem())?;
-        let (mqtts_port, wss_port, ws_port, management_port, dist_port, epmd_port) =
-            (free_port(), free_port(), free_port(), free_port(), free_port(), free_port());
+        let (mqtts_port, wss_port, ws_port, management_port, dist_port, epmd_port) = free_ports::<6>().into();
         let d = dir.display();
         let mut config = format!(
             "# dev-stack RabbitMQ (generated)\n\
