@@ -41,6 +41,27 @@ enum Command {
         /// Seconds between such attempts.
         #[arg(long, env = "MQTT_DSP_OPERATOR_CLEANUP_RETRY_SECONDS", default_value_t = 30)]
         cleanup_retry_seconds: u64,
+        /// Run the controllers only while holding a Lease, so that several replicas never
+        /// reconcile at once (`false`: run them at once; only for a single replica).
+        #[arg(long, env = "MQTT_DSP_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
+        leader_election: bool,
+        /// Name of the leader-election Lease.
+        #[arg(long, env = "MQTT_DSP_OPERATOR_LEASE_NAME", default_value = "mqtt-dsp-operator")]
+        lease_name: String,
+        /// Namespace of the Lease (default: POD_NAMESPACE, else the kubeconfig's namespace).
+        #[arg(long, env = "MQTT_DSP_OPERATOR_LEASE_NAMESPACE")]
+        lease_namespace: Option<String>,
+        /// Seconds a leader's claim lasts without renewal: how long a standby waits after the
+        /// leader dies before it takes over.
+        #[arg(long, env = "MQTT_DSP_OPERATOR_LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(2..))]
+        lease_duration_seconds: u64,
+        /// Seconds before the claim runs out that the leader renews it (less than the duration).
+        #[arg(long, env = "MQTT_DSP_OPERATOR_LEASE_GRACE_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+        lease_grace_seconds: u64,
+        /// OpenTelemetry collector to export the reconcile spans to over OTLP/HTTP, e.g.
+        /// `http://otel-collector:4318` (off when unset).
+        #[arg(long, env = "OTEL_EXPORTER_OTLP_ENDPOINT")]
+        otlp_endpoint: Option<String>,
     },
     /// Print the CustomResourceDefinitions as YAML, or write one file per CRD into a directory.
     Crdgen {
@@ -82,8 +103,19 @@ fn main() -> ExitCode {
             watch_namespace,
             cleanup_attempts,
             cleanup_retry_seconds,
+            leader_election,
+            lease_name,
+            lease_namespace,
+            lease_duration_seconds,
+            lease_grace_seconds,
+            otlp_endpoint,
         } => {
-            telemetry::init(log_format);
+            if lease_grace_seconds >= lease_duration_seconds {
+                eprintln!(
+                    "error: --lease-grace-seconds ({lease_grace_seconds}) must be less than --lease-duration-seconds ({lease_duration_seconds})"
+                );
+                return ExitCode::from(2);
+            }
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
                 Ok(r) => r,
                 Err(e) => {
@@ -98,12 +130,28 @@ fn main() -> ExitCode {
                 cleanup_retry: std::time::Duration::from_secs(cleanup_retry_seconds),
                 ..Default::default()
             };
-            match runtime.block_on(run::run(run::RunOptions { config, listen, settings })) {
+            let leader_election = leader_election.then_some(run::LeaderElection {
+                lease_name,
+                namespace: lease_namespace,
+                duration_seconds: lease_duration_seconds,
+                grace_seconds: lease_grace_seconds,
+            });
+            let options = run::RunOptions { config, listen, settings, leader_election };
+            let result = runtime.block_on(async {
+                // Inside the runtime: the OTLP exporter's batch processor may need it.
+                let _telemetry = match telemetry::init(log_format, otlp_endpoint.as_deref()) {
+                    Ok(guard) => guard,
+                    Err(e) => return Err(Box::<dyn std::error::Error>::from(e)),
+                };
+                run::run(options).await.map_err(Box::<dyn std::error::Error>::from)
+            });
+            match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    tracing::error!("{}", error_chain(&e));
-                    eprintln!("error: {}", error_chain(&e));
-                    ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+                    tracing::error!("{}", error_chain(e.as_ref()));
+                    eprintln!("error: {}", error_chain(e.as_ref()));
+                    let code = e.downcast_ref::<run::RunError>().map_or(3, run::RunError::exit_code);
+                    ExitCode::from(u8::try_from(code).unwrap_or(1))
                 }
             }
         }

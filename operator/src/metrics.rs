@@ -3,6 +3,9 @@
 //! One registry for the process. Later layers (controllers, backends) register their families
 //! here; this module only holds what exists from start-up on.
 
+use std::collections::HashMap;
+use std::sync::{LazyLock, Mutex};
+
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -39,6 +42,44 @@ pub struct WriteLabels {
     pub operation: String,
 }
 
+/// Labels of `mqtt_dsp_operator_backend_request_seconds`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BackendCallLabels {
+    /// `connector`, `identity`, `secret-store`, `mosquitto`, `rabbitmq`, `emqx`.
+    pub system: String,
+    /// The client's operation name (`get asset`, `create client`, …: a fixed set per system).
+    pub operation: String,
+    /// The HTTP status code (`200`, `404`, …), `ok`/`error` for Mosquitto's answers, or
+    /// `timeout`/`unreachable` when no answer came.
+    pub outcome: String,
+}
+
+/// Labels of `mqtt_dsp_operator_resources`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReadyLabels {
+    /// `MqttAsset` or `MqttTransfer`.
+    pub kind: String,
+    /// The `Ready` condition's status: `True`, `False` or `Unknown` (also: no condition yet).
+    pub ready: String,
+}
+
+type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
+
+/// Backend calls, shared by every client in the process (the clients are built before, and
+/// independently of, the registry; a process has one set of backends).
+static BACKEND_CALLS: LazyLock<HistogramFamily<BackendCallLabels>> = LazyLock::new(|| {
+    Family::new_with_constructor((|| Histogram::new(exponential_buckets(0.0005, 2.0, 16))) as fn() -> Histogram)
+});
+
+/// Records one call to an external system (every HTTP request and every Mosquitto command).
+pub fn observe_backend_call(system: &str, operation: &str, outcome: &str, took: std::time::Duration) {
+    let labels = BackendCallLabels { system: system.into(), operation: operation.into(), outcome: outcome.into() };
+    BACKEND_CALLS.get_or_create(&labels).observe(took.as_secs_f64());
+}
+
+/// Something that refreshes gauges from live state just before a scrape.
+type Collector = Box<dyn Fn(&Metrics) + Send + Sync>;
+
 /// Labels of `mqtt_dsp_operator_build_info`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BuildLabels {
@@ -61,6 +102,12 @@ pub struct Metrics {
     pub backend_writes: Family<WriteLabels, Counter>,
     /// When each active transfer's current token expires (Unix seconds).
     pub token_expiry: Family<TransferLabels, Gauge>,
+    /// Resources by kind and `Ready` status (refreshed from the controllers' caches at scrape).
+    pub resources: Family<ReadyLabels, Gauge>,
+    /// 1 while this replica holds the leader Lease (or leader election is off and it runs the
+    /// controllers), 0 while it stands by.
+    pub leader: Gauge,
+    collectors: Mutex<HashMap<&'static str, Collector>>,
 }
 
 impl Default for Metrics {
@@ -85,7 +132,31 @@ impl Default for Metrics {
             "When each active MqttTransfer's current access token expires (Unix time)",
             token_expiry.clone(),
         );
-        Self { registry, build_info, ready, reconciles, reconcile_seconds, backend_writes, token_expiry }
+        registry.register(
+            "backend_request_seconds",
+            "Calls to external systems by system, operation and outcome (HTTP status, or timeout/unreachable)",
+            BACKEND_CALLS.clone(),
+        );
+        let resources = Family::<ReadyLabels, Gauge>::default();
+        registry.register("resources", "Resources by kind and Ready condition status", resources.clone());
+        let leader = Gauge::default();
+        registry.register(
+            "leader",
+            "1 while this replica runs the controllers (holds the leader Lease)",
+            leader.clone(),
+        );
+        Self {
+            registry,
+            build_info,
+            ready,
+            reconciles,
+            reconcile_seconds,
+            backend_writes,
+            token_expiry,
+            resources,
+            leader,
+            collectors: Mutex::default(),
+        }
     }
 }
 
@@ -137,8 +208,25 @@ impl Metrics {
         &mut self.registry
     }
 
+    /// Sets the function, by name, that refreshes gauges from live state before every scrape
+    /// (a restarted controller replaces its predecessor's).
+    pub fn set_collector(&self, name: &'static str, collector: impl Fn(&Metrics) + Send + Sync + 'static) {
+        self.collectors.lock().expect("not poisoned").insert(name, Box::new(collector));
+    }
+
+    /// Sets the per-kind `Ready` counts (every status of the kind is written, zeros included).
+    pub fn set_ready_counts(&self, kind: &str, ready: usize, not_ready: usize, unknown: usize) {
+        for (status, n) in [("True", ready), ("False", not_ready), ("Unknown", unknown)] {
+            let labels = ReadyLabels { kind: kind.into(), ready: status.into() };
+            self.resources.get_or_create(&labels).set(i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
     /// The OpenMetrics text exposition.
     pub fn encode(&self) -> Result<String, std::fmt::Error> {
+        for collect in self.collectors.lock().expect("not poisoned").values() {
+            collect(self);
+        }
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
         Ok(out)

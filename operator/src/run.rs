@@ -17,7 +17,7 @@ use crate::backends::registry::{Backends, BuildContext};
 use crate::config::{Config, ConfigError};
 use crate::controller::{self, Context};
 use crate::metrics::Metrics;
-use crate::server::{self, Readiness};
+use crate::server::{self, Leadership, Readiness};
 
 /// Settings of `run` (from the command line).
 #[derive(Clone, Debug)]
@@ -28,6 +28,27 @@ pub struct RunOptions {
     pub listen: SocketAddr,
     /// Controller tunables.
     pub settings: crate::controller::Settings,
+    /// Leader election; `None` runs the controllers at once (one replica only).
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// Leader election on a `coordination.k8s.io/v1` Lease.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    /// The Lease's name.
+    pub lease_name: String,
+    /// The Lease's namespace; default: `POD_NAMESPACE`, else the client's default namespace.
+    pub namespace: Option<String>,
+    /// How long a leader's claim lasts without renewal (seconds).
+    pub duration_seconds: u64,
+    /// How long before the claim runs out the leader renews it (seconds, less than the duration).
+    pub grace_seconds: u64,
+}
+
+impl Default for LeaderElection {
+    fn default() -> Self {
+        Self { lease_name: "mqtt-dsp-operator".into(), namespace: None, duration_seconds: 15, grace_seconds: 5 }
+    }
 }
 
 /// Why the operator could not start or stopped with an error.
@@ -71,6 +92,31 @@ pub enum RunError {
     /// The endpoints' server failed.
     #[error("the health/metrics server failed")]
     Serve(#[source] std::io::Error),
+    /// The leader-election Lease cannot be used.
+    #[error(
+        "cannot use the leader-election Lease {namespace}/{name}: the operator needs get, create, update and patch on \
+         coordination.k8s.io leases in that namespace (see deploy/rbac.yaml), or run it with --leader-election=false"
+    )]
+    Lease {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// What failed.
+        #[source]
+        source: kube_lease_manager::LeaseManagerError,
+    },
+    /// Another replica took the Lease over while this one was leading.
+    #[error(
+        "lost the leader-election Lease {namespace}/{name} (not renewed in time); exiting so that only the new leader \
+         reconciles (a restarted replica stands by)"
+    )]
+    LeadershipLost {
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+    },
 }
 
 impl RunError {
@@ -132,20 +178,106 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
         let _ = stop_rx.wait_for(|stop| *stop).await;
     }));
 
-    let ctx = Arc::new(Context::new(client, Arc::new(config), Arc::new(backends), options.settings, metrics));
+    let shutdown = shutdown_signal();
+    tokio::pin!(shutdown);
+    let ctx = Arc::new(Context::new(client.clone(), Arc::new(config), Arc::new(backends), options.settings, metrics));
+
+    // Leader election: stand by until this replica holds the Lease.
+    let mut election = None;
+    if let Some(le) = &options.leader_election {
+        let lease_namespace = le.namespace.clone().unwrap_or_else(|| namespace.clone());
+        let identity = format!("{}_{}", ctx.settings.instance, random_suffix());
+        let lease_error =
+            |source| RunError::Lease { namespace: lease_namespace.clone(), name: le.lease_name.clone(), source };
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &le.lease_name)
+            .with_namespace(&lease_namespace)
+            .with_identity(&identity)
+            .with_duration(le.duration_seconds)
+            .with_grace(le.grace_seconds)
+            .build()
+            .await
+            .map_err(lease_error)?;
+        let (leading, task) = manager.watch().await;
+        readiness_tx.send_modify(|r| r.leadership = Leadership::Standby);
+        info!(identity, "standing by for the leader-election Lease {lease_namespace}/{}", le.lease_name);
+        let mut became = leading.clone();
+        tokio::select! {
+            _ = &mut shutdown => {
+                info!("shutting down while standing by");
+                return stop_server(stop_tx, server_task, Some((leading, task))).await;
+            }
+            _ = became.wait_for(|l| *l) => {}
+        }
+        info!(identity, "acquired the leader-election Lease {lease_namespace}/{}", le.lease_name);
+        election = Some((leading, task, lease_namespace, le.lease_name.clone()));
+    }
+    readiness_tx.send_modify(|r| {
+        if election.is_some() {
+            r.leadership = Leadership::Leading;
+        }
+    });
+    ctx.metrics.leader.set(1);
+
     let mut controllers_stop = stop_tx.subscribe();
-    let controllers = tokio::spawn(controller::run(ctx, async move {
+    let controllers = tokio::spawn(controller::run(ctx.clone(), async move {
         let _ = controllers_stop.wait_for(|stop| *stop).await;
     }));
-    readiness_tx.send_modify(|r| r.controllers_started = true);
     info!("controllers started");
+    let synced_ctx = ctx.clone();
+    let synced_tx = readiness_tx.clone();
+    tokio::spawn(async move {
+        synced_ctx.caches_synced().await;
+        synced_tx.send_modify(|r| r.caches_synced = true);
+        info!("caches synced: ready");
+    });
 
-    shutdown_signal().await;
+    let lost = async {
+        match &election {
+            Some((leading, ..)) => {
+                let mut leading = leading.clone();
+                let _ = leading.wait_for(|l| !*l).await;
+            }
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = &mut shutdown => {}
+        _ = lost => {
+            let (_, _, namespace, name) = election.expect("only an election can be lost");
+            // Exit at once: in-flight reconciles must not go on beside the new leader's.
+            return Err(RunError::LeadershipLost { namespace, name });
+        }
+    }
     info!("shutting down");
     let _ = stop_tx.send(true);
     if let Err(e) = controllers.await {
         warn!("controller task ended abnormally: {e}");
     }
+    ctx.metrics.leader.set(0);
+    stop_server(stop_tx, server_task, election.map(|(leading, task, ..)| (leading, task))).await
+}
+
+type Election =
+    (watch::Receiver<bool>, tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>);
+
+/// Releases the Lease (so a standby takes over at once, not after it runs out) and stops the
+/// endpoints' server.
+async fn stop_server(
+    stop_tx: watch::Sender<bool>,
+    server_task: tokio::task::JoinHandle<std::io::Result<()>>,
+    election: Option<Election>,
+) -> Result<(), RunError> {
+    if let Some((leading, task)) = election {
+        // Dropping the last receiver makes the lease task release the Lease and end.
+        drop(leading);
+        match tokio::time::timeout(std::time::Duration::from_secs(5), task).await {
+            Ok(Ok(Ok(_))) => info!("leader-election Lease released"),
+            Ok(Ok(Err(e))) => warn!("cannot release the leader-election Lease: {e}"),
+            Ok(Err(e)) => warn!("the leader-election task ended abnormally: {e}"),
+            Err(_) => warn!("releasing the leader-election Lease took longer than 5 s; it runs out by itself"),
+        }
+    }
+    stop_tx.send_replace(true);
     match server_task.await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(e)) => Err(RunError::Serve(e)),
@@ -154,6 +286,13 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
             Ok(())
         }
     }
+}
+
+/// Eight random lowercase letters and digits: two replicas with the same pod name (a local run
+/// next to a deployed one) still get distinct Lease identities.
+fn random_suffix() -> String {
+    const CHARS: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
+    (0..8).map(|_| CHARS[rand::random_range(0..CHARS.len())] as char).collect()
 }
 
 /// Resolves on SIGTERM (Kubernetes' stop signal) or SIGINT (Ctrl-C).

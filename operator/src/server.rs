@@ -13,6 +13,18 @@ use tokio::sync::watch;
 
 use crate::metrics::Metrics;
 
+/// Where this replica stands in leader election.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Leadership {
+    /// Leader election is off: this replica runs the controllers.
+    #[default]
+    Disabled,
+    /// Another replica holds the Lease; this one waits to take over.
+    Standby,
+    /// This replica holds the Lease and runs the controllers.
+    Leading,
+}
+
 /// What readiness depends on. Each check has a name that `/readyz` reports.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Readiness {
@@ -20,22 +32,32 @@ pub struct Readiness {
     pub config_loaded: bool,
     /// The CRDs are installed in the cluster.
     pub crds_installed: bool,
-    /// The controllers' caches are synced (set by the controllers).
-    pub controllers_started: bool,
+    /// Leader election state.
+    pub leadership: Leadership,
+    /// The controllers' caches hold their first full list (set once the controllers run).
+    pub caches_synced: bool,
 }
 
 impl Readiness {
-    /// Whether every check passed.
+    /// Whether every check passed: configuration and CRDs, and either standing by or running
+    /// controllers whose caches have synced.
     pub fn is_ready(&self) -> bool {
-        self.config_loaded && self.crds_installed && self.controllers_started
+        self.config_loaded && self.crds_installed && (self.leadership == Leadership::Standby || self.caches_synced)
     }
 
     fn report(&self) -> String {
-        let line = |name: &str, ok: bool| format!("[{}] {name}\n", if ok { "+" } else { "-" });
+        let line = |name: &str, ok: bool, note: &str| format!("[{}] {name}{note}\n", if ok { "+" } else { "-" });
+        let (leader_ok, leader_note) = match self.leadership {
+            Leadership::Disabled => (true, ": leader election off"),
+            Leadership::Standby => (true, ": standing by (another replica leads)"),
+            Leadership::Leading => (true, ": leading"),
+        };
+        let standby = self.leadership == Leadership::Standby;
         [
-            line("config", self.config_loaded),
-            line("crds", self.crds_installed),
-            line("controllers", self.controllers_started),
+            line("config", self.config_loaded, ""),
+            line("crds", self.crds_installed, ""),
+            line("leader-election", leader_ok, leader_note),
+            line("caches", self.caches_synced || standby, if standby { ": not needed while standing by" } else { "" }),
         ]
         .concat()
     }
@@ -113,7 +135,25 @@ mod tests {
         assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE);
         assert!(body.contains("[+] config") && body.contains("[-] crds"), "{body}");
 
-        tx.send_replace(Readiness { config_loaded: true, crds_installed: true, controllers_started: true });
+        tx.send_replace(Readiness {
+            config_loaded: true,
+            crds_installed: true,
+            leadership: Leadership::Leading,
+            caches_synced: false,
+        });
+        let (code, body) = get_text(router(metrics.clone(), rx.clone()), "/readyz").await;
+        assert_eq!(code, StatusCode::SERVICE_UNAVAILABLE, "a leader whose caches are not synced is not ready");
+        assert!(body.contains("[-] caches"), "{body}");
+
+        tx.send_modify(|r| r.leadership = Leadership::Standby);
+        let (code, body) = get_text(router(metrics.clone(), rx.clone()), "/readyz").await;
+        assert_eq!(code, StatusCode::OK, "a standby is ready: {body}");
+        assert!(body.contains("standing by"), "{body}");
+
+        tx.send_modify(|r| {
+            r.leadership = Leadership::Leading;
+            r.caches_synced = true;
+        });
         let (code, _) = get_text(router(metrics.clone(), rx.clone()), "/readyz").await;
         assert_eq!(code, StatusCode::OK);
         let (_, metrics_text) = get_text(router(metrics, rx), "/metrics").await;

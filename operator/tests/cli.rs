@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use e2e::apiserver::ApiServer;
 use e2e::tls::TestCa;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use mqtt_dsp_operator::api::MqttAsset;
@@ -50,6 +51,18 @@ async fn cluster(dir: &Path, crds: bool) -> (ApiServer, std::path::PathBuf) {
 /// Kills the operator when a test ends, also by a failed assertion: an orphaned operator would
 /// keep the test harness's output pipe open.
 struct KillOnDrop(std::process::Child);
+
+impl KillOnDrop {
+    /// Kills the process and returns what it wrote to stderr (for failure messages).
+    fn stderr(&mut self) -> String {
+        let _ = self.0.kill();
+        let mut out = String::new();
+        if let Some(mut e) = self.0.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut out);
+        }
+        out
+    }
+}
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
@@ -146,7 +159,7 @@ async fn run_with_the_crds_becomes_ready_and_stops_cleanly_on_sigterm() {
         {
             break r.text().await.unwrap();
         }
-        assert!(Instant::now() < deadline, "the operator did not become ready in 20 s");
+        assert!(Instant::now() < deadline, "the operator did not become ready in 20 s:\n{}", child.stderr());
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(ready.contains("[+] crds"), "{ready}");
@@ -174,6 +187,25 @@ async fn run_with_the_crds_becomes_ready_and_stops_cleanly_on_sigterm() {
     assert_eq!(status, "False");
     assert!(["Unreachable", "Credential", "Timeout"].contains(&reason.as_str()), "{reason}");
 
+    // Readiness says why it is ready; the metrics count resources by Ready status, calls to the
+    // backends, and leadership.
+    let ready = http.get(format!("http://127.0.0.1:{port}/readyz")).send().await.unwrap().text().await.unwrap();
+    assert!(ready.contains("[+] leader-election: leading") && ready.contains("[+] caches"), "{ready}");
+    let metrics = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
+    for expected in [
+        "mqtt_dsp_operator_leader 1",
+        "mqtt_dsp_operator_resources{kind=\"MqttAsset\",ready=\"False\"} 1",
+        "mqtt_dsp_operator_resources{kind=\"MqttAsset\",ready=\"True\"} 0",
+        "mqtt_dsp_operator_resources{kind=\"MqttTransfer\",ready=\"True\"} 0",
+        "mqtt_dsp_operator_reconciles_total{kind=\"MqttAsset\",result=\"",
+    ] {
+        assert!(metrics.contains(expected), "{expected} missing in:\n{metrics}");
+    }
+    // The Lease names this process as the holder while it runs.
+    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    let holder = leases.get("mqtt-dsp-operator").await.unwrap().spec.and_then(|s| s.holder_identity);
+    assert!(holder.as_deref().is_some_and(|h| h.starts_with("local_")), "{holder:?}");
+
     let kill = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
     assert!(kill.success());
     let (status, stderr) = tokio::task::spawn_blocking(move || {
@@ -192,8 +224,11 @@ async fn run_with_the_crds_becomes_ready_and_stops_cleanly_on_sigterm() {
     })
     .await
     .unwrap();
+    // A clean stop hands the Lease back, so a standby takes over at once.
+    let holder = leases.get("mqtt-dsp-operator").await.unwrap().spec.and_then(|s| s.holder_identity);
     drop(server);
     assert!(status.success(), "exit {status:?}: {stderr}");
+    assert_eq!(holder, None, "the Lease is released on SIGTERM");
     // JSON logs: every line is an object.
     for line in stderr.lines().filter(|l| !l.trim().is_empty()) {
         let parsed: serde_json::Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));

@@ -210,6 +210,10 @@ pub struct MqttAssetStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
+    /// The last value of the `dsp-mqtt.io/reconcile-requested-at` annotation that was handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+
     /// `Ready` (True when every backend holds what the spec asks for) and one condition per
     /// backend: `ConnectorReady`, `IdentityReady`, `SecretStoreReady`, `BrokerReady`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -179,6 +179,10 @@ pub struct MqttTransferStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
+    /// The last value of the `dsp-mqtt.io/reconcile-requested-at` annotation that was handled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_handled_reconcile_at: Option<String>,
+
     /// Where the transfer stands: Pending, Active, Suspended, Terminated, Completed, Expired, Failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub phase: Option<TransferPhase>,

@@ -54,7 +54,15 @@ pub async fn send(
     timeout: Duration,
     request: RequestBuilder,
 ) -> Result<Response, BackendError> {
-    request.send().await.map_err(|e| {
+    let started = std::time::Instant::now();
+    let result = request.send().await;
+    let outcome = match &result {
+        Ok(response) => response.status().as_str().to_owned(),
+        Err(e) if e.is_timeout() => "timeout".to_owned(),
+        Err(_) => "unreachable".to_owned(),
+    };
+    crate::metrics::observe_backend_call(system.as_str(), operation, &outcome, started.elapsed());
+    result.map_err(|e| {
         if e.is_timeout() {
             BackendError::Timeout { system, operation, object: object.to_owned(), timeout_seconds: timeout.as_secs() }
         } else {

@@ -24,7 +24,7 @@ use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::{AtStep, Context, Error, FINALIZER, Step, Tracker, is_paused, publish_changes};
 use crate::api::{
@@ -45,7 +45,9 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    Controller::new(api, watcher::Config::default())
+    let controller = Controller::new(api, watcher::Config::default());
+    ctx.watch_cache("MqttAsset", controller.store(), |a: &MqttAsset| a.status.as_ref().map(|s| &s.conditions));
+    controller
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {
@@ -64,12 +66,20 @@ fn key(asset: &MqttAsset) -> String {
 async fn reconcile(asset: Arc<MqttAsset>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<MqttAsset> = Api::namespaced(ctx.client.clone(), &asset.namespace().unwrap_or_default());
     let started = std::time::Instant::now();
+    if let Some(requested) = super::reconcile_requested(&asset.metadata)
+        && asset.status.as_ref().and_then(|s| s.last_handled_reconcile_at.as_ref()) != Some(&requested)
+    {
+        // Asked for by a user: retry now, not after the backoff that piled up.
+        ctx.succeeded(&key(&asset));
+    }
+    let span = super::reconcile_span("MqttAsset", &asset.metadata);
     let result = finalizer(&api, FINALIZER, asset.clone(), |event| async {
         match event {
             Event::Apply(asset) => apply(&asset, &api, &ctx).await,
             Event::Cleanup(asset) => cleanup(&asset, &api, &ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(Error::from_finalizer);
     ctx.metrics.observe_reconcile("MqttAsset", started.elapsed(), result.as_ref().err().map(Error::reason));
@@ -178,6 +188,9 @@ async fn apply(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Result
         walk.status.observed_generation = asset.status.as_ref().and_then(|s| s.observed_generation);
         write_status(asset, api, ctx, walk).await?;
         return Ok(Action::await_change());
+    }
+    if let Some(requested) = super::reconcile_requested(&asset.metadata) {
+        walk.status.last_handled_reconcile_at = Some(requested);
     }
     let result = provision(asset, ctx, &mut walk).await;
     if let Err((step, error)) = &result {

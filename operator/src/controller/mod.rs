@@ -38,6 +38,16 @@ pub const FINALIZER: &str = "dsp-mqtt.io/cleanup";
 /// Annotation that pauses reconciling one resource (`"true"`); deletion still cleans up.
 pub const PAUSED_ANNOTATION: &str = "dsp-mqtt.io/paused";
 
+/// Annotation that asks for a reconcile now: set it to any new value (a timestamp, say). The
+/// operator reconciles, forgets the resource's backoff, and records the value in
+/// `status.lastHandledReconcileAt` once handled (the convention Flux uses).
+pub const RECONCILE_REQUESTED_ANNOTATION: &str = "dsp-mqtt.io/reconcile-requested-at";
+
+/// The value of the reconcile-request annotation, when set.
+pub fn reconcile_requested(meta: &kube::api::ObjectMeta) -> Option<String> {
+    meta.annotations.as_ref().and_then(|a| a.get(RECONCILE_REQUESTED_ANNOTATION)).cloned()
+}
+
 /// Whether a resource is paused by annotation.
 pub fn is_paused(meta: &kube::api::ObjectMeta) -> bool {
     meta.annotations.as_ref().and_then(|a| a.get(PAUSED_ANNOTATION)).is_some_and(|v| v == "true")
@@ -97,6 +107,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     failures: Mutex<HashMap<String, u32>>,
     cleanup_last: Mutex<HashMap<String, std::time::Instant>>,
+    /// How many kinds' caches have synced (the readiness check waits for all of them).
+    synced: tokio::sync::watch::Sender<usize>,
 }
 
 impl Context {
@@ -118,7 +130,56 @@ impl Context {
             metrics,
             failures: Mutex::default(),
             cleanup_last: Mutex::default(),
+            synced: tokio::sync::watch::channel(0).0,
         }
+    }
+
+    /// Resolves once the caches of every controller (`KINDS`) have synced.
+    pub async fn caches_synced(&self) {
+        let mut rx = self.synced.subscribe();
+        let _ = rx.wait_for(|n| *n >= KINDS.len()).await;
+    }
+
+    /// Watches a controller's cache: marks it synced once its first list is in, and feeds the
+    /// `mqtt_dsp_operator_resources` gauge from it at every scrape.
+    pub(crate) fn watch_cache<K>(
+        self: &Arc<Self>,
+        kind: &'static str,
+        store: kube::runtime::reflector::Store<K>,
+        conditions: fn(&K) -> Option<&Vec<Condition>>,
+    ) where
+        K: kube::Resource + Clone + Send + Sync + 'static,
+        K::DynamicType: Eq + std::hash::Hash + Clone + Default + Send + Sync,
+    {
+        let ctx = self.clone();
+        let ready_store = store.clone();
+        tokio::spawn(async move {
+            // Polled again and again: kube-runtime's readiness signal wakes only its most recent
+            // waiter, which is the controller's own runner, not us.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(100), ready_store.wait_until_ready()).await {
+                    Ok(Ok(())) => break,
+                    Ok(Err(_)) => return,
+                    Err(_) => {}
+                }
+            }
+            ctx.synced.send_modify(|n| *n += 1);
+            tracing::info!(kind, "cache synced");
+        });
+        self.metrics.set_collector(kind, move |metrics| {
+            let (mut ready, mut not_ready, mut unknown) = (0, 0, 0);
+            for object in store.state() {
+                let status = conditions(&object)
+                    .and_then(|cs| cs.iter().find(|c| c.type_ == status::READY))
+                    .map(|c| c.status.as_str());
+                match status {
+                    Some("True") => ready += 1,
+                    Some("False") => not_ready += 1,
+                    _ => unknown += 1,
+                }
+            }
+            metrics.set_ready_counts(kind, ready, not_ready, unknown);
+        });
     }
 
     /// Delay before retrying `key` after its n-th consecutive failure: base·2ⁿ⁻¹, capped, ±20 %.
@@ -445,6 +506,20 @@ impl<T> AtStep<T> for Result<T, BackendError> {
     fn at(self, step: Step) -> Result<T, Error> {
         self.map_err(|source| Error::Backend { step, source })
     }
+}
+
+/// The kinds the operator reconciles.
+pub const KINDS: [&str; 2] = ["MqttAsset", "MqttTransfer"];
+
+/// The tracing span of one reconcile: every log line inside carries the resource's key.
+pub(crate) fn reconcile_span(kind: &'static str, meta: &kube::api::ObjectMeta) -> tracing::Span {
+    tracing::info_span!(
+        "reconcile",
+        kind,
+        namespace = meta.namespace.as_deref().unwrap_or_default(),
+        name = meta.name.as_deref().unwrap_or_default(),
+        generation = meta.generation.unwrap_or_default(),
+    )
 }
 
 /// Runs the controllers until `shutdown` resolves.

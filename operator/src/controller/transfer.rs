@@ -34,7 +34,7 @@ use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::reflector::ObjectRef;
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::{AtStep, Context, Error, FINALIZER, Step, Tracker, is_paused, publish_changes};
 use crate::api::{
@@ -61,6 +61,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     };
     let controller = Controller::new(transfers, watcher::Config::default());
     let store = controller.store();
+    ctx.watch_cache("MqttTransfer", store.clone(), |t: &MqttTransfer| t.status.as_ref().map(|s| &s.conditions));
     controller
         // An asset that appears, changes or goes concerns the transfers that name it.
         .watches(assets, watcher::Config::default(), move |asset: MqttAsset| {
@@ -90,12 +91,20 @@ fn key(t: &MqttTransfer) -> String {
 async fn reconcile(transfer: Arc<MqttTransfer>, ctx: Arc<Context>) -> Result<Action, Error> {
     let api: Api<MqttTransfer> = Api::namespaced(ctx.client.clone(), &transfer.namespace().unwrap_or_default());
     let started = std::time::Instant::now();
+    if let Some(requested) = super::reconcile_requested(&transfer.metadata)
+        && transfer.status.as_ref().and_then(|s| s.last_handled_reconcile_at.as_ref()) != Some(&requested)
+    {
+        // Asked for by a user: retry now, not after the backoff that piled up.
+        ctx.succeeded(&key(&transfer));
+    }
+    let span = super::reconcile_span("MqttTransfer", &transfer.metadata);
     let result = finalizer(&api, FINALIZER, transfer.clone(), |event| async {
         match event {
             Event::Apply(t) => apply(&t, &api, &ctx).await,
             Event::Cleanup(t) => cleanup(&t, &ctx).await,
         }
     })
+    .instrument(span)
     .await
     .map_err(Error::from_finalizer);
     ctx.metrics.observe_reconcile("MqttTransfer", started.elapsed(), result.as_ref().err().map(Error::reason));
@@ -152,6 +161,9 @@ async fn apply(t: &MqttTransfer, api: &Api<MqttTransfer>, ctx: &Context) -> Resu
         write_status(t, api, ctx, walk).await?;
         let expiry = t.spec.expires_at.as_ref().map(|e| u64::try_from(e.0.as_second() - now()).unwrap_or(0).max(1));
         return Ok(expiry.map_or_else(Action::await_change, |s| Action::requeue(Duration::from_secs(s))));
+    }
+    if let Some(requested) = super::reconcile_requested(&t.metadata) {
+        walk.status.last_handled_reconcile_at = Some(requested);
     }
 
     let result = match (access, &asset) {

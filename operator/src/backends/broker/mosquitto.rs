@@ -143,8 +143,30 @@ impl MosquittoClient {
         Ok(Self { client, pending, ready, timeout: settings.timeout, next_id: AtomicU64::new(1), task })
     }
 
-    /// Sends one command and waits for its answer.
-    async fn command(&self, operation: &'static str, object: &str, mut command: Value) -> Result<Answer, BackendError> {
+    /// Sends one command and waits for its answer; records the call's latency and outcome.
+    async fn command(&self, operation: &'static str, object: &str, command: Value) -> Result<Answer, BackendError> {
+        let started = std::time::Instant::now();
+        let result = self.exchange(operation, object, command).await;
+        let outcome = match &result {
+            Ok(Answer::Ok(_)) => "ok",
+            Ok(Answer::NotFound) => "not found",
+            Ok(Answer::Exists) => "exists",
+            Ok(Answer::Error(_)) => "error",
+            Err(BackendError::Timeout { .. }) => "timeout",
+            Err(BackendError::Unauthorized { .. }) => "unauthorized",
+            Err(_) => "unreachable",
+        };
+        crate::metrics::observe_backend_call(SYSTEM.as_str(), operation, outcome, started.elapsed());
+        result
+    }
+
+    /// Publishes one command on the control topic and waits for its answer.
+    async fn exchange(
+        &self,
+        operation: &'static str,
+        object: &str,
+        mut command: Value,
+    ) -> Result<Answer, BackendError> {
         let timeout_err = || BackendError::Timeout {
             system: SYSTEM,
             operation,
