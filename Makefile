@@ -48,6 +48,13 @@ bench: ## MqttTransfer provisioning benchmark (release build, operator as its ow
 	$(CARGO) build --release --locked -p mqtt-dsp-operator -p e2e --bin mqtt-dsp-operator --bin bench-transfers
 	target/release/bench-transfers --operator target/release/mqtt-dsp-operator --out $(BENCH_OUT)
 
-demo e2e deploy:
+NAMESPACE ?= mqtt-dsp-operator
+IMAGE     ?=
+VALUES    ?=
+
+deploy: ## helm upgrade --install of the chart into the current kube-context (NAMESPACE, IMAGE, VALUES; DRY_RUN=1 prints the manifests); docs/operations.md
+	@NAMESPACE="$(NAMESPACE)" IMAGE="$(IMAGE)" VALUES="$(VALUES)" bash deploy/deploy.sh $(if $(DRY_RUN),--dry-run)
+
+demo e2e:
 	@echo "make $@: not built yet — it needs the controllers and the Kubernetes API test server (see README, Status)." >&2
 	@exit 2
