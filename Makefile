@@ -5,7 +5,7 @@ BIN   := target/debug/mqtt-dsp-operator
 .PHONY: help build test fmt fmt-check lint unit crds crds-check chart-check run demo e2e bench deploy
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 build: ## Build the operator
 	$(CARGO) build --workspace --locked
@@ -55,6 +55,14 @@ VALUES    ?=
 deploy: ## helm upgrade --install of the chart into the current kube-context (NAMESPACE, IMAGE, VALUES; DRY_RUN=1 prints the manifests); docs/operations.md
 	@NAMESPACE="$(NAMESPACE)" IMAGE="$(IMAGE)" VALUES="$(VALUES)" bash deploy/deploy.sh $(if $(DRY_RUN),--dry-run)
 
-demo e2e:
+E2E_LOG := $(CURDIR)/target/e2e-logs/tracing.log
+
+e2e: ## The user stories as scenarios (docs/e2e.md): against the KUBECONFIG cluster when set, else the dev stack
+	rm -rf target/e2e-logs && mkdir -p target/e2e-logs
+	MQTT_DSP_TEST_LOG=$(E2E_LOG) $(CARGO) test -p e2e --locked --test scenarios
+	MQTT_DSP_TEST_LOG=$(E2E_LOG) $(CARGO) test -p mqtt-dsp-operator --locked --test leader_election
+	e2e/check-log-secrets.sh $(E2E_LOG)
+
+demo:
 	@echo "make $@: not built yet — it needs the controllers and the Kubernetes API test server (see README, Status)." >&2
 	@exit 2

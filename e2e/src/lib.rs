@@ -8,6 +8,7 @@
 //! - [`brokers`]: launchers for real Mosquitto and RabbitMQ;
 //! - [`consumer`]: a test MQTT client;
 //! - [`stack`]: all of it together with an operator configuration and the controllers running;
+//! - [`inventory`]: every object the operator can have left in the stack's backends;
 //! - [`schema`]: the API server's validation of custom resources against their CRD;
 //! - [`tls`]: the run's CA and an HTTPS server;
 //! - [`logs`]: capture of the run's tracing output for the secret leak check.
@@ -19,6 +20,7 @@ pub mod brokers;
 pub mod consumer;
 pub mod doubles;
 pub mod fixtures;
+pub mod inventory;
 pub mod logs;
 pub mod schema;
 pub mod stack;

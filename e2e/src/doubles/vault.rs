@@ -175,6 +175,12 @@ impl VaultDouble {
         })
     }
 
+    /// Every key below the mount that exists (with or without a live version), sorted: what a
+    /// recursive `LIST` would show.
+    pub fn keys(&self) -> Vec<String> {
+        self.state.lock().unwrap().keys.keys().cloned().collect()
+    }
+
     /// Stores a key as someone else would: a new version with `data` (when given) and the key's
     /// `custom_metadata` replaced (when given). Creates the key if needed.
     pub fn plant(
