@@ -711,3 +711,45 @@ async fn a_paused_asset_is_left_alone_until_the_annotation_goes() {
     );
     stack.teardown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Reconcile on request
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconcile_request_annotation_repairs_drift_now_and_is_recorded_in_status() {
+    // The resync is far away (5 min): only the annotation can bring the repair.
+    let stack = DevStack::start(StackOptions::default()).await;
+    create(&stack, &asset("line-1", usrpw_spec())).await;
+    let asset_id = format!("{}-line-1", stack.namespace);
+    // The reconcile that follows the controller's own status write passes first.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stack.backends.connectors["default"].delete_asset(&asset_id, &owner(&stack, "line-1")).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(stack.edc.state.asset(&asset_id).is_none(), "nothing repairs the drift before the resync");
+
+    let requested_at = "2026-11-28T05:00:00Z";
+    merge(&stack, "line-1", json!({"metadata": {"annotations": {"dsp-mqtt.io/reconcile-requested-at": requested_at}}}))
+        .await;
+    let api: Api<MqttAsset> = stack.api();
+    let handled = wait_for(&api, "line-1", Duration::from_secs(10), "request handled", |a| {
+        a.status.as_ref().and_then(|s| s.last_handled_reconcile_at.as_deref()) == Some(requested_at)
+    })
+    .await;
+    assert!(stack.edc.state.asset(&asset_id).is_some(), "the connector asset is back");
+    assert!(is_ready(&handled));
+
+    // The backend calls are measured per system, operation and outcome: the connector answered
+    // the asset's lookup with 404 and its re-creation with 200.
+    let metrics = stack.metrics.encode().unwrap();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("mqtt_dsp_operator_backend_request_seconds_count{system=\"connector\"")
+            && l.contains("outcome=\"404\"")),
+        "{metrics}"
+    );
+
+    // The same value again asks for nothing: no status write.
+    let version = handled.metadata.resource_version.clone();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(api.get("line-1").await.unwrap().metadata.resource_version, version);
+    stack.teardown().await;
+}
