@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import copy
 import pathlib
+import re
+import shutil
 import sys
+import tempfile
 import tomllib
 
 import helm_python as helm
@@ -25,6 +28,8 @@ KUBE_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 # Kinds Kubernetes itself does not define, so kubernetes-validate has no schema for them; each
 # is checked by hand below instead.
 FOREIGN_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
+# deploy/rbac.yaml's Role for the leader-election Lease, and the chart's with the default names.
+LEASE_ROLE = f"{RELEASE}-leader-election"
 
 # Values that switch on everything that is off by default.
 EVERYTHING = {
@@ -49,14 +54,38 @@ OTHER_NAMESPACE = {
     "rbac": {"aggregateToDefaultRoles": False},
     "serviceAccount": {"create": False, "name": "operator"},
 }
+# Several replicas with leader election, another Lease, spans exported.
+REPLICAS = {
+    "replicaCount": 2,
+    "leaderElection": {"leaseName": "dsp-operator-leader", "durationSeconds": 20, "graceSeconds": 4},
+    "otlp": {"endpoint": "http://otel-collector.observability:4318"},
+}
+# One replica without leader election (the only way to run without it).
+NO_LEADER_ELECTION = {"leaderElection": {"enabled": False}}
 # Values the schema must refuse, with why.
 REFUSED = {
-    "two replicas (no leader election yet)": {"replicaCount": 2},
+    "two replicas without leader election": {"replicaCount": 2, "leaderElection": {"enabled": False}},
+    "no replica": {"replicaCount": 0},
+    "a Lease name that is no DNS subdomain": {"leaderElection": {"leaseName": "Leader_Lease"}},
+    "a Lease duration under 2 s": {"leaderElection": {"durationSeconds": 1}},
+    "credentials in the OTLP endpoint": {"otlp": {"endpoint": "https://user:s3cr3t@otel.example.com:4318"}},
+    "an OTLP endpoint that is no http(s) URL": {"otlp": {"endpoint": "otel-collector:4317"}},
+    "a PDB with both minAvailable and maxUnavailable": {"podDisruptionBudget": {"minAvailable": 1, "maxUnavailable": 1}},
     "a credential written as a value": {"config": {"connectors": {"other": {"apiKey": "s3cr3t"}}}},
     "a credential with two sources": {"config": {"brokers": {"b": {"adminPassword": {"env": "A", "file": "/f"}}}}},
     "a namespace that is no DNS label": {"watchNamespace": "Data_Space"},
     "an unknown value (a typo)": {"replicas": 1},
     "privilege escalation": {"securityContext": {"allowPrivilegeEscalation": True}},
+}
+# Values only the templates can refuse (the schema cannot compare two values), or refuse again
+# for installs that skip schema validation: rendered from a copy of the chart without its
+# schema, each must fail with a message naming the values.
+TEMPLATE_REFUSED = {
+    "two replicas without leader election": (
+        {"replicaCount": 2, "leaderElection": {"enabled": False}}, "replicaCount 2 needs leaderElection.enabled"),
+    "a Lease grace not under its duration": (
+        {"leaderElection": {"durationSeconds": 10, "graceSeconds": 10}},
+        "leaderElection.graceSeconds (10) must be less than leaderElection.durationSeconds (10)"),
 }
 
 passed = 0
@@ -109,6 +138,22 @@ def check_sources() -> None:
             (ROOT / "crds" / name).read_bytes() == (CHART / "files" / "crds" / name).read_bytes())
         check(same, f"files/crds/{name} differs from crds/{name}: cp crds/*.yaml charts/mqtt-dsp-operator/files/crds/")
 
+    # deploy/rbac.yaml: every role bound to the operator's account, and the Lease it names is the
+    # operator's default --lease-name.
+    reference = docs_of((ROOT / "deploy" / "rbac.yaml").read_text())
+    account = {"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}
+    for role in (o for o in reference if o["kind"] in ("Role", "ClusterRole")):
+        bound = [b for b in reference if b["kind"] == role["kind"] + "Binding"
+                 and b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role["kind"], "name": role["metadata"]["name"]}
+                 and b["subjects"] == [account] and b["metadata"].get("namespace") == role["metadata"].get("namespace")]
+        check(len(bound) == 1, f"deploy/rbac.yaml: {role['kind']} {role['metadata']['name']} is not bound to the operator's account")
+    main_rs = (ROOT / "operator" / "src" / "main.rs").read_text()
+    default = re.search(r'env = "MQTT_DSP_OPERATOR_LEASE_NAME", default_value = "([^"]+)"', main_rs)
+    check(default is not None, "operator/src/main.rs: the default of --lease-name not found")
+    named = [r["resourceNames"] for r in one(reference, "Role", LEASE_ROLE)["rules"] if r.get("resourceNames")]
+    check(default is not None and named == [[default.group(1)]],
+          f"deploy/rbac.yaml: the Lease Role names {named}, the operator's default Lease is {default and default.group(1)}")
+
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     example = yaml.safe_load((ROOT / "examples" / "operator-config.yaml").read_text())
     check(values["config"] == example, "values.yaml `config` differs from examples/operator-config.yaml")
@@ -136,16 +181,42 @@ def check_valid(label: str, objs: list[dict]) -> None:
                 check(False, f"{ident}: invalid for Kubernetes {version}: {e.message} at {list(e.path)}")
 
 
-def check_rbac(label: str, objs: list[dict], operator_kind: str) -> None:
+def check_rbac(label: str, objs: list[dict], operator_kind: str, lease: str | None) -> None:
+    """The rendered RBAC against deploy/rbac.yaml; `lease`: the Lease the Deployment elects on."""
     reference = docs_of((ROOT / "deploy" / "rbac.yaml").read_text())
     operator = one(objs, operator_kind, RELEASE)
     check(rules(operator) == rules(one(reference, "ClusterRole")), f"{label}: operator rules differ from deploy/rbac.yaml")
     credentials = one(objs, "Role", f"{RELEASE}-credentials")
     check(credentials["metadata"]["namespace"] == NAMESPACE, f"{label}: credentials Role outside the release namespace")
     plain = [dict(r, resourceNames=[]) for r in credentials["rules"]]
-    check(rules({"rules": plain}) == rules(one(reference, "Role")), f"{label}: credentials rules differ from deploy/rbac.yaml")
+    check(rules({"rules": plain}) == rules(one(reference, "Role", f"{RELEASE}-credentials")),
+          f"{label}: credentials rules differ from deploy/rbac.yaml")
+    account = one(objs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    leader = [o for o in objs if o["kind"] in ("Role", "RoleBinding") and o["metadata"]["name"] == LEASE_ROLE]
+    lease_rules = [r for o in objs if o["kind"] in ("Role", "ClusterRole") for r in o["rules"]
+                   if "coordination.k8s.io" in r.get("apiGroups", [])]
+    if lease is None:
+        check(not leader and not lease_rules, f"{label}: a Lease Role rendered without leader election")
+    else:
+        role, binding = one(objs, "Role", LEASE_ROLE), one(objs, "RoleBinding", LEASE_ROLE)
+        # The Lease is in the pod's namespace (POD_NAMESPACE, --lease-namespace is not passed).
+        check(role["metadata"]["namespace"] == NAMESPACE == binding["metadata"]["namespace"],
+              f"{label}: the Lease Role is not in the release namespace")
+        named = [r["resourceNames"] for r in role["rules"] if r.get("resourceNames")]
+        check(named == [[lease]], f"{label}: the Lease Role names {named}, the operator elects on {lease}")
+        # deploy/rbac.yaml names the default Lease; the rules must be the same otherwise.
+        renamed = [dict(r, resourceNames=[RELEASE]) if r.get("resourceNames") else r for r in role["rules"]]
+        check(rules({"rules": renamed}) == rules(one(reference, "Role", LEASE_ROLE)),
+              f"{label}: Lease rules differ from deploy/rbac.yaml")
+        check(binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": LEASE_ROLE}
+              and binding["subjects"] == [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}],
+              f"{label}: the Lease RoleBinding does not bind the Lease Role to the operator's account")
+        check(len(lease_rules) == len(role["rules"]), f"{label}: Lease rules outside the Lease Role")
     for role in (o for o in objs if o["kind"] in ("Role", "ClusterRole")):
         for rule in role["rules"]:
+            # The API server authorizes a create before the name is known: resourceNames never matches.
+            check(not ("create" in rule["verbs"] and rule.get("resourceNames")),
+                  f"{label}: {role['kind']} {role['metadata']['name']}: create with resourceNames always fails")
             secrets = "" in rule.get("apiGroups", []) and ({"secrets", "*"} & set(rule["resources"]))
             check(not (secrets and {"list", "watch", "*"} & set(rule["verbs"])),
                   f"{label}: {role['kind']} {role['metadata']['name']} lists or watches Secrets")
@@ -158,8 +229,28 @@ def check_deployment(label: str, objs: list[dict], values: dict) -> dict:
     pod = dep["spec"]["template"]["spec"]
     (c,) = pod["containers"]
     psc, csc = pod["securityContext"], c["securityContext"]
-    check(dep["spec"]["replicas"] == 1, f"{label}: replicas != 1")
-    check(dep["spec"]["strategy"]["type"] == "Recreate", f"{label}: rollout may run two operators")
+    replicas = values.get("replicaCount", 1)
+    check(dep["spec"]["replicas"] == replicas, f"{label}: replicas != {replicas}")
+    election = values.get("leaderElection", {}).get("enabled", True)
+    check(f"--leader-election={str(election).lower()}" in c["args"], f"{label}: --leader-election={election} not passed")
+    lease_args = [a for a in c["args"] if a.startswith("--lease-")]
+    if election:
+        le = values.get("leaderElection", {})
+        expected = [f"--lease-name={le.get('leaseName', RELEASE)}",
+                    f"--lease-duration-seconds={le.get('durationSeconds', 15)}",
+                    f"--lease-grace-seconds={le.get('graceSeconds', 5)}"]
+        check(lease_args == expected, f"{label}: Lease args {lease_args}, expected {expected}")
+        # A new pod stands by next to the old ones; it must never take a replica away first.
+        strategy = dep["spec"]["strategy"]
+        check(strategy["type"] == "RollingUpdate" and strategy["rollingUpdate"]["maxUnavailable"] == 0,
+              f"{label}: with leader election the rollout should start the new pod first: {strategy}")
+    else:
+        check(replicas == 1, f"{label}: several replicas without leader election")
+        check(not lease_args, f"{label}: Lease args without leader election: {lease_args}")
+        check(dep["spec"]["strategy"]["type"] == "Recreate", f"{label}: rollout may run two operators")
+    otlp = values.get("otlp", {}).get("endpoint")
+    check([a for a in c["args"] if a.startswith("--otlp-endpoint")] == ([f"--otlp-endpoint={otlp}"] if otlp else []),
+          f"{label}: --otlp-endpoint is not otlp.endpoint")
     check(psc.get("runAsNonRoot") is True and csc.get("runAsNonRoot") is True, f"{label}: runAsNonRoot")
     check(psc.get("runAsUser", 0) > 0 and psc.get("runAsGroup", 0) > 0, f"{label}: fixed non-root uid/gid")
     check(psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", f"{label}: seccomp RuntimeDefault")
@@ -190,6 +281,31 @@ def check_deployment(label: str, objs: list[dict], values: dict) -> dict:
     return c
 
 
+def lease_of(objs: list[dict]) -> str | None:
+    """The Lease the Deployment's operator elects on, from its args (None: no leader election)."""
+    args = one(objs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+    if "--leader-election=true" not in args:
+        return None
+    names = [a.removeprefix("--lease-name=") for a in args if a.startswith("--lease-name=")]
+    return names[0] if len(names) == 1 else RELEASE
+
+
+def check_template_refusals() -> None:
+    """TEMPLATE_REFUSED, rendered from a copy of the chart without values.schema.json."""
+    with tempfile.TemporaryDirectory() as tmp:
+        copy_dir = pathlib.Path(tmp) / CHART.name
+        shutil.copytree(CHART, copy_dir)
+        (copy_dir / "values.schema.json").unlink()
+        unchecked = helm.Chart.load(copy_dir)
+        unchecked.render({}, name=RELEASE, namespace=NAMESPACE, is_install=True)  # the copy itself renders
+        for why, (values, message) in TEMPLATE_REFUSED.items():
+            try:
+                unchecked.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+                check(False, f"the templates accept {why}")
+            except helm.HelmError as e:
+                check(message in str(e), f"the templates refuse {why}, but not saying so: {e}")
+
+
 def main() -> int:
     check_sources()
     chart = helm.Chart.load(CHART)
@@ -198,11 +314,16 @@ def main() -> int:
     objs = render({})
     check_lint("defaults", {})
     check_valid("defaults", objs)
-    check_rbac("defaults", objs, "ClusterRole")
+    check_rbac("defaults", objs, "ClusterRole", lease_of(objs))
     c = check_deployment("defaults", objs, {})
+    check(lease_of(objs) == RELEASE, "defaults: leader election is not on, on the Lease deploy/rbac.yaml names")
     check(not any(a.startswith("--watch-namespace") for a in c["args"]), "defaults: --watch-namespace set")
     kinds = {o["kind"] for o in objs}
-    check(not kinds & {"ServiceMonitor", "NetworkPolicy", "PodDisruptionBudget"}, f"defaults render optional kinds: {kinds}")
+    check(not kinds & {"ServiceMonitor", "NetworkPolicy"}, f"defaults render optional kinds: {kinds}")
+    # One replica: a PDB that never blocks a drain.
+    check(one(objs, "PodDisruptionBudget")["spec"].get("maxUnavailable") == 1
+          and "minAvailable" not in one(objs, "PodDisruptionBudget")["spec"], "defaults: the PDB would block drains")
+    check("affinity" not in one(objs, "Deployment")["spec"]["template"]["spec"], "defaults: affinity for one replica")
     crds = [o for o in objs if o["kind"] == "CustomResourceDefinition"]
     check(len(crds) == len(list((ROOT / "crds").glob("*.yaml"))), "defaults: not every CRD rendered")
     for crd in crds:
@@ -217,7 +338,7 @@ def main() -> int:
     objs = render(EVERYTHING)
     check_lint("everything", EVERYTHING)
     check_valid("everything", objs)
-    check_rbac("everything", objs, "Role")
+    check_rbac("everything", objs, "Role", lease_of(objs))
     c = check_deployment("everything", objs, EVERYTHING)
     check(f"--watch-namespace={NAMESPACE}" in c["args"], "everything: --watch-namespace is not the release namespace")
     check(c["image"] == f"mqtt-dsp-operator@{EVERYTHING['image']['digest']}", "everything: digest not used")
@@ -247,6 +368,36 @@ def main() -> int:
           "watchNamespace: --watch-namespace")
     check(not any(o["kind"] in ("CustomResourceDefinition", "ServiceAccount", "ClusterRole") for o in objs),
           "other-namespace: CRDs, ServiceAccount or ClusterRoles rendered although switched off")
+    lease_binding = one(objs, "RoleBinding", LEASE_ROLE)
+    check(lease_binding["metadata"]["namespace"] == NAMESPACE
+          and lease_binding["subjects"] == [{"kind": "ServiceAccount", "name": "operator", "namespace": NAMESPACE}],
+          "watchNamespace: the Lease stays in the release namespace, bound to the operator's account")
+
+    # Several replicas with leader election.
+    objs = render(REPLICAS)
+    check_lint("replicas", REPLICAS)
+    check_valid("replicas", objs)
+    check_rbac("replicas", objs, "ClusterRole", lease_of(objs))
+    check(lease_of(objs) == REPLICAS["leaderElection"]["leaseName"], "replicas: not electing on leaderElection.leaseName")
+    check_deployment("replicas", objs, REPLICAS)
+    pdb = one(objs, "PodDisruptionBudget")["spec"]
+    check(pdb.get("minAvailable") == 1 and "maxUnavailable" not in pdb, f"replicas: the PDB is not minAvailable 1: {pdb}")
+    template = one(objs, "Deployment")["spec"]["template"]
+    terms = template["spec"].get("affinity", {}).get("podAntiAffinity", {}).get("preferredDuringSchedulingIgnoredDuringExecution", [])
+    check(len(terms) == 1 and terms[0]["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+          and terms[0]["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= template["metadata"]["labels"].items(),
+          f"replicas: not spread across nodes: {terms}")
+    objs = render(dict(REPLICAS, affinity={"nodeAffinity": {}}))
+    check(one(objs, "Deployment")["spec"]["template"]["spec"]["affinity"] == {"nodeAffinity": {}},
+          "replicas: `affinity` does not replace the preferred spread")
+
+    # One replica without leader election.
+    objs = render(NO_LEADER_ELECTION)
+    check_lint("no-leader-election", NO_LEADER_ELECTION)
+    check_valid("no-leader-election", objs)
+    check_rbac("no-leader-election", objs, "ClusterRole", lease_of(objs))
+    check(lease_of(objs) is None, "no-leader-election: leader election on")
+    check_deployment("no-leader-election", objs, NO_LEADER_ELECTION)
 
     # What the schema refuses.
     for why, values in REFUSED.items():
@@ -261,10 +412,12 @@ def main() -> int:
         except helm.HelmError:
             check(True, why)
 
+    check_template_refusals()
+
     for failure in failures:
         print(f"FAIL {failure}", file=sys.stderr)
     print(f"chart-check: {passed} checks passed, {len(failures)} failed "
-          f"(lint, 3 renders validated against Kubernetes {', '.join(KUBE_VERSIONS)}; ServiceMonitor checked by hand)")
+          f"(lint, 5 renders validated against Kubernetes {', '.join(KUBE_VERSIONS)}; ServiceMonitor checked by hand)")
     return 1 if failures else 0
 
 

@@ -114,7 +114,7 @@ fn dry_run_renders_what_chart_check_validates_with_the_make_variables_applied() 
     }
 
     // Values the chart's schema refuses: a clear message, nothing rendered.
-    std::fs::write(&values, "replicaCount: 2\n").unwrap();
+    std::fs::write(&values, "replicaCount: 2\nleaderElection: {enabled: false}\n").unwrap();
     let out = deploy(&["--dry-run"], &[("VALUES", values.to_str().unwrap())]);
     let stderr = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");

@@ -49,3 +49,22 @@ app.kubernetes.io/part-of: mqtt-dsp-operator
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) }}
 {{- end }}
 {{- end }}
+
+{{/* The leader-election Lease: leaderElection.leaseName, default the full name. */}}
+{{- define "mqtt-dsp-operator.leaseName" -}}
+{{- default (include "mqtt-dsp-operator.fullname" .) .Values.leaderElection.leaseName }}
+{{- end }}
+
+{{/*
+Values the schema cannot refuse on its own (comparisons between values), and the one it does
+refuse repeated here with why, for installs that skip schema validation.
+*/}}
+{{- define "mqtt-dsp-operator.validate" -}}
+{{- $le := .Values.leaderElection }}
+{{- if and (gt (int .Values.replicaCount) 1) (not $le.enabled) }}
+{{- fail (printf "replicaCount %v needs leaderElection.enabled: without it every replica would reconcile the same resources at once" .Values.replicaCount) }}
+{{- end }}
+{{- if and $le.enabled (ge (int $le.graceSeconds) (int $le.durationSeconds)) }}
+{{- fail (printf "leaderElection.graceSeconds (%v) must be less than leaderElection.durationSeconds (%v)" $le.graceSeconds $le.durationSeconds) }}
+{{- end }}
+{{- end }}
