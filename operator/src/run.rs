@@ -94,7 +94,7 @@ pub enum RunError {
     Serve(#[source] std::io::Error),
     /// The leader-election Lease cannot be used.
     #[error(
-        "cannot use the leader-election Lease {namespace}/{name}: the operator needs get, create, update and patch on \
+        "cannot use the leader-election Lease {namespace}/{name}: the operator needs get, create and patch on \
          coordination.k8s.io leases in that namespace (see deploy/rbac.yaml), or run it with --leader-election=false"
     )]
     Lease {

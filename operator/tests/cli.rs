@@ -143,8 +143,11 @@ async fn run_with_the_crds_becomes_ready_and_stops_cleanly_on_sigterm() {
     let dir = tempfile::tempdir().unwrap();
     let (server, kubeconfig) = cluster(dir.path(), true).await;
     let port = free_port();
+    let (collector, received) = otlp_collector().await;
     let mut child = operator(Some(&kubeconfig))
-        .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json", "--config"])
+        .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
+        .args(["--otlp-endpoint", &format!("http://{collector}")])
+        .arg("--config")
         .arg(config_file(dir.path()))
         .stderr(Stdio::piped())
         .spawn()
@@ -235,4 +238,39 @@ async fn run_with_the_crds_becomes_ready_and_stops_cleanly_on_sigterm() {
         assert!(parsed.get("level").is_some(), "{line}");
     }
     assert!(stderr.contains("shutting down"), "{stderr}");
+
+    // The reconcile spans reached the OTLP collector (flushed at the latest on shutdown), named
+    // for the reconcile and carrying the resource's kind and name.
+    let bodies = received.lock().unwrap().clone();
+    assert!(!bodies.is_empty(), "no OTLP export request arrived");
+    let all: Vec<u8> = bodies.concat();
+    for needle in [&b"reconcile"[..], b"MqttAsset", b"probe", b"mqtt-dsp-operator"] {
+        assert!(
+            all.windows(needle.len()).any(|w| w == needle),
+            "{} missing in the spans",
+            String::from_utf8_lossy(needle)
+        );
+    }
+}
+
+/// A stand-in OpenTelemetry collector: accepts OTLP/HTTP trace exports and keeps the bodies.
+async fn otlp_collector() -> (std::net::SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<Vec<u8>>>>) {
+    use axum::routing::post;
+    let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let store = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/traces",
+        post(move |headers: axum::http::HeaderMap, body: axum::body::Bytes| {
+            let store = store.clone();
+            async move {
+                assert_eq!(headers["content-type"], "application/x-protobuf");
+                store.lock().unwrap().push(body.to_vec());
+                ""
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, received)
 }
