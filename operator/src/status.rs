@@ -24,6 +24,17 @@ pub const CREDENTIALS_READY: &str = "CredentialsReady";
 
 /// Condition type: reconciling is paused by annotation.
 pub const PAUSED: &str = "Paused";
+/// kstatus' "abnormal-true" condition: True while the operator is still working towards the
+/// spec (a retryable failure is being retried). Absent otherwise.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus' "abnormal-true" condition: True while the operator cannot progress without a change
+/// (a refusal: bad input, a foreign object, a missing asset). Absent otherwise.
+pub const STALLED: &str = "Stalled";
+
+/// The `Ready=False` reasons that the operator retries by itself (the controller's
+/// `Error::is_retryable`); every other `Ready=False` reason waits for a change.
+pub const RETRIED_REASONS: &[&str] =
+    &["Unavailable", "Timeout", "Unreachable", "KubernetesApi", "Finalizer", "CleanupPending"];
 
 /// Reason: the step holds what the spec asks for.
 pub const RECONCILED: &str = "Reconciled";

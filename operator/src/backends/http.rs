@@ -85,6 +85,10 @@ pub fn status_error(
         StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
             BackendError::Unauthorized { system, operation, object, status: status.as_u16() }
         }
+        // "Too many requests" and "request timeout" say: later. They are not refusals.
+        StatusCode::TOO_MANY_REQUESTS | StatusCode::REQUEST_TIMEOUT => {
+            BackendError::Unavailable { system, operation, object, status: status.as_u16(), message }
+        }
         s if s.is_client_error() => BackendError::Rejected { system, operation, object, status: s.as_u16(), message },
         s => BackendError::Unavailable { system, operation, object, status: s.as_u16(), message },
     }
@@ -103,5 +107,26 @@ pub async fn error_text(response: Response) -> String {
             cut -= 1;
         }
         format!("{}…", &text[..cut])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_answers_are_retried_and_refusals_are_not() {
+        let err = |code: u16| {
+            status_error(System::Connector, "create", "asset a", StatusCode::from_u16(code).unwrap(), String::new())
+        };
+        for code in [429, 408, 500, 502, 503, 504] {
+            assert!(err(code).is_retryable(), "{code} is worth a retry");
+        }
+        for code in [400, 404, 409, 422] {
+            assert!(!err(code).is_retryable(), "{code} is a refusal");
+            assert_eq!(err(code).reason(), "Rejected");
+        }
+        assert_eq!(err(401).reason(), "Unauthorized");
+        assert_eq!(err(429).reason(), "Unavailable");
     }
 }

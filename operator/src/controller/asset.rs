@@ -34,7 +34,7 @@ use crate::backends::broker::{Broker, UserGrant};
 use crate::backends::connector::{Connector, OfferIds};
 use crate::backends::identity::IdentityProvider;
 use crate::backends::secrets::{SecretLocation, SecretStore};
-use crate::backends::{BackendError, Outcome, System, random_password};
+use crate::backends::{BackendError, Outcome, SecretString, System, random_password};
 use crate::plan::PlanError;
 use crate::plan::asset::{self as asset_plan, AssetIdentity, AssetPlan};
 use crate::status::{self, RECONCILED, Status};
@@ -248,46 +248,15 @@ async fn provision(asset: &MqttAsset, ctx: &Context, walk: &mut Walk) -> Result<
         (AssetIdentity::Oauth2 { .. }, None) => unreachable!("resolve_profiles gives oauth2 an identity provider"),
     };
 
-    // Secret store.
-    let outcome = clients
-        .secrets
-        .ensure_secret(&plan.secret, &secret, owner)
-        .await
-        .at(Step::Secret)
-        .map_err(|e| (Some(Step::Secret), e))?;
-    count(ctx, System::SecretStore, outcome);
-    walk.step_ok(Step::Secret, &format!("secret at {}", clients.secrets.path(&plan.secret)));
-
-    // Broker.
-    match &plan.identity {
-        AssetIdentity::Usrpw { username, topics } => {
-            let grant = UserGrant {
-                username: username.clone(),
-                password: secret.clone(),
-                topics: topics.clone(),
-                enabled: true,
-                owner: owner.clone(),
-            };
-            let outcome =
-                clients.broker.ensure_user(&grant).await.at(Step::Broker).map_err(|e| (Some(Step::Broker), e))?;
-            count(ctx, broker_system, outcome);
-            if fresh_password && outcome != Outcome::Created {
-                // The secret store had lost the password of an existing user: the user gets the
-                // new one, so that what the connector resolves works.
-                let outcome = clients
-                    .broker
-                    .set_password(username, &secret, owner)
-                    .await
-                    .at(Step::Broker)
-                    .map_err(|e| (Some(Step::Broker), e))?;
-                count(ctx, broker_system, outcome);
-            }
-            walk.step_ok(Step::Broker, &format!("user {username} may read {} topic filter(s)", topics.len()));
-        }
-        AssetIdentity::Oauth2 { .. } => walk.step_ok(
-            Step::Broker,
-            &format!("{broker_system} accepts the identity provider's tokens; they carry the topic permissions"),
-        ),
+    // Secret store and broker. A fresh password (the store had none) goes to the broker first:
+    // if that fails, the store still has none and the next attempt starts over, so the store
+    // never holds a password the broker does not accept.
+    if fresh_password {
+        broker_step(ctx, &clients, &plan, &secret, true, walk).await?;
+        secret_step(ctx, &clients, &plan, &secret, walk).await?;
+    } else {
+        secret_step(ctx, &clients, &plan, &secret, walk).await?;
+        broker_step(ctx, &clients, &plan, &secret, false, walk).await?;
     }
 
     // Connector.
@@ -483,6 +452,69 @@ fn stale_result(
         }
         Err(source) => Err((Some(step), Error::Backend { step, source })),
     }
+}
+
+/// Puts the identity's secret into the secret store.
+async fn secret_step(
+    ctx: &Context,
+    clients: &Clients,
+    plan: &AssetPlan,
+    secret: &SecretString,
+    walk: &mut Walk,
+) -> Result<(), (Option<Step>, Error)> {
+    let outcome = clients
+        .secrets
+        .ensure_secret(&plan.secret, secret, &plan.owner)
+        .await
+        .at(Step::Secret)
+        .map_err(|e| (Some(Step::Secret), e))?;
+    count(ctx, System::SecretStore, outcome);
+    walk.step_ok(Step::Secret, &format!("secret at {}", clients.secrets.path(&plan.secret)));
+    Ok(())
+}
+
+/// Puts the broker user (usrpw) in place; with a fresh password, an existing user gets it too.
+async fn broker_step(
+    ctx: &Context,
+    clients: &Clients,
+    plan: &AssetPlan,
+    secret: &SecretString,
+    fresh_password: bool,
+    walk: &mut Walk,
+) -> Result<(), (Option<Step>, Error)> {
+    let broker_system = clients.broker.system();
+    let owner = &plan.owner;
+    match &plan.identity {
+        AssetIdentity::Usrpw { username, topics } => {
+            let grant = UserGrant {
+                username: username.clone(),
+                password: secret.clone(),
+                topics: topics.clone(),
+                enabled: true,
+                owner: owner.clone(),
+            };
+            let outcome =
+                clients.broker.ensure_user(&grant).await.at(Step::Broker).map_err(|e| (Some(Step::Broker), e))?;
+            count(ctx, broker_system, outcome);
+            if fresh_password && outcome != Outcome::Created {
+                // The secret store had lost the password of an existing user: the user gets the
+                // new one, so that what the connector resolves works.
+                let outcome = clients
+                    .broker
+                    .set_password(username, secret, owner)
+                    .await
+                    .at(Step::Broker)
+                    .map_err(|e| (Some(Step::Broker), e))?;
+                count(ctx, broker_system, outcome);
+            }
+            walk.step_ok(Step::Broker, &format!("user {username} may read {} topic filter(s)", topics.len()));
+        }
+        AssetIdentity::Oauth2 { .. } => walk.step_ok(
+            Step::Broker,
+            &format!("{broker_system} accepts the identity provider's tokens; they carry the topic permissions"),
+        ),
+    }
+    Ok(())
 }
 
 /// Writes status when it differs from what is stored, then publishes an Event per changed

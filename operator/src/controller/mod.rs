@@ -454,8 +454,27 @@ impl Tracker {
         paused
     }
 
+    /// Derives kstatus' `Reconciling` / `Stalled` from `Ready`: a retried failure is
+    /// `Reconciling`, any other `Ready=False` is `Stalled`, and neither is there otherwise — so
+    /// that Flux, `kstatus` and `kubectl wait` tell "still working" from "stuck".
+    fn kstatus(&mut self) {
+        let ready = self.conditions.iter().find(|c| c.type_ == status::READY).cloned();
+        let (set, clear) = match &ready {
+            Some(r) if r.status == "False" && status::RETRIED_REASONS.contains(&r.reason.as_str()) => {
+                (Some(status::RECONCILING), status::STALLED)
+            }
+            Some(r) if r.status == "False" => (Some(status::STALLED), status::RECONCILING),
+            _ => (None, status::STALLED),
+        };
+        self.conditions.retain(|c| c.type_ != clear && (set.is_some() || c.type_ != status::RECONCILING));
+        if let (Some(type_), Some(r)) = (set, ready) {
+            self.set(type_, Status::True, &r.reason, &r.message);
+        }
+    }
+
     /// Hands the conditions over and returns the changes.
-    pub(crate) fn finish(self, into: &mut Vec<Condition>) -> Vec<Change> {
+    pub(crate) fn finish(mut self, into: &mut Vec<Condition>) -> Vec<Change> {
+        self.kstatus();
         let mut changed = self.changed;
         for c in &self.conditions {
             let same = self
@@ -484,7 +503,8 @@ impl Tracker {
 /// An Event for every change of `Ready` and every condition that turned `False`.
 pub(crate) async fn publish_changes(ctx: &Context, reference: &ObjectReference, changes: Vec<Change>) {
     for c in changes {
-        if c.type_ != status::READY && c.type_ != status::PAUSED && c.status != Status::False {
+        let mirrors_ready = c.type_ == status::RECONCILING || c.type_ == status::STALLED;
+        if mirrors_ready || (c.type_ != status::READY && c.type_ != status::PAUSED && c.status != Status::False) {
             continue;
         }
         let type_ = if c.status == Status::False { EventType::Warning } else { EventType::Normal };
@@ -540,6 +560,69 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn types(t: &Tracker) -> Vec<(String, String, String)> {
+        t.conditions.iter().map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone())).collect()
+    }
+
+    #[test]
+    fn kstatus_conditions_follow_ready() {
+        let refusal = Error::Plan(PlanError::NoEndpointUrl { endpoint_type: "mqtt-tls", broker: "default".into() });
+        let mut t = Tracker::new(Vec::new(), Some(1), &[Step::Broker]);
+        t.fail(Some(Step::Broker), &refusal);
+        t.kstatus();
+        let got = types(&t);
+        assert!(got.contains(&("Stalled".into(), "True".into(), refusal.reason().into())), "{got:?}");
+        assert!(!got.iter().any(|c| c.0 == "Reconciling"), "{got:?}");
+
+        let retried = Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded);
+        assert!(retried.is_retryable());
+        t.fail(Some(Step::Broker), &retried);
+        t.kstatus();
+        let got = types(&t);
+        assert!(got.contains(&("Reconciling".into(), "True".into(), "KubernetesApi".into())), "{got:?}");
+        assert!(!got.iter().any(|c| c.0 == "Stalled"), "{got:?}");
+
+        t.step_ok(Step::Broker, "ok");
+        t.set(status::READY, Status::True, status::RECONCILED, "ok");
+        t.kstatus();
+        assert!(!types(&t).iter().any(|c| c.0 == "Stalled" || c.0 == "Reconciling"), "{:?}", types(&t));
+    }
+
+    #[test]
+    fn the_retried_reasons_are_exactly_the_retryable_errors() {
+        use crate::backends::{BackendError, System};
+        let backend = |source| Error::Backend { step: Step::Connector, source };
+        let (sys, op, object) = (System::Connector, "create", || "x".to_owned());
+        let errors = [
+            backend(BackendError::Unavailable {
+                system: sys,
+                operation: op,
+                object: object(),
+                status: 503,
+                message: String::new(),
+            }),
+            backend(BackendError::Timeout { system: sys, operation: op, object: object(), timeout_seconds: 1 }),
+            backend(BackendError::Unreachable { system: sys, operation: op, object: object(), source: "x".into() }),
+            backend(BackendError::Rejected {
+                system: sys,
+                operation: op,
+                object: object(),
+                status: 400,
+                message: String::new(),
+            }),
+            backend(BackendError::Unauthorized { system: sys, operation: op, object: object(), status: 401 }),
+            backend(BackendError::Foreign { system: sys, operation: op, object: object() }),
+            Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded),
+            Error::Finalizer("x".into()),
+            Error::CleanupPending { retry: Duration::from_secs(1), attempts: 1 },
+            Error::AssetNotFound { name: "a".into() },
+            Error::SecretNameTaken { name: "s".into() },
+        ];
+        for e in &errors {
+            assert_eq!(status::RETRIED_REASONS.contains(&e.reason()), e.is_retryable(), "{}", e.reason());
+        }
+    }
 
     #[test]
     fn jitter_stays_within_bounds() {
