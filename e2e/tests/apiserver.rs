@@ -923,3 +923,145 @@ async fn a_controller_settles_and_its_no_change_resyncs_write_nothing() {
     eventually("the controller reports generation 2", observed(2)).await;
     controller.abort();
 }
+
+/// A GET of `path` with `accept` as the `Accept` header, parsed as JSON.
+async fn get_json(client: &Client, path: &str, accept: &str) -> Result<Value, kube::Error> {
+    let request = axum::http::Request::get(path).header("Accept", accept).body(vec![]).unwrap();
+    Ok(serde_json::from_str(&client.request_text(request).await?).unwrap())
+}
+
+#[tokio::test]
+async fn openapi_v3_tells_kubectl_which_kinds_take_field_validation() {
+    let env = env().await;
+    // What kubectl's validation reads: the group versions, then one document per group version
+    // whose PATCH operations name their kind and take `fieldValidation`.
+    let root = get_json(&env.client, "/openapi/v3", "application/json").await.unwrap();
+    let url = |gv: &str| root["paths"][gv]["serverRelativeURL"].as_str().map(str::to_owned);
+    for gv in ["api/v1", "apis/coordination.k8s.io/v1", "apis/apiextensions.k8s.io/v1"] {
+        assert!(url(gv).is_some(), "{gv} missing from {root}");
+    }
+    let ours = url("apis/dsp-mqtt.io/v1alpha1").expect("the CRDs' group version");
+    assert!(ours.starts_with("/openapi/v3/apis/dsp-mqtt.io/v1alpha1?hash="), "{ours}");
+    let doc = get_json(&env.client, &ours, "application/json").await.unwrap();
+    assert_eq!(doc["openapi"], "3.0.0");
+    let item = &doc["paths"]["/apis/dsp-mqtt.io/v1alpha1/namespaces/{namespace}/mqttassets/{name}"];
+    let patch = &item["patch"];
+    assert_eq!(
+        patch["x-kubernetes-group-version-kind"],
+        json!({"group": "dsp-mqtt.io", "version": "v1alpha1", "kind": "MqttAsset"})
+    );
+    let params: Vec<&str> = patch["parameters"].as_array().unwrap().iter().filter_map(|p| p["name"].as_str()).collect();
+    assert!(params.contains(&"fieldValidation") && params.contains(&"fieldManager"), "{params:?}");
+    // Custom resources take no strategic merge patch (415 here too); built-ins do.
+    let media: Vec<&String> = patch["requestBody"]["content"].as_object().unwrap().keys().collect();
+    assert!(media.iter().any(|m| *m == "application/apply-patch+yaml"), "{media:?}");
+    assert!(!media.iter().any(|m| *m == "application/strategic-merge-patch+json"), "{media:?}");
+    assert!(
+        doc["paths"]["/apis/dsp-mqtt.io/v1alpha1/namespaces/{namespace}/mqttassets/{name}/status"]["patch"].is_object()
+    );
+    let core = get_json(&env.client, &url("api/v1").unwrap(), "application/json").await.unwrap();
+    let ns_patch = &core["paths"]["/api/v1/namespaces/{name}"]["patch"];
+    assert!(ns_patch["requestBody"]["content"]["application/strategic-merge-patch+json"].is_object(), "{ns_patch}");
+    // `kubectl explain` reads the kinds' schemas.
+    let schema = &doc["components"]["schemas"]["io.dsp-mqtt.v1alpha1.MqttAsset"];
+    assert!(schema["properties"]["spec"]["properties"]["topics"].is_object(), "{schema}");
+    assert_eq!(schema["x-kubernetes-group-version-kind"][0]["kind"], "MqttAsset");
+
+    // Unknown group versions and v2 (protobuf-first on the real server) are 404; protobuf-only
+    // clients are told no acceptable type exists.
+    for path in ["/openapi/v3/apis/example.com/v1", "/openapi/v2"] {
+        let err = api_error(get_json(&env.client, path, "application/json").await);
+        assert_eq!(err.code, 404, "{path}");
+    }
+    let err =
+        api_error(get_json(&env.client, &ours, "application/com.github.proto-openapi.spec.v3@v1.0+protobuf").await);
+    assert_eq!(err.code, 406);
+
+    // The documents follow the CRDs.
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(env.client.clone());
+    crds.delete("mqttassets.dsp-mqtt.io", &DeleteParams::default()).await.unwrap();
+    let client = env.client.clone();
+    let gv_url = url("apis/dsp-mqtt.io/v1alpha1").unwrap();
+    eventually("the deleted CRD's schema is gone from its group version's document", || {
+        let (client, gv_url) = (client.clone(), gv_url.clone());
+        async move {
+            let doc = get_json(&client, &gv_url, "application/json").await.unwrap();
+            doc["components"]["schemas"]["io.dsp-mqtt.v1alpha1.MqttAsset"].is_null()
+                && doc["components"]["schemas"]["io.dsp-mqtt.v1alpha1.MqttTransfer"].is_object()
+        }
+    })
+    .await;
+    let root_after = get_json(&env.client, "/openapi/v3", "application/json").await.unwrap();
+    assert_ne!(
+        root_after["paths"]["apis/dsp-mqtt.io/v1alpha1"], root["paths"]["apis/dsp-mqtt.io/v1alpha1"],
+        "new hash"
+    );
+}
+
+const TABLE: &str =
+    "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+
+#[tokio::test]
+async fn kubectl_get_tables_show_the_crds_printer_columns() {
+    let env = env().await;
+    assets(&env.client).create(&PostParams::default(), &asset("line-1")).await.unwrap();
+    let ready = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "Reconciled",
+        "message": "all set", "lastTransitionTime": "2026-01-01T00:00:00Z"}]}});
+    assets(&env.client).patch_status("line-1", &PatchParams::default(), &Patch::Merge(&ready)).await.unwrap();
+    let transfers: Api<MqttTransfer> = Api::namespaced(env.client.clone(), "dataspace");
+    let mut t = transfer("t-1", "line-1");
+    t.spec.expires_at = Some(serde_json::from_value(json!("2099-01-01T00:00:00Z")).unwrap());
+    transfers.create(&PostParams::default(), &t).await.unwrap();
+
+    let table =
+        get_json(&env.client, "/apis/dsp-mqtt.io/v1alpha1/namespaces/dataspace/mqttassets", TABLE).await.unwrap();
+    assert_eq!((table["kind"].as_str(), table["apiVersion"].as_str()), (Some("Table"), Some("meta.k8s.io/v1")));
+    let columns: Vec<&str> =
+        table["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(columns, ["Name", "Ready", "Reason", "Asset ID", "Endpoint", "Auth", "Age"]);
+    let row = &table["rows"][0];
+    let cells = row["cells"].as_array().unwrap();
+    assert_eq!(
+        cells[..6],
+        [json!("line-1"), json!("True"), json!("Reconciled"), Value::Null, json!("mqtt-tls"), json!("usrpw")]
+    );
+    let age = cells[6].as_str().unwrap();
+    assert!(age.ends_with('s') && age.len() <= 3, "age {age}");
+    assert_eq!(row["object"]["kind"], "PartialObjectMetadata");
+    assert_eq!(row["object"]["metadata"]["name"], "line-1");
+    assert!(row["object"].get("spec").is_none());
+    // A date in the future prints as the real server prints it (HumanDuration of a negative age).
+    let table =
+        get_json(&env.client, "/apis/dsp-mqtt.io/v1alpha1/mqtttransfers?includeObject=Object", TABLE).await.unwrap();
+    let expires = table["columnDefinitions"].as_array().unwrap().iter().position(|c| c["name"] == "Expires").unwrap();
+    assert_eq!(table["rows"][0]["cells"][expires], "<invalid>");
+    assert_eq!(table["rows"][0]["object"]["spec"]["assetRef"]["name"], "line-1");
+    // One object, a built-in kind, and the plain list for clients that do not ask for a table.
+    let one = get_json(
+        &env.client,
+        "/apis/dsp-mqtt.io/v1alpha1/namespaces/dataspace/mqttassets/line-1?includeObject=None",
+        TABLE,
+    )
+    .await
+    .unwrap();
+    assert_eq!(one["rows"].as_array().unwrap().len(), 1);
+    assert!(one["rows"][0].get("object").is_none());
+    let namespaces = get_json(&env.client, "/api/v1/namespaces", TABLE).await.unwrap();
+    let columns: Vec<&str> =
+        namespaces["columnDefinitions"].as_array().unwrap().iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(columns, ["Name", "Status", "Age"]);
+    assert!(
+        namespaces["rows"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["cells"] == json!(["dataspace", "Active", r["cells"][2]]))
+    );
+    let list = get_json(&env.client, "/apis/dsp-mqtt.io/v1alpha1/namespaces/dataspace/mqttassets", "application/json")
+        .await
+        .unwrap();
+    assert_eq!(list["kind"], "MqttAssetList");
+    let err = api_error(get_json(&env.client, "/api/v1/namespaces?includeObject=All", TABLE).await);
+    assert_eq!(err.code, 400);
+}

@@ -16,11 +16,13 @@ use tokio::sync::{broadcast, mpsc};
 
 use super::Shared;
 use super::apply;
+use super::openapi;
 use super::resources::{self, ResourceType};
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::{self, ApiError};
 use super::store::{self, Applied, Change, ChangeType, DeleteOpts, Msg, State, WriteOpts, present};
 use super::strategic;
+use super::table;
 
 const MAX_BODY: usize = 3 * 1024 * 1024;
 /// How often an open watch that asked for bookmarks gets one.
@@ -103,6 +105,11 @@ async fn route(shared: &Arc<Shared>, request: Request) -> Result<Response, ApiEr
             Ok((StatusCode::OK, [(header::CONTENT_TYPE, resources::AGGREGATED_DISCOVERY)], body.to_string())
                 .into_response())
         }
+        ["openapi", "v3"] if accepts_json(&parts.headers) => discovery(Some(openapi::root(&types))),
+        ["openapi", "v3", rest @ ..] if accepts_json(&parts.headers) => {
+            discovery(openapi::group_version(&types, &rest.join("/")))
+        }
+        ["openapi", "v3", ..] => Err(ApiError::not_acceptable()),
         ["api"] => discovery(Some(resources::core_versions(&host))),
         ["apis"] => discovery(Some(resources::group_list(&types))),
         ["apis", group] => discovery(resources::group(&types, group)),
@@ -114,6 +121,15 @@ async fn route(shared: &Arc<Shared>, request: Request) -> Result<Response, ApiEr
         }
         _ => Err(ApiError::no_such_resource()),
     }
+}
+
+/// Whether JSON is among the media types the client accepts (absent `Accept` means anything).
+fn accepts_json(headers: &HeaderMap) -> bool {
+    let Some(accept) = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok()) else { return true };
+    accept.split(',').any(|media| {
+        let media = media.split(';').next().unwrap_or_default().trim();
+        matches!(media, "application/json" | "application/*" | "*/*")
+    })
 }
 
 /// Whether the client prefers aggregated discovery v2 (the first media type it accepts that
@@ -219,6 +235,11 @@ fn resource(
     };
     let opts = WriteOpts { dry_run, strict, manager, apply: None };
     let response = match (method.clone(), name) {
+        (Method::GET, Some(name)) if table::wanted(headers) => {
+            let object = present(&rt, state.get(&rt, namespace, name).ok_or_else(|| not_found(&rt, name))?);
+            let metadata = json!({"resourceVersion": object["metadata"]["resourceVersion"]});
+            Ok(table_response(&table::table(&rt, &[object], metadata, query.get("includeObject"))?))
+        }
         (Method::GET, Some(name)) => {
             let object = state.get(&rt, namespace, name).ok_or_else(|| not_found(&rt, name))?;
             Ok(ok(&present(&rt, object)))
@@ -227,7 +248,21 @@ fn resource(
             drop(state);
             return watch(shared, rt, namespace, query);
         }
-        (Method::GET, None) => list(&state, &rt, namespace, query),
+        (Method::GET, None) if table::wanted(headers) => {
+            let mut list = list_value(&state, &rt, namespace, query)?;
+            let items = list["items"].as_array_mut().map(std::mem::take).unwrap_or_default();
+            // Built-in list items come without apiVersion and kind; rows carry whole objects.
+            let items: Vec<Value> = items
+                .iter()
+                .map(|o| {
+                    let mut o = present(&rt, o);
+                    o["kind"] = json!(rt.kind);
+                    o
+                })
+                .collect();
+            Ok(table_response(&table::table(&rt, &items, list["metadata"].take(), query.get("includeObject"))?))
+        }
+        (Method::GET, None) => Ok(ok(&list_value(&state, &rt, namespace, query)?)),
         (Method::POST, None) if !status => {
             if rt.namespaced && namespace.is_none() {
                 return Err(ApiError::method_not_allowed());
@@ -519,7 +554,11 @@ fn list_item(rt: &ResourceType, object: &Value) -> Value {
     item
 }
 
-fn list(state: &State, rt: &ResourceType, namespace: Option<&str>, query: &Query) -> Result<Response, ApiError> {
+fn table_response(table: &Value) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, table::TABLE_MEDIA)], table.to_string()).into_response()
+}
+
+fn list_value(state: &State, rt: &ResourceType, namespace: Option<&str>, query: &Query) -> Result<Value, ApiError> {
     let labels = LabelSelector::parse(query.get("labelSelector").unwrap_or_default())?;
     let fields = FieldSelector::parse(query.get("fieldSelector").unwrap_or_default(), rt)?;
     let rv_param = query.get("resourceVersion").filter(|v| !v.is_empty());
@@ -591,9 +630,9 @@ fn list(state: &State, rt: &ResourceType, namespace: Option<&str>, query: &Query
     } else {
         matching.iter().map(|o| list_item(rt, o)).collect()
     };
-    Ok(ok(
-        &json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": metadata, "items": items}),
-    ))
+    Ok(
+        json!({"kind": format!("{}List", rt.kind), "apiVersion": rt.api_version(), "metadata": metadata, "items": items}),
+    )
 }
 
 fn invalid_list_options(field: &str, message: &str) -> ApiError {

@@ -13,7 +13,11 @@
 //! What it follows:
 //! - discovery (`/api`, `/api/v1`, `/apis`, `/apis/<group>[/<version>]`, `/version`) with verbs,
 //!   short names, categories and `/status` subresources, and aggregated discovery
-//!   (`apidiscovery.k8s.io/v2`) when a client asks for it;
+//!   (`apidiscovery.k8s.io/v2`) when a client asks for it; OpenAPI v3 (`/openapi/v3` and a
+//!   document per group version: operations with their query parameters and patch types, the
+//!   custom resources' schemas; see `apiserver/openapi.rs`), which kubectl reads before it applies;
+//! - server-side printing: `get` and `list` answer a `meta.k8s.io/v1` `Table` when asked (what
+//!   `kubectl get` shows), with the CRDs' `additionalPrinterColumns` (`apiserver/table.rs`);
 //! - get, list (`limit`/`continue`, `resourceVersionMatch`), create (`generateName`, `uid`,
 //!   `creationTimestamp`, `generation`), update, delete (`propagationPolicy`, preconditions),
 //!   deletecollection, `dryRun=All`, `fieldValidation` (unknown fields of custom resources are
@@ -44,7 +48,9 @@
 //!   carries a `resourceVersion` fails as in the real storage layer (500).
 //!
 //! What it leaves out: authorization (RBAC: every valid token may do everything), admission
-//! webhooks, `managedFields` sent in updates (ignored), conversion webhooks, protobuf,
+//! webhooks, `managedFields` sent in updates (ignored), conversion webhooks, protobuf (so
+//! kubectl's typed commands such as `kubectl create namespace` get a 415; `kubectl apply` works),
+//! OpenAPI v2, Tables on watches,
 //! `resourceVersion` snapshots (a list always shows the current state, a `continue` page too),
 //! graceful deletion periods (deletion is immediate but for finalizers), validation ratcheting
 //! (an update must make the whole object valid, even fields it does not touch), CEL cost limits,
@@ -57,11 +63,13 @@
 
 mod apply;
 mod http;
+mod openapi;
 mod resources;
 mod selectors;
 mod status;
 mod store;
 mod strategic;
+mod table;
 mod validation;
 
 use std::path::{Path, PathBuf};

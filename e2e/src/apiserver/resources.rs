@@ -17,6 +17,8 @@ pub(crate) struct ResourceType {
     pub status_subresource: bool,
     /// The CRD's `openAPIV3Schema` for custom resources.
     pub schema: Option<Value>,
+    /// The CRD version's `additionalPrinterColumns` (server-side printing).
+    pub printer_columns: Vec<Value>,
     /// A custom resource (registered by a CRD).
     pub custom: bool,
     /// How names are checked.
@@ -115,6 +117,7 @@ fn builtin(
         categories: Vec::new(),
         status_subresource: status,
         schema: None,
+        printer_columns: Vec::new(),
         custom: false,
         name_rule: if plural == "namespaces" { NameRule::Label } else { NameRule::Subdomain },
     }
@@ -168,6 +171,7 @@ pub(crate) fn from_crd(crd: &Value) -> Vec<ResourceType> {
             categories: strings(&names["categories"]),
             status_subresource: v["subresources"]["status"].is_object(),
             schema: Some(v["schema"]["openAPIV3Schema"].clone()),
+            printer_columns: v["additionalPrinterColumns"].as_array().cloned().unwrap_or_default(),
             custom: true,
             name_rule: NameRule::Subdomain,
         })

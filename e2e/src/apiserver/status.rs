@@ -159,6 +159,11 @@ impl ApiError {
         )
     }
 
+    /// 406: no media type the client accepts can be served.
+    pub fn not_acceptable() -> Self {
+        Self::new(406, "NotAcceptable", "the server was unable to respond with a content type that the client supports")
+    }
+
     pub fn unauthorized() -> Self {
         Self::new(401, "Unauthorized", "Unauthorized")
     }

@@ -1,0 +1,1052 @@
+//! `make demo`: the operator end to end on one machine, the way a user would drive it.
+//!
+//! 1. starts the dev stack: the Kubernetes API test server, the EDC, Keycloak and Vault doubles,
+//!    real Mosquitto and real RabbitMQ (OAuth 2.0 against the Keycloak double);
+//! 2. installs the CRDs and starts the operator binary as its own process, with
+//!    `examples/operator-config.yaml` pointed at that stack (its log goes to a file);
+//! 3. applies the manifests in `examples/` with `kubectl` (or, without kubectl, the same YAML by
+//!    server-side apply through kube-rs) and waits for them to be Ready;
+//! 4. for every MqttTransfer: reads its Secret, prints the DataAddress with the secrets masked,
+//!    connects a consumer with nothing but what the Secret holds, publishes a message as the
+//!    provider and prints what the consumer received;
+//! 5. deletes the resources, waits until they are gone, checks that the backends hold nothing
+//!    the operator created (but what `deletionPolicy: Retain` keeps), stops everything.
+//!
+//! Exit code 0 only if every step worked. Everything here is test tooling (docs/dev-stack.md).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use e2e::apiserver::ApiServer;
+use e2e::brokers::mosquitto::{self, Mosquitto};
+use e2e::brokers::rabbitmq::{self, OAuthSettings, RabbitMq};
+use e2e::consumer::{Consumer, FromSecret};
+use e2e::doubles::edc::{self, EdcConfig, EdcDouble, Flavour};
+use e2e::doubles::keycloak::{self, KeycloakDouble};
+use e2e::doubles::vault::{self, VaultDouble};
+use e2e::fixtures::consumer_options;
+use e2e::tls::TestCa;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
+use kube::discovery::Scope;
+use serde_json::{Value, json};
+
+type Failure = Box<dyn std::error::Error + Send + Sync>;
+
+/// How long resources get to become Ready, and to go away.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
+/// Field manager of the kube-rs fallback.
+const FIELD_MANAGER: &str = "mqtt-dsp-demo";
+
+// --- output ---------------------------------------------------------------------------------
+
+/// Everything printed, kept for the final check that no secret was shown.
+static TRANSCRIPT: Mutex<String> = Mutex::new(String::new());
+
+fn say(text: &str) {
+    println!("{text}");
+    let mut t = TRANSCRIPT.lock().unwrap_or_else(|e| e.into_inner());
+    t.push_str(text);
+    t.push('\n');
+}
+
+/// Steps so far, and how many there are (three, one per transfer, and the clean-up).
+static STEPS: Mutex<(usize, usize)> = Mutex::new((0, 0));
+
+fn step(title: &str) {
+    let (n, total) = {
+        let mut s = STEPS.lock().unwrap_or_else(|e| e.into_inner());
+        s.0 += 1;
+        *s
+    };
+    say("");
+    say(&format!("== {n}/{total}  {title}"));
+}
+
+fn indent(text: &str) {
+    for line in text.lines() {
+        say(&format!("   {line}"));
+    }
+}
+
+/// Secrets this run handled (credentials of the stack, issued tokens and passwords): none may
+/// appear in the output or in the operator's log. Also registered for the test suite's leak
+/// check (`e2e::logs`, active when `MQTT_DSP_TEST_LOG` is set).
+static SECRETS: Mutex<Vec<String>> = Mutex::new(Vec::new());
+
+fn secret(value: &str) {
+    e2e::logs::register_secret(value);
+    if value.len() >= 8 {
+        SECRETS.lock().unwrap_or_else(|e| e.into_inner()).push(value.to_owned());
+    }
+}
+
+// --- options --------------------------------------------------------------------------------
+
+enum KubectlChoice {
+    /// Look for `kubectl` on PATH.
+    Auto,
+    /// This binary.
+    Path(PathBuf),
+    /// Use kube-rs even if kubectl is there.
+    Without,
+}
+
+struct Options {
+    repo: PathBuf,
+    operator: PathBuf,
+    kubectl: KubectlChoice,
+    log_dir: PathBuf,
+}
+
+impl Options {
+    fn parse() -> Result<Self, Failure> {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let exe_dir = std::env::current_exe()?.parent().map(Path::to_owned).unwrap_or_default();
+        let mut o = Options {
+            operator: exe_dir.join("mqtt-dsp-operator"),
+            log_dir: exe_dir.join("..").join("demo"),
+            repo,
+            kubectl: KubectlChoice::Auto,
+        };
+        let mut args = std::env::args().skip(1);
+        while let Some(flag) = args.next() {
+            let mut value = || args.next().ok_or_else(|| format!("{flag} needs a value"));
+            match flag.as_str() {
+                "--operator" => o.operator = value()?.into(),
+                "--repo" => o.repo = value()?.into(),
+                "--kubectl" => o.kubectl = KubectlChoice::Path(value()?.into()),
+                "--without-kubectl" => o.kubectl = KubectlChoice::Without,
+                "--log-dir" => o.log_dir = value()?.into(),
+                "--help" | "-h" => {
+                    println!(
+                        "demo [--operator target/debug/mqtt-dsp-operator] [--kubectl PATH | --without-kubectl] \
+                         [--repo DIR] [--log-dir target/demo]\n\n\
+                         Runs the operator against the dev stack, applies examples/ with kubectl, and shows a \
+                         consumer receiving a live message through the issued DataAddress. `make demo` builds \
+                         and runs it."
+                    );
+                    std::process::exit(0);
+                }
+                other => return Err(format!("unknown argument {other} (see --help)").into()),
+            }
+        }
+        Ok(o)
+    }
+}
+
+fn main() -> ExitCode {
+    mqtt_dsp_operator::install_crypto_provider();
+    let options = match Options::parse() {
+        Ok(o) => o,
+        Err(e) => {
+            eprintln!("demo: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
+    let started = Instant::now();
+    let outcome = runtime.block_on(async {
+        tokio::select! {
+            result = run(&options) => result,
+            _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
+        }
+    });
+    match outcome {
+        Ok(()) => {
+            say("");
+            say(&format!("Demo passed in {:.0} s.", started.elapsed().as_secs_f64()));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("\ndemo failed: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// --- the run --------------------------------------------------------------------------------
+
+async fn run(options: &Options) -> Result<(), Failure> {
+    let manifests = Manifests::load(&options.repo.join("examples"))?;
+    let config_example: Value =
+        serde_yaml::from_str(&std::fs::read_to_string(options.repo.join("examples/operator-config.yaml"))?)?;
+    STEPS.lock().unwrap_or_else(|e| e.into_inner()).1 = 4 + manifests.transfers().count();
+
+    step("Dev stack: Kubernetes API test server, EDC/Keycloak/Vault doubles, real Mosquitto and RabbitMQ");
+    let stack = Stack::start(&config_example).await?;
+    indent(&format!("Kubernetes API  {}  (the in-repo test server)", stack.api.base_url));
+    for (profile, edc) in &stack.edcs {
+        indent(&format!("EDC ({profile})   {}  (double, {:?} flavour)", edc.management_url, edc.config.flavour));
+    }
+    indent(&format!("Keycloak        {}  (double, realm {})", stack.keycloak.server.base_url, stack.keycloak.realm()));
+    indent(&format!("Vault           {}  (double)", stack.vault.url()));
+    indent(&format!("Mosquitto       {}  {}", stack.mosquitto.mqtts_url(), stack.mosquitto.wss_url()));
+    indent(&format!("RabbitMQ        {}  {}", stack.rabbitmq.mqtts_url(), stack.rabbitmq.wss_url()));
+
+    let kube = Kube::new(options, &stack).await?;
+    step("Install the CRDs and start the operator as its own process");
+    kube.apply(&[options.repo.join("crds")], true).await?;
+    std::fs::create_dir_all(&options.log_dir)?;
+    let log = options.log_dir.join("operator.log");
+    let config_file = stack.dir.path().join("operator-config.yaml");
+    std::fs::write(&config_file, serde_yaml::to_string(&stack.operator_config(&config_example)?)?)?;
+    indent("configuration: examples/operator-config.yaml with the dev stack's URLs, its CA as caBundle and");
+    indent("               every credential from a file (instead of Secrets and Vault's Kubernetes auth)");
+    let mut operator = OperatorProcess::start(&options.operator, &config_file, &kube.kubeconfig, &log).await?;
+    indent(&format!("$ mqtt-dsp-operator run --config operator-config.yaml   (pid {})", operator.pid()));
+    indent(&format!("operator log: {}", display(&log)));
+
+    step("Apply the examples and wait for Ready");
+    let before = Snapshot::take(&stack).await?;
+    let files = manifests.files();
+    kube.apply(&files, false).await?;
+    kube.wait_ready(&manifests).await?;
+    kube.show(&manifests).await?;
+    let ready = Snapshot::take(&stack).await?;
+    let records = Records::read(&kube.client, &manifests).await?;
+    indent(&format!("created by the operator: {}", ready.minus(&before).summary()));
+
+    let client = kube.client.clone();
+    for transfer in manifests.transfers() {
+        step(&format!("Transfer {}: the DataAddress and a live message", transfer.name));
+        consume(&client, &stack, transfer).await?;
+    }
+
+    step("Clean up: delete the resources, check the backends, stop everything");
+    let mut deletion: Vec<PathBuf> = manifests.transfers().map(|d| d.file.clone()).collect();
+    deletion.extend(manifests.assets().map(|d| d.file.clone()));
+    deletion.dedup();
+    kube.delete(&deletion, &manifests).await?;
+    let after = Snapshot::take(&stack).await?;
+    check_clean(&stack, &before, &after, &records)?;
+    let code = operator.stop();
+    match code {
+        Some(0) => indent("operator stopped (SIGTERM, exit code 0)"),
+        other => return Err(format!("the operator ended with {other:?} after SIGTERM; see {}", display(&log)).into()),
+    }
+    drop(stack);
+    indent("API server, doubles, Mosquitto and RabbitMQ stopped");
+    check_no_secret_shown(&log)?;
+    Ok(())
+}
+
+fn display(path: &Path) -> String {
+    let cwd = std::env::current_dir().unwrap_or_default();
+    let clean = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+    clean.strip_prefix(&cwd).map(|p| p.display().to_string()).unwrap_or_else(|_| clean.display().to_string())
+}
+
+// --- the manifests --------------------------------------------------------------------------
+
+/// One Kubernetes object from `examples/`.
+#[derive(Clone, Debug)]
+struct Doc {
+    file: PathBuf,
+    value: Value,
+    kind: String,
+    name: String,
+    namespace: Option<String>,
+}
+
+struct Manifests {
+    docs: Vec<Doc>,
+}
+
+impl Manifests {
+    /// The Namespaces, MqttAssets and MqttTransfers in `dir`'s YAML files (other files, such as
+    /// the operator configuration, are not Kubernetes objects and are skipped).
+    fn load(dir: &Path) -> Result<Self, Failure> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+            .collect();
+        files.sort();
+        let mut docs = Vec::new();
+        for file in files {
+            let text = std::fs::read_to_string(&file)?;
+            for document in serde_yaml::Deserializer::from_str(&text) {
+                let value: Value =
+                    serde::Deserialize::deserialize(document).map_err(|e| format!("{}: {e}", file.display()))?;
+                let kind = value["kind"].as_str().unwrap_or_default().to_owned();
+                if !matches!(kind.as_str(), "Namespace" | "MqttAsset" | "MqttTransfer") {
+                    continue;
+                }
+                docs.push(Doc {
+                    file: file.clone(),
+                    name: value["metadata"]["name"].as_str().unwrap_or_default().to_owned(),
+                    namespace: value["metadata"]["namespace"].as_str().map(str::to_owned),
+                    kind,
+                    value,
+                });
+            }
+        }
+        let order = |d: &Doc| ["Namespace", "MqttAsset", "MqttTransfer"].iter().position(|k| *k == d.kind);
+        docs.sort_by_key(|d| (order(d), d.file.clone()));
+        if !docs.iter().any(|d| d.kind == "MqttTransfer") {
+            return Err(format!("no MqttTransfer in {}", dir.display()).into());
+        }
+        Ok(Self { docs })
+    }
+
+    /// The files, in apply order (namespaces, assets, transfers).
+    fn files(&self) -> Vec<PathBuf> {
+        let mut out: Vec<PathBuf> = Vec::new();
+        for d in &self.docs {
+            if !out.contains(&d.file) {
+                out.push(d.file.clone());
+            }
+        }
+        out
+    }
+
+    fn assets(&self) -> impl Iterator<Item = &Doc> {
+        self.docs.iter().filter(|d| d.kind == "MqttAsset")
+    }
+
+    fn transfers(&self) -> impl Iterator<Item = &Doc> {
+        self.docs.iter().filter(|d| d.kind == "MqttTransfer")
+    }
+
+    /// The MqttAssets and MqttTransfers (what becomes Ready).
+    fn resources(&self) -> impl Iterator<Item = &Doc> {
+        self.docs.iter().filter(|d| d.kind != "Namespace")
+    }
+
+    /// The MqttAssets and MqttTransfers in `files`, in the order of the files.
+    fn resources_in<'a>(&'a self, files: &'a [PathBuf]) -> impl Iterator<Item = &'a Doc> {
+        files.iter().flat_map(move |f| self.resources().filter(move |d| d.file == *f))
+    }
+}
+
+// --- the stack ------------------------------------------------------------------------------
+
+struct Stack {
+    ca: TestCa,
+    api: ApiServer,
+    /// One EDC double per connector profile.
+    edcs: Vec<(String, EdcDouble)>,
+    keycloak: KeycloakDouble,
+    vault: VaultDouble,
+    mosquitto: Mosquitto,
+    rabbitmq: RabbitMq,
+    dir: tempfile::TempDir,
+}
+
+const VAULT_TOKEN: &str = e2e::stack::VAULT_TOKEN;
+const KEYCLOAK_SECRET: &str = e2e::stack::KEYCLOAK_OPERATOR_SECRET;
+
+impl Stack {
+    /// Starts the pieces the example configuration's profiles name: an EDC double per connector
+    /// (its flavour from `endpointTypeSpelling`), one Keycloak double with the realm and client
+    /// of the `default` identity provider, a Vault double, Mosquitto, and RabbitMQ with the
+    /// OAuth 2.0 settings of the first RabbitMQ profile.
+    async fn start(example: &Value) -> Result<Stack, Failure> {
+        Mosquitto::installed().map_err(hint)?;
+        RabbitMq::installed().map_err(hint)?;
+        for s in [KEYCLOAK_SECRET, VAULT_TOKEN, edc::API_KEY, mosquitto::ADMIN_PASSWORD, rabbitmq::ADMIN_PASSWORD] {
+            secret(s);
+        }
+        secret(mosquitto::PUBLISHER_PASSWORD);
+        let ca = TestCa::new();
+        let api = ApiServer::start(&ca).await?;
+        secret(api.token());
+        let mut edcs = Vec::new();
+        for (profile, c) in profiles(example, "connectors")? {
+            let flavour = if c["endpointTypeSpelling"] == "factoryx" { Flavour::Factoryx } else { Flavour::Stock };
+            edcs.push((profile, edc::start(&ca, EdcConfig::flavour(flavour)).await?));
+        }
+        let idp = &example["identityProviders"]["default"];
+        let realm = idp["realm"].as_str().ok_or("identityProviders.default.realm is missing")?;
+        let client_id = idp["clientId"].as_str().ok_or("identityProviders.default.clientId is missing")?;
+        let keycloak = keycloak::start(&ca, realm, client_id, KEYCLOAK_SECRET).await?;
+        let vault = vault::start(&ca, VAULT_TOKEN).await?;
+        let mosquitto = Mosquitto::start(&ca)?;
+        let rabbit_profile = profiles(example, "brokers")?
+            .into_iter()
+            .find(|(_, b)| b["type"] == "rabbitmq")
+            .map(|(_, b)| b)
+            .unwrap_or_default();
+        let text = |k: &str, default: &str| rabbit_profile["rabbitmq"][k].as_str().unwrap_or(default).to_owned();
+        let oauth = OAuthSettings {
+            // Erlang's hostname check does not match IP SANs.
+            jwks_url: keycloak.jwks_url().replace("127.0.0.1", "localhost"),
+            resource_server_id: text("resourceServerId", "rabbitmq"),
+            additional_scopes_key: text("additionalScopesKey", e2e::stack::SCOPES_KEY),
+        };
+        let rabbitmq = RabbitMq::start(&ca, Some(&oauth))?;
+        let dir = tempfile::Builder::new().prefix("mqtt-dsp-demo-").tempdir()?;
+        Ok(Stack { ca, api, edcs, keycloak, vault, mosquitto, rabbitmq, dir })
+    }
+
+    /// The example configuration with every profile pointed at this stack.
+    fn operator_config(&self, example: &Value) -> Result<Value, Failure> {
+        let file = |name: &str, content: &str| -> Result<Value, Failure> {
+            let path = self.dir.path().join(name);
+            std::fs::write(&path, content)?;
+            Ok(json!({"file": path.display().to_string()}))
+        };
+        let ca = file("ca.pem", &self.ca.cert_pem())?;
+        let mut config = example.clone();
+        for (profile, edc) in &self.edcs {
+            let c = &mut config["connectors"][profile];
+            c["managementUrl"] = json!(edc.management_url);
+            c["apiKey"] = file("edc-api-key", edc::API_KEY)?;
+            c["caBundle"] = ca.clone();
+        }
+        for (profile, _) in profiles(example, "identityProviders")? {
+            let p = &mut config["identityProviders"][&profile];
+            p["adminUrl"] = json!(self.keycloak.server.base_url);
+            p["clientSecret"] = file("keycloak-client-secret", KEYCLOAK_SECRET)?;
+            p["caBundle"] = ca.clone();
+        }
+        for (profile, _) in profiles(example, "secretStores")? {
+            let p = &mut config["secretStores"][&profile];
+            p["url"] = json!(self.vault.url().to_string());
+            p["kvMount"] = json!(self.vault.mount);
+            p["auth"] = json!({"token": file("vault-token", VAULT_TOKEN)?});
+            p["caBundle"] = ca.clone();
+        }
+        for (profile, b) in profiles(example, "brokers")? {
+            let p = &mut config["brokers"][&profile];
+            match b["type"].as_str() {
+                Some("mosquitto") => {
+                    p["adminUrl"] = json!(self.mosquitto.mqtts_url());
+                    p["adminUsername"] = json!("admin");
+                    p["adminPassword"] = file("mosquitto-admin-password", mosquitto::ADMIN_PASSWORD)?;
+                    p["publicUrls"] =
+                        json!({"mqtt-tls": self.mosquitto.mqtts_url(), "mqtt-wss": self.mosquitto.wss_url()});
+                }
+                Some("rabbitmq") => {
+                    p["adminUrl"] = json!(self.rabbitmq.management_url());
+                    p["adminUsername"] = json!(rabbitmq::ADMIN_USER);
+                    p["adminPassword"] = file("rabbitmq-admin-password", rabbitmq::ADMIN_PASSWORD)?;
+                    p["publicUrls"] =
+                        json!({"mqtt-tls": self.rabbitmq.mqtts_url(), "mqtt-wss": self.rabbitmq.wss_url()});
+                }
+                other => return Err(format!("brokers.{profile}: the demo has no {other:?} broker").into()),
+            }
+            p["caBundle"] = ca.clone();
+        }
+        Ok(config)
+    }
+
+    /// The provider's publisher on the broker behind `url` (the DataAddress' `baseUrl`).
+    fn publisher_for(&self, url: &str) -> Result<e2e::consumer::ConsumerOptions, Failure> {
+        let ca = self.ca.cert_pem();
+        if [self.mosquitto.mqtts_url(), self.mosquitto.wss_url()].contains(&url.to_owned()) {
+            Ok(consumer_options(self.mosquitto.mqtts_url(), &ca, "publisher", mosquitto::PUBLISHER_PASSWORD))
+        } else if [self.rabbitmq.mqtts_url(), self.rabbitmq.wss_url()].contains(&url.to_owned()) {
+            Ok(consumer_options(self.rabbitmq.mqtts_url(), &ca, rabbitmq::ADMIN_USER, rabbitmq::ADMIN_PASSWORD))
+        } else {
+            Err(format!("the DataAddress names {url}, which is none of the dev stack's brokers").into())
+        }
+    }
+
+    fn http(&self) -> Result<reqwest::Client, Failure> {
+        let ca = reqwest::Certificate::from_pem(self.ca.cert_pem().as_bytes())?;
+        Ok(reqwest::Client::builder().tls_certs_only([ca]).build()?)
+    }
+}
+
+fn hint(e: mosquitto::LaunchError) -> Failure {
+    format!("{e}\n  `bash scripts/install-deps.sh` installs Mosquitto and RabbitMQ (`make demo` runs it)").into()
+}
+
+/// `(name, profile)` of a profile section of the configuration.
+fn profiles(config: &Value, section: &str) -> Result<Vec<(String, Value)>, Failure> {
+    let map = config[section].as_object().ok_or_else(|| format!("the configuration has no {section}"))?;
+    Ok(map.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+}
+
+// --- the operator ---------------------------------------------------------------------------
+
+/// The operator binary as a child process; stopped (SIGTERM, then kill) when dropped.
+struct OperatorProcess {
+    child: Child,
+}
+
+impl OperatorProcess {
+    async fn start(binary: &Path, config: &Path, kubeconfig: &Path, log: &Path) -> Result<Self, Failure> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let out = std::fs::File::create(log)?;
+        let child = Command::new(binary)
+            .args(["run", "--config"])
+            .arg(config)
+            .args(["--listen", &format!("127.0.0.1:{port}")])
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .map_err(|e| format!("starting {}: {e} (build it: cargo build -p mqtt-dsp-operator)", binary.display()))?;
+        let mut process = OperatorProcess { child };
+        let ready = format!("http://127.0.0.1:{port}/readyz");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if reqwest::get(&ready).await.is_ok_and(|r| r.status().is_success()) {
+                return Ok(process);
+            }
+            if let Ok(Some(status)) = process.child.try_wait() {
+                return Err(format!("the operator exited ({status}); see {}", display(log)).into());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("the operator was not ready within 60 s; see {}", display(log)).into());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM, then the exit code (killed after 15 s: `None`).
+    fn stop(&mut self) -> Option<i32> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return status.code();
+        }
+        let _ = Command::new("kill").args(["-TERM", &self.pid().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        None
+    }
+}
+
+impl Drop for OperatorProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.stop();
+        }
+    }
+}
+
+// --- kubectl, or kube-rs without it -----------------------------------------------------------
+
+struct Kube {
+    kubectl: Option<PathBuf>,
+    kubeconfig: PathBuf,
+    cache_dir: PathBuf,
+    client: kube::Client,
+    repo: PathBuf,
+}
+
+fn on_path(program: &str) -> Option<PathBuf> {
+    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(program)).find(|p| p.is_file())
+}
+
+impl Kube {
+    async fn new(options: &Options, stack: &Stack) -> Result<Self, Failure> {
+        let kubeconfig = stack.dir.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, stack.api.kubeconfig_yaml())?;
+        let kubectl = match &options.kubectl {
+            KubectlChoice::Path(p) => Some(p.clone()),
+            KubectlChoice::Auto => on_path("kubectl"),
+            KubectlChoice::Without => None,
+        };
+        match &kubectl {
+            Some(path) => {
+                let version = Command::new(path).args(["version", "--client"]).output()?;
+                let first = String::from_utf8_lossy(&version.stdout).lines().next().unwrap_or_default().to_owned();
+                indent(&format!("kubectl         {} ({first})", path.display()));
+            }
+            None if matches!(options.kubectl, KubectlChoice::Without) => {
+                indent("kubectl         not used (--without-kubectl): server-side apply through kube-rs instead")
+            }
+            None => indent(
+                "kubectl         not found on PATH: the demo applies the same YAML by server-side apply through kube-rs instead",
+            ),
+        }
+        Ok(Kube {
+            kubectl,
+            kubeconfig,
+            cache_dir: stack.dir.path().join("kube-cache"),
+            client: stack.api.client(),
+            repo: options.repo.clone(),
+        })
+    }
+
+    fn relative(&self, path: &Path) -> String {
+        let repo = self.repo.canonicalize().unwrap_or_else(|_| self.repo.clone());
+        let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+        path.strip_prefix(&repo).map(|p| p.display().to_string()).unwrap_or_else(|_| path.display().to_string())
+    }
+
+    /// Runs kubectl with the demo's kubeconfig, printing the command line and its output.
+    async fn kubectl(&self, kubectl: &Path, args: &[String]) -> Result<(), Failure> {
+        indent(&format!("$ kubectl {}", args.join(" ")));
+        let output = tokio::process::Command::new(kubectl)
+            .args(args)
+            .current_dir(&self.repo)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECACHEDIR", &self.cache_dir)
+            .stdin(Stdio::null())
+            .output()
+            .await?;
+        indent(&String::from_utf8_lossy(&output.stdout));
+        indent(&String::from_utf8_lossy(&output.stderr));
+        if !output.status.success() {
+            return Err(format!(
+                "kubectl {} failed ({}); to apply through kube-rs instead: --without-kubectl (make demo DEMO_ARGS=--without-kubectl)",
+                args.join(" "),
+                output.status
+            )
+            .into());
+        }
+        Ok(())
+    }
+
+    fn file_args(&self, files: &[PathBuf]) -> Vec<String> {
+        files.iter().flat_map(|f| ["-f".to_owned(), self.relative(f)]).collect()
+    }
+
+    /// `kubectl apply -f …` (`--server-side` for the CRDs, too large for the last-applied
+    /// annotation), or server-side apply of every document through kube-rs.
+    async fn apply(&self, files: &[PathBuf], server_side: bool) -> Result<(), Failure> {
+        if let Some(kubectl) = &self.kubectl {
+            let mut args = vec!["apply".to_owned()];
+            if server_side {
+                args.push("--server-side".into());
+            }
+            args.extend(self.file_args(files));
+            return self.kubectl(kubectl, &args).await;
+        }
+        indent(&format!(
+            "server-side apply (kube-rs, field manager {FIELD_MANAGER}): {}",
+            self.file_args(files).join(" ")
+        ));
+        for file in files {
+            let paths: Vec<PathBuf> = if file.is_dir() {
+                let mut v: Vec<PathBuf> = std::fs::read_dir(file)?
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| p.extension().is_some_and(|e| e == "yaml" || e == "yml"))
+                    .collect();
+                v.sort();
+                v
+            } else {
+                vec![file.clone()]
+            };
+            for path in paths {
+                let text = std::fs::read_to_string(&path)?;
+                for document in serde_yaml::Deserializer::from_str(&text) {
+                    let value: Value = serde::Deserialize::deserialize(document)?;
+                    if value.is_null() {
+                        continue;
+                    }
+                    let (api, name) = self.dynamic(&value).await?;
+                    api.patch(&name, &PatchParams::apply(FIELD_MANAGER).force(), &Patch::Apply(&value)).await?;
+                    indent(&format!("{}/{name} applied", value["kind"].as_str().unwrap_or_default().to_lowercase()));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The API of an object's kind (found by discovery) and its name.
+    async fn dynamic(&self, value: &Value) -> Result<(Api<DynamicObject>, String), Failure> {
+        let api_version = value["apiVersion"].as_str().ok_or("a document without apiVersion")?;
+        let kind = value["kind"].as_str().ok_or("a document without kind")?;
+        let name = value["metadata"]["name"].as_str().ok_or("a document without metadata.name")?.to_owned();
+        let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+        let gvk = GroupVersionKind::gvk(group, version, kind);
+        let (resource, caps): (ApiResource, _) = kube::discovery::pinned_kind(&self.client, &gvk).await?;
+        let api = match (caps.scope, value["metadata"]["namespace"].as_str()) {
+            (Scope::Namespaced, Some(ns)) => Api::namespaced_with(self.client.clone(), ns, &resource),
+            (Scope::Namespaced, None) => Api::default_namespaced_with(self.client.clone(), &resource),
+            (Scope::Cluster, _) => Api::all_with(self.client.clone(), &resource),
+        };
+        Ok((api, name))
+    }
+
+    /// `kubectl wait --for=condition=Ready`, or the same by polling.
+    async fn wait_ready(&self, manifests: &Manifests) -> Result<(), Failure> {
+        let files: Vec<PathBuf> = {
+            let mut f: Vec<PathBuf> = manifests.resources().map(|d| d.file.clone()).collect();
+            f.dedup();
+            f
+        };
+        if let Some(kubectl) = &self.kubectl {
+            let mut args = vec!["wait".to_owned(), "--for=condition=Ready".into()];
+            args.push(format!("--timeout={}s", READY_TIMEOUT.as_secs()));
+            args.extend(self.file_args(&files));
+            return self.kubectl(kubectl, &args).await;
+        }
+        indent("waiting for condition Ready (polling through kube-rs)");
+        for doc in manifests.resources() {
+            let (api, name) = self.dynamic(&doc.value).await?;
+            let deadline = Instant::now() + READY_TIMEOUT;
+            loop {
+                let object = api.get_opt(&name).await?;
+                let ready = object.as_ref().and_then(|o| ready_condition(&o.data));
+                if ready.as_ref().is_some_and(|(status, _)| status == "True") {
+                    indent(&format!("{}/{name} condition met", doc.kind.to_lowercase()));
+                    break;
+                }
+                if Instant::now() > deadline {
+                    return Err(format!("{}/{name} not Ready within {READY_TIMEOUT:?}: {ready:?}", doc.kind).into());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// `kubectl get mqa,mqt`, or a summary of the same columns.
+    async fn show(&self, manifests: &Manifests) -> Result<(), Failure> {
+        let namespaces: BTreeSet<String> = manifests.resources().filter_map(|d| d.namespace.clone()).collect();
+        if let Some(kubectl) = &self.kubectl {
+            let mut args = vec!["get".to_owned(), "mqttassets,mqtttransfers".into()];
+            match namespaces.iter().next() {
+                Some(ns) if namespaces.len() == 1 => args.extend(["-n".to_owned(), ns.clone()]),
+                _ => args.push("-A".into()),
+            }
+            return self.kubectl(kubectl, &args).await;
+        }
+        for doc in manifests.resources() {
+            let (api, name) = self.dynamic(&doc.value).await?;
+            let object = api.get(&name).await?;
+            let (status, reason) = ready_condition(&object.data).unwrap_or_default();
+            let phase = object.data["status"]["phase"].as_str().unwrap_or("-").to_owned();
+            indent(&format!("{}/{name}: Ready={status} ({reason}), phase {phase}", doc.kind.to_lowercase()));
+        }
+        Ok(())
+    }
+
+    /// `kubectl delete -f … --wait`, or deletes and waits through kube-rs.
+    async fn delete(&self, files: &[PathBuf], manifests: &Manifests) -> Result<(), Failure> {
+        if let Some(kubectl) = &self.kubectl {
+            let mut args = vec!["delete".to_owned(), "--wait=true".into()];
+            args.push(format!("--timeout={}s", READY_TIMEOUT.as_secs()));
+            args.extend(self.file_args(files));
+            self.kubectl(kubectl, &args).await?;
+        } else {
+            indent(&format!("deleting through kube-rs: {}", self.file_args(files).join(" ")));
+            for doc in manifests.resources_in(files) {
+                let (api, name) = self.dynamic(&doc.value).await?;
+                api.delete(&name, &DeleteParams::default()).await?;
+            }
+        }
+        // Gone, whichever way they were deleted (finalizers run the operator's cleanup).
+        for doc in manifests.resources_in(files) {
+            let (api, name) = self.dynamic(&doc.value).await?;
+            let deadline = Instant::now() + READY_TIMEOUT;
+            while api.get_opt(&name).await?.is_some() {
+                if Instant::now() > deadline {
+                    return Err(format!("{}/{name} still there after {READY_TIMEOUT:?}", doc.kind).into());
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            if self.kubectl.is_none() {
+                indent(&format!("{}/{name} deleted", doc.kind.to_lowercase()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn ready_condition(object: &Value) -> Option<(String, String)> {
+    let conditions = object["status"]["conditions"].as_array()?;
+    let ready = conditions.iter().find(|c| c["type"] == "Ready")?;
+    Some((ready["status"].as_str()?.to_owned(), ready["reason"].as_str().unwrap_or_default().to_owned()))
+}
+
+// --- the consumer ---------------------------------------------------------------------------
+
+/// Keys of a DataAddress whose values are credentials.
+const SECRET_KEYS: [&str; 5] = ["authorization", "password", "refreshToken", "clientSecret", "token"];
+
+fn is_secret_key(key: &str) -> bool {
+    let bare = key.rsplit(':').next().unwrap_or(key);
+    SECRET_KEYS.iter().any(|s| s.eq_ignore_ascii_case(bare))
+}
+
+/// The first four characters and the length: enough to see that something is there.
+fn mask(value: &str) -> String {
+    let head: String = value.chars().take(4).collect();
+    format!("{head}… ({} characters, masked)", value.chars().count())
+}
+
+/// A topic inside `filter` for the provider to publish on (`+` and `#` levels filled in).
+fn topic_in(filter: &str) -> String {
+    filter
+        .split('/')
+        .map(|level| if level == "+" || level == "#" { "demo" } else { level })
+        .collect::<Vec<_>>()
+        .join("/")
+}
+
+async fn consume(client: &kube::Client, stack: &Stack, transfer: &Doc) -> Result<(), Failure> {
+    let namespace = transfer.namespace.clone().unwrap_or_else(|| "default".into());
+    let transfers: Api<DynamicObject> = {
+        let gvk = GroupVersionKind::gvk("dsp-mqtt.io", "v1alpha1", "MqttTransfer");
+        let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await?;
+        Api::namespaced_with(client.clone(), &namespace, &resource)
+    };
+    let object = transfers.get(&transfer.name).await?;
+    let secret_name = object.data["status"]["credentialsSecretRef"]["name"]
+        .as_str()
+        .or(object.data["spec"]["secretName"].as_str())
+        .unwrap_or(&transfer.name)
+        .to_owned();
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let stored = secrets.get(&secret_name).await?;
+    let raw = stored
+        .data
+        .as_ref()
+        .and_then(|d| d.get("dataAddress.json"))
+        .ok_or_else(|| format!("Secret {namespace}/{secret_name} has no dataAddress.json"))?;
+    let address: Value = serde_json::from_slice(&raw.0)?;
+    let mut shown = address.clone();
+    if let Some(map) = shown.as_object_mut() {
+        for (key, value) in map.iter_mut() {
+            if let Some(text) = value.as_str().filter(|_| is_secret_key(key)) {
+                secret(text);
+                *value = Value::String(mask(text));
+            }
+        }
+    }
+    indent(&format!("Secret {namespace}/{secret_name}, key dataAddress.json (credentials masked):"));
+    indent(&serde_json::to_string_pretty(&shown)?);
+
+    let from = FromSecret::read(&stored, &stack.ca.cert_pem())
+        .ok_or_else(|| format!("Secret {namespace}/{secret_name} holds no credentials"))?;
+    secret(&from.options.password);
+    let filter = from.topics.first().cloned().ok_or("the DataAddress names no topic")?;
+    indent(&format!(
+        "consumer: connects to {} as {} with the {} from the Secret (TLS verified with the dev stack's CA)",
+        from.options.url,
+        from.options.username,
+        if address.get("dsp-mqtt:authorization").is_some() { "JWT" } else { "password" }
+    ));
+    let mut consumer =
+        Consumer::connect(&from.options).await.map_err(|e| format!("the consumer could not connect: {e:?}"))?;
+    if !consumer.subscribe(&filter).await {
+        return Err(format!("the broker refused the subscription to {filter}").into());
+    }
+    indent(&format!("consumer: subscribed to {filter}"));
+
+    let topic = topic_in(&filter);
+    let payload = json!({
+        "transfer": transfer.name,
+        "value": 21.5,
+        "unit": "Cel",
+        "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    })
+    .to_string();
+    let publisher_options = stack.publisher_for(&from.options.url)?;
+    let publisher = Consumer::connect(&publisher_options)
+        .await
+        .map_err(|e| format!("the provider's publisher could not connect: {e:?}"))?;
+    if !publisher.publish(&topic, payload.as_bytes()).await {
+        return Err("the provider could not publish".into());
+    }
+    indent(&format!("provider: published on {topic} as {}", publisher_options.username));
+    let (got_topic, got) = consumer
+        .next_message(Duration::from_secs(10))
+        .await
+        .ok_or_else(|| format!("the consumer received nothing on {filter} within 10 s"))?;
+    let text = String::from_utf8_lossy(&got).into_owned();
+    indent(&format!("consumer: received on {got_topic}: {text}"));
+    if text != payload {
+        return Err("the consumer received something other than what the provider sent".into());
+    }
+    Ok(())
+}
+
+// --- the backends before and after ------------------------------------------------------------
+
+/// What each backend holds, by name.
+#[derive(Clone, Debug, Default)]
+struct Snapshot {
+    edc: BTreeSet<String>,
+    keycloak: BTreeSet<String>,
+    mosquitto: BTreeSet<String>,
+    rabbitmq: BTreeSet<String>,
+}
+
+impl Snapshot {
+    async fn take(stack: &Stack) -> Result<Self, Failure> {
+        let mut s = Snapshot::default();
+        for (_, edc) in &stack.edcs {
+            s.edc.extend(edc.state.assets().into_iter().map(|a| format!("asset {}", a.id)));
+            s.edc.extend(edc.state.policies().into_iter().map(|p| format!("policy {}", p.id)));
+            s.edc.extend(edc.state.contract_definitions().into_iter().map(|c| format!("contract definition {}", c.id)));
+        }
+        s.keycloak = stack.keycloak.clients().into_iter().map(|c| format!("client {}", c.client_id)).collect();
+        let dynsec = stack.mosquitto.dynsec_state();
+        let names = |list: &str, key: &str| -> Vec<String> {
+            dynsec[list].as_array().into_iter().flatten().filter_map(|v| v[key].as_str().map(str::to_owned)).collect()
+        };
+        s.mosquitto.extend(names("clients", "username").into_iter().map(|u| format!("user {u}")));
+        s.mosquitto.extend(names("roles", "rolename").into_iter().map(|r| format!("role {r}")));
+        let users: Value = stack
+            .http()?
+            .get(format!("{}/api/users", stack.rabbitmq.management_url()))
+            .basic_auth(rabbitmq::ADMIN_USER, Some(rabbitmq::ADMIN_PASSWORD))
+            .send()
+            .await?
+            .error_for_status()?
+            .json()
+            .await?;
+        s.rabbitmq = users
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|u| u["name"].as_str().map(|n| format!("user {n}")))
+            .collect();
+        Ok(s)
+    }
+
+    fn minus(&self, other: &Snapshot) -> Snapshot {
+        let d = |a: &BTreeSet<String>, b: &BTreeSet<String>| a.difference(b).cloned().collect();
+        Snapshot {
+            edc: d(&self.edc, &other.edc),
+            keycloak: d(&self.keycloak, &other.keycloak),
+            mosquitto: d(&self.mosquitto, &other.mosquitto),
+            rabbitmq: d(&self.rabbitmq, &other.rabbitmq),
+        }
+    }
+
+    fn all(&self) -> impl Iterator<Item = (&'static str, &String)> {
+        self.edc
+            .iter()
+            .map(|x| ("EDC", x))
+            .chain(self.keycloak.iter().map(|x| ("Keycloak", x)))
+            .chain(self.mosquitto.iter().map(|x| ("Mosquitto", x)))
+            .chain(self.rabbitmq.iter().map(|x| ("RabbitMQ", x)))
+    }
+
+    fn summary(&self) -> String {
+        let count = |s: &BTreeSet<String>, what: &str| s.iter().filter(|x| x.starts_with(what)).count();
+        format!(
+            "EDC {} assets, {} policies, {} contract definitions; Keycloak {} clients; Mosquitto {} users; RabbitMQ {} users",
+            count(&self.edc, "asset "),
+            count(&self.edc, "policy "),
+            count(&self.edc, "contract definition "),
+            self.keycloak.len(),
+            count(&self.mosquitto, "user "),
+            self.rabbitmq.len()
+        )
+    }
+}
+
+/// What the resources' status recorded about the external objects, read while they were Ready.
+struct Records {
+    /// Vault keys (below the mount) of every resource.
+    vault_keys: Vec<(String, bool)>,
+    /// Names of the external objects of resources with `deletionPolicy: Retain`, as a snapshot
+    /// would spell them.
+    retained: BTreeSet<String>,
+    retained_assets: Vec<String>,
+}
+
+impl Records {
+    async fn read(client: &kube::Client, manifests: &Manifests) -> Result<Self, Failure> {
+        let mut records = Records { vault_keys: Vec::new(), retained: BTreeSet::new(), retained_assets: Vec::new() };
+        for doc in manifests.resources() {
+            let gvk = GroupVersionKind::gvk("dsp-mqtt.io", "v1alpha1", &doc.kind);
+            let (resource, _) = kube::discovery::pinned_kind(client, &gvk).await?;
+            let ns = doc.namespace.clone().unwrap_or_else(|| "default".into());
+            let object = Api::<DynamicObject>::namespaced_with(client.clone(), &ns, &resource).get(&doc.name).await?;
+            let status = &object.data["status"];
+            let retain = object.data["spec"]["deletionPolicy"] == "Retain";
+            if let Some(path) = status["secret"]["path"].as_str() {
+                // `<mount>/data/<key>`
+                let key = path.split_once("/data/").map(|(_, k)| k).unwrap_or(path).to_owned();
+                records.vault_keys.push((key, retain));
+            }
+            if retain {
+                records.retained_assets.push(format!("{ns}/{}", doc.name));
+                let text = |v: &Value| v.as_str().map(str::to_owned);
+                let c = &status["connector"];
+                let names = [
+                    text(&c["assetId"]).map(|x| format!("asset {x}")),
+                    text(&c["accessPolicyId"]).map(|x| format!("policy {x}")),
+                    text(&c["contractPolicyId"]).map(|x| format!("policy {x}")),
+                    text(&c["contractDefinitionId"]).map(|x| format!("contract definition {x}")),
+                    text(&status["identity"]["clientId"]).map(|x| format!("client {x}")),
+                    text(&status["broker"]["user"]).map(|x| format!("user {x}")),
+                    text(&status["broker"]["role"]).map(|x| format!("role {x}")),
+                ];
+                records.retained.extend(names.into_iter().flatten());
+            }
+        }
+        Ok(records)
+    }
+}
+
+fn check_clean(stack: &Stack, before: &Snapshot, after: &Snapshot, records: &Records) -> Result<(), Failure> {
+    let left = after.minus(before);
+    let unexpected: Vec<String> =
+        left.all().filter(|(_, x)| !records.retained.contains(*x)).map(|(b, x)| format!("{b}: {x}")).collect();
+    if !unexpected.is_empty() {
+        return Err(format!("left behind after deletion: {}", unexpected.join(", ")).into());
+    }
+    let missing: Vec<&String> = records.retained.iter().filter(|x| !left.all().any(|(_, y)| y == *x)).collect();
+    if !missing.is_empty() {
+        return Err(format!("deletionPolicy: Retain, yet these are gone: {missing:?}").into());
+    }
+    for (key, retained) in &records.vault_keys {
+        let present = stack.vault.secret(key).is_some_and(|s| s.data.is_some());
+        if present != *retained {
+            return Err(format!("Vault key {key}: present {present}, expected {retained}").into());
+        }
+    }
+    indent(&format!(
+        "backends: nothing left of the transfers and the deleted assets (EDC, Keycloak, Vault, Mosquitto, RabbitMQ; {} Vault keys checked)",
+        records.vault_keys.len()
+    ));
+    if !records.retained_assets.is_empty() {
+        let kept: Vec<&str> = records.retained.iter().map(String::as_str).collect();
+        indent(&format!(
+            "kept as `deletionPolicy: Retain` asks ({}): {} and its Vault secret",
+            records.retained_assets.join(", "),
+            kept.join(", ")
+        ));
+    }
+    Ok(())
+}
+
+/// No secret this run handled appears in what it printed or in the operator's log.
+fn check_no_secret_shown(log: &Path) -> Result<(), Failure> {
+    let transcript = TRANSCRIPT.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let log_text = std::fs::read_to_string(log).unwrap_or_default();
+    let secrets = SECRETS.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let shown = secrets.iter().filter(|s| transcript.contains(s.as_str())).count();
+    let logged = secrets.iter().filter(|s| log_text.contains(s.as_str())).count();
+    if shown + logged > 0 {
+        return Err(format!("{shown} secrets appear in the demo's output and {logged} in the operator log").into());
+    }
+    say(&format!(
+        "   none of the {} secrets this run handled appears above or in the operator log ({} lines)",
+        secrets.len(),
+        log_text.lines().count()
+    ));
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn masking_keeps_four_characters() {
+        assert_eq!(mask("eyJhbGciOiJSUzI1NiJ9.payload.sig"), "eyJh… (32 characters, masked)");
+        assert!(is_secret_key("dsp-mqtt:authorization") && is_secret_key("dsp-mqtt:refreshToken"));
+        assert!(is_secret_key("dsp-mqtt:password") && !is_secret_key("dsp-mqtt:username"));
+        assert_eq!(topic_in("plant/press/+/events"), "plant/press/demo/events");
+    }
+}
