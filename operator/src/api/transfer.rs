@@ -35,8 +35,8 @@ use super::{BrokerRefs, IdentityRefs, SecretRefs};
     printcolumn(name = "Reason", type_ = "string", json_path = ".status.conditions[?(@.type==\"Ready\")].reason", description = "Why it is (not) ready"),
     printcolumn(name = "Asset", type_ = "string", json_path = ".spec.assetRef.name", description = "The MqttAsset transferred"),
     printcolumn(name = "Consumer", type_ = "string", json_path = ".spec.consumer.participantId", description = "Who receives the stream"),
-    printcolumn(name = "Expires", type_ = "date", json_path = ".spec.expiresAt", description = "When access ends by itself"),
-    printcolumn(name = "Token Expires", type_ = "date", json_path = ".status.tokenExpiresAt", priority = 1, description = "When the current token expires"),
+    printcolumn(name = "Expires", type_ = "string", json_path = ".spec.expiresAt", description = "When access ends by itself (a time in the future: kubectl would print a date column as <invalid>)"),
+    printcolumn(name = "Token Expires", type_ = "string", json_path = ".status.tokenExpiresAt", priority = 1, description = "When the current token expires"),
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("!has(oldSelf.spec.state) || !(oldSelf.spec.state in ['Terminated', 'Completed']) || (has(self.spec.state) && self.spec.state == oldSelf.spec.state)")
         .message("a Terminated or Completed transfer is final: spec.state cannot change any more (create a new MqttTransfer to grant access again)")

@@ -115,7 +115,10 @@ async fn reconcile(transfer: Arc<MqttTransfer>, ctx: Arc<Context>) -> Result<Act
 }
 
 fn error_policy(transfer: Arc<MqttTransfer>, error: &Error, ctx: Arc<Context>) -> Action {
-    let delay = ctx.backoff(&key(&transfer));
+    let delay = match error {
+        Error::CleanupPending { retry, .. } => *retry,
+        _ => ctx.backoff(&key(&transfer)),
+    };
     warn!(transfer = %key(&transfer), reason = error.reason(), retry_in = ?delay, "{error}");
     Action::requeue(delay)
 }
@@ -692,16 +695,27 @@ async fn write_status(t: &MqttTransfer, api: &Api<MqttTransfer>, ctx: &Context, 
 
 /// Deletion: revoke everything, then let the finalizer go.
 async fn cleanup(t: &MqttTransfer, ctx: &Context) -> Result<Action, Error> {
+    if let Some(wait) = ctx.cleanup_wait(&key(t)) {
+        return Err(Error::CleanupPending { retry: wait, attempts: 0 });
+    }
     let assets: Api<MqttAsset> = Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
     let asset = assets.get_opt(&t.spec.asset_ref.name).await.map_err(Error::Kube)?;
     match revoke(t, asset.as_ref(), ctx).await {
         Ok(()) => {
+            ctx.forget_cleanup(&key(t));
             info!(transfer = %key(t), "access revoked, objects removed");
             Ok(Action::await_change())
         }
         Err((_, e)) if e.is_retryable() => Err(e),
         Err((_, e)) => {
-            // Retrying a refusal would keep the resource forever; say what may be left.
+            // A refusal is tried `cleanup_attempts` times, `cleanup_retry` apart (as for assets),
+            // then given up: retrying for ever would keep the resource for ever.
+            let attempts = ctx.cleanup_attempt(&key(t));
+            if attempts < ctx.settings.cleanup_attempts {
+                warn!(transfer = %key(t), attempts, "deletion refused, trying again: {e}");
+                return Err(Error::CleanupPending { retry: ctx.settings.cleanup_retry, attempts });
+            }
+            ctx.forget_cleanup(&key(t));
             ctx.publish(
                 &t.object_ref(&()),
                 KubeEvent {
