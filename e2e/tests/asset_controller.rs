@@ -753,3 +753,61 @@ async fn the_reconcile_request_annotation_repairs_drift_now_and_is_recorded_in_s
     assert_eq!(api.get("line-1").await.unwrap().metadata.resource_version, version);
     stack.teardown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// A profile removed from the configuration
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_in_a_profile_removed_from_the_configuration_are_left_in_place_with_an_event() {
+    let mut stack = DevStack::start(StackOptions::default()).await;
+    let mut spec = usrpw_spec();
+    spec["connector"] = json!("factoryx");
+    create(&stack, &asset("line-1", spec)).await;
+    let asset_id = format!("{}-line-1", stack.namespace);
+    assert!(stack.edc_fx.state.asset(&asset_id).is_some());
+
+    // The operator restarts with a configuration without the `factoryx` connector, and the
+    // asset moves to the default one.
+    stack.stop_controllers().await;
+    stack.config.connectors.remove("factoryx");
+    let backends = mqtt_dsp_operator::backends::registry::Backends {
+        connectors: stack
+            .backends
+            .connectors
+            .iter()
+            .filter(|(k, _)| *k != "factoryx")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        identity_providers: stack.backends.identity_providers.clone(),
+        secret_stores: stack.backends.secret_stores.clone(),
+        brokers: stack.backends.brokers.clone(),
+    };
+    stack.backends = std::sync::Arc::new(backends);
+    let mut settings = StackOptions::default().settings;
+    settings.namespace = Some(stack.namespace.clone());
+    stack.start_controllers(settings);
+    let moved = merge(&stack, "line-1", json!({"spec": {"connector": "default"}})).await;
+    let api: Api<MqttAsset> = stack.api();
+    wait_for(&api, "line-1", READY_WITHIN, "Ready on the default connector", |a| {
+        is_ready(a) && a.metadata.generation == moved.metadata.generation
+    })
+    .await;
+
+    assert!(stack.edc.state.asset(&asset_id).is_some(), "offered by the default connector");
+    assert!(
+        stack.edc_fx.state.asset(&asset_id).is_some(),
+        "left in place in the connector the operator no longer knows"
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let events = events_about(&stack, "line-1").await;
+        if let Some((type_, _, note)) = events.iter().find(|(_, reason, _)| reason == "ProfileRemoved") {
+            assert_eq!(type_, "Warning");
+            assert!(note.contains("connectors.factoryx") && note.contains("left in place"), "{note}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no ProfileRemoved Event: {events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack.teardown().await;
+}

@@ -713,6 +713,8 @@ struct ResyncResult {
     window: Duration,
     reconciles: f64,
     kube_writes: u64,
+    /// Lease renewals in the window (not counted as writes).
+    lease_writes: u64,
     kube: Tally,
     vault_mutating: Tally,
     edc_mutating: Tally,
@@ -753,11 +755,17 @@ async fn resync(stack: &Stack, options: &Options, dynsec: &DynsecCounter, log: &
         }
         t
     };
+    let kube = tally(&stack.api.log, before.kube, kube_request);
+    // The leader-election Lease is renewed every few seconds whatever happens: that is the
+    // operator staying leader, not a write about the resources, so it is reported apart.
+    let lease_writes: u64 =
+        kube.iter().filter(|(k, _)| k.ends_with(" leases/{name}") && !k.starts_with("GET ")).map(|(_, v)| *v).sum();
     let result = ResyncResult {
         window: after.at - before.at,
         reconciles,
-        kube_writes: after.kube_writes - before.kube_writes,
-        kube: tally(&stack.api.log, before.kube, kube_request),
+        kube_writes: (after.kube_writes - before.kube_writes).saturating_sub(lease_writes),
+        lease_writes,
+        kube,
         vault_mutating: mutating(&stack.vault.server.log, before.vault),
         edc_mutating: {
             let mut t = mutating(&stack.edc.server.log, before.edc);
@@ -968,9 +976,10 @@ fn report(
     tally_lines(&mut out, "Vault requests during provisioning:", &p.vault, n);
     tally_lines(&mut out, "Floor: Vault requests:", &floor.vault, n);
     out.push_str(&format!(
-        "\nNo-change window: Kubernetes writes {}, Vault mutating requests {}, EDC {}, Keycloak {}, \
+        "\nNo-change window: Kubernetes writes {} (besides {} leader-election Lease renewals), Vault mutating requests {}, EDC {}, Keycloak {}, \
          dynsec commands (reads and writes) {}, dynamic-security.json saved: {}, operator backend_writes {:.0}.\n",
         s.kube_writes,
+        s.lease_writes,
         total(&s.vault_mutating),
         total(&s.edc_mutating),
         total(&s.keycloak_mutating),

@@ -363,6 +363,7 @@ async fn remove_stale(
     let Some(old) = asset.status.clone() else { return Ok(()) };
     let owner = &plan.owner;
     let reference = asset.object_ref(&());
+    let mut missing = Vec::new();
 
     if let Some(old_refs) = old.connector.as_ref()
         && let Some(old_ids) = offer_ids(old_refs)
@@ -372,7 +373,7 @@ async fn remove_stale(
         let connector = if same_profile {
             Some(clients.connector.clone())
         } else {
-            profile_client(&ctx.backends.connectors, old_refs.profile.as_deref())
+            profile_client(&ctx.backends.connectors, old_refs.profile.as_deref(), "connectors", &mut missing)
         };
         if let Some(connector) = connector {
             let result = async {
@@ -400,7 +401,8 @@ async fn remove_stale(
     {
         let new = broker_refs(plan, clients.broker.system());
         if (new.profile != old_refs.profile || new.user.as_deref() != Some(user))
-            && let Some(broker) = profile_client(&ctx.backends.brokers, old_refs.profile.as_deref())
+            && let Some(broker) =
+                profile_client(&ctx.backends.brokers, old_refs.profile.as_deref(), "brokers", &mut missing)
         {
             let result = broker.remove_user(user, owner).await.map(|o| count(ctx, broker.system(), o));
             stale_result(&reference, result, Step::Broker)?;
@@ -412,7 +414,8 @@ async fn remove_stale(
     {
         let old_at = SecretLocation { folder: old_refs.folder.clone(), alias };
         if (old_refs.profile.as_deref() != Some(plan.profiles.secret_store.as_str()) || old_at != plan.secret)
-            && let Some(store) = profile_client(&ctx.backends.secret_stores, old_refs.profile.as_deref())
+            && let Some(store) =
+                profile_client(&ctx.backends.secret_stores, old_refs.profile.as_deref(), "secretStores", &mut missing)
         {
             let result = store.delete_secret(&old_at, owner).await.map(|o| count(ctx, System::SecretStore, o));
             stale_result(&reference, result, Step::Secret)?;
@@ -422,20 +425,61 @@ async fn remove_stale(
     if let Some(old_refs) = old.identity.as_ref()
         && let Some(client_id) = old_refs.client_id.as_deref()
         && identity_refs(plan).as_ref() != Some(old_refs)
-        && let Some(idp) = profile_client(&ctx.backends.identity_providers, old_refs.profile.as_deref())
+        && let Some(idp) = profile_client(
+            &ctx.backends.identity_providers,
+            old_refs.profile.as_deref(),
+            "identityProviders",
+            &mut missing,
+        )
     {
         let result = idp.delete_client(client_id, owner).await.map(|o| count(ctx, System::Identity, o));
         stale_result(&reference, result, Step::Identity)?;
     }
+    publish_missing_profiles(ctx, &reference, &missing).await;
     Ok(())
 }
 
-fn profile_client<T: ?Sized>(map: &BTreeMap<String, Arc<T>>, profile: Option<&str>) -> Option<Arc<T>> {
+/// The client of a profile recorded in status; a profile the configuration no longer has is
+/// noted in `missing` (its objects are left in place, and an Event says so).
+fn profile_client<T: ?Sized>(
+    map: &BTreeMap<String, Arc<T>>,
+    profile: Option<&str>,
+    section: &str,
+    missing: &mut Vec<String>,
+) -> Option<Arc<T>> {
     let found = profile.and_then(|p| map.get(p)).cloned();
     if found.is_none() {
-        warn!(profile = ?profile, "a profile recorded in status is no longer configured; its objects are left in place");
+        warn!(profile = ?profile, section, "a profile recorded in status is no longer configured; its objects are left in place");
+        let note = format!("{section}.{}", profile.unwrap_or("<none>"));
+        if !missing.contains(&note) {
+            missing.push(note);
+        }
     }
     found
+}
+
+/// One Warning Event naming the profiles whose objects were left in place because the
+/// configuration no longer has them.
+async fn publish_missing_profiles(ctx: &Context, reference: &ObjectReference, missing: &[String]) {
+    if missing.is_empty() {
+        return;
+    }
+    let note = format!(
+        "the configuration no longer has {}: what this resource created there is left in place; restore the profile \
+         (the operator then removes it) or remove those objects by hand",
+        missing.join(", ")
+    );
+    ctx.publish(
+        reference,
+        KubeEvent {
+            type_: EventType::Warning,
+            reason: "ProfileRemoved".into(),
+            note: Some(status::bounded(&note)),
+            action: "Reconcile".into(),
+            secondary: None,
+        },
+    )
+    .await;
 }
 
 /// A stale object that turns out not to be ours is left alone; other failures stop the walk.
@@ -564,6 +608,7 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
 
     let mut refused: Vec<(String, BackendError)> = Vec::new();
     let mut foreign: Vec<String> = Vec::new();
+    let mut missing: Vec<String> = Vec::new();
     let mut handle = |system: System, what: String, result: Result<Outcome, BackendError>| -> Result<(), Error> {
         match result {
             Ok(outcome) => {
@@ -596,7 +641,10 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
         }
     }
     for (profile, ids) in &offers {
-        let Some(connector) = profile_client(&ctx.backends.connectors, profile.as_deref()) else { continue };
+        let Some(connector) = profile_client(&ctx.backends.connectors, profile.as_deref(), "connectors", &mut missing)
+        else {
+            continue;
+        };
         let cd = connector.delete_contract_definition(&ids.contract_definition_id, &owner).await;
         handle(System::Connector, format!("contract definition {}", ids.contract_definition_id), cd)?;
         for id in &ids.policy_ids {
@@ -621,7 +669,9 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
         }
     }
     for (profile, user) in &users {
-        let Some(broker) = profile_client(&ctx.backends.brokers, profile.as_deref()) else { continue };
+        let Some(broker) = profile_client(&ctx.backends.brokers, profile.as_deref(), "brokers", &mut missing) else {
+            continue;
+        };
         let r = broker.remove_user(user, &owner).await;
         handle(broker.system(), format!("broker user {user}"), r)?;
     }
@@ -638,7 +688,10 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
         }
     }
     for (profile, at) in &secrets {
-        let Some(store) = profile_client(&ctx.backends.secret_stores, profile.as_deref()) else { continue };
+        let Some(store) = profile_client(&ctx.backends.secret_stores, profile.as_deref(), "secretStores", &mut missing)
+        else {
+            continue;
+        };
         let r = store.delete_secret(at, &owner).await;
         handle(System::SecretStore, format!("secret {}", store.path(at)), r)?;
     }
@@ -657,11 +710,16 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
         }
     }
     for (profile, id) in &identities {
-        let Some(idp) = profile_client(&ctx.backends.identity_providers, profile.as_deref()) else { continue };
+        let Some(idp) =
+            profile_client(&ctx.backends.identity_providers, profile.as_deref(), "identityProviders", &mut missing)
+        else {
+            continue;
+        };
         let r = idp.delete_client(id, &owner).await;
         handle(System::Identity, format!("identity client {id}"), r)?;
     }
 
+    publish_missing_profiles(ctx, &reference, &missing).await;
     for f in &foreign {
         ctx.publish(
             &reference,
