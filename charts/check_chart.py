@@ -9,9 +9,11 @@ against the chart's oldest supported Kubernetes and the newest the package knows
 from __future__ import annotations
 
 import copy
+import os
 import pathlib
 import re
 import shutil
+import subprocess
 import sys
 import tempfile
 import tomllib
@@ -43,6 +45,8 @@ EVERYTHING = {
         "egress": [{"ports": [{"port": 443, "protocol": "TCP"}, {"port": 8883, "protocol": "TCP"}]}],
     },
     "podDisruptionBudget": {"enabled": True},
+    "operator": {"logFormat": "text", "resyncSeconds": 120, "cleanupAttempts": 5, "cleanupRetrySeconds": 10,
+                 "maxConcurrentReconciles": 8},
     "extraEnv": [{"name": "EDC_API_KEY", "valueFrom": {"secretKeyRef": {"name": "edc", "key": "api-key"}}}],
     "extraVolumes": [{"name": "ca", "secret": {"secretName": "backend-ca"}}],
     "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/backends", "readOnly": True}],
@@ -66,6 +70,7 @@ NO_LEADER_ELECTION = {"leaderElection": {"enabled": False}}
 REFUSED = {
     "two replicas without leader election": {"replicaCount": 2, "leaderElection": {"enabled": False}},
     "no replica": {"replicaCount": 0},
+    "a concurrency bound above u16": {"operator": {"maxConcurrentReconciles": 70000}},
     "a Lease name that is no DNS subdomain": {"leaderElection": {"leaseName": "Leader_Lease"}},
     "a Lease duration under 2 s": {"leaderElection": {"durationSeconds": 1}},
     "credentials in the OTLP endpoint": {"otlp": {"endpoint": "https://user:s3cr3t@otel.example.com:4318"}},
@@ -224,6 +229,28 @@ def check_rbac(label: str, objs: list[dict], operator_kind: str, lease: str | No
             check("*" not in rule["verbs"] and "*" not in rule["resources"], f"{label}: a wildcard rule")
 
 
+def operator_flags() -> set[str] | None:
+    """The flags `mqtt-dsp-operator run` accepts, from its --help (None: binary not built)."""
+    binary = pathlib.Path(os.environ.get("OPERATOR_BIN", ROOT / "target" / "debug" / "mqtt-dsp-operator"))
+    if not binary.is_file():
+        return None
+    out = subprocess.run([binary, "run", "--help"], check=True, capture_output=True, text=True).stdout
+    return set(re.findall(r"(--[a-z][a-z0-9-]*)", out))
+
+
+OPERATOR_FLAGS = operator_flags()
+
+
+def check_flags_known(label: str, args: list[str]) -> None:
+    """Every flag the Deployment passes is one the operator's `run` has (a typo would crash-loop the pod)."""
+    if OPERATOR_FLAGS is None:
+        return
+    check(args[0] == "run", f"{label}: the container does not start `run`: {args[:1]}")
+    for arg in args[1:]:
+        flag = arg.split("=", 1)[0]
+        check(flag in OPERATOR_FLAGS, f"{label}: the operator has no flag {flag}")
+
+
 def check_deployment(label: str, objs: list[dict], values: dict) -> dict:
     dep = one(objs, "Deployment")
     pod = dep["spec"]["template"]["spec"]
@@ -248,6 +275,12 @@ def check_deployment(label: str, objs: list[dict], values: dict) -> dict:
         check(replicas == 1, f"{label}: several replicas without leader election")
         check(not lease_args, f"{label}: Lease args without leader election: {lease_args}")
         check(dep["spec"]["strategy"]["type"] == "Recreate", f"{label}: rollout may run two operators")
+    operator = {**yaml.safe_load((CHART / "values.yaml").read_text())["operator"], **values.get("operator", {})}
+    for flag, key in (("--resync-seconds", "resyncSeconds"), ("--cleanup-attempts", "cleanupAttempts"),
+                      ("--cleanup-retry-seconds", "cleanupRetrySeconds"),
+                      ("--max-concurrent-reconciles", "maxConcurrentReconciles"), ("--log-format", "logFormat")):
+        check(f"{flag}={operator[key]}" in c["args"], f"{label}: {flag} is not operator.{key} ({operator[key]})")
+    check_flags_known(label, c["args"])
     otlp = values.get("otlp", {}).get("endpoint")
     check([a for a in c["args"] if a.startswith("--otlp-endpoint")] == ([f"--otlp-endpoint={otlp}"] if otlp else []),
           f"{label}: --otlp-endpoint is not otlp.endpoint")
@@ -414,6 +447,9 @@ def main() -> int:
 
     check_template_refusals()
 
+    if OPERATOR_FLAGS is None:
+        print("chart-check: skipped comparing the Deployment's args with `mqtt-dsp-operator run --help`: "
+              "target/debug/mqtt-dsp-operator is not built (make build, or set OPERATOR_BIN)")
     for failure in failures:
         print(f"FAIL {failure}", file=sys.stderr)
     print(f"chart-check: {passed} checks passed, {len(failures)} failed "

@@ -77,6 +77,7 @@ impl Default for StackOptions {
                 cleanup_attempts: 2,
                 cleanup_retry: Duration::from_secs(1),
                 namespace: None,
+                max_concurrent_reconciles: 32,
                 instance: "e2e".into(),
             },
         }

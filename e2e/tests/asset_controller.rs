@@ -811,3 +811,31 @@ async fn objects_in_a_profile_removed_from_the_configuration_are_left_in_place_w
     }
     stack.teardown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Concurrency bound
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_reconciles_run_at_once_than_the_bound() {
+    // A slow Vault keeps each reconcile in flight long enough for the others to pile up behind
+    // it: with a bound of 2, Vault never sees more than 2 requests at once (a reconcile calls it
+    // one request at a time), however many assets wait.
+    let mut options = StackOptions::default();
+    options.settings.max_concurrent_reconciles = 2;
+    let stack = DevStack::start(options).await;
+    stack.vault.server.faults.set_latency(Duration::from_millis(150));
+    let api: Api<MqttAsset> = stack.api();
+    let names: Vec<String> = (1..=6).map(|i| format!("line-{i}")).collect();
+    for name in &names {
+        api.create(&PostParams::default(), &asset(name, usrpw_spec())).await.expect("create MqttAsset");
+    }
+    for name in &names {
+        wait_for(&api, name, READY_WITHIN, "Ready", is_ready).await;
+    }
+    assert_eq!(
+        stack.vault.server.faults.max_in_flight(),
+        2,
+        "6 assets created at once, at most 2 reconciles at a time: Vault should have been answering exactly 2 at its busiest"
+    );
+    stack.teardown().await;
+}

@@ -41,6 +41,9 @@ enum Command {
         /// Seconds between such attempts.
         #[arg(long, env = "MQTT_DSP_OPERATOR_CLEANUP_RETRY_SECONDS", default_value_t = 30)]
         cleanup_retry_seconds: u64,
+        /// Most reconciles of one kind running at once (0: no bound).
+        #[arg(long, env = "MQTT_DSP_OPERATOR_MAX_CONCURRENT_RECONCILES", default_value_t = 32)]
+        max_concurrent_reconciles: u16,
         /// Run the controllers only while holding a Lease, so that several replicas never
         /// reconcile at once (`false`: run them at once; only for a single replica).
         #[arg(long, env = "MQTT_DSP_OPERATOR_LEADER_ELECTION", default_value_t = true, action = clap::ArgAction::Set)]
@@ -103,6 +106,7 @@ fn main() -> ExitCode {
             watch_namespace,
             cleanup_attempts,
             cleanup_retry_seconds,
+            max_concurrent_reconciles,
             leader_election,
             lease_name,
             lease_namespace,
@@ -128,6 +132,7 @@ fn main() -> ExitCode {
                 namespace: watch_namespace,
                 cleanup_attempts,
                 cleanup_retry: std::time::Duration::from_secs(cleanup_retry_seconds),
+                max_concurrent_reconciles,
                 ..Default::default()
             };
             let leader_election = leader_election.then_some(run::LeaderElection {

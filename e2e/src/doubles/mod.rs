@@ -77,6 +77,8 @@ struct FaultState {
     fail_next: u32,
     fail_status: u16,
     stall: bool,
+    in_flight: u32,
+    max_in_flight: u32,
 }
 
 impl Faults {
@@ -94,9 +96,16 @@ impl Faults {
     pub fn stall(&self, stall: bool) {
         self.0.lock().unwrap().stall = stall;
     }
-    /// Back to normal.
+    /// Back to normal (the count of requests in flight carries on).
     pub fn reset(&self) {
-        *self.0.lock().unwrap() = FaultState::default();
+        let mut s = self.0.lock().unwrap();
+        let in_flight = s.in_flight;
+        *s = FaultState { in_flight, ..FaultState::default() };
+    }
+    /// The most requests the double has been answering at once (since the start or
+    /// [`Faults::reset`]).
+    pub fn max_in_flight(&self) -> u32 {
+        self.0.lock().unwrap().max_in_flight
     }
 }
 
@@ -118,8 +127,12 @@ async fn apply_faults_and_log(State(mw): State<Middleware>, request: Request, ne
         } else {
             None
         };
+        s.in_flight += 1;
+        s.max_in_flight = s.max_in_flight.max(s.in_flight);
         (s.latency, fail, s.stall)
     };
+    // Counts the request out however it ends (a client that gives up drops this future).
+    let _in_flight = InFlight(mw.faults.clone());
     if stall {
         std::future::pending::<()>().await;
     }
@@ -134,6 +147,15 @@ async fn apply_faults_and_log(State(mw): State<Middleware>, request: Request, ne
     };
     mw.log.push(LoggedRequest { method, path, query, status: response.status().as_u16() });
     response
+}
+
+struct InFlight(Faults);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let mut s = self.0.0.lock().unwrap();
+        s.in_flight = s.in_flight.saturating_sub(1);
+    }
 }
 
 /// A running double: where it listens, its log and its fault switches. Stops when dropped.

@@ -45,7 +45,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    let controller = Controller::new(api, watcher::Config::default());
+    let controller = Controller::new(api, watcher::Config::default()).with_config(ctx.controller_config());
     ctx.watch_cache("MqttAsset", controller.store(), |a: &MqttAsset| a.status.as_ref().map(|s| &s.conditions));
     controller
         .graceful_shutdown_on(shutdown)

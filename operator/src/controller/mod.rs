@@ -9,7 +9,8 @@
 //! - a successful reconcile is repeated every `resync` (with jitter): that repairs whatever was
 //!   changed or deleted behind our back, and writes nothing when nothing was;
 //! - status is written only when it differs from what is stored; an Event is published on every
-//!   condition change and every error, its reason being the error variant.
+//!   condition change and every error, its reason being the error variant;
+//! - at most `max_concurrent_reconciles` (default 32) reconciles of one kind run at once.
 
 pub mod asset;
 pub mod transfer;
@@ -21,7 +22,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
-use kube::runtime::controller::Action;
+use kube::runtime::controller::{self, Action};
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
 use tracing::warn;
 
@@ -73,6 +74,10 @@ pub struct Settings {
     pub cleanup_retry: Duration,
     /// Namespace to watch; all when `None`.
     pub namespace: Option<String>,
+    /// Most reconciles of one kind running at once (0: no bound). Default 32. The bound keeps
+    /// the memory of a restart, which reconciles every resource at once, flat; the backends
+    /// (a single-threaded broker above all) set the pace long before it does.
+    pub max_concurrent_reconciles: u16,
     /// The replica's name (Event reporting instance).
     pub instance: String,
 }
@@ -86,6 +91,7 @@ impl Default for Settings {
             cleanup_attempts: 3,
             cleanup_retry: Duration::from_secs(30),
             namespace: None,
+            max_concurrent_reconciles: 32,
             instance: std::env::var("POD_NAME").unwrap_or_else(|_| "local".into()),
         }
     }
@@ -222,6 +228,11 @@ impl Context {
     /// created together do not resync together.
     fn resync(&self) -> Action {
         Action::requeue(self.resync_delay())
+    }
+
+    /// The controllers' runtime settings: at most `max_concurrent_reconciles` at once.
+    fn controller_config(&self) -> controller::Config {
+        controller::Config::default().concurrency(self.settings.max_concurrent_reconciles)
     }
 
     /// The resync interval with its jitter.

@@ -59,7 +59,7 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         Some(ns) => (Api::namespaced(ctx.client.clone(), ns), Api::namespaced(ctx.client.clone(), ns)),
         None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
     };
-    let controller = Controller::new(transfers, watcher::Config::default());
+    let controller = Controller::new(transfers, watcher::Config::default()).with_config(ctx.controller_config());
     let store = controller.store();
     ctx.watch_cache("MqttTransfer", store.clone(), |t: &MqttTransfer| t.status.as_ref().map(|s| &s.conditions));
     controller
