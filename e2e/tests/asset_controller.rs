@@ -386,7 +386,7 @@ async fn drift_in_connector_secret_store_and_broker_is_repaired_on_resync() {
     let new_password = vault_password(&stack, &alias);
     e2e::logs::register_secret(&old_password);
     e2e::logs::register_secret(&new_password);
-    assert_ne!(new_password, old_password);
+    assert!(new_password != old_password, "a new password");
     let connect = |password: String| {
         let options = consumer_options(stack.mosquitto.mqtts_url(), &stack.ca.cert_pem(), &user, &password);
         async move { Consumer::connect(&options).await }

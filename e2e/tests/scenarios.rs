@@ -439,7 +439,7 @@ async fn suspend_and_resume() {
 
     set_state(&stack, "line-1-consumer-a", TransferState::Started, TransferPhase::Active).await;
     let after = consumer_reads_secret(&stack, "line-1-consumer-a").await;
-    assert_ne!(after.options.password, before.options.password, "fresh credentials");
+    assert!(after.options.password != before.options.password, "fresh credentials");
     let mut consumer = subscribed(&after.options, "factory/line-1/#").await;
     assert!(device.publish("factory/line-1/temperature", b"after").await);
     let first = consumer.next_message(Duration::from_secs(3)).await.expect("receives again");

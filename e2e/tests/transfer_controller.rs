@@ -313,14 +313,41 @@ async fn oauth2_on_rabbitmq_the_jwt_from_the_secret_opens_the_broker_and_is_rene
     stack.restart_controllers().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(stack.keycloak.logins(&identity), issued, "no new token after a restart");
-    assert_eq!(
-        String::from_utf8(secret(&stack, "t-a").await.unwrap().data.unwrap()["authorization"].0.clone()).unwrap(),
-        from.options.password
+    assert!(
+        String::from_utf8(secret(&stack, "t-a").await.unwrap().data.unwrap()["authorization"].0.clone()).unwrap()
+            == from.options.password,
+        "the Secret keeps the token after a restart"
     );
+
+    // Widening the transfer by a topic: the Secret gets a token issued for the new grant at
+    // once, not the old token (which cannot read the new topic) until its renewal is due.
+    let api: Api<MqttTransfer> = stack.api();
+    let mut old = Consumer::connect(&from.options).await.expect("the first token still opens RabbitMQ");
+    assert!(!old.subscribe("factory/line-1/pressure").await, "the first token does not read the new topic");
+    let generation = api
+        .patch(
+            "t-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"topics": ["factory/line-1/temperature", "factory/line-1/pressure"]}})),
+        )
+        .await
+        .unwrap()
+        .metadata
+        .generation;
+    wait_for(&api, "t-a", WITHIN, "widened", |t| {
+        is_active(t) && t.status.as_ref().is_some_and(|s| s.observed_generation == generation)
+    })
+    .await;
+    let widened = from_secret(&stack, "t-a").await;
+    assert!(widened.options.password != from.options.password, "a token issued for the widened grant");
+    let mut c = Consumer::connect(&widened.options).await.expect("the new token opens RabbitMQ");
+    assert!(c.subscribe("factory/line-1/pressure").await, "the new token reads the new topic");
+    assert!(c.subscribe("factory/line-1/temperature").await, "and the first one");
+    let issued = stack.keycloak.logins(&identity);
+    let from = widened;
 
     // Two thirds of the lifetime later (simulated: the recorded expiry moved close), a new
     // token replaces it in the Secret.
-    let api: Api<MqttTransfer> = stack.api();
     let soon = k8s_openapi::jiff::Timestamp::now() + k8s_openapi::jiff::SignedDuration::from_secs(10);
     api.patch_status(
         "t-a",
@@ -334,7 +361,7 @@ async fn oauth2_on_rabbitmq_the_jwt_from_the_secret_opens_the_broker_and_is_rene
     })
     .await;
     let new_token = from_secret(&stack, "t-a").await.options.password;
-    assert_ne!(new_token, from.options.password, "a new token in the Secret");
+    assert!(new_token != from.options.password, "a new token in the Secret");
     assert!(stack.keycloak.logins(&identity) > issued);
     assert!(renewed.status.unwrap().token_expires_at.unwrap().0 > expires_at.0);
 

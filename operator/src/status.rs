@@ -40,8 +40,6 @@ pub const RETRIED_REASONS: &[&str] =
 pub const RECONCILED: &str = "Reconciled";
 /// Reason: an earlier step failed, so this one was not attempted.
 pub const BLOCKED: &str = "Blocked";
-/// Reason: the resource is being deleted.
-pub const DELETING: &str = "Deleting";
 
 /// `True`/`False`/`Unknown`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -42,6 +42,7 @@ use crate::api::{
     TransferPhase, TransferState,
 };
 use crate::backends::broker::UserGrant;
+use crate::backends::identity::ClientDefinition;
 use crate::backends::secrets::SecretLocation;
 use crate::backends::{BackendError, ExposeSecret, Outcome, SecretString, System, random_password};
 use crate::plan::transfer::{self as transfer_plan, Access, Cause, Credentials, TransferPlan};
@@ -52,6 +53,11 @@ const STEPS: &[Step] = &[Step::Identity, Step::Secret, Step::Broker, Step::Crede
 
 /// Label on the Secrets the operator writes.
 pub const SECRET_LABEL: &str = "dsp-mqtt.io/transfer";
+
+/// Annotation on a Secret holding a token: a digest of what the token was issued to carry
+/// (audience, claims, lifetime), so that a token is kept only while it still grants what the
+/// transfer asks for. Not secret: it is a hash of the client's non-secret definition.
+pub const TOKEN_GRANT_ANNOTATION: &str = "dsp-mqtt.io/token-grant";
 
 /// Runs the MqttTransfer controller until `shutdown` resolves.
 pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = ()> + Send + Sync + 'static) {
@@ -337,12 +343,14 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
         check_ours(existing, t).map_err(|e| (Some(Step::Credentials), e))?;
     }
     let status = t.status.clone().unwrap_or_default();
+    let grant = plan.client.as_ref().map(token_grant);
     let (credentials, expires_at, broker_user) = match plan.mode {
         AuthMode::Usrpw => (Credentials::Password { password: secret.clone() }, None, Some(plan.identity.clone())),
         AuthMode::Oauth2 => {
             let lifetime = i64::from(plan.client.as_ref().and_then(|c| c.access_token_lifespan_seconds).unwrap_or(300));
-            let reusable =
-                (!resuming).then(|| reusable_token(existing.as_ref(), &status, lifetime, jitter_seed(t))).flatten();
+            let reusable = (!resuming)
+                .then(|| reusable_token(existing.as_ref(), &status, lifetime, grant.as_deref(), jitter_seed(t)))
+                .flatten();
             match reusable {
                 Some(reused) => reused,
                 None => {
@@ -364,7 +372,11 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
         }
     };
     let full = transfer_plan::data_address(&plan, Some(&credentials));
-    write_secret(&secrets_api, t, &plan.secret_name, &transfer_plan::secret_data(&full), existing.as_ref())
+    let grant = match plan.mode {
+        AuthMode::Oauth2 => grant.as_deref(),
+        AuthMode::Usrpw => None,
+    };
+    write_secret(&secrets_api, t, &plan.secret_name, &transfer_plan::secret_data(&full), grant, existing.as_ref())
         .await
         .map_err(|e| (Some(Step::Credentials), e))?;
     walk.tracker.step_ok(Step::Credentials, &format!("Secret {} holds the DataAddress", plan.secret_name));
@@ -419,15 +431,40 @@ fn jitter_seed(t: &MqttTransfer) -> u64 {
     h.finish()
 }
 
+/// What a token of `client` carries, as a digest: audience, claims (the topic permissions) and
+/// lifetime. A change of any of them makes the token in the Secret stale.
+pub fn token_grant(client: &ClientDefinition) -> String {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    let mut field = |bytes: &[u8]| {
+        h.update((bytes.len() as u64).to_be_bytes());
+        h.update(bytes);
+    };
+    field(client.audience.as_deref().unwrap_or_default().as_bytes());
+    field(client.access_token_lifespan_seconds.map(|s| s.to_string()).unwrap_or_default().as_bytes());
+    for claim in &client.claims {
+        field(claim.name.as_bytes());
+        field(claim.value.to_string().as_bytes());
+    }
+    format!("sha256:{:x}", h.finalize())
+}
+
 /// The token in the Secret when it is still worth keeping (an operator restart or resync must
-/// not re-issue what is valid).
+/// not re-issue what is valid): issued for the same grant, with the same lifetime, not yet due
+/// for renewal.
 fn reusable_token(
     existing: Option<&Secret>,
     status: &MqttTransferStatus,
     lifetime: i64,
+    grant: Option<&str>,
     seed: u64,
 ) -> Option<(Credentials, Option<i64>, Option<String>)> {
-    let data = existing?.data.as_ref()?;
+    let existing = existing?;
+    let issued_for = existing.metadata.annotations.as_ref().and_then(|a| a.get(TOKEN_GRANT_ANNOTATION));
+    if issued_for.map(String::as_str) != grant {
+        return None;
+    }
+    let data = existing.data.as_ref()?;
     let text = |k: &str| data.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
     let access_token = text("authorization")?;
     let expires_at = status.token_expires_at.as_ref()?.0.as_second();
@@ -506,7 +543,7 @@ async fn suspend(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut 
         check_ours(existing, t).map_err(|e| (Some(Step::Credentials), e))?;
     }
     let without = transfer_plan::data_address(&plan, None);
-    write_secret(&secrets_api, t, &plan.secret_name, &transfer_plan::secret_data(&without), existing.as_ref())
+    write_secret(&secrets_api, t, &plan.secret_name, &transfer_plan::secret_data(&without), None, existing.as_ref())
         .await
         .map_err(|e| (Some(Step::Credentials), e))?;
     walk.tracker
@@ -641,6 +678,7 @@ async fn write_secret(
     t: &MqttTransfer,
     name: &str,
     data: &BTreeMap<String, String>,
+    grant: Option<&str>,
     existing: Option<&Secret>,
 ) -> Result<Outcome, Error> {
     let data: BTreeMap<String, ByteString> =
@@ -649,9 +687,18 @@ async fn write_secret(
         ("app.kubernetes.io/managed-by".to_owned(), "mqtt-dsp-operator".to_owned()),
         (SECRET_LABEL.to_owned(), t.name_any()),
     ]);
+    // Others' annotations stay; ours says which grant the token was issued for.
+    let mut annotations = existing.and_then(|e| e.metadata.annotations.clone()).unwrap_or_default();
+    match grant {
+        Some(grant) => annotations.insert(TOKEN_GRANT_ANNOTATION.to_owned(), grant.to_owned()),
+        None => annotations.remove(TOKEN_GRANT_ANNOTATION),
+    };
+    let annotations = (!annotations.is_empty()).then_some(annotations);
     match existing {
         Some(existing)
-            if existing.data.as_ref() == Some(&data) && existing.metadata.labels.as_ref() == Some(&labels) =>
+            if existing.data.as_ref() == Some(&data)
+                && existing.metadata.labels.as_ref() == Some(&labels)
+                && existing.metadata.annotations.as_ref().filter(|a| !a.is_empty()) == annotations.as_ref() =>
         {
             Ok(Outcome::Unchanged)
         }
@@ -660,6 +707,7 @@ async fn write_secret(
             updated.data = Some(data);
             updated.string_data = None;
             updated.metadata.labels = Some(labels);
+            updated.metadata.annotations = annotations;
             api.replace(name, &PostParams::default(), &updated).await.map_err(Error::Kube)?;
             Ok(Outcome::Updated)
         }
@@ -668,6 +716,7 @@ async fn write_secret(
                 metadata: ObjectMeta {
                     name: Some(name.to_owned()),
                     labels: Some(labels),
+                    annotations,
                     owner_references: t.controller_owner_ref(&()).map(|r| vec![r]),
                     ..Default::default()
                 },
@@ -735,6 +784,39 @@ async fn cleanup(t: &MqttTransfer, ctx: &Context) -> Result<Action, Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_token_grant_changes_with_what_the_token_carries_and_only_then() {
+        use crate::backends::Owner;
+        use crate::backends::identity::HardcodedClaim;
+        let client = ClientDefinition {
+            client_id: "c".into(),
+            description: "d".into(),
+            enabled: true,
+            access_token_lifespan_seconds: Some(120),
+            refresh_tokens_for_client_credentials: true,
+            audience: Some("rabbitmq".into()),
+            claims: vec![HardcodedClaim { name: "extra_scope".into(), value: serde_json::json!(["rabbitmq.read:a"]) }],
+            owner: Owner { kind: "MqttTransfer".into(), namespace: "ns".into(), name: "t".into() },
+        };
+        let grant = token_grant(&client);
+        assert!(grant.starts_with("sha256:") && grant.len() == 7 + 64, "{grant}");
+        let mut same = client.clone();
+        same.description = "another description".into();
+        same.enabled = false;
+        assert_eq!(token_grant(&same), grant, "what the token does not carry does not count");
+        let changes: [fn(&mut ClientDefinition); 4] = [
+            |c| c.claims[0].value = serde_json::json!(["rabbitmq.read:a", "rabbitmq.read:b"]),
+            |c| c.audience = Some("other".into()),
+            |c| c.access_token_lifespan_seconds = Some(60),
+            |c| c.claims[0].name = "scope".into(),
+        ];
+        for change in changes {
+            let mut changed = client.clone();
+            change(&mut changed);
+            assert_ne!(token_grant(&changed), grant, "{changed:?}");
+        }
+    }
 
     #[test]
     fn renewal_is_at_two_thirds_with_bounded_jitter() {
