@@ -536,3 +536,48 @@ async fn narrowing_the_asset_below_a_transfer_revokes_that_transfer() {
     assert!(Consumer::connect(&from.options).await.is_err());
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_made_before_a_failed_step_goes_with_the_asset() {
+    // The transfer's Keycloak client is made, then the secret store fails: nothing has fully
+    // succeeded yet. The asset then goes; the client must go with the transfer's access rather
+    // than be orphaned because no successful reconcile ever recorded it.
+    let stack = DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }).await;
+    let mut a = mosquitto_asset();
+    a.spec.broker = Some("rabbitmq".into());
+    a.spec.auth.mode = mqtt_dsp_operator::api::AuthMode::Oauth2;
+    // Retain: the asset's own deletion needs no Vault (which is about to fail).
+    a.spec.deletion_policy = Some(mqtt_dsp_operator::api::DeletionPolicy::Retain);
+    with_ready_asset(&stack, &a).await;
+    stack.vault.server.faults.fail_next(u32::MAX, 503);
+
+    let api: Api<MqttTransfer> = stack.api();
+    api.create(&PostParams::default(), &transfer("t-a", to("consumer-a"))).await.unwrap();
+    let identity = format!("dsp-mqtt-transfer-{}-t-a", stack.namespace);
+    let stuck = wait_for(&api, "t-a", WITHIN, "stopped at the secret store", |t| {
+        ready(t).is_some_and(|(s, r, _)| s == "False" && r == "Unavailable")
+    })
+    .await;
+    assert_eq!(phase(&stuck).as_deref(), Some("Pending"));
+    assert!(stack.keycloak.client(&identity).is_some(), "the client was made before the secret store failed");
+
+    let assets: Api<MqttAsset> = stack.api();
+    assets.delete("line-1", &DeleteParams::default()).await.unwrap();
+    wait_gone(&assets, "line-1", WITHIN).await;
+    // Revocation removes the client first; the secret store is still failing, so it retries
+    // the rest until Vault is back.
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while stack.keycloak.client(&identity).is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "the client made before the failure is still there");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    stack.vault.server.faults.reset();
+    wait_for(&api, "t-a", WITHIN, "AssetNotFound", |t| ready(t).is_some_and(|(_, r, _)| r == "AssetNotFound")).await;
+    assert!(stack.keycloak.client(&identity).is_none());
+    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/{identity}-secret")).is_none(), "nothing in Vault either");
+
+    api.delete("t-a", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "t-a", WITHIN).await;
+    assert!(stack.keycloak.client(&identity).is_none());
+    stack.teardown().await;
+}

@@ -282,6 +282,13 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
     // Identity.
     let (secret, fresh) = match (&plan.client, &clients.identity) {
         (Some(client), Some(idp)) => {
+            // Each object is recorded before it is first made (when nothing is recorded yet):
+            // should a later step fail and the asset then go, the record is what lets
+            // revocation find it. Revoking what was never made costs a read.
+            walk.status.identity.get_or_insert_with(|| IdentityRefs {
+                profile: plan.profiles.identity_provider.clone(),
+                client_id: Some(client.client_id.clone()),
+            });
             count(ctx, System::Identity, idp.ensure_client(client).await.map_err(at(Step::Identity))?);
             let secret = idp.client_secret(&client.client_id, owner).await.map_err(at(Step::Identity))?;
             walk.tracker.step_ok(Step::Identity, &format!("client {} is enabled", client.client_id));
@@ -299,6 +306,12 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
     };
 
     // Secret store.
+    walk.status.secret.get_or_insert_with(|| SecretRefs {
+        profile: Some(plan.profiles.secret_store.clone()),
+        folder: plan.secret.folder.clone(),
+        alias: Some(plan.secret.alias.clone()),
+        path: Some(clients.secrets.path(&plan.secret)),
+    });
     count(
         ctx,
         System::SecretStore,
@@ -307,6 +320,11 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
     walk.tracker.step_ok(Step::Secret, &format!("secret at {}", clients.secrets.path(&plan.secret)));
 
     // Broker.
+    walk.status.broker.get_or_insert_with(|| BrokerRefs {
+        profile: Some(plan.profiles.broker.clone()),
+        user: None,
+        role: (broker_system == System::Mosquitto && plan.mode == AuthMode::Usrpw).then(|| plan.identity.clone()),
+    });
     if plan.mode == AuthMode::Usrpw {
         let grant = UserGrant {
             username: plan.identity.clone(),
