@@ -581,3 +581,66 @@ async fn a_client_made_before_a_failed_step_goes_with_the_asset() {
     assert!(stack.keycloak.client(&identity).is_none());
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_follows_its_asset_to_another_broker_and_leaves_nothing_in_the_old_one() {
+    let stack = DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }).await;
+    with_ready_asset(&stack, &mosquitto_asset()).await;
+    create_active(&stack, &transfer("t-a", to("consumer-a"))).await;
+    let identity = format!("dsp-mqtt-transfer-{}-t-a", stack.namespace);
+    let before = from_secret(&stack, "t-a").await;
+    Consumer::connect(&before.options).await.expect("the Mosquitto user works");
+    // A second transfer, suspended during the move.
+    create_active(&stack, &transfer("t-b", to("consumer-b"))).await;
+    set_state(&stack, "t-b", "Suspended").await;
+    let suspended = format!("dsp-mqtt-transfer-{}-t-b", stack.namespace);
+
+    let assets: Api<MqttAsset> = stack.api();
+    assets
+        .patch("line-1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"broker": "rabbitmq"}})))
+        .await
+        .unwrap();
+    let api: Api<MqttTransfer> = stack.api();
+    wait_for(&api, "t-a", WITHIN, "Active on RabbitMQ", |t| {
+        is_active(t)
+            && t.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.profile.as_deref()) == Some("rabbitmq")
+    })
+    .await;
+    assert!(stack.mosquitto.dynsec_client(&identity).is_none(), "the Mosquitto user is gone");
+    assert!(stack.mosquitto.dynsec_role(&identity).is_none(), "the Mosquitto role is gone");
+    assert!(Consumer::connect(&before.options).await.is_err(), "the old credentials open nothing");
+    let after = from_secret(&stack, "t-a").await;
+    assert_eq!(after.options.url, stack.rabbitmq.as_ref().unwrap().mqtts_url());
+    let mut c = Consumer::connect(&after.options).await.expect("the Secret now opens RabbitMQ");
+    assert!(c.subscribe("factory/line-1/temperature").await);
+
+    // The suspended one moves too, stays suspended, and works on RabbitMQ once resumed.
+    wait_for(&api, "t-b", WITHIN, "Suspended on RabbitMQ", |t| {
+        phase(t).as_deref() == Some("Suspended")
+            && t.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.profile.as_deref()) == Some("rabbitmq")
+    })
+    .await;
+    assert!(stack.mosquitto.dynsec_client(&suspended).is_none(), "the suspended transfer's Mosquitto user is gone");
+    set_state(&stack, "t-b", "Started").await;
+    let resumed = from_secret(&stack, "t-b").await;
+    assert_eq!(resumed.options.url, stack.rabbitmq.as_ref().unwrap().mqtts_url());
+    Consumer::connect(&resumed.options).await.expect("resumed on RabbitMQ");
+    api.delete("t-b", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "t-b", WITHIN).await;
+
+    api.delete("t-a", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "t-a", WITHIN).await;
+    let owner = mqtt_dsp_operator::backends::Owner {
+        kind: "MqttTransfer".into(),
+        namespace: stack.namespace.clone(),
+        name: "t-a".into(),
+    };
+    let left = stack.backends.brokers["rabbitmq"].remove_user(&identity, &owner).await.unwrap();
+    assert_eq!(left, mqtt_dsp_operator::backends::Outcome::Absent, "no RabbitMQ user left behind");
+    let owner = mqtt_dsp_operator::backends::Owner { name: "t-b".into(), ..owner };
+    let left = stack.backends.brokers["rabbitmq"].remove_user(&suspended, &owner).await.unwrap();
+    assert_eq!(left, mqtt_dsp_operator::backends::Outcome::Absent, "no RabbitMQ user of the resumed transfer left");
+    assert_nothing_left(&stack, "t-a").await;
+    assert_nothing_left(&stack, "t-b").await;
+    stack.teardown().await;
+}

@@ -278,6 +278,7 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
     let owner = &plan.owner;
     let broker_system = clients.broker.system();
     let resuming = t.status.as_ref().and_then(|s| s.phase) == Some(TransferPhase::Suspended);
+    let refs = refs(&plan, &clients, None);
 
     // Identity.
     let (secret, fresh) = match (&plan.client, &clients.identity) {
@@ -285,10 +286,7 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
             // Each object is recorded before it is first made (when nothing is recorded yet):
             // should a later step fail and the asset then go, the record is what lets
             // revocation find it. Revoking what was never made costs a read.
-            walk.status.identity.get_or_insert_with(|| IdentityRefs {
-                profile: plan.profiles.identity_provider.clone(),
-                client_id: Some(client.client_id.clone()),
-            });
+            walk.status.identity = walk.status.identity.take().or_else(|| refs.identity.clone());
             count(ctx, System::Identity, idp.ensure_client(client).await.map_err(at(Step::Identity))?);
             let secret = idp.client_secret(&client.client_id, owner).await.map_err(at(Step::Identity))?;
             walk.tracker.step_ok(Step::Identity, &format!("client {} is enabled", client.client_id));
@@ -306,12 +304,7 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
     };
 
     // Secret store.
-    walk.status.secret.get_or_insert_with(|| SecretRefs {
-        profile: Some(plan.profiles.secret_store.clone()),
-        folder: plan.secret.folder.clone(),
-        alias: Some(plan.secret.alias.clone()),
-        path: Some(clients.secrets.path(&plan.secret)),
-    });
+    walk.status.secret.get_or_insert_with(|| refs.secret.clone());
     count(
         ctx,
         System::SecretStore,
@@ -320,11 +313,7 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
     walk.tracker.step_ok(Step::Secret, &format!("secret at {}", clients.secrets.path(&plan.secret)));
 
     // Broker.
-    walk.status.broker.get_or_insert_with(|| BrokerRefs {
-        profile: Some(plan.profiles.broker.clone()),
-        user: None,
-        role: (broker_system == System::Mosquitto && plan.mode == AuthMode::Usrpw).then(|| plan.identity.clone()),
-    });
+    walk.status.broker.get_or_insert_with(|| refs.broker.clone());
     if plan.mode == AuthMode::Usrpw {
         let grant = UserGrant {
             username: plan.identity.clone(),
@@ -398,24 +387,13 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
         .await
         .map_err(|e| (Some(Step::Credentials), e))?;
     walk.tracker.step_ok(Step::Credentials, &format!("Secret {} holds the DataAddress", plan.secret_name));
+    remove_stale(t, &plan, ctx).await?;
 
     let s = &mut walk.status;
     s.phase = Some(TransferPhase::Active);
-    s.identity = plan.client.as_ref().map(|c| IdentityRefs {
-        profile: plan.profiles.identity_provider.clone(),
-        client_id: Some(c.client_id.clone()),
-    });
-    s.secret = Some(SecretRefs {
-        profile: Some(plan.profiles.secret_store.clone()),
-        folder: plan.secret.folder.clone(),
-        alias: Some(plan.secret.alias.clone()),
-        path: Some(clients.secrets.path(&plan.secret)),
-    });
-    s.broker = Some(BrokerRefs {
-        profile: Some(plan.profiles.broker.clone()),
-        user: broker_user.or_else(|| status.broker.as_ref().and_then(|b| b.user.clone())),
-        role: (broker_system == System::Mosquitto && plan.mode == AuthMode::Usrpw).then(|| plan.identity.clone()),
-    });
+    let user = broker_user.or_else(|| status.broker.as_ref().and_then(|b| b.user.clone()));
+    let Refs { identity, secret, broker } = self::refs(&plan, &clients, user);
+    (s.identity, s.secret, s.broker) = (identity, Some(secret), Some(broker));
     s.data_address = Some(transfer_plan::data_address(&plan, None).into_iter().collect());
     s.credentials_secret_ref = Some(SecretReference { name: plan.secret_name.clone() });
     s.token_expires_at = expires_at.and_then(time);
@@ -567,7 +545,12 @@ async fn suspend(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut 
     walk.tracker
         .step_ok(Step::Credentials, &format!("Secret {} holds no credentials while suspended", plan.secret_name));
 
+    // An asset that moved takes its suspended transfers along (their old objects are disabled).
+    remove_stale(t, &plan, ctx).await?;
+    let user = status.broker.as_ref().and_then(|b| b.user.clone());
+    let Refs { identity, secret, broker } = refs(&plan, &clients, user);
     let s = &mut walk.status;
+    (s.identity, s.secret, s.broker) = (identity, Some(secret), Some(broker));
     s.phase = Some(TransferPhase::Suspended);
     s.data_address = Some(without.into_iter().collect());
     s.credentials_secret_ref = Some(SecretReference { name: plan.secret_name.clone() });
@@ -655,6 +638,107 @@ async fn revoke(t: &MqttTransfer, asset: Option<&MqttAsset>, ctx: &Context) -> S
         }
     }
     ctx.metrics.set_token_expiry(&owner.namespace, &owner.name, None);
+    Ok(())
+}
+
+/// What status records of a plan's objects.
+struct Refs {
+    identity: Option<IdentityRefs>,
+    secret: SecretRefs,
+    broker: BrokerRefs,
+}
+
+fn refs(plan: &TransferPlan, clients: &super::asset::Clients, user: Option<String>) -> Refs {
+    Refs {
+        identity: plan.client.as_ref().map(|c| IdentityRefs {
+            profile: plan.profiles.identity_provider.clone(),
+            client_id: Some(c.client_id.clone()),
+        }),
+        secret: SecretRefs {
+            profile: Some(plan.profiles.secret_store.clone()),
+            folder: plan.secret.folder.clone(),
+            alias: Some(plan.secret.alias.clone()),
+            path: Some(clients.secrets.path(&plan.secret)),
+        },
+        broker: BrokerRefs {
+            profile: Some(plan.profiles.broker.clone()),
+            user,
+            role: (clients.broker.system() == System::Mosquitto && plan.mode == AuthMode::Usrpw)
+                .then(|| plan.identity.clone()),
+        },
+    }
+}
+
+/// The objects an earlier grant recorded that the plan no longer names (the asset moved to
+/// another broker, identity provider, secret store or folder, or changed mode), removed once the
+/// new ones are in place and before status forgets them (decision 15). A profile that is no
+/// longer configured is skipped with a warning: its objects stay.
+async fn remove_stale(t: &MqttTransfer, plan: &TransferPlan, ctx: &Context) -> StepResult<()> {
+    let Some(old) = t.status.as_ref() else { return Ok(()) };
+    let owner = &plan.owner;
+    let missing = |kind: &str, profile: &str| {
+        warn!(transfer = %key(t), "{kind} profile {profile:?} is no longer configured: the transfer's objects there are left in place");
+    };
+
+    // Broker: the user in the broker it moved from, or in this one when `usrpw` became `oauth2`.
+    if let Some(old_profile) = old.broker.as_ref().and_then(|b| b.profile.as_deref()) {
+        let moved = old_profile != plan.profiles.broker;
+        let was_usrpw = old.identity.is_none();
+        if moved || (was_usrpw && plan.mode == AuthMode::Oauth2) {
+            match ctx.backends.brokers.get(old_profile) {
+                Some(broker) => {
+                    let outcome =
+                        tolerate_foreign(broker.remove_user(&plan.identity, owner).await).map_err(at(Step::Broker))?;
+                    count(ctx, broker.system(), outcome);
+                    if moved && !was_usrpw {
+                        for user in session_users(&plan.identity, old) {
+                            tolerate_foreign(broker.disconnect(&user).await.map(|_| Outcome::Unchanged))
+                                .map_err(at(Step::Broker))?;
+                        }
+                    }
+                }
+                None => missing("broker", old_profile),
+            }
+        }
+    }
+
+    // Identity-provider client: another provider, or none now (`oauth2` became `usrpw`).
+    if let Some(old_identity) = old.identity.as_ref()
+        && let (Some(old_profile), Some(old_client)) =
+            (old_identity.profile.as_deref(), old_identity.client_id.as_deref())
+    {
+        let current = plan
+            .client
+            .as_ref()
+            .and_then(|c| Some((plan.profiles.identity_provider.as_deref()?, c.client_id.as_str())));
+        if current != Some((old_profile, old_client)) {
+            match ctx.backends.identity_providers.get(old_profile) {
+                Some(idp) => {
+                    let outcome =
+                        tolerate_foreign(idp.delete_client(old_client, owner).await).map_err(at(Step::Identity))?;
+                    count(ctx, System::Identity, outcome);
+                }
+                None => missing("identity provider", old_profile),
+            }
+        }
+    }
+
+    // Secret store: another store, folder or alias.
+    if let Some(old_secret) = old.secret.as_ref()
+        && let (Some(old_profile), Some(alias)) = (old_secret.profile.as_deref(), old_secret.alias.as_deref())
+    {
+        let location = SecretLocation { folder: old_secret.folder.clone(), alias: alias.to_owned() };
+        if old_profile != plan.profiles.secret_store || location != plan.secret {
+            match ctx.backends.secret_stores.get(old_profile) {
+                Some(store) => {
+                    let outcome =
+                        tolerate_foreign(store.delete_secret(&location, owner).await).map_err(at(Step::Secret))?;
+                    count(ctx, System::SecretStore, outcome);
+                }
+                None => missing("secret store", old_profile),
+            }
+        }
+    }
     Ok(())
 }
 
