@@ -42,6 +42,14 @@ fn mosquitto_asset() -> MqttAsset {
     )
 }
 
+/// The same asset on RabbitMQ in `oauth2` mode.
+fn rabbitmq_oauth2_asset() -> MqttAsset {
+    let mut a = mosquitto_asset();
+    a.spec.broker = Some("rabbitmq".into());
+    a.spec.auth.mode = mqtt_dsp_operator::api::AuthMode::Oauth2;
+    a
+}
+
 fn to(consumer: &str) -> Value {
     json!({"assetRef": {"name": "line-1"}, "consumer": {"participantId": format!("did:web:{consumer}.example.com")}})
 }
@@ -272,9 +280,7 @@ async fn termination_expiry_and_deletion_leave_nothing_and_revoking_one_transfer
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oauth2_on_rabbitmq_the_jwt_from_the_secret_opens_the_broker_and_is_renewed_not_reissued() {
     let stack = DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }).await;
-    let mut a = mosquitto_asset();
-    a.spec.broker = Some("rabbitmq".into());
-    a.spec.auth.mode = mqtt_dsp_operator::api::AuthMode::Oauth2;
+    let a = rabbitmq_oauth2_asset();
     with_ready_asset(&stack, &a).await;
     let mut spec = to("consumer-a");
     spec["topics"] = json!(["factory/line-1/temperature"]);
@@ -464,9 +470,7 @@ async fn a_resync_with_nothing_changed_writes_nothing() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oauth2_suspension_on_rabbitmq_closes_live_sessions_and_stops_new_tokens() {
     let stack = DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }).await;
-    let mut a = mosquitto_asset();
-    a.spec.broker = Some("rabbitmq".into());
-    a.spec.auth.mode = mqtt_dsp_operator::api::AuthMode::Oauth2;
+    let a = rabbitmq_oauth2_asset();
     with_ready_asset(&stack, &a).await;
     create_active(&stack, &transfer("t-a", to("consumer-a"))).await;
     let from = from_secret(&stack, "t-a").await;
@@ -543,9 +547,7 @@ async fn a_client_made_before_a_failed_step_goes_with_the_asset() {
     // succeeded yet. The asset then goes; the client must go with the transfer's access rather
     // than be orphaned because no successful reconcile ever recorded it.
     let stack = DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }).await;
-    let mut a = mosquitto_asset();
-    a.spec.broker = Some("rabbitmq".into());
-    a.spec.auth.mode = mqtt_dsp_operator::api::AuthMode::Oauth2;
+    let mut a = rabbitmq_oauth2_asset();
     // Retain: the asset's own deletion needs no Vault (which is about to fail).
     a.spec.deletion_policy = Some(mqtt_dsp_operator::api::DeletionPolicy::Retain);
     with_ready_asset(&stack, &a).await;

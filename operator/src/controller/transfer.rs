@@ -278,15 +278,17 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
     let owner = &plan.owner;
     let broker_system = clients.broker.system();
     let resuming = t.status.as_ref().and_then(|s| s.phase) == Some(TransferPhase::Suspended);
+    // Each object is recorded before it is first made, when nothing is recorded yet: should a
+    // later step fail and the asset then go, the record is what lets revocation find it.
+    // Revoking what was never made costs a read.
     let refs = refs(&plan, &clients, None);
 
     // Identity.
     let (secret, fresh) = match (&plan.client, &clients.identity) {
         (Some(client), Some(idp)) => {
-            // Each object is recorded before it is first made (when nothing is recorded yet):
-            // should a later step fail and the asset then go, the record is what lets
-            // revocation find it. Revoking what was never made costs a read.
-            walk.status.identity = walk.status.identity.take().or_else(|| refs.identity.clone());
+            if walk.status.identity.is_none() {
+                walk.status.identity = refs.identity.clone();
+            }
             count(ctx, System::Identity, idp.ensure_client(client).await.map_err(at(Step::Identity))?);
             let secret = idp.client_secret(&client.client_id, owner).await.map_err(at(Step::Identity))?;
             walk.tracker.step_ok(Step::Identity, &format!("client {} is enabled", client.client_id));
