@@ -646,3 +646,89 @@ async fn a_transfer_follows_its_asset_to_another_broker_and_leaves_nothing_in_th
     assert_nothing_left(&stack, "t-b").await;
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn objects_in_a_broker_removed_from_the_configuration_are_left_in_place_with_an_event() {
+    let mut stack = DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }).await;
+    let mut on_rabbitmq = mosquitto_asset();
+    on_rabbitmq.spec.broker = Some("rabbitmq".into());
+    with_ready_asset(&stack, &on_rabbitmq).await;
+    create_active(&stack, &transfer("t-a", to("consumer-a"))).await;
+    create_active(&stack, &transfer("t-b", to("consumer-b"))).await;
+    let rabbitmq = stack.backends.brokers["rabbitmq"].clone();
+
+    // While the operator is down, t-b is deleted, the asset moves to the default broker, and the
+    // operator comes back with a configuration that no longer has the `rabbitmq` broker.
+    stack.stop_controllers().await;
+    let api: Api<MqttTransfer> = stack.api();
+    api.delete("t-b", &DeleteParams::default()).await.unwrap();
+    let assets: Api<MqttAsset> = stack.api();
+    assets
+        .patch("line-1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"broker": "default"}})))
+        .await
+        .unwrap();
+    stack.config.brokers.remove("rabbitmq");
+    let backends = mqtt_dsp_operator::backends::registry::Backends {
+        connectors: stack.backends.connectors.clone(),
+        identity_providers: stack.backends.identity_providers.clone(),
+        secret_stores: stack.backends.secret_stores.clone(),
+        brokers: stack
+            .backends
+            .brokers
+            .iter()
+            .filter(|(k, _)| *k != "rabbitmq")
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+    };
+    stack.backends = std::sync::Arc::new(backends);
+    let mut settings = StackOptions::default().settings;
+    settings.namespace = Some(stack.namespace.clone());
+    stack.start_controllers(settings);
+
+    // t-a follows its asset to Mosquitto and works there; t-b's deletion completes.
+    wait_for(&api, "t-a", WITHIN, "Active on the default broker", |t| {
+        is_active(t)
+            && t.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.profile.as_deref()) == Some("default")
+    })
+    .await;
+    let moved = from_secret(&stack, "t-a").await;
+    assert_eq!(moved.options.url, stack.mosquitto.mqtts_url());
+    Consumer::connect(&moved.options).await.expect("the Secret now opens Mosquitto");
+    wait_gone(&api, "t-b", WITHIN).await;
+
+    // Each says what it left behind, and what can still be done about it: restoring the profile
+    // helps only while the transfer lives.
+    for (name, restorable) in [("t-a", true), ("t-b", false)] {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            let events = events_about(&stack, name).await;
+            if let Some((type_, _, note)) = events.iter().find(|(_, reason, _)| reason == "ProfileRemoved") {
+                assert_eq!(type_, "Warning");
+                assert!(note.contains("brokers.rabbitmq") && note.contains("left in place"), "{name}: {note}");
+                assert_eq!(note.contains("restore the profile"), restorable, "{name}: {note}");
+                assert!(note.contains("by hand"), "{name}: {note}");
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "no ProfileRemoved Event about {name}: {events:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    // The RabbitMQ users are indeed still there (removing them now, as a person would, finds
+    // them), and nothing of either transfer is left anywhere else.
+    for name in ["t-a", "t-b"] {
+        let owner = mqtt_dsp_operator::backends::Owner {
+            kind: "MqttTransfer".into(),
+            namespace: stack.namespace.clone(),
+            name: name.into(),
+        };
+        let user = format!("dsp-mqtt-transfer-{}-{name}", stack.namespace);
+        let left = rabbitmq.remove_user(&user, &owner).await.unwrap();
+        assert_eq!(left, mqtt_dsp_operator::backends::Outcome::Deleted, "{name}'s RabbitMQ user was left in place");
+    }
+    api.delete("t-a", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "t-a", WITHIN).await;
+    assert_nothing_left(&stack, "t-a").await;
+    assert_nothing_left(&stack, "t-b").await;
+    stack.teardown().await;
+}

@@ -26,7 +26,10 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::{Instrument, debug, info, warn};
 
-use super::{AtStep, Context, Error, FINALIZER, Step, Tracker, is_paused, publish_changes};
+use super::{
+    AtStep, Context, Error, FINALIZER, Step, Tracker, is_paused, profile_client, publish_changes,
+    publish_missing_profiles,
+};
 use crate::api::{
     AuthMode, BrokerRefs, ConnectorRefs, DeletionPolicy, IdentityRefs, MqttAsset, MqttAssetStatus, SecretRefs,
 };
@@ -435,51 +438,8 @@ async fn remove_stale(
         let result = idp.delete_client(client_id, owner).await.map(|o| count(ctx, System::Identity, o));
         stale_result(&reference, result, Step::Identity)?;
     }
-    publish_missing_profiles(ctx, &reference, &missing).await;
+    publish_missing_profiles(ctx, &reference, &missing, false).await;
     Ok(())
-}
-
-/// The client of a profile recorded in status; a profile the configuration no longer has is
-/// noted in `missing` (its objects are left in place, and an Event says so).
-fn profile_client<T: ?Sized>(
-    map: &BTreeMap<String, Arc<T>>,
-    profile: Option<&str>,
-    section: &str,
-    missing: &mut Vec<String>,
-) -> Option<Arc<T>> {
-    let found = profile.and_then(|p| map.get(p)).cloned();
-    if found.is_none() {
-        warn!(profile = ?profile, section, "a profile recorded in status is no longer configured; its objects are left in place");
-        let note = format!("{section}.{}", profile.unwrap_or("<none>"));
-        if !missing.contains(&note) {
-            missing.push(note);
-        }
-    }
-    found
-}
-
-/// One Warning Event naming the profiles whose objects were left in place because the
-/// configuration no longer has them.
-async fn publish_missing_profiles(ctx: &Context, reference: &ObjectReference, missing: &[String]) {
-    if missing.is_empty() {
-        return;
-    }
-    let note = format!(
-        "the configuration no longer has {}: what this resource created there is left in place; restore the profile \
-         (the operator then removes it) or remove those objects by hand",
-        missing.join(", ")
-    );
-    ctx.publish(
-        reference,
-        KubeEvent {
-            type_: EventType::Warning,
-            reason: "ProfileRemoved".into(),
-            note: Some(status::bounded(&note)),
-            action: "Reconcile".into(),
-            secondary: None,
-        },
-    )
-    .await;
 }
 
 /// A stale object that turns out not to be ours is left alone; other failures stop the walk.
@@ -719,7 +679,7 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
         handle(System::Identity, format!("identity client {id}"), r)?;
     }
 
-    publish_missing_profiles(ctx, &reference, &missing).await;
+    publish_missing_profiles(ctx, &reference, &missing, true).await;
     for f in &foreign {
         ctx.publish(
             &reference,

@@ -15,7 +15,7 @@
 pub mod asset;
 pub mod transfer;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -526,6 +526,59 @@ pub(crate) async fn publish_changes(ctx: &Context, reference: &ObjectReference, 
         )
         .await;
     }
+}
+
+/// The client of a profile recorded in status; a profile the configuration no longer has is
+/// noted in `missing` (its objects are left in place, and an Event says so).
+pub(crate) fn profile_client<T: ?Sized>(
+    map: &BTreeMap<String, Arc<T>>,
+    profile: Option<&str>,
+    section: &str,
+    missing: &mut Vec<String>,
+) -> Option<Arc<T>> {
+    let found = profile.and_then(|p| map.get(p)).cloned();
+    if found.is_none() {
+        warn!(profile = ?profile, section, "a profile recorded in status is no longer configured; its objects are left in place");
+        let note = format!("{section}.{}", profile.unwrap_or("<none>"));
+        if !missing.contains(&note) {
+            missing.push(note);
+        }
+    }
+    found
+}
+
+/// One Warning Event naming the profiles whose objects were left in place because the
+/// configuration no longer has them. While the resource lives, restoring the profile lets the
+/// operator remove them; once it is being deleted, only a person can.
+pub(crate) async fn publish_missing_profiles(
+    ctx: &Context,
+    reference: &ObjectReference,
+    missing: &[String],
+    deleting: bool,
+) {
+    if missing.is_empty() {
+        return;
+    }
+    let remedy = if deleting {
+        "remove those objects by hand"
+    } else {
+        "restore the profile (the operator then removes them) or remove those objects by hand"
+    };
+    let note = format!(
+        "the configuration no longer has {}: what this resource created there is left in place; {remedy}",
+        missing.join(", ")
+    );
+    ctx.publish(
+        reference,
+        KubeEvent {
+            type_: EventType::Warning,
+            reason: "ProfileRemoved".into(),
+            note: Some(status::bounded(&note)),
+            action: "Reconcile".into(),
+            secondary: None,
+        },
+    )
+    .await;
 }
 
 /// Attaches the step to a backend error.

@@ -36,7 +36,10 @@ use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::{Instrument, debug, info, warn};
 
-use super::{AtStep, Context, Error, FINALIZER, Step, Tracker, is_paused, publish_changes};
+use super::{
+    AtStep, Context, Error, FINALIZER, Step, Tracker, is_paused, profile_client, publish_changes,
+    publish_missing_profiles,
+};
 use crate::api::{
     AuthMode, BrokerRefs, IdentityRefs, MqttAsset, MqttTransfer, MqttTransferStatus, SecretReference, SecretRefs,
     TransferPhase, TransferState,
@@ -575,6 +578,7 @@ async fn revoke(t: &MqttTransfer, asset: Option<&MqttAsset>, ctx: &Context) -> S
     let owner = transfer_plan::owner(t);
     let plan: Option<TransferPlan> = asset.and_then(|a| transfer_plan::plan(t, a, &ctx.config, None).ok());
     let mode = plan.as_ref().map(|p| p.mode).or(if status.identity.is_some() { Some(AuthMode::Oauth2) } else { None });
+    let mut missing = Vec::new();
 
     // Broker: remove the user (usrpw) — which also closes its sessions — or close the sessions
     // of the token's subject (oauth2).
@@ -583,7 +587,9 @@ async fn revoke(t: &MqttTransfer, asset: Option<&MqttAsset>, ctx: &Context) -> S
         .as_ref()
         .and_then(|b| b.profile.clone())
         .or_else(|| plan.as_ref().map(|p| p.profiles.broker.clone()));
-    if let Some(broker) = broker_profile.and_then(|p| ctx.backends.brokers.get(&p).cloned()) {
+    if let Some(profile) = broker_profile
+        && let Some(broker) = profile_client(&ctx.backends.brokers, Some(&profile), "brokers", &mut missing)
+    {
         // Whatever the mode now, a broker user of this transfer's name goes (the asset may have
         // switched from usrpw to oauth2 since it was made); absent users cost one read.
         let identity = transfer_plan::identity(t);
@@ -604,7 +610,8 @@ async fn revoke(t: &MqttTransfer, asset: Option<&MqttAsset>, ctx: &Context) -> S
                 .and_then(|p| Some((p.profiles.identity_provider.clone()?, p.client.as_ref()?.client_id.clone())))
         });
     if let Some((profile, client_id)) = identity
-        && let Some(idp) = ctx.backends.identity_providers.get(&profile)
+        && let Some(idp) =
+            profile_client(&ctx.backends.identity_providers, Some(&profile), "identityProviders", &mut missing)
     {
         let outcome = tolerate_foreign(idp.delete_client(&client_id, &owner).await).map_err(at(Step::Identity))?;
         count(ctx, System::Identity, outcome);
@@ -617,7 +624,7 @@ async fn revoke(t: &MqttTransfer, asset: Option<&MqttAsset>, ctx: &Context) -> S
         .and_then(|s| Some((s.profile.clone()?, SecretLocation { folder: s.folder.clone(), alias: s.alias.clone()? })))
         .or_else(|| plan.as_ref().map(|p| (p.profiles.secret_store.clone(), p.secret.clone())));
     if let Some((profile, at_location)) = stored
-        && let Some(store) = ctx.backends.secret_stores.get(&profile)
+        && let Some(store) = profile_client(&ctx.backends.secret_stores, Some(&profile), "secretStores", &mut missing)
     {
         let outcome = tolerate_foreign(store.delete_secret(&at_location, &owner).await).map_err(at(Step::Secret))?;
         count(ctx, System::SecretStore, outcome);
@@ -640,6 +647,8 @@ async fn revoke(t: &MqttTransfer, asset: Option<&MqttAsset>, ctx: &Context) -> S
         }
     }
     ctx.metrics.set_token_expiry(&owner.namespace, &owner.name, None);
+    let deleting = t.metadata.deletion_timestamp.is_some();
+    publish_missing_profiles(ctx, &t.object_ref(&()), &missing, deleting).await;
     Ok(())
 }
 
@@ -674,32 +683,27 @@ fn refs(plan: &TransferPlan, clients: &super::asset::Clients, user: Option<Strin
 /// The objects an earlier grant recorded that the plan no longer names (the asset moved to
 /// another broker, identity provider, secret store or folder, or changed mode), removed once the
 /// new ones are in place and before status forgets them (decision 15). A profile that is no
-/// longer configured is skipped with a warning: its objects stay.
+/// longer configured is skipped with a `ProfileRemoved` Warning Event: its objects stay.
 async fn remove_stale(t: &MqttTransfer, plan: &TransferPlan, ctx: &Context) -> StepResult<()> {
     let Some(old) = t.status.as_ref() else { return Ok(()) };
     let owner = &plan.owner;
-    let missing = |kind: &str, profile: &str| {
-        warn!(transfer = %key(t), "{kind} profile {profile:?} is no longer configured: the transfer's objects there are left in place");
-    };
+    let mut missing = Vec::new();
 
     // Broker: the user in the broker it moved from, or in this one when `usrpw` became `oauth2`.
     if let Some(old_profile) = old.broker.as_ref().and_then(|b| b.profile.as_deref()) {
         let moved = old_profile != plan.profiles.broker;
         let was_usrpw = old.identity.is_none();
-        if moved || (was_usrpw && plan.mode == AuthMode::Oauth2) {
-            match ctx.backends.brokers.get(old_profile) {
-                Some(broker) => {
-                    let outcome =
-                        tolerate_foreign(broker.remove_user(&plan.identity, owner).await).map_err(at(Step::Broker))?;
-                    count(ctx, broker.system(), outcome);
-                    if moved && !was_usrpw {
-                        for user in session_users(&plan.identity, old) {
-                            tolerate_foreign(broker.disconnect(&user).await.map(|_| Outcome::Unchanged))
-                                .map_err(at(Step::Broker))?;
-                        }
-                    }
+        if (moved || (was_usrpw && plan.mode == AuthMode::Oauth2))
+            && let Some(broker) = profile_client(&ctx.backends.brokers, Some(old_profile), "brokers", &mut missing)
+        {
+            let outcome =
+                tolerate_foreign(broker.remove_user(&plan.identity, owner).await).map_err(at(Step::Broker))?;
+            count(ctx, broker.system(), outcome);
+            if moved && !was_usrpw {
+                for user in session_users(&plan.identity, old) {
+                    tolerate_foreign(broker.disconnect(&user).await.map(|_| Outcome::Unchanged))
+                        .map_err(at(Step::Broker))?;
                 }
-                None => missing("broker", old_profile),
             }
         }
     }
@@ -713,15 +717,12 @@ async fn remove_stale(t: &MqttTransfer, plan: &TransferPlan, ctx: &Context) -> S
             .client
             .as_ref()
             .and_then(|c| Some((plan.profiles.identity_provider.as_deref()?, c.client_id.as_str())));
-        if current != Some((old_profile, old_client)) {
-            match ctx.backends.identity_providers.get(old_profile) {
-                Some(idp) => {
-                    let outcome =
-                        tolerate_foreign(idp.delete_client(old_client, owner).await).map_err(at(Step::Identity))?;
-                    count(ctx, System::Identity, outcome);
-                }
-                None => missing("identity provider", old_profile),
-            }
+        if current != Some((old_profile, old_client))
+            && let Some(idp) =
+                profile_client(&ctx.backends.identity_providers, Some(old_profile), "identityProviders", &mut missing)
+        {
+            let outcome = tolerate_foreign(idp.delete_client(old_client, owner).await).map_err(at(Step::Identity))?;
+            count(ctx, System::Identity, outcome);
         }
     }
 
@@ -730,17 +731,15 @@ async fn remove_stale(t: &MqttTransfer, plan: &TransferPlan, ctx: &Context) -> S
         && let (Some(old_profile), Some(alias)) = (old_secret.profile.as_deref(), old_secret.alias.as_deref())
     {
         let location = SecretLocation { folder: old_secret.folder.clone(), alias: alias.to_owned() };
-        if old_profile != plan.profiles.secret_store || location != plan.secret {
-            match ctx.backends.secret_stores.get(old_profile) {
-                Some(store) => {
-                    let outcome =
-                        tolerate_foreign(store.delete_secret(&location, owner).await).map_err(at(Step::Secret))?;
-                    count(ctx, System::SecretStore, outcome);
-                }
-                None => missing("secret store", old_profile),
-            }
+        if (old_profile != plan.profiles.secret_store || location != plan.secret)
+            && let Some(store) =
+                profile_client(&ctx.backends.secret_stores, Some(old_profile), "secretStores", &mut missing)
+        {
+            let outcome = tolerate_foreign(store.delete_secret(&location, owner).await).map_err(at(Step::Secret))?;
+            count(ctx, System::SecretStore, outcome);
         }
     }
+    publish_missing_profiles(ctx, &t.object_ref(&()), &missing, false).await;
     Ok(())
 }
 
