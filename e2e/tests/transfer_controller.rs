@@ -732,3 +732,66 @@ async fn objects_in_a_broker_removed_from_the_configuration_are_left_in_place_wi
     assert_nothing_left(&stack, "t-b").await;
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_to_another_profile_of_the_same_broker_keeps_every_user() {
+    // Two broker profiles for one Mosquitto (as for an internal and a public listener): moving
+    // the asset between them moves nothing, and above all removes nothing.
+    let mut stack = DevStack::start(StackOptions::default()).await;
+    stack.stop_controllers().await;
+    let alias = stack.config.brokers["default"].clone();
+    stack.config.brokers.insert("same-mosquitto".into(), alias);
+    let backends = mqtt_dsp_operator::backends::registry::Backends {
+        connectors: stack.backends.connectors.clone(),
+        identity_providers: stack.backends.identity_providers.clone(),
+        secret_stores: stack.backends.secret_stores.clone(),
+        brokers: {
+            let mut brokers = stack.backends.brokers.clone();
+            brokers.insert("same-mosquitto".into(), brokers["default"].clone());
+            brokers
+        },
+    };
+    stack.backends = std::sync::Arc::new(backends);
+    let mut settings = StackOptions::default().settings;
+    settings.namespace = Some(stack.namespace.clone());
+    stack.start_controllers(settings);
+
+    with_ready_asset(&stack, &mosquitto_asset()).await;
+    create_active(&stack, &transfer("t-a", to("consumer-a"))).await;
+    let assets: Api<MqttAsset> = stack.api();
+    let moved = assets
+        .patch("line-1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"broker": "same-mosquitto"}})))
+        .await
+        .unwrap();
+    wait_for(&assets, "line-1", WITHIN, "Ready on the other profile", |a| {
+        a.status.as_ref().is_some_and(|s| {
+            s.observed_generation == moved.metadata.generation
+                && s.broker.as_ref().and_then(|b| b.profile.as_deref()) == Some("same-mosquitto")
+                && condition(&s.conditions, "Ready").is_some_and(|(r, _, _)| r == "True")
+        })
+    })
+    .await;
+    let api: Api<MqttTransfer> = stack.api();
+    wait_for(&api, "t-a", WITHIN, "Active on the other profile", |t| {
+        is_active(t)
+            && t.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.profile.as_deref())
+                == Some("same-mosquitto")
+    })
+    .await;
+
+    let provider = format!("dsp-mqtt-{}-line-1", stack.namespace);
+    let consumer = format!("dsp-mqtt-transfer-{}-t-a", stack.namespace);
+    assert!(stack.mosquitto.dynsec_client(&provider).is_some(), "the asset's own user is still there");
+    assert!(stack.mosquitto.dynsec_client(&consumer).is_some(), "the transfer's user is still there");
+    let after = from_secret(&stack, "t-a").await;
+    let mut c = Consumer::connect(&after.options).await.expect("the Secret still opens the broker");
+    assert!(c.subscribe("factory/line-1/temperature").await);
+    publish(&stack, "factory/line-1/temperature", "21.5").await;
+    let (topic, payload) = c.next_message(Duration::from_secs(5)).await.expect("a message");
+    assert_eq!((topic.as_str(), payload.as_slice()), ("factory/line-1/temperature", &b"21.5"[..]));
+
+    api.delete("t-a", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "t-a", WITHIN).await;
+    assert_nothing_left(&stack, "t-a").await;
+    stack.teardown().await;
+}

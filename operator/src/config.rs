@@ -415,6 +415,46 @@ pub enum ConfigError {
     },
 }
 
+/// Whether two profiles of a section reach the same backend, so that an object of one name made
+/// through either is the same object. A resource moved between two such profiles keeps its
+/// objects: removing the "old" one would remove the one just made.
+impl Config {
+    /// Same connector: the same Management API.
+    pub fn same_connector(&self, a: &str, b: &str) -> bool {
+        same(&self.connectors, a, b, |x, y| x.management_url == y.management_url)
+    }
+
+    /// Same identity provider: the same admin API and realm.
+    pub fn same_identity_provider(&self, a: &str, b: &str) -> bool {
+        same(&self.identity_providers, a, b, |x, y| {
+            x.provider_type == y.provider_type && x.admin_url == y.admin_url && x.realm == y.realm
+        })
+    }
+
+    /// Same secret store: the same server and KV mount.
+    pub fn same_secret_store(&self, a: &str, b: &str) -> bool {
+        same(&self.secret_stores, a, b, |x, y| {
+            x.store_type == y.store_type && x.url == y.url && x.kv_mount == y.kv_mount
+        })
+    }
+
+    /// Same broker: the same admin API and, for RabbitMQ, the same vhost; the public URLs may
+    /// differ. A RabbitMQ user is one per broker but holds permissions per vhost: between vhosts
+    /// the old user is removed as if the broker were another, so that no access to the old vhost
+    /// lingers, and the next reconcile makes the user again.
+    pub fn same_broker(&self, a: &str, b: &str) -> bool {
+        let vhost = |p: &BrokerProfile| p.rabbitmq.as_ref().map(|r| r.vhost.clone());
+        same(&self.brokers, a, b, |x, y| {
+            x.broker_type == y.broker_type && x.admin_url == y.admin_url && vhost(x) == vhost(y)
+        })
+    }
+}
+
+/// The same profile name, or two configured profiles that `target` says reach one backend.
+fn same<P>(profiles: &BTreeMap<String, P>, a: &str, b: &str, target: impl Fn(&P, &P) -> bool) -> bool {
+    a == b || matches!((profiles.get(a), profiles.get(b)), (Some(x), Some(y)) if target(x, y))
+}
+
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
@@ -699,6 +739,45 @@ mod tests {
             idp.effective_token_url().as_str(),
             "https://keycloak.example.com/realms/dataspace/protocol/openid-connect/token"
         );
+    }
+
+    #[test]
+    fn profiles_reaching_one_backend_are_the_same_target() {
+        let mut config = Config::parse(EXAMPLE).unwrap();
+        // Another name for the same RabbitMQ, published under another URL: the same broker.
+        let mut public = config.brokers["default"].clone();
+        public.public_urls.insert(EndpointType::MqttTls, "mqtts://public.example.com:8883".parse().unwrap());
+        config.brokers.insert("public".into(), public.clone());
+        assert!(config.same_broker("default", "public") && config.same_broker("public", "default"));
+        // Another vhost, another admin API or another type is another broker.
+        let mut other_vhost = public.clone();
+        other_vhost.rabbitmq.as_mut().unwrap().vhost = "line-2".into();
+        config.brokers.insert("other-vhost".into(), other_vhost);
+        assert!(!config.same_broker("default", "other-vhost"));
+        assert!(!config.same_broker("default", "mosquitto"));
+        // A name the configuration does not have is only itself.
+        assert!(config.same_broker("gone", "gone") && !config.same_broker("default", "gone"));
+
+        let mut realm = config.identity_providers["default"].clone();
+        config.identity_providers.insert("alias".into(), realm.clone());
+        realm.realm = "other".into();
+        config.identity_providers.insert("other-realm".into(), realm);
+        assert!(config.same_identity_provider("default", "alias"));
+        assert!(!config.same_identity_provider("default", "other-realm"));
+
+        let mut mount = config.secret_stores["default"].clone();
+        config.secret_stores.insert("alias".into(), mount.clone());
+        mount.kv_mount = "kv".into();
+        config.secret_stores.insert("other-mount".into(), mount);
+        assert!(config.same_secret_store("default", "alias"));
+        assert!(!config.same_secret_store("default", "other-mount"));
+
+        let mut connector = config.connectors["default"].clone();
+        config.connectors.insert("alias".into(), connector.clone());
+        connector.management_url = "https://other.example.com/management".parse().unwrap();
+        config.connectors.insert("other".into(), connector);
+        assert!(config.same_connector("default", "alias"));
+        assert!(!config.same_connector("default", "other"));
     }
 
     #[test]

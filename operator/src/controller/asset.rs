@@ -356,7 +356,8 @@ fn offer_ids(refs: &ConnectorRefs) -> Option<OfferIds> {
     })
 }
 
-/// Deletes what the recorded status names and the plan no longer does.
+/// Deletes what the recorded status names and the plan no longer does. Another profile that
+/// reaches the same backend is no move: the object of the same name is the one just made.
 async fn remove_stale(
     asset: &MqttAsset,
     plan: &AssetPlan,
@@ -371,7 +372,9 @@ async fn remove_stale(
     if let Some(old_refs) = old.connector.as_ref()
         && let Some(old_ids) = offer_ids(old_refs)
     {
-        let same_profile = old_refs.profile.as_deref() == Some(plan.profiles.connector.as_str());
+        // The same connector under another profile name counts as the same.
+        let same_profile =
+            old_refs.profile.as_deref().is_some_and(|p| ctx.config.same_connector(p, &plan.profiles.connector));
         let new_ids = plan.offer_ids();
         let connector = if same_profile {
             Some(clients.connector.clone())
@@ -403,7 +406,8 @@ async fn remove_stale(
         && let Some(user) = old_refs.user.as_deref()
     {
         let new = broker_refs(plan, clients.broker.system());
-        if (new.profile != old_refs.profile || new.user.as_deref() != Some(user))
+        let same_broker = old_refs.profile.as_deref().is_some_and(|p| ctx.config.same_broker(p, &plan.profiles.broker));
+        if (new.user.as_deref() != Some(user) || !same_broker)
             && let Some(broker) =
                 profile_client(&ctx.backends.brokers, old_refs.profile.as_deref(), "brokers", &mut missing)
         {
@@ -416,7 +420,9 @@ async fn remove_stale(
         && let Some(alias) = old_refs.alias.clone()
     {
         let old_at = SecretLocation { folder: old_refs.folder.clone(), alias };
-        if (old_refs.profile.as_deref() != Some(plan.profiles.secret_store.as_str()) || old_at != plan.secret)
+        let same_store =
+            old_refs.profile.as_deref().is_some_and(|p| ctx.config.same_secret_store(p, &plan.profiles.secret_store));
+        if (old_at != plan.secret || !same_store)
             && let Some(store) =
                 profile_client(&ctx.backends.secret_stores, old_refs.profile.as_deref(), "secretStores", &mut missing)
         {
@@ -427,7 +433,11 @@ async fn remove_stale(
 
     if let Some(old_refs) = old.identity.as_ref()
         && let Some(client_id) = old_refs.client_id.as_deref()
-        && identity_refs(plan).as_ref() != Some(old_refs)
+        && !identity_refs(plan).is_some_and(|new| {
+            new.client_id.as_deref() == Some(client_id)
+                && matches!((old_refs.profile.as_deref(), new.profile.as_deref()),
+                    (Some(a), Some(b)) if ctx.config.same_identity_provider(a, b))
+        })
         && let Some(idp) = profile_client(
             &ctx.backends.identity_providers,
             old_refs.profile.as_deref(),

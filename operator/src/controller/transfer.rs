@@ -682,8 +682,10 @@ fn refs(plan: &TransferPlan, clients: &super::asset::Clients, user: Option<Strin
 
 /// The objects an earlier grant recorded that the plan no longer names (the asset moved to
 /// another broker, identity provider, secret store or folder, or changed mode), removed once the
-/// new ones are in place and before status forgets them (decision 15). A profile that is no
-/// longer configured is skipped with a `ProfileRemoved` Warning Event: its objects stay.
+/// new ones are in place and before status forgets them (decision 15). Another profile that
+/// reaches the same backend is no move: the object of the same name is the one just made. A
+/// profile that is no longer configured is skipped with a `ProfileRemoved` Warning Event: its
+/// objects stay.
 async fn remove_stale(t: &MqttTransfer, plan: &TransferPlan, ctx: &Context) -> StepResult<()> {
     let Some(old) = t.status.as_ref() else { return Ok(()) };
     let owner = &plan.owner;
@@ -691,7 +693,7 @@ async fn remove_stale(t: &MqttTransfer, plan: &TransferPlan, ctx: &Context) -> S
 
     // Broker: the user in the broker it moved from, or in this one when `usrpw` became `oauth2`.
     if let Some(old_profile) = old.broker.as_ref().and_then(|b| b.profile.as_deref()) {
-        let moved = old_profile != plan.profiles.broker;
+        let moved = !ctx.config.same_broker(old_profile, &plan.profiles.broker);
         let was_usrpw = old.identity.is_none();
         if (moved || (was_usrpw && plan.mode == AuthMode::Oauth2))
             && let Some(broker) = profile_client(&ctx.backends.brokers, Some(old_profile), "brokers", &mut missing)
@@ -713,11 +715,15 @@ async fn remove_stale(t: &MqttTransfer, plan: &TransferPlan, ctx: &Context) -> S
         && let (Some(old_profile), Some(old_client)) =
             (old_identity.profile.as_deref(), old_identity.client_id.as_deref())
     {
-        let current = plan
-            .client
-            .as_ref()
-            .and_then(|c| Some((plan.profiles.identity_provider.as_deref()?, c.client_id.as_str())));
-        if current != Some((old_profile, old_client))
+        let kept = plan.client.as_ref().is_some_and(|c| {
+            c.client_id == old_client
+                && plan
+                    .profiles
+                    .identity_provider
+                    .as_deref()
+                    .is_some_and(|p| ctx.config.same_identity_provider(old_profile, p))
+        });
+        if !kept
             && let Some(idp) =
                 profile_client(&ctx.backends.identity_providers, Some(old_profile), "identityProviders", &mut missing)
         {
@@ -731,7 +737,7 @@ async fn remove_stale(t: &MqttTransfer, plan: &TransferPlan, ctx: &Context) -> S
         && let (Some(old_profile), Some(alias)) = (old_secret.profile.as_deref(), old_secret.alias.as_deref())
     {
         let location = SecretLocation { folder: old_secret.folder.clone(), alias: alias.to_owned() };
-        if (old_profile != plan.profiles.secret_store || location != plan.secret)
+        if (location != plan.secret || !ctx.config.same_secret_store(old_profile, &plan.profiles.secret_store))
             && let Some(store) =
                 profile_client(&ctx.backends.secret_stores, Some(old_profile), "secretStores", &mut missing)
         {
