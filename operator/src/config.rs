@@ -441,7 +441,7 @@ impl Config {
     /// Same broker: the same admin API and, for RabbitMQ, the same vhost; the public URLs may
     /// differ. A RabbitMQ user is one per broker but holds permissions per vhost: between vhosts
     /// the old user is removed as if the broker were another, so that no access to the old vhost
-    /// lingers, and the next reconcile makes the user again.
+    /// lingers, and the reconcile that the status write triggers makes the user again.
     pub fn same_broker(&self, a: &str, b: &str) -> bool {
         let vhost = |p: &BrokerProfile| p.rabbitmq.as_ref().map(|r| r.vhost.clone());
         same(&self.brokers, a, b, |x, y| {
