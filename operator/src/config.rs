@@ -421,33 +421,44 @@ pub enum ConfigError {
 impl Config {
     /// Same connector: the same Management API.
     pub fn same_connector(&self, a: &str, b: &str) -> bool {
-        same(&self.connectors, a, b, |x, y| x.management_url == y.management_url)
+        same(&self.connectors, a, b, |x, y| same_url(&x.management_url, &y.management_url))
     }
 
     /// Same identity provider: the same admin API and realm.
     pub fn same_identity_provider(&self, a: &str, b: &str) -> bool {
         same(&self.identity_providers, a, b, |x, y| {
-            x.provider_type == y.provider_type && x.admin_url == y.admin_url && x.realm == y.realm
+            x.provider_type == y.provider_type && same_url(&x.admin_url, &y.admin_url) && x.realm == y.realm
         })
     }
 
     /// Same secret store: the same server and KV mount.
     pub fn same_secret_store(&self, a: &str, b: &str) -> bool {
         same(&self.secret_stores, a, b, |x, y| {
-            x.store_type == y.store_type && x.url == y.url && x.kv_mount == y.kv_mount
+            x.store_type == y.store_type && same_url(&x.url, &y.url) && x.kv_mount == y.kv_mount
         })
     }
 
-    /// Same broker: the same admin API and, for RabbitMQ, the same vhost; the public URLs may
-    /// differ. A RabbitMQ user is one per broker but holds permissions per vhost: between vhosts
-    /// the old user is removed as if the broker were another, so that no access to the old vhost
-    /// lingers, and the reconcile that the status write triggers makes the user again.
+    /// Same broker: the same admin API and, for RabbitMQ, the same vhost and exchange; the
+    /// public URLs may differ. A RabbitMQ user is one per broker but holds permissions per vhost
+    /// and topic permissions per exchange: between two of them the old user is removed as if the
+    /// broker were another, so that no access to the old ones lingers, and the reconcile that the
+    /// status write triggers makes the user again.
     pub fn same_broker(&self, a: &str, b: &str) -> bool {
-        let vhost = |p: &BrokerProfile| p.rabbitmq.as_ref().map(|r| r.vhost.clone());
+        let scope = |p: &BrokerProfile| p.rabbitmq.as_ref().map(|r| (r.vhost.clone(), r.exchange.clone()));
         same(&self.brokers, a, b, |x, y| {
-            x.broker_type == y.broker_type && x.admin_url == y.admin_url && vhost(x) == vhost(y)
+            x.broker_type == y.broker_type && same_url(&x.admin_url, &y.admin_url) && scope(x) == scope(y)
         })
     }
+}
+
+/// Two URLs of one endpoint as written: scheme, host and port (a default port written or not),
+/// and path up to a trailing slash. Host names are compared as text: a short and a fully
+/// qualified name of one service, or a name and its address, count as two backends.
+fn same_url(a: &Url, b: &Url) -> bool {
+    a.scheme() == b.scheme()
+        && a.host_str() == b.host_str()
+        && a.port_or_known_default() == b.port_or_known_default()
+        && a.path().trim_end_matches('/') == b.path().trim_end_matches('/')
 }
 
 /// The same profile name, or two configured profiles that `target` says reach one backend.
@@ -754,7 +765,25 @@ mod tests {
         other_vhost.rabbitmq.as_mut().unwrap().vhost = "line-2".into();
         config.brokers.insert("other-vhost".into(), other_vhost);
         assert!(!config.same_broker("default", "other-vhost"));
+        let mut other_exchange = public.clone();
+        other_exchange.rabbitmq.as_mut().unwrap().exchange = "line-2.topic".into();
+        config.brokers.insert("other-exchange".into(), other_exchange);
+        assert!(!config.same_broker("default", "other-exchange"));
+        let mut other_admin = public.clone();
+        other_admin.admin_url = "https://rabbitmq-2.example.com:15671".parse().unwrap();
+        config.brokers.insert("other-admin".into(), other_admin);
+        assert!(!config.same_broker("default", "other-admin"));
         assert!(!config.same_broker("default", "mosquitto"));
+        // The same URL written with a trailing slash, or with the scheme's default port, is the
+        // same; a short host name for the same service is not (names are compared as text).
+        let mut slash = public.clone();
+        slash.admin_url = "https://rabbitmq.example.com:15671/".parse().unwrap();
+        config.brokers.insert("slash".into(), slash);
+        assert!(config.same_broker("default", "slash"));
+        let mut short = public.clone();
+        short.admin_url = "https://rabbitmq:15671".parse().unwrap();
+        config.brokers.insert("short".into(), short);
+        assert!(!config.same_broker("default", "short"));
         // A name the configuration does not have is only itself.
         assert!(config.same_broker("gone", "gone") && !config.same_broker("default", "gone"));
 
@@ -778,6 +807,10 @@ mod tests {
         config.connectors.insert("other".into(), connector);
         assert!(config.same_connector("default", "alias"));
         assert!(!config.same_connector("default", "other"));
+        let mut port = config.connectors["default"].clone();
+        port.management_url = "https://connector.example.com:443/management/".parse().unwrap();
+        config.connectors.insert("port".into(), port);
+        assert!(config.same_connector("default", "port"), "default port and trailing slash written out");
     }
 
     #[test]
