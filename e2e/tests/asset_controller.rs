@@ -804,6 +804,7 @@ async fn objects_in_a_profile_removed_from_the_configuration_are_left_in_place_w
         if let Some((type_, _, note)) = events.iter().find(|(_, reason, _)| reason == "ProfileRemoved") {
             assert_eq!(type_, "Warning");
             assert!(note.contains("connectors.factoryx") && note.contains("left in place"), "{note}");
+            assert!(note.contains(&format!("connector asset {asset_id}")), "the Event names the offer: {note}");
             break;
         }
         assert!(tokio::time::Instant::now() < deadline, "no ProfileRemoved Event: {events:?}");

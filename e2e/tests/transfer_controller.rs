@@ -696,17 +696,18 @@ async fn objects_in_a_broker_removed_from_the_configuration_are_left_in_place_wi
     Consumer::connect(&moved.options).await.expect("the Secret now opens Mosquitto");
     wait_gone(&api, "t-b", WITHIN).await;
 
-    // Each says what it left behind, and what can still be done about it: restoring the profile
-    // helps only while the transfer lives.
-    for (name, restorable) in [("t-a", true), ("t-b", false)] {
+    // Each names what it left behind (status forgets it: the Event is the only record) and says
+    // it is for a person to remove.
+    for name in ["t-a", "t-b"] {
+        let user = format!("dsp-mqtt-transfer-{}-{name}", stack.namespace);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
             let events = events_about(&stack, name).await;
             if let Some((type_, _, note)) = events.iter().find(|(_, reason, _)| reason == "ProfileRemoved") {
                 assert_eq!(type_, "Warning");
                 assert!(note.contains("brokers.rabbitmq") && note.contains("left in place"), "{name}: {note}");
-                assert_eq!(note.contains("restore the profile"), restorable, "{name}: {note}");
-                assert!(note.contains("by hand"), "{name}: {note}");
+                assert!(note.contains(&format!("broker user {user}")), "{name}: the Event names the user: {note}");
+                assert!(note.contains("by hand") && !note.contains("restore"), "{name}: {note}");
                 break;
             }
             assert!(tokio::time::Instant::now() < deadline, "no ProfileRemoved Event about {name}: {events:?}");
@@ -728,6 +729,97 @@ async fn objects_in_a_broker_removed_from_the_configuration_are_left_in_place_wi
     }
     api.delete("t-a", &DeleteParams::default()).await.unwrap();
     wait_gone(&api, "t-a", WITHIN).await;
+    assert_nothing_left(&stack, "t-a").await;
+    assert_nothing_left(&stack, "t-b").await;
+    stack.teardown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renamed_broker_profile_keeps_the_live_user_and_still_revokes_on_deletion() {
+    // The `rabbitmq` profile is renamed `rabbit` (same broker) while the operator is down. The
+    // transfer that lives on keeps its user (the operator cannot tell the old name reached the
+    // same broker, so it removes nothing there); the one deleted meanwhile is still revoked,
+    // through the profile its asset names now.
+    let mut stack = DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }).await;
+    let mut on_rabbitmq = mosquitto_asset();
+    on_rabbitmq.spec.broker = Some("rabbitmq".into());
+    with_ready_asset(&stack, &on_rabbitmq).await;
+    create_active(&stack, &transfer("t-a", to("consumer-a"))).await;
+    create_active(&stack, &transfer("t-b", to("consumer-b"))).await;
+    let rabbitmq = stack.backends.brokers["rabbitmq"].clone();
+
+    stack.stop_controllers().await;
+    let api: Api<MqttTransfer> = stack.api();
+    api.delete("t-b", &DeleteParams::default()).await.unwrap();
+    let assets: Api<MqttAsset> = stack.api();
+    assets
+        .patch("line-1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"broker": "rabbit"}})))
+        .await
+        .unwrap();
+    let profile = stack.config.brokers.remove("rabbitmq").unwrap();
+    stack.config.brokers.insert("rabbit".into(), profile);
+    let backends = mqtt_dsp_operator::backends::registry::Backends {
+        connectors: stack.backends.connectors.clone(),
+        identity_providers: stack.backends.identity_providers.clone(),
+        secret_stores: stack.backends.secret_stores.clone(),
+        brokers: stack
+            .backends
+            .brokers
+            .iter()
+            .map(|(k, v)| (if k == "rabbitmq" { "rabbit".to_owned() } else { k.clone() }, v.clone()))
+            .collect(),
+    };
+    stack.backends = std::sync::Arc::new(backends);
+    let deleted = stack.metrics.backend_writes("rabbitmq", "deleted");
+    let mut settings = StackOptions::default().settings;
+    settings.namespace = Some(stack.namespace.clone());
+    stack.start_controllers(settings);
+
+    wait_gone(&api, "t-b", WITHIN).await;
+    wait_for(&api, "t-a", WITHIN, "Active under the new name", |t| {
+        is_active(t)
+            && t.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.profile.as_deref()) == Some("rabbit")
+    })
+    .await;
+    let owner = |name: &str| mqtt_dsp_operator::backends::Owner {
+        kind: "MqttTransfer".into(),
+        namespace: stack.namespace.clone(),
+        name: name.into(),
+    };
+    let user = |name: &str| format!("dsp-mqtt-transfer-{}-{name}", stack.namespace);
+    assert_eq!(
+        stack.metrics.backend_writes("rabbitmq", "deleted"),
+        deleted + 1,
+        "exactly one RabbitMQ user deleted: the deleted transfer's"
+    );
+    assert_eq!(
+        rabbitmq.remove_user(&user("t-b"), &owner("t-b")).await.unwrap(),
+        mqtt_dsp_operator::backends::Outcome::Absent,
+        "the deleted transfer's user was revoked through the renamed profile"
+    );
+    let live = from_secret(&stack, "t-a").await;
+    Consumer::connect(&live.options).await.expect("the live transfer's Secret still opens RabbitMQ");
+
+    // The Event names the user under the old profile name and says when it is not to be touched.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let events = events_about(&stack, "t-a").await;
+        if let Some((_, _, note)) = events.iter().find(|(_, reason, _)| reason == "ProfileRemoved") {
+            assert!(note.contains(&format!("brokers.rabbitmq (broker user {})", user("t-a"))), "{note}");
+            assert!(note.contains("unless a profile still configured reaches the same backend"), "{note}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no ProfileRemoved Event about t-a: {events:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    api.delete("t-a", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "t-a", WITHIN).await;
+    assert_eq!(
+        rabbitmq.remove_user(&user("t-a"), &owner("t-a")).await.unwrap(),
+        mqtt_dsp_operator::backends::Outcome::Absent,
+        "the live transfer's user goes with it"
+    );
     assert_nothing_left(&stack, "t-a").await;
     assert_nothing_left(&stack, "t-b").await;
     stack.teardown().await;
@@ -758,6 +850,13 @@ async fn a_move_to_another_profile_of_the_same_broker_keeps_every_user() {
 
     with_ready_asset(&stack, &mosquitto_asset()).await;
     create_active(&stack, &transfer("t-a", to("consumer-a"))).await;
+    // A consumer connected before the move: Mosquitto drops the sessions of a user it deletes,
+    // so the same connection still receiving afterwards shows that no user was deleted (not
+    // deleted and made again by a later reconcile).
+    let before = from_secret(&stack, "t-a").await;
+    let mut c = Consumer::connect(&before.options).await.expect("the Secret opens the broker");
+    assert!(c.subscribe("factory/line-1/temperature").await);
+    let deleted = stack.metrics.backend_writes("mosquitto", "deleted");
     let assets: Api<MqttAsset> = stack.api();
     let moved = assets
         .patch("line-1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"broker": "same-mosquitto"}})))
@@ -783,12 +882,13 @@ async fn a_move_to_another_profile_of_the_same_broker_keeps_every_user() {
     let consumer = format!("dsp-mqtt-transfer-{}-t-a", stack.namespace);
     assert!(stack.mosquitto.dynsec_client(&provider).is_some(), "the asset's own user is still there");
     assert!(stack.mosquitto.dynsec_client(&consumer).is_some(), "the transfer's user is still there");
-    let after = from_secret(&stack, "t-a").await;
-    let mut c = Consumer::connect(&after.options).await.expect("the Secret still opens the broker");
-    assert!(c.subscribe("factory/line-1/temperature").await);
+    assert_eq!(stack.metrics.backend_writes("mosquitto", "deleted"), deleted, "no Mosquitto user was deleted");
     publish(&stack, "factory/line-1/temperature", "21.5").await;
-    let (topic, payload) = c.next_message(Duration::from_secs(5)).await.expect("a message");
+    let (topic, payload) =
+        c.next_message(Duration::from_secs(5)).await.expect("the connection made before the move still receives");
     assert_eq!((topic.as_str(), payload.as_slice()), ("factory/line-1/temperature", &b"21.5"[..]));
+    let after = from_secret(&stack, "t-a").await;
+    assert_eq!(after.options.url, before.options.url, "the same broker URL");
 
     api.delete("t-a", &DeleteParams::default()).await.unwrap();
     wait_gone(&api, "t-a", WITHIN).await;

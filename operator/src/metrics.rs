@@ -189,15 +189,17 @@ impl Metrics {
         self.backend_writes.get_or_create(&WriteLabels { system: system.into(), operation: operation.into() }).inc();
     }
 
+    /// Writes of one kind (`created`, `updated`, `deleted`) made to one external system so far.
+    pub fn backend_writes(&self, system: &str, operation: &str) -> u64 {
+        self.backend_writes.get_or_create(&WriteLabels { system: system.into(), operation: operation.into() }).get()
+    }
+
     /// Total writes made to external systems so far.
     pub fn backend_write_total(&self) -> u64 {
         let mut total = 0;
         for system in ["connector", "identity", "secret-store", "mosquitto", "rabbitmq", "emqx"] {
             for operation in ["created", "updated", "deleted"] {
-                total += self
-                    .backend_writes
-                    .get_or_create(&WriteLabels { system: system.into(), operation: operation.into() })
-                    .get();
+                total += self.backend_writes(system, operation);
             }
         }
         total

@@ -27,8 +27,8 @@ use kube::{Resource, ResourceExt};
 use tracing::{Instrument, debug, info, warn};
 
 use super::{
-    AtStep, Context, Error, FINALIZER, Step, Tracker, is_paused, profile_client, publish_changes,
-    publish_missing_profiles,
+    AtStep, Context, Error, FINALIZER, LeftInPlace, Step, Tracker, is_paused, profile_client, publish_changes,
+    publish_left_in_place, secret_object,
 };
 use crate::api::{
     AuthMode, BrokerRefs, ConnectorRefs, DeletionPolicy, IdentityRefs, MqttAsset, MqttAssetStatus, SecretRefs,
@@ -364,10 +364,24 @@ async fn remove_stale(
     clients: &Clients,
     ctx: &Context,
 ) -> Result<(), (Option<Step>, Error)> {
+    let reference = asset.object_ref(&());
+    let mut left = LeftInPlace::default();
+    let result = remove_stale_objects(asset, plan, clients, ctx, &reference, &mut left).await;
+    // Named even when a later step fails: an Event does not depend on the retry.
+    publish_left_in_place(ctx, &reference, &left).await;
+    result
+}
+
+async fn remove_stale_objects(
+    asset: &MqttAsset,
+    plan: &AssetPlan,
+    clients: &Clients,
+    ctx: &Context,
+    reference: &ObjectReference,
+    left: &mut LeftInPlace,
+) -> Result<(), (Option<Step>, Error)> {
     let Some(old) = asset.status.clone() else { return Ok(()) };
     let owner = &plan.owner;
-    let reference = asset.object_ref(&());
-    let mut missing = Vec::new();
 
     if let Some(old_refs) = old.connector.as_ref()
         && let Some(old_ids) = offer_ids(old_refs)
@@ -379,7 +393,13 @@ async fn remove_stale(
         let connector = if same_profile {
             Some(clients.connector.clone())
         } else {
-            profile_client(&ctx.backends.connectors, old_refs.profile.as_deref(), "connectors", &mut missing)
+            profile_client(
+                &ctx.backends.connectors,
+                old_refs.profile.as_deref(),
+                "connectors",
+                &offer_object(&old_ids),
+                left,
+            )
         };
         if let Some(connector) = connector {
             let result = async {
@@ -398,7 +418,7 @@ async fn remove_stale(
                 }
                 Ok(())
             };
-            stale_result(&reference, result.await, Step::Connector)?;
+            stale_result(reference, result.await, Step::Connector)?;
         }
     }
 
@@ -408,11 +428,16 @@ async fn remove_stale(
         let new = broker_refs(plan, clients.broker.system());
         let same_broker = old_refs.profile.as_deref().is_some_and(|p| ctx.config.same_broker(p, &plan.profiles.broker));
         if (new.user.as_deref() != Some(user) || !same_broker)
-            && let Some(broker) =
-                profile_client(&ctx.backends.brokers, old_refs.profile.as_deref(), "brokers", &mut missing)
+            && let Some(broker) = profile_client(
+                &ctx.backends.brokers,
+                old_refs.profile.as_deref(),
+                "brokers",
+                &format!("broker user {user}"),
+                left,
+            )
         {
             let result = broker.remove_user(user, owner).await.map(|o| count(ctx, broker.system(), o));
-            stale_result(&reference, result, Step::Broker)?;
+            stale_result(reference, result, Step::Broker)?;
         }
     }
 
@@ -423,11 +448,16 @@ async fn remove_stale(
         let same_store =
             old_refs.profile.as_deref().is_some_and(|p| ctx.config.same_secret_store(p, &plan.profiles.secret_store));
         if (old_at != plan.secret || !same_store)
-            && let Some(store) =
-                profile_client(&ctx.backends.secret_stores, old_refs.profile.as_deref(), "secretStores", &mut missing)
+            && let Some(store) = profile_client(
+                &ctx.backends.secret_stores,
+                old_refs.profile.as_deref(),
+                "secretStores",
+                &secret_object(old_refs.path.as_deref(), &old_at),
+                left,
+            )
         {
             let result = store.delete_secret(&old_at, owner).await.map(|o| count(ctx, System::SecretStore, o));
-            stale_result(&reference, result, Step::Secret)?;
+            stale_result(reference, result, Step::Secret)?;
         }
     }
 
@@ -442,14 +472,24 @@ async fn remove_stale(
             &ctx.backends.identity_providers,
             old_refs.profile.as_deref(),
             "identityProviders",
-            &mut missing,
+            &format!("identity client {client_id}"),
+            left,
         )
     {
         let result = idp.delete_client(client_id, owner).await.map(|o| count(ctx, System::Identity, o));
-        stale_result(&reference, result, Step::Identity)?;
+        stale_result(reference, result, Step::Identity)?;
     }
-    publish_missing_profiles(ctx, &reference, &missing, false).await;
     Ok(())
+}
+
+/// How an Event names an offer in the connector.
+fn offer_object(ids: &OfferIds) -> String {
+    format!(
+        "connector asset {}, policy definitions {}, contract definition {}",
+        ids.asset_id,
+        ids.policy_ids.join(" "),
+        ids.contract_definition_id
+    )
 }
 
 /// A stale object that turns out not to be ours is left alone; other failures stop the walk.
@@ -578,7 +618,9 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
 
     let mut refused: Vec<(String, BackendError)> = Vec::new();
     let mut foreign: Vec<String> = Vec::new();
-    let mut missing: Vec<String> = Vec::new();
+    // Left where a profile recorded in status is gone. A retried walk names them again: status
+    // keeps its records until the finalizer goes.
+    let mut left = LeftInPlace::default();
     let mut handle = |system: System, what: String, result: Result<Outcome, BackendError>| -> Result<(), Error> {
         match result {
             Ok(outcome) => {
@@ -611,7 +653,8 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
         }
     }
     for (profile, ids) in &offers {
-        let Some(connector) = profile_client(&ctx.backends.connectors, profile.as_deref(), "connectors", &mut missing)
+        let Some(connector) =
+            profile_client(&ctx.backends.connectors, profile.as_deref(), "connectors", &offer_object(ids), &mut left)
         else {
             continue;
         };
@@ -639,7 +682,9 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
         }
     }
     for (profile, user) in &users {
-        let Some(broker) = profile_client(&ctx.backends.brokers, profile.as_deref(), "brokers", &mut missing) else {
+        let what = format!("broker user {user}");
+        let Some(broker) = profile_client(&ctx.backends.brokers, profile.as_deref(), "brokers", &what, &mut left)
+        else {
             continue;
         };
         let r = broker.remove_user(user, &owner).await;
@@ -647,18 +692,20 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
     }
 
     // Secrets.
-    let mut secrets: Vec<(Option<String>, SecretLocation)> = Vec::new();
-    if let Some(SecretRefs { profile, folder, alias: Some(alias), .. }) = &old.secret {
-        secrets.push((profile.clone(), SecretLocation { folder: folder.clone(), alias: alias.clone() }));
+    let mut secrets: Vec<(Option<String>, SecretLocation, Option<String>)> = Vec::new();
+    if let Some(SecretRefs { profile, folder, alias: Some(alias), path }) = &old.secret {
+        secrets.push((profile.clone(), SecretLocation { folder: folder.clone(), alias: alias.clone() }, path.clone()));
     }
     if let Some(plan) = &plan {
-        let entry = (Some(plan.profiles.secret_store.clone()), plan.secret.clone());
-        if !secrets.contains(&entry) {
-            secrets.push(entry);
+        let profile = Some(plan.profiles.secret_store.clone());
+        if !secrets.iter().any(|(p, at, _)| *p == profile && *at == plan.secret) {
+            secrets.push((profile, plan.secret.clone(), None));
         }
     }
-    for (profile, at) in &secrets {
-        let Some(store) = profile_client(&ctx.backends.secret_stores, profile.as_deref(), "secretStores", &mut missing)
+    for (profile, at, path) in &secrets {
+        let what = secret_object(path.as_deref(), at);
+        let Some(store) =
+            profile_client(&ctx.backends.secret_stores, profile.as_deref(), "secretStores", &what, &mut left)
         else {
             continue;
         };
@@ -680,8 +727,9 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
         }
     }
     for (profile, id) in &identities {
+        let what = format!("identity client {id}");
         let Some(idp) =
-            profile_client(&ctx.backends.identity_providers, profile.as_deref(), "identityProviders", &mut missing)
+            profile_client(&ctx.backends.identity_providers, profile.as_deref(), "identityProviders", &what, &mut left)
         else {
             continue;
         };
@@ -689,7 +737,7 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
         handle(System::Identity, format!("identity client {id}"), r)?;
     }
 
-    publish_missing_profiles(ctx, &reference, &missing, true).await;
+    publish_left_in_place(ctx, &reference, &left).await;
     for f in &foreign {
         ctx.publish(
             &reference,

@@ -28,6 +28,7 @@ use tracing::warn;
 
 use crate::backends::BackendError;
 use crate::backends::registry::Backends;
+use crate::backends::secrets::SecretLocation;
 use crate::config::Config;
 use crate::metrics::Metrics;
 use crate::plan::PlanError;
@@ -528,45 +529,60 @@ pub(crate) async fn publish_changes(ctx: &Context, reference: &ObjectReference, 
     }
 }
 
+/// Objects left in place because the profile status recorded them under is no longer
+/// configured: per profile (`section.name`), what was there.
+#[derive(Debug, Default)]
+pub(crate) struct LeftInPlace(BTreeMap<String, Vec<String>>);
+
+impl LeftInPlace {
+    fn note(&mut self, profile: String, object: String) {
+        let objects = self.0.entry(profile).or_default();
+        if !objects.contains(&object) {
+            objects.push(object);
+        }
+    }
+}
+
 /// The client of a profile recorded in status; a profile the configuration no longer has is
-/// noted in `missing` (its objects are left in place, and an Event says so).
+/// noted in `left` with the object (`what`, a name, never a secret) that stays there.
 pub(crate) fn profile_client<T: ?Sized>(
     map: &BTreeMap<String, Arc<T>>,
     profile: Option<&str>,
     section: &str,
-    missing: &mut Vec<String>,
+    what: &str,
+    left: &mut LeftInPlace,
 ) -> Option<Arc<T>> {
     let found = profile.and_then(|p| map.get(p)).cloned();
     if found.is_none() {
-        warn!(profile = ?profile, section, "a profile recorded in status is no longer configured; its objects are left in place");
-        let note = format!("{section}.{}", profile.unwrap_or("<none>"));
-        if !missing.contains(&note) {
-            missing.push(note);
-        }
+        warn!(profile = ?profile, section, object = what, "a profile recorded in status is no longer configured; its object is left in place");
+        left.note(format!("{section}.{}", profile.unwrap_or("<none>")), what.to_owned());
     }
     found
 }
 
-/// One Warning Event naming the profiles whose objects were left in place because the
-/// configuration no longer has them. While the resource lives, restoring the profile lets the
-/// operator remove them; once it is being deleted, only a person can.
-pub(crate) async fn publish_missing_profiles(
-    ctx: &Context,
-    reference: &ObjectReference,
-    missing: &[String],
-    deleting: bool,
-) {
-    if missing.is_empty() {
+/// How an Event names a secret-store entry: by its path when status recorded one, else by its
+/// alias (and folder).
+pub(crate) fn secret_object(path: Option<&str>, at: &SecretLocation) -> String {
+    match (path, &at.folder) {
+        (Some(path), _) => format!("secret {path}"),
+        (None, Some(folder)) => format!("secret alias {} in folder {folder}", at.alias),
+        (None, None) => format!("secret alias {}", at.alias),
+    }
+}
+
+/// One Warning Event naming the profiles the configuration no longer has and the objects left
+/// there. Status forgets them once the resource moves on or goes, so this Event is the only
+/// record: restoring the profile later removes nothing.
+pub(crate) async fn publish_left_in_place(ctx: &Context, reference: &ObjectReference, left: &LeftInPlace) {
+    if left.0.is_empty() {
         return;
     }
-    let remedy = if deleting {
-        "remove those objects by hand"
-    } else {
-        "restore the profile (the operator then removes them) or remove those objects by hand"
-    };
+    let listed: Vec<String> =
+        left.0.iter().map(|(profile, objects)| format!("{profile} ({})", objects.join(", "))).collect();
     let note = format!(
-        "the configuration no longer has {}: what this resource created there is left in place; {remedy}",
-        missing.join(", ")
+        "the configuration no longer has {}: these objects are left in place; unless a profile still \
+         configured reaches the same backend (the operator then handles them through it), remove them by hand",
+        listed.join("; ")
     );
     ctx.publish(
         reference,

@@ -37,8 +37,8 @@ use kube::{Resource, ResourceExt};
 use tracing::{Instrument, debug, info, warn};
 
 use super::{
-    AtStep, Context, Error, FINALIZER, Step, Tracker, is_paused, profile_client, publish_changes,
-    publish_missing_profiles,
+    AtStep, Context, Error, FINALIZER, LeftInPlace, Step, Tracker, is_paused, profile_client, publish_changes,
+    publish_left_in_place, secret_object,
 };
 use crate::api::{
     AuthMode, BrokerRefs, IdentityRefs, MqttAsset, MqttTransfer, MqttTransferStatus, SecretReference, SecretRefs,
@@ -574,25 +574,40 @@ async fn suspend(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut 
 /// secret, and the Kubernetes Secret. Names come from status and, when the asset is known, from
 /// the plan.
 async fn revoke(t: &MqttTransfer, asset: Option<&MqttAsset>, ctx: &Context) -> StepResult<()> {
+    let mut left = LeftInPlace::default();
+    let result = revoke_objects(t, asset, ctx, &mut left).await;
+    // Named even when a later step fails: an Event does not depend on the retry.
+    publish_left_in_place(ctx, &t.object_ref(&()), &left).await;
+    result
+}
+
+async fn revoke_objects(
+    t: &MqttTransfer,
+    asset: Option<&MqttAsset>,
+    ctx: &Context,
+    left: &mut LeftInPlace,
+) -> StepResult<()> {
     let status = t.status.clone().unwrap_or_default();
     let owner = transfer_plan::owner(t);
     let plan: Option<TransferPlan> = asset.and_then(|a| transfer_plan::plan(t, a, &ctx.config, None).ok());
     let mode = plan.as_ref().map(|p| p.mode).or(if status.identity.is_some() { Some(AuthMode::Oauth2) } else { None });
-    let mut missing = Vec::new();
+
+    // Each object is looked for under the profile status recorded and, when the plan names
+    // another, under the plan's too: a renamed profile that reaches the same backend still finds
+    // it, and a move that had not finished leaves nothing behind (absent objects cost one read).
 
     // Broker: remove the user (usrpw) — which also closes its sessions — or close the sessions
-    // of the token's subject (oauth2).
-    let broker_profile = status
-        .broker
-        .as_ref()
-        .and_then(|b| b.profile.clone())
-        .or_else(|| plan.as_ref().map(|p| p.profiles.broker.clone()));
-    if let Some(profile) = broker_profile
-        && let Some(broker) = profile_client(&ctx.backends.brokers, Some(&profile), "brokers", &mut missing)
-    {
-        // Whatever the mode now, a broker user of this transfer's name goes (the asset may have
-        // switched from usrpw to oauth2 since it was made); absent users cost one read.
-        let identity = transfer_plan::identity(t);
+    // of the token's subject (oauth2). Whatever the mode now, a broker user of this transfer's
+    // name goes (the asset may have switched from usrpw to oauth2 since it was made).
+    let identity = transfer_plan::identity(t);
+    let mut brokers = Vec::new();
+    add_once(&mut brokers, status.broker.as_ref().and_then(|b| b.profile.clone()));
+    add_once(&mut brokers, plan.as_ref().map(|p| p.profiles.broker.clone()));
+    for profile in &brokers {
+        let what = format!("broker user {identity}");
+        let Some(broker) = profile_client(&ctx.backends.brokers, Some(profile), "brokers", &what, left) else {
+            continue;
+        };
         let outcome = tolerate_foreign(broker.remove_user(&identity, &owner).await).map_err(at(Step::Broker))?;
         count(ctx, broker.system(), outcome);
         if mode == Some(AuthMode::Oauth2) {
@@ -604,30 +619,41 @@ async fn revoke(t: &MqttTransfer, asset: Option<&MqttAsset>, ctx: &Context) -> S
     }
 
     // Identity-provider client.
-    let identity =
-        status.identity.as_ref().and_then(|i| Some((i.profile.clone()?, i.client_id.clone()?))).or_else(|| {
-            plan.as_ref()
-                .and_then(|p| Some((p.profiles.identity_provider.clone()?, p.client.as_ref()?.client_id.clone())))
-        });
-    if let Some((profile, client_id)) = identity
-        && let Some(idp) =
-            profile_client(&ctx.backends.identity_providers, Some(&profile), "identityProviders", &mut missing)
-    {
-        let outcome = tolerate_foreign(idp.delete_client(&client_id, &owner).await).map_err(at(Step::Identity))?;
-        count(ctx, System::Identity, outcome);
+    let mut clients = Vec::new();
+    add_once(&mut clients, status.identity.as_ref().and_then(|i| Some((i.profile.clone()?, i.client_id.clone()?))));
+    add_once(
+        &mut clients,
+        plan.as_ref().and_then(|p| Some((p.profiles.identity_provider.clone()?, p.client.as_ref()?.client_id.clone()))),
+    );
+    for (profile, client_id) in &clients {
+        let what = format!("identity client {client_id}");
+        if let Some(idp) =
+            profile_client(&ctx.backends.identity_providers, Some(profile), "identityProviders", &what, left)
+        {
+            let outcome = tolerate_foreign(idp.delete_client(client_id, &owner).await).map_err(at(Step::Identity))?;
+            count(ctx, System::Identity, outcome);
+        }
     }
 
     // Secret store.
-    let stored = status
-        .secret
-        .as_ref()
-        .and_then(|s| Some((s.profile.clone()?, SecretLocation { folder: s.folder.clone(), alias: s.alias.clone()? })))
-        .or_else(|| plan.as_ref().map(|p| (p.profiles.secret_store.clone(), p.secret.clone())));
-    if let Some((profile, at_location)) = stored
-        && let Some(store) = profile_client(&ctx.backends.secret_stores, Some(&profile), "secretStores", &mut missing)
+    let mut stored = Vec::new();
+    add_once(
+        &mut stored,
+        status.secret.as_ref().and_then(|s| {
+            let at = SecretLocation { folder: s.folder.clone(), alias: s.alias.clone()? };
+            Some((s.profile.clone()?, secret_object(s.path.as_deref(), &at), at))
+        }),
+    );
+    if let Some(p) = &plan
+        && !stored.iter().any(|(profile, _, at)| *profile == p.profiles.secret_store && *at == p.secret)
     {
-        let outcome = tolerate_foreign(store.delete_secret(&at_location, &owner).await).map_err(at(Step::Secret))?;
-        count(ctx, System::SecretStore, outcome);
+        stored.push((p.profiles.secret_store.clone(), secret_object(None, &p.secret), p.secret.clone()));
+    }
+    for (profile, what, at_location) in &stored {
+        if let Some(store) = profile_client(&ctx.backends.secret_stores, Some(profile), "secretStores", what, left) {
+            let outcome = tolerate_foreign(store.delete_secret(at_location, &owner).await).map_err(at(Step::Secret))?;
+            count(ctx, System::SecretStore, outcome);
+        }
     }
 
     // The Kubernetes Secret (only ours).
@@ -647,9 +673,16 @@ async fn revoke(t: &MqttTransfer, asset: Option<&MqttAsset>, ctx: &Context) -> S
         }
     }
     ctx.metrics.set_token_expiry(&owner.namespace, &owner.name, None);
-    let deleting = t.metadata.deletion_timestamp.is_some();
-    publish_missing_profiles(ctx, &t.object_ref(&()), &missing, deleting).await;
     Ok(())
+}
+
+/// Adds an entry unless it is absent or already there.
+fn add_once<T: PartialEq>(list: &mut Vec<T>, entry: Option<T>) {
+    if let Some(entry) = entry
+        && !list.contains(&entry)
+    {
+        list.push(entry);
+    }
 }
 
 /// What status records of a plan's objects.
@@ -687,16 +720,34 @@ fn refs(plan: &TransferPlan, clients: &super::asset::Clients, user: Option<Strin
 /// profile that is no longer configured is skipped with a `ProfileRemoved` Warning Event: its
 /// objects stay.
 async fn remove_stale(t: &MqttTransfer, plan: &TransferPlan, ctx: &Context) -> StepResult<()> {
+    let mut left = LeftInPlace::default();
+    let result = remove_stale_objects(t, plan, ctx, &mut left).await;
+    // Named even when a later step fails: an Event does not depend on the retry.
+    publish_left_in_place(ctx, &t.object_ref(&()), &left).await;
+    result
+}
+
+async fn remove_stale_objects(
+    t: &MqttTransfer,
+    plan: &TransferPlan,
+    ctx: &Context,
+    left: &mut LeftInPlace,
+) -> StepResult<()> {
     let Some(old) = t.status.as_ref() else { return Ok(()) };
     let owner = &plan.owner;
-    let mut missing = Vec::new();
 
     // Broker: the user in the broker it moved from, or in this one when `usrpw` became `oauth2`.
     if let Some(old_profile) = old.broker.as_ref().and_then(|b| b.profile.as_deref()) {
         let moved = !ctx.config.same_broker(old_profile, &plan.profiles.broker);
         let was_usrpw = old.identity.is_none();
         if (moved || (was_usrpw && plan.mode == AuthMode::Oauth2))
-            && let Some(broker) = profile_client(&ctx.backends.brokers, Some(old_profile), "brokers", &mut missing)
+            && let Some(broker) = profile_client(
+                &ctx.backends.brokers,
+                Some(old_profile),
+                "brokers",
+                &format!("broker user {}", plan.identity),
+                left,
+            )
         {
             let outcome =
                 tolerate_foreign(broker.remove_user(&plan.identity, owner).await).map_err(at(Step::Broker))?;
@@ -724,8 +775,13 @@ async fn remove_stale(t: &MqttTransfer, plan: &TransferPlan, ctx: &Context) -> S
                     .is_some_and(|p| ctx.config.same_identity_provider(old_profile, p))
         });
         if !kept
-            && let Some(idp) =
-                profile_client(&ctx.backends.identity_providers, Some(old_profile), "identityProviders", &mut missing)
+            && let Some(idp) = profile_client(
+                &ctx.backends.identity_providers,
+                Some(old_profile),
+                "identityProviders",
+                &format!("identity client {old_client}"),
+                left,
+            )
         {
             let outcome = tolerate_foreign(idp.delete_client(old_client, owner).await).map_err(at(Step::Identity))?;
             count(ctx, System::Identity, outcome);
@@ -738,14 +794,18 @@ async fn remove_stale(t: &MqttTransfer, plan: &TransferPlan, ctx: &Context) -> S
     {
         let location = SecretLocation { folder: old_secret.folder.clone(), alias: alias.to_owned() };
         if (location != plan.secret || !ctx.config.same_secret_store(old_profile, &plan.profiles.secret_store))
-            && let Some(store) =
-                profile_client(&ctx.backends.secret_stores, Some(old_profile), "secretStores", &mut missing)
+            && let Some(store) = profile_client(
+                &ctx.backends.secret_stores,
+                Some(old_profile),
+                "secretStores",
+                &secret_object(old_secret.path.as_deref(), &location),
+                left,
+            )
         {
             let outcome = tolerate_foreign(store.delete_secret(&location, owner).await).map_err(at(Step::Secret))?;
             count(ctx, System::SecretStore, outcome);
         }
     }
-    publish_missing_profiles(ctx, &t.object_ref(&()), &missing, false).await;
     Ok(())
 }
 
