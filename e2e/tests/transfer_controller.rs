@@ -895,3 +895,57 @@ async fn a_move_to_another_profile_of_the_same_broker_keeps_every_user() {
     assert_nothing_left(&stack, "t-a").await;
     stack.teardown().await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Pause
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_transfer_takes_no_new_grant_but_termination_still_cuts_the_consumer_off() {
+    let stack = DevStack::start(StackOptions::default()).await;
+    with_ready_asset(&stack, &mosquitto_asset()).await;
+    create_active(&stack, &transfer("t-a", to("consumer-a"))).await;
+    let identity = format!("dsp-mqtt-transfer-{}-t-a", stack.namespace);
+    let role = stack.mosquitto.dynsec_role(&identity).expect("the transfer's role");
+    let creds = from_secret(&stack, "t-a").await;
+    let mut c = Consumer::connect(&creds.options).await.expect("the Secret opens the broker");
+    assert!(c.subscribe("factory/line-1/#").await);
+
+    let api: Api<MqttTransfer> = stack.api();
+    api.patch(
+        "t-a",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"annotations": {"dsp-mqtt.io/paused": "true"}}})),
+    )
+    .await
+    .unwrap();
+    wait_for(&api, "t-a", WITHIN, "Paused", |t| {
+        t.status.as_ref().and_then(|s| condition(&s.conditions, "Paused")).is_some_and(|(s, _, _)| s == "True")
+    })
+    .await;
+
+    // A narrower grant waits for the pause to end: generation not observed, the role unchanged.
+    let narrowed = api
+        .patch(
+            "t-a",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"topics": ["factory/line-1/temperature"]}})),
+        )
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let now = api.get("t-a").await.unwrap();
+    assert_ne!(now.status.as_ref().unwrap().observed_generation, narrowed.metadata.generation, "not reconciled");
+    assert_eq!(stack.mosquitto.dynsec_role(&identity).as_ref(), Some(&role), "the grant is left as it was");
+
+    // Termination is never paused: the consumer is cut off and the credentials open nothing.
+    api.patch("t-a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"state": "Terminated"}}))).await.unwrap();
+    wait_for(&api, "t-a", WITHIN, "Terminated while paused", |t| phase(t).as_deref() == Some("Terminated")).await;
+    assert!(c.wait_disconnected(Duration::from_secs(5)).await.is_some(), "the open session is closed");
+    assert!(Consumer::connect(&creds.options).await.is_err(), "the old credentials open nothing");
+    assert!(stack.mosquitto.dynsec_client(&identity).is_none(), "the broker user is gone");
+
+    api.delete("t-a", &DeleteParams::default()).await.unwrap();
+    wait_gone(&api, "t-a", WITHIN).await;
+    assert_nothing_left(&stack, "t-a").await;
+    stack.teardown().await;
+}
