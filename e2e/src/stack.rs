@@ -377,7 +377,7 @@ brokers:
 /// `timeout`.
 pub async fn wait_for<K>(api: &Api<K>, name: &str, timeout: Duration, what: &str, pred: impl Fn(&K) -> bool) -> K
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
     let deadline = tokio::time::Instant::now() + timeout;
     let mut last = None;
@@ -388,23 +388,36 @@ where
             Err(e) => eprintln!("wait_for {name}: {e}"),
         }
         if tokio::time::Instant::now() >= deadline {
-            panic!("{name}: not {what} within {timeout:?}; last seen: {last:#?}");
+            panic!("{name}: not {what} within {timeout:?}; last seen: {}", shown(last.as_ref()));
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
+/// An object as a failing wait shows it: JSON without `metadata.managedFields` (which buries the
+/// status in CI's truncated output), status first.
+fn shown<K: serde::Serialize>(object: Option<&K>) -> String {
+    let Some(mut value) = object.and_then(|o| serde_json::to_value(o).ok()) else {
+        return "nothing".into();
+    };
+    if let Some(meta) = value.get_mut("metadata").and_then(|m| m.as_object_mut()) {
+        meta.remove("managedFields");
+    }
+    let part = |key: &str| value.get(key).map_or_else(|| "-".into(), |v| v.to_string());
+    format!("status: {}\nspec: {}\nmetadata: {}", part("status"), part("spec"), part("metadata"))
+}
+
 /// Waits until `name` is gone.
 pub async fn wait_gone<K>(api: &Api<K>, name: &str, timeout: Duration)
 where
-    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
 {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         match api.get_opt(name).await {
             Ok(None) => return,
             Ok(Some(o)) if tokio::time::Instant::now() >= deadline => {
-                panic!("{name} still there after {timeout:?}: {o:#?}")
+                panic!("{name} still there after {timeout:?}: {}", shown(Some(&o)))
             }
             _ => tokio::time::sleep(Duration::from_millis(100)).await,
         }
