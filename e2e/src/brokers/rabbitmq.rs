@@ -59,6 +59,23 @@ impl RabbitMq {
 
     /// Starts RabbitMQ with certificates from `ca` and, when given, OAuth 2.0.
     pub fn start(ca: &TestCa, oauth: Option<&OAuthSettings>) -> Result<Self, LaunchError> {
+        // The node takes 10–30 s to bind the ports chosen for it; meanwhile a parallel test can
+        // bind one of them. Try again with fresh ports before giving up.
+        let mut last = None;
+        for _ in 0..3 {
+            match Self::start_once(ca, oauth) {
+                Ok(broker) => return Ok(broker),
+                Err(LaunchError::Failed(e)) => {
+                    eprintln!("RabbitMQ launch failed, trying again with other ports: {}", first_line(&e));
+                    last = Some(LaunchError::Failed(e));
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Err(last.expect("three attempts"))
+    }
+
+    fn start_once(ca: &TestCa, oauth: Option<&OAuthSettings>) -> Result<Self, LaunchError> {
         Self::installed()?;
         let tmp = tempfile::Builder::new().prefix("dev-stack-rabbitmq-").tempdir()?;
         let dir = tmp.path().to_owned();
@@ -101,10 +118,11 @@ impl RabbitMq {
             dir.join("enabled_plugins"),
             "[rabbitmq_mqtt,rabbitmq_web_mqtt,rabbitmq_management,rabbitmq_auth_backend_oauth2].\n",
         )?;
+        let node = format!("rabbit-devstack-{mqtts_port}@localhost");
         let env = |k: &'static str, v: String| (k, v);
         let envs = [
             env("HOME", d.to_string()),
-            env("RABBITMQ_NODENAME", format!("rabbit-devstack-{mqtts_port}@localhost")),
+            env("RABBITMQ_NODENAME", node.clone()),
             env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1".into()),
             env("RABBITMQ_DIST_PORT", dist_port.to_string()),
             // Distribution and epmd on loopback only.
@@ -132,7 +150,26 @@ impl RabbitMq {
             drop(broker);
             return Err(LaunchError::Failed(format!("listeners did not open within 90 s; log:\n{log}")));
         }
-        Ok(broker)
+        // Something answering on a port is not proof that this node does: the node must say,
+        // through its own management API, that it is `node` and listens on all three ports.
+        let expected = [mqtts_port, wss_port, management_port];
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen = match overview(management_port, &broker.ca_pem) {
+                Ok(o) if listens_on(&o, &node, &expected) => return Ok(broker),
+                Ok(o) => format!("node {} listening on {:?}", o["node"], listener_ports(&o, &node)),
+                Err(e) => e,
+            };
+            if std::time::Instant::now() >= deadline {
+                let log = broker.log();
+                drop(broker);
+                return Err(LaunchError::Failed(format!(
+                    "the management API on port {management_port} did not confirm node {node} on ports {expected:?} \
+                     within 30 s (last: {seen}); log:\n{log}"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
     }
 
     /// `mqtts://127.0.0.1:<port>`.
@@ -156,6 +193,49 @@ impl RabbitMq {
     }
 }
 
+/// `GET /api/overview` as the admin, over TLS trusting only the run's CA. Blocking, like the rest
+/// of the launcher; HTTP/1.0 so that the body is neither chunked nor kept alive.
+fn overview(port: u16, ca_pem: &str) -> Result<serde_json::Value, String> {
+    use base64::Engine;
+    use std::io::{Read, Write};
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("an IP address");
+    let tls = rustls::ClientConnection::new(crate::consumer::client_config(ca_pem), name).map_err(|e| e.to_string())?;
+    let socket = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    socket.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
+    let mut stream = rustls::StreamOwned::new(tls, socket);
+    let auth = base64::engine::general_purpose::STANDARD.encode(format!("{ADMIN_USER}:{ADMIN_PASSWORD}"));
+    write!(stream, "GET /api/overview HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Basic {auth}\r\n\r\n")
+        .map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    // A peer that closes without close_notify still sent a whole HTTP/1.0 response.
+    if let Err(e) = stream.read_to_end(&mut response)
+        && response.is_empty()
+    {
+        return Err(e.to_string());
+    }
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no HTTP response")?;
+    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
+        return Err(first_line(head).to_owned());
+    }
+    serde_json::from_str(body).map_err(|e| format!("overview is not JSON: {e}"))
+}
+
+/// The ports `node` lists in an overview.
+fn listener_ports(overview: &serde_json::Value, node: &str) -> Vec<u64> {
+    let listeners = overview["listeners"].as_array().map(Vec::as_slice).unwrap_or_default();
+    listeners.iter().filter(|l| l["node"] == node).filter_map(|l| l["port"].as_u64()).collect()
+}
+
+fn listens_on(overview: &serde_json::Value, node: &str, ports: &[u16]) -> bool {
+    let listed = listener_ports(overview, node);
+    overview["node"] == node && ports.iter().all(|p| listed.contains(&u64::from(*p)))
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
 impl Drop for RabbitMq {
     fn drop(&mut self) {
         stop_watched(&mut self.child);
@@ -166,5 +246,27 @@ impl Drop for RabbitMq {
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
             .status();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_node_itself_listening_on_every_port_confirms_a_launch() {
+        let overview = serde_json::json!({
+            "node": "rabbit-devstack-1@localhost",
+            "listeners": [
+                {"node": "rabbit-devstack-1@localhost", "protocol": "mqtt/ssl", "port": 1},
+                {"node": "rabbit-devstack-1@localhost", "protocol": "http/web-mqtt/ssl", "port": 2},
+                {"node": "rabbit-devstack-1@localhost", "protocol": "https", "port": 3},
+                {"node": "rabbit-other@localhost", "protocol": "https", "port": 4},
+            ]
+        });
+        assert!(listens_on(&overview, "rabbit-devstack-1@localhost", &[1, 2, 3]));
+        assert!(!listens_on(&overview, "rabbit-devstack-1@localhost", &[1, 2, 3, 4]), "port 4 is another node's");
+        assert!(!listens_on(&overview, "rabbit-devstack-9@localhost", &[1, 2, 3]), "another node answered");
+        assert!(!listens_on(&serde_json::json!({}), "rabbit-devstack-1@localhost", &[1]));
     }
 }
