@@ -122,6 +122,11 @@ async fn ready_count(api: &Api<MqttAsset>) -> usize {
     api.list(&ListParams::default()).await.unwrap().items.iter().filter(|a| ready(a)).count()
 }
 
+async fn lease(stack: &DevStack) -> k8s_openapi::api::coordination::v1::LeaseSpec {
+    let leases: Api<Lease> = stack.api();
+    leases.get(LEASE).await.unwrap().spec.expect("the Lease has a spec")
+}
+
 async fn holder(stack: &DevStack) -> Option<String> {
     let leases: Api<Lease> = stack.api();
     leases.get_opt(LEASE).await.unwrap().and_then(|l| l.spec).and_then(|s| s.holder_identity)
@@ -236,6 +241,11 @@ async fn killing_the_leader_mid_reconcile_hands_over_without_duplicates_or_orpha
     }
     a.kill();
     let killed = Instant::now();
+    // a's claim as it left it: a renews with `grace` to spare, so the claim can run out anywhere
+    // from duration − grace to duration after the kill; what b must respect is renewTime + duration.
+    let claimed = lease(&stack).await;
+    assert!(claimed.holder_identity.as_deref().is_some_and(|h| h.starts_with("replica-a_")), "a held the Lease");
+    let a_renewed = claimed.renew_time.expect("a's renewTime").0;
     let at_kill = ready_count(&api).await;
     eprintln!("killed the leader with {} of {ASSETS} passwords stored and {at_kill} assets Ready", secrets(&stack));
     assert!(at_kill < ASSETS, "the leader was killed after it had finished; the test proves nothing then");
@@ -245,8 +255,15 @@ async fn killing_the_leader_mid_reconcile_hands_over_without_duplicates_or_orpha
     b.wait_ready("leading", Duration::from_secs(LEASE_SECONDS * 4 + 10)).await;
     let takeover = killed.elapsed();
     eprintln!("b leads {takeover:?} after the kill (Lease duration {LEASE_SECONDS} s)");
-    assert!(takeover >= Duration::from_secs(LEASE_SECONDS - 1), "b must wait for a's claim to run out");
-    assert!(holder(&stack).await.is_some_and(|h| h.starts_with("replica-b_")), "b holds the Lease");
+    let taken = lease(&stack).await;
+    assert!(taken.holder_identity.as_deref().is_some_and(|h| h.starts_with("replica-b_")), "b holds the Lease");
+    let b_acquired = taken.acquire_time.expect("b's acquireTime").0;
+    let waited = b_acquired.as_microsecond() - a_renewed.as_microsecond();
+    eprintln!("b acquired the Lease {waited} µs after a's last renewal");
+    assert!(
+        waited >= i64::try_from(LEASE_SECONDS * 1_000_000).unwrap(),
+        "b must wait for a's claim (renewTime + {LEASE_SECONDS} s) to run out; it took over {waited} µs after a's last renewal"
+    );
     let deadline = Instant::now() + Duration::from_secs(90);
     while ready_count(&api).await < ASSETS {
         assert!(Instant::now() < deadline, "b did not finish within 90 s:\n{}", b.log_text());
