@@ -137,8 +137,13 @@ impl RabbitMq {
             env("RABBITMQ_PID_FILE", format!("{d}/rabbitmq.pid")),
             env("RABBITMQ_LOGS", "-".into()),
         ];
-        // When the watchdog stops the node, it also stops the epmd the node started.
-        let cleanup = format!("ERL_EPMD_PORT={epmd_port} epmd -kill >/dev/null 2>&1");
+        // The watchdog's child is the rabbitmq-server script, which runs the Erlang VM in the
+        // background: a VM still booting can outlive the script's SIGKILL, so the VM named in the
+        // pid file is killed too (only if it is still this node), then the epmd it started.
+        let cleanup = format!(
+            "p=$(cat {d}/rabbitmq.pid 2>/dev/null) && grep -q {node} /proc/$p/cmdline 2>/dev/null && kill -9 $p; \
+             ERL_EPMD_PORT={epmd_port} epmd -kill >/dev/null 2>&1"
+        );
         let child = spawn_watched(SERVER, &[], &envs, &dir.join("rabbitmq.log"), &cleanup)?;
         let up = wait_for_port(management_port, Duration::from_secs(90))
             && wait_for_port(mqtts_port, Duration::from_secs(10))
