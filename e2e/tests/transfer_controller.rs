@@ -932,10 +932,13 @@ async fn a_paused_transfer_takes_no_new_grant_but_termination_still_cuts_the_con
         )
         .await
         .unwrap();
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    let now = api.get("t-a").await.unwrap();
-    assert_ne!(now.status.as_ref().unwrap().observed_generation, narrowed.metadata.generation, "not reconciled");
-    assert_eq!(stack.mosquitto.dynsec_role(&identity).as_ref(), Some(&role), "the grant is left as it was");
+    // Watched for 3 s (a reconcile takes well under one), so a late one is caught too.
+    for _ in 0..30 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let now = api.get("t-a").await.unwrap();
+        assert_ne!(now.status.as_ref().unwrap().observed_generation, narrowed.metadata.generation, "not reconciled");
+        assert_eq!(stack.mosquitto.dynsec_role(&identity).as_ref(), Some(&role), "the grant is left as it was");
+    }
 
     // Termination is never paused: the consumer is cut off and the credentials open nothing.
     api.patch("t-a", &PatchParams::default(), &Patch::Merge(json!({"spec": {"state": "Terminated"}}))).await.unwrap();
