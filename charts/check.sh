@@ -21,7 +21,7 @@ fi
 
 "$venv/bin/python" charts/check_chart.py
 
-# Default rules; a finding of level style or above (warning, error) fails the check.
+# Default rules; any finding (error, warning, info or style) fails the check.
 echo "== chart-check: hadolint $("$venv/bin/hadolint" --version | awk '{print $NF}') on the Dockerfile"
 "$venv/bin/hadolint" --no-color --failure-threshold style Dockerfile
 echo "Dockerfile: no hadolint findings"
