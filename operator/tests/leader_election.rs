@@ -127,11 +127,6 @@ async fn lease(stack: &DevStack) -> k8s_openapi::api::coordination::v1::LeaseSpe
     leases.get(LEASE).await.unwrap().spec.expect("the Lease has a spec")
 }
 
-async fn holder(stack: &DevStack) -> Option<String> {
-    let leases: Api<Lease> = stack.api();
-    leases.get_opt(LEASE).await.unwrap().and_then(|l| l.spec).and_then(|s| s.holder_identity)
-}
-
 /// Our objects in every backend the usrpw assets use, by name.
 fn inventory(stack: &DevStack) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
@@ -203,7 +198,8 @@ async fn killing_the_leader_mid_reconcile_hands_over_without_duplicates_or_orpha
     a.wait_ready("leading", Duration::from_secs(30)).await;
     let b = Operator::start(&stack, dir.path(), &config, "replica-b");
     b.wait_ready("standing by", Duration::from_secs(30)).await;
-    assert!(holder(&stack).await.is_some_and(|h| h.starts_with("replica-a_")), "a holds the Lease");
+    let held = lease(&stack).await.holder_identity;
+    assert!(held.is_some_and(|h| h.starts_with("replica-a_")), "a holds the Lease");
     assert!(b.metrics().await.contains("mqtt_dsp_operator_leader 0"), "b does not run the controllers");
 
     // A burst of assets, created paused and then released all at once, so that a starts on all
