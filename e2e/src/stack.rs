@@ -424,6 +424,23 @@ where
     }
 }
 
+/// The Events about `name` once `until` holds for them (an Event follows the status write it
+/// reports, so it can land after the status a test waited for); the last ones seen after 5 s.
+pub async fn events_about_once(
+    stack: &DevStack,
+    name: &str,
+    until: impl Fn(&[(String, String, String)]) -> bool,
+) -> Vec<(String, String, String)> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let events = events_about(stack, name).await;
+        if until(&events) || tokio::time::Instant::now() >= deadline {
+            return events;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `(type, reason, note)` of the Events about `name` in the stack's namespace, oldest first.
 pub async fn events_about(stack: &DevStack, name: &str) -> Vec<(String, String, String)> {
     use k8s_openapi::api::events::v1::Event;

@@ -7,7 +7,9 @@ use std::time::Duration;
 use e2e::brokers::mosquitto::PUBLISHER_PASSWORD;
 use e2e::consumer::Consumer;
 use e2e::fixtures::consumer_options;
-use e2e::stack::{DevStack, StackOptions, VAULT_FOLDER, condition, events_about, wait_for, wait_gone};
+use e2e::stack::{
+    DevStack, StackOptions, VAULT_FOLDER, condition, events_about, events_about_once, wait_for, wait_gone,
+};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use mqtt_dsp_operator::api::MqttAsset;
 use mqtt_dsp_operator::backends::{OWNER_KEY, OWNER_RESOURCE_KEY, OWNER_VALUE, Owner};
@@ -141,8 +143,9 @@ async fn usrpw_asset_becomes_ready_with_every_object_shaped_as_the_domain_says()
     let status_json = serde_json::to_string(&status).unwrap();
     assert!(!status_json.contains(&password), "no secret in status");
     assert!(ready.metadata.finalizers.as_ref().is_some_and(|f| f.contains(&"dsp-mqtt.io/cleanup".to_owned())));
-    let events = events_about(&stack, name).await;
-    assert!(events.iter().any(|(t, r, _)| t == "Normal" && r == "Reconciled"), "a Ready event: {events:?}");
+    let reconciled = |e: &[(String, String, String)]| e.iter().any(|(t, r, _)| t == "Normal" && r == "Reconciled");
+    let events = events_about_once(&stack, name, reconciled).await;
+    assert!(reconciled(&events), "a Ready event: {events:?}");
     assert!(events.iter().all(|(_, _, note)| !note.contains(&password)), "no secret in events");
     stack.teardown().await;
 }
@@ -521,8 +524,9 @@ async fn retain_leaves_every_external_object_and_releases_the_resource() {
     assert_eq!(stack.edc.state.contract_definitions().len(), 1);
     assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-1-secret")).is_some());
     assert!(stack.mosquitto.dynsec_client(&format!("dsp-mqtt-{ns}-line-1")).is_some());
-    let events = events_about(&stack, "line-1").await;
-    assert!(events.iter().any(|(_, r, _)| r == "Retained"), "{events:?}");
+    let retained = |e: &[(String, String, String)]| e.iter().any(|(_, r, _)| r == "Retained");
+    let events = events_about_once(&stack, "line-1", retained).await;
+    assert!(retained(&events), "{events:?}");
     stack.teardown().await;
 }
 
@@ -704,11 +708,11 @@ async fn a_paused_asset_is_left_alone_until_the_annotation_goes() {
     .await;
     assert!(condition(&resumed.status.unwrap().conditions, "Paused").is_none());
     assert_eq!(stack.edc.state.asset(&asset_id).unwrap().properties["name"], "while paused");
-    let events = events_about(&stack, "line-1").await;
-    assert!(
-        events.iter().any(|(_, r, _)| r == "Paused") && events.iter().any(|(_, r, _)| r == "Resumed"),
-        "{events:?}"
-    );
+    let both = |events: &[(String, String, String)]| {
+        events.iter().any(|(_, r, _)| r == "Paused") && events.iter().any(|(_, r, _)| r == "Resumed")
+    };
+    let events = events_about_once(&stack, "line-1", both).await;
+    assert!(both(&events), "{events:?}");
     stack.teardown().await;
 }
 
