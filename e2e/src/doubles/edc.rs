@@ -1,16 +1,22 @@
 //! A double of the Eclipse EDC Management API v3 (EDC 0.15.x), with an optional factoryx-edc
 //! flavour: assets, policy definitions, contract definitions and a catalog request.
 //!
-//! What it follows (domain.md §2 and §3, read against EDC's and factoryx-edc's source):
+//! What it follows (domain.md §2 and §3, read against EDC's and factoryx-edc's source; the stock
+//! flavour is checked against a real EDC 0.15.1 by `tests/edc_contract.rs`, which runs the same
+//! tests on both):
 //! - served under `/management`; every route needs `X-Api-Key`, else 401 with EDC's error array
-//!   (`[{"message", "type": "AuthenticationFailed", "path", "invalidValue"}]`); unknown routes 404
+//!   (`[{"message", "type": "AuthenticationFailed", "path", "invalidValue"}]`, message
+//!   `x-api-key not found` without a key, `Request could not be authenticated` with a wrong one); unknown routes 404
 //!   with an empty body (no error array: that is how a client tells "wrong URL" from "no object");
 //! - bodies must be JSON objects whose `@context` declares `"@vocab":
 //!   "https://w3id.org/edc/v0.0.1/ns/"`; keys are expanded against that context the JSON-LD way, so
 //!   a declared `oauth2` (or `dsp-mqtt`) prefix turns `oauth2:tokenUrl` into an IRI, which is then
 //!   stored and answered expanded — and the factoryx validation no longer finds the key, as in the
-//!   reference connector (domain.md §2, the JSON-LD trap). Without the prefix the literal key stays;
-//! - create: 200 `{"@id", "createdAt"}`; a duplicate id: 409 (`ObjectConflict`); unknown id on
+//!   reference connector (domain.md §2, the JSON-LD trap). Without the prefix the literal key stays.
+//!   A body without any `@context` gets Jetty's bare HTML 400 (EDC's JSON-LD layer throws before
+//!   any validator), a body that is not JSON a plain-text 400;
+//! - create: 200 `{"@id", "createdAt"}`; a duplicate id: 409 (`ObjectConflict`, worded per type as
+//!   EDC's services do: `Asset with ID …`, `Policy with ID …`, `Contract Definition with ID …`); unknown id on
 //!   read, update or delete: 404 (`ObjectNotFound`); updates: 204. Assets and contract definitions
 //!   are updated with `PUT` on the collection, policy definitions with `PUT …/{id}`; as in EDC the
 //!   id in the body is the one updated;
@@ -26,12 +32,15 @@
 //!   `username` + `passwordAlias`; `baseUrl` and `oauth2:tokenUrl` absolute with scheme and host;
 //! - deletes: an asset referenced by a contract agreement ([`EdcState::add_agreement`]) and a
 //!   policy referenced by a contract definition answer 409;
-//! - GET answers the way EDC compacts: `@type`, `createdAt`, the output `@context`, the asset id
+//! - GET answers the way EDC compacts: `@type`, `createdAt` (policy definitions only: 0.15.1
+//!   answers none for assets and contract definitions), the output `@context`, the asset id
 //!   repeated as the `id` property, policies rendered with `odrl:` names, `{"@id": …}` values, a
 //!   generated policy `@id`, empty `prohibition`/`obligation` arrays and single-element arrays
 //!   unwrapped — so a client has to compare semantically;
-//! - `POST /v3/catalog/request` (needs `counterPartyAddress` and `protocol`) answers a DSP 2025-1
-//!   style catalog: one dataset per asset selected by a contract definition whose policies exist,
+//! - `POST /v3/catalog/request` (needs `counterPartyAddress` and `protocol`, else a bare 400)
+//!   answers a DSP 2025-1 catalog compacted as EDC does (dataset properties `edc:`-prefixed plus a
+//!   bare `id`, offers without assigner, target or empty rule lists, left operands `edc:`-prefixed,
+//!   no `dataset` key when there is none): one dataset per asset selected by a contract definition whose policies exist,
 //!   an offer per such definition (its contract policy's rules), and distributions: `Mqtt-PULL`
 //!   and `HttpData-PULL` for `Mqtt` assets in the factoryx flavour (its data-flow controller), plus
 //!   whatever data planes registered with [`EdcState::register_data_plane`] offer (stock EDC).
@@ -273,11 +282,10 @@ fn router(state: EdcState, config: EdcConfig) -> Router {
 }
 
 async fn require_api_key(State(app): State<App>, request: Request, next: Next) -> Response {
-    let given = request.headers().get("x-api-key").and_then(|v| v.to_str().ok());
-    if given == Some(app.config.api_key.as_str()) {
-        next.run(request).await
-    } else {
-        error(StatusCode::UNAUTHORIZED, "AuthenticationFailed", "Request could not be authenticated")
+    match request.headers().get("x-api-key").map(|v| v.to_str().ok()) {
+        Some(given) if given == Some(app.config.api_key.as_str()) => next.run(request).await,
+        Some(_) => error(StatusCode::UNAUTHORIZED, "AuthenticationFailed", "Request could not be authenticated"),
+        None => error(StatusCode::UNAUTHORIZED, "AuthenticationFailed", "x-api-key not found"),
     }
 }
 
@@ -310,8 +318,19 @@ fn not_found(type_name: &str, id: &str) -> Response {
     error(StatusCode::NOT_FOUND, "ObjectNotFound", format!("Object of type {type_name} with ID={id} was not found"))
 }
 
-fn conflict(type_name: &str, id: &str) -> Response {
-    error(StatusCode::CONFLICT, "ObjectConflict", format!("Object of type {type_name} with ID={id} already exists"))
+/// A duplicate id, worded as EDC 0.15.1's services word it (`what` is e.g. `Asset`, `Policy`,
+/// `Contract Definition`).
+fn conflict(what: &str, id: &str) -> Response {
+    error(StatusCode::CONFLICT, "ObjectConflict", format!("{what} with ID {id} already exists"))
+}
+
+/// What Jetty answers when EDC's JSON-LD layer throws a bare `BadRequestException` (a body with
+/// no `@context`, or a catalog request missing its mandatory fields): HTML, no error array.
+fn bare_bad_request() -> Response {
+    let html = "<html>\n<head>\n<meta http-equiv=\"Content-Type\" content=\"text/html;charset=ISO-8859-1\"/>\n\
+                <title>Error 400 Bad Request</title>\n</head>\n<body>\n<h2>HTTP ERROR 400 Bad Request</h2>\n\
+                </body>\n</html>\n";
+    (StatusCode::BAD_REQUEST, [(header::CONTENT_TYPE, "text/html;charset=iso-8859-1")], html).into_response()
 }
 
 /// A refusal on its way out of a parser; boxed because a `Response` is large.
@@ -383,6 +402,9 @@ impl Context {
 
     /// The request context the double insists on (see the module doc).
     fn require_edc_vocab(body: &Map<String, Value>) -> Result<Context, Refused> {
+        if !body.contains_key("@context") {
+            return Err(refuse(bare_bad_request()));
+        }
         let ctx = Context::read(body.get("@context"));
         if ctx.vocab.as_deref() == Some(EDC_NAMESPACE) {
             Ok(ctx)
@@ -467,11 +489,15 @@ fn parse_body(headers: &HeaderMap, body: &Bytes) -> Result<Map<String, Value>, R
     match serde_json::from_slice::<Value>(body) {
         Ok(Value::Object(map)) => Ok(map),
         Ok(_) => Err(refuse(error(StatusCode::BAD_REQUEST, "InvalidRequest", "Request body must be a JSON object"))),
-        Err(e) => Err(refuse(error(
-            StatusCode::BAD_REQUEST,
-            "InvalidRequest",
-            format!("Request body is not valid JSON: {e}"),
-        ))),
+        // Jackson's message as plain text, as EDC answers it.
+        Err(e) => Err(refuse(
+            (
+                StatusCode::BAD_REQUEST,
+                [(header::CONTENT_TYPE, "text/plain")],
+                format!("Request body is not valid JSON: {e}"),
+            )
+                .into_response(),
+        )),
     }
 }
 
@@ -681,7 +707,6 @@ async fn get_asset(State(app): State<App>, Path(id): Path<String>) -> Response {
         "@type": "Asset",
         "properties": properties,
         "dataAddress": data_address,
-        "createdAt": asset.created_at,
         "@context": output_context(),
     });
     if !asset.private_properties.is_empty() {
@@ -814,7 +839,7 @@ async fn create_policy(State(app): State<App>, headers: HeaderMap, body: Bytes) 
     };
     let mut store = app.state.lock();
     if store.policies.contains_key(&policy.id) {
-        return conflict("PolicyDefinition", &policy.id);
+        return conflict("Policy", &policy.id);
     }
     policy.created_at = now_ms();
     let response = id_response(&policy.id, policy.created_at);
@@ -1008,7 +1033,7 @@ async fn create_contract_definition(State(app): State<App>, headers: HeaderMap, 
     };
     let mut store = app.state.lock();
     if store.contract_definitions.contains_key(&definition.id) {
-        return conflict("ContractDefinition", &definition.id);
+        return conflict("Contract Definition", &definition.id);
     }
     definition.created_at = now_ms();
     let response = id_response(&definition.id, definition.created_at);
@@ -1023,7 +1048,8 @@ async fn update_contract_definition(State(app): State<App>, headers: HeaderMap, 
     };
     let mut store = app.state.lock();
     let Some(existing) = store.contract_definitions.get(&definition.id) else {
-        return not_found("ContractDefinition", &definition.id);
+        // Sic: EDC 0.15.1's update says `ID=null` here (it formats the message before the id).
+        return not_found("ContractDefinition", "null");
     };
     definition.created_at = existing.created_at;
     store.contract_definitions.insert(definition.id.clone(), definition);
@@ -1052,7 +1078,6 @@ async fn get_contract_definition(State(app): State<App>, Path(id): Path<String>)
         "accessPolicyId": definition.access_policy_id,
         "contractPolicyId": definition.contract_policy_id,
         "assetsSelector": selector,
-        "createdAt": definition.created_at,
         "@context": output_context(),
     });
     if !definition.private_properties.is_empty() {
@@ -1106,12 +1131,13 @@ async fn request_catalog(State(app): State<App>, headers: HeaderMap, body: Bytes
     let counter_party = mandatory_string(&ctx, &body, "counterPartyAddress", &mut violations);
     mandatory_string(&ctx, &body, "protocol", &mut violations);
     if !violations.is_empty() {
-        return validation_failure(violations);
+        // EDC 0.15.1 validates no v3 catalog request: its transformer fails, Jetty answers.
+        return bare_bad_request();
     }
 
     let store = app.state.lock();
     let participant = app.config.participant_id.clone();
-    let service_id = format!("urn:uuid:{}", uuid::Uuid::new_v4());
+    let service_id = uuid::Uuid::new_v4().to_string();
     let mut datasets = Vec::new();
     for asset in store.assets.values() {
         let mut offers = Vec::new();
@@ -1125,27 +1151,27 @@ async fn request_catalog(State(app): State<App>, headers: HeaderMap, body: Bytes
             if !selected {
                 continue;
             }
-            let rules = |kind: &str| {
-                Value::Array(
-                    contract
-                        .policy
-                        .as_object()
-                        .map(|p| as_items(odrl_get(p, kind)))
-                        .unwrap_or_default()
-                        .into_iter()
-                        .cloned()
-                        .collect(),
-                )
-            };
-            offers.push(json!({
-                "@id": format!("{}:{}:{}", b64(&definition.id), b64(&asset.id), b64(&uuid::Uuid::new_v4().to_string())),
-                "@type": "Offer",
-                "permission": rules("permission"),
-                "prohibition": rules("prohibition"),
-                "obligation": rules("obligation"),
-                "assigner": participant,
-                "target": asset.id,
-            }));
+            let mut offer = Map::new();
+            offer.insert(
+                "@id".into(),
+                json!(format!("{}:{}:{}", b64(&definition.id), b64(&asset.id), b64(&uuid::Uuid::new_v4().to_string()))),
+            );
+            offer.insert("@type".into(), json!("Offer"));
+            // EDC 0.15.1's DSP 2025-1 offer: no assigner or target, empty rule lists left out.
+            for kind in ["permission", "prohibition", "obligation"] {
+                let rules: Vec<Value> = contract
+                    .policy
+                    .as_object()
+                    .map(|p| as_items(odrl_get(p, kind)))
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(dsp_rule)
+                    .collect();
+                if !rules.is_empty() {
+                    offer.insert(kind.into(), Value::Array(rules));
+                }
+            }
+            offers.push(Value::Object(offer));
         }
         if offers.is_empty() {
             continue;
@@ -1166,27 +1192,61 @@ async fn request_catalog(State(app): State<App>, headers: HeaderMap, body: Bytes
             .iter()
             .map(|f| json!({"@type": "Distribution", "format": f, "accessService": service_id}))
             .collect();
+        // The DSP context has no EDC vocabulary: EDC's own properties come out `edc:`-prefixed,
+        // and the asset id as a bare `id`.
         let mut dataset = Map::new();
         for (key, value) in &asset.properties {
             if key != "id" {
-                dataset.insert(key.clone(), value.clone());
+                dataset.insert(edc_prefixed(key), value.clone());
             }
         }
+        dataset.insert("id".into(), Value::String(asset.id.clone()));
         dataset.insert("@id".into(), Value::String(asset.id.clone()));
         dataset.insert("@type".into(), json!("Dataset"));
         dataset.insert("hasPolicy".into(), Value::Array(offers));
         dataset.insert("distribution".into(), Value::Array(distributions));
         datasets.push(Value::Object(dataset));
     }
-    let catalog = json!({
-        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld"],
-        "@id": format!("urn:uuid:{}", uuid::Uuid::new_v4()),
+    let mut catalog = json!({
+        "@context": ["https://w3id.org/dspace/2025/1/context.jsonld", "https://w3id.org/edc/dspace/v0.0.1"],
+        "@id": uuid::Uuid::new_v4().to_string(),
         "@type": "Catalog",
         "participantId": participant,
-        "service": [{"@id": service_id, "@type": "DataService", "endpointURL": counter_party}],
-        "dataset": datasets,
+        "service": [{
+            "@id": service_id, "@type": "DataService",
+            "endpointDescription": "dspace:connector", "endpointURL": counter_party
+        }],
     });
+    // An empty list is left out of the compacted catalog.
+    if !datasets.is_empty() {
+        catalog["dataset"] = Value::Array(datasets);
+    }
     axum::Json(catalog).into_response()
+}
+
+/// A key of EDC's vocabulary as it comes out under the DSP context.
+fn edc_prefixed(key: &str) -> String {
+    if key.contains(':') { key.to_owned() } else { format!("edc:{key}") }
+}
+
+/// A rule of a contract policy as an offer in a DSP 2025-1 catalog shows it: left operands of
+/// EDC's vocabulary `edc:`-prefixed, everything else as stored.
+fn dsp_rule(rule: &Value) -> Value {
+    let mut rule = rule.clone();
+    fn visit(value: &mut Value) {
+        match value {
+            Value::Object(map) => {
+                if let Some(Value::String(left)) = map.get_mut("leftOperand") {
+                    *left = edc_prefixed(left);
+                }
+                map.values_mut().for_each(visit);
+            }
+            Value::Array(items) => items.iter_mut().for_each(visit),
+            _ => {}
+        }
+    }
+    visit(&mut rule);
+    rule
 }
 
 #[cfg(test)]
