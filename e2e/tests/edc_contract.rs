@@ -1022,3 +1022,21 @@ async fn edc_refuses_malformed_objects(target: Target) {
     let (status, body) = s.raw_with_key(Method::PUT, "/v3/contractdefinitions", Some(missing)).await;
     assert_eq!((status, body[0]["type"].as_str()), (404, Some("ObjectNotFound")), "{body}");
 }
+
+/// Both real connectors stay within a test-sized footprint (heap capped at 256 MiB); the numbers
+/// are printed for docs/dev-stack.md.
+#[tokio::test]
+async fn real_edcs_start_in_time_and_stay_small() {
+    let (provider, consumer) = real_connectors();
+    for edc in [provider, consumer] {
+        let rss_mib = edc.rss_kib().expect("the JVM's RSS") / 1024;
+        println!(
+            "EDC {} {}: started in {:.1} s, RSS {rss_mib} MiB",
+            edc.name,
+            edc.version,
+            edc.start_time.as_secs_f32()
+        );
+        assert!(rss_mib < 640, "{}: {rss_mib} MiB", edc.name);
+        assert!(edc.start_time < std::time::Duration::from_secs(120));
+    }
+}
