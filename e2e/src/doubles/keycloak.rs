@@ -10,7 +10,8 @@
 //!   400 `unauthorized_client`.
 //! - tokens are RS256 JWTs with `iss`, `sub` (the service-account user), `azp`,
 //!   `preferred_username` (`service-account-<clientId>`), `client_id`, `exp`, `iat`, `jti`, `typ`,
-//!   `scope`, `aud` from audience mappers and every hardcoded claim (dotted names nest, JSON-typed
+//!   `scope`, `aud` from audience mappers followed by `account` (what Keycloak's default client
+//!   scopes add for a service account; one audience is a string, more an array) and every hardcoded claim (dotted names nest, JSON-typed
 //!   values are parsed); a refresh token only when `client_credentials.use_refresh_token` is
 //!   `"true"` (otherwise `refresh_expires_in: 0`, as Keycloak answers); `access.token.lifespan`
 //!   overrides the realm's 300 s.
@@ -22,16 +23,24 @@
 //!   `{"errorMessage":"Client X already exists"}`; `PUT` merges (absent fields unchanged,
 //!   attributes merged, an empty or null attribute removed) and answers 204; unknown ids are 404
 //!   `{"error":"Could not find client"}`. Mappers: 201 + `Location`, 409 on a duplicate name,
-//!   204 on update and delete. Bodies must be JSON (else 415); a field of the wrong type is 400
-//!   `{"error":"unknown_error","error_description":"Cannot parse the JSON"}`; unknown fields are
-//!   ignored. Unknown realm: 404 `{"error":"Realm not found."}`; unknown route: 404.
+//!   204 on update and delete. Bodies are JSON (a body without Content-Type is read as JSON, another
+//!   type is 415 with Keycloak's `@Consumes` message; not JSON is 400 `invalid_request`); a field of the wrong type is 400
+//!   `{"error":"unknown_error","error_description":"Cannot parse the JSON"}`; an unknown field is
+//!   400 `Invalid json representation for ClientRepresentation. Unrecognized field "x"` (Keycloak
+//!   adds the position). Unknown realm: 404 `{"error":"Realm not found."}`; unknown route: 404.
 //!
 //! Stricter than Keycloak: attribute and mapper config values must be JSON strings (Jackson would
 //! coerce a number), so a client that sends `300` instead of `"300"` is caught.
 //!
-//! Left out: every other Admin API resource (roles, scopes, users, sessions), client scopes (no
-//! default `aud: account`), other grants, token introspection and revocation endpoints, key
-//! rotation, service-account mappers that Keycloak before 25 added to the client itself.
+//! Left out: every other Admin API resource (roles, scopes, users, sessions), client scopes as
+//! objects (their effect on tokens is fixed: `scope: "email profile"`, `aud` gains `account`),
+//! the token claims no test reads (`sid`, `acr`, `realm_access`, `resource_access`,
+//! `clientHost`, `clientAddress`, `email_verified`), a second (encryption) key in the JWKS,
+//! other grants, token introspection and revocation endpoints, key rotation, service-account
+//! mappers that Keycloak before 25 added to the client itself.
+//!
+//! Checked against a real Keycloak 26.5 by `e2e/tests/keycloak_contract.rs`, which runs the same
+//! tests against both.
 //!
 //! The realm key is a committed test-only key (`e2e/fixtures/keycloak-realm-key.pem`): generating
 //! RSA keys in a debug build takes seconds per double, and shelling out to `openssl` would make
@@ -64,8 +73,10 @@ const FOREIGN_KEY_FILE: &str = include_str!("../../fixtures/keycloak-foreign-key
 const REALM_ACCESS_TOKEN_LIFESPAN: u64 = 300;
 /// The realm's SSO session idle timeout: a refresh token's lifetime (Keycloak: 30 minutes).
 const REALM_SSO_SESSION_IDLE: u64 = 1800;
+/// The audience Keycloak's default client scopes add to a service account's tokens.
+const ACCOUNT_AUDIENCE: &str = "account";
 /// Default client scopes Keycloak puts into `scope`.
-const DEFAULT_SCOPE: &str = "profile email";
+const DEFAULT_SCOPE: &str = "email profile";
 
 /// The PEM block of a fixture file (the files start with a human-readable warning).
 fn pem_block(file: &str) -> &str {
@@ -154,14 +165,14 @@ impl StoredClient {
             "directAccessGrantsEnabled": self.direct_access_grants_enabled,
             "serviceAccountsEnabled": self.service_accounts_enabled,
             "publicClient": self.public_client,
-            "frontchannelLogout": true,
+            "frontchannelLogout": false,
             "protocol": "openid-connect",
             "attributes": self.attributes,
             "authenticationFlowBindingOverrides": {},
             "fullScopeAllowed": true,
             "nodeReRegistrationTimeout": -1,
-            "defaultClientScopes": ["web-origins", "acr", "profile", "roles", "basic", "email"],
-            "optionalClientScopes": ["address", "phone", "offline_access", "microprofile-jwt"],
+            "defaultClientScopes": ["web-origins", "service_account", "acr", "roles", "profile", "basic", "email"],
+            "optionalClientScopes": ["address", "phone", "offline_access", "organization", "microprofile-jwt"],
             "access": {"view": true, "configure": true, "manage": true},
         });
         let obj = rep.as_object_mut().expect("object literal");
@@ -561,7 +572,7 @@ fn access_claims(issuer: &str, client: &StoredClient, iat: u64, exp: u64, jti: &
     ] {
         claims.insert(k.to_owned(), v);
     }
-    let audiences: Vec<String> = client
+    let mut audiences: Vec<String> = client
         .protocol_mappers
         .iter()
         .filter(|m| m.protocol_mapper == "oidc-audience-mapper" && m.adds_to_access_token())
@@ -569,6 +580,12 @@ fn access_claims(issuer: &str, client: &StoredClient, iat: u64, exp: u64, jti: &
         .filter(|a| !a.is_empty())
         .cloned()
         .collect();
+    // The default `roles` client scope adds every client whose roles the token carries: the
+    // service account's default roles include the `account` client's, so Keycloak always adds
+    // `account`, after the mappers' audiences.
+    if !audiences.iter().any(|a| a == ACCOUNT_AUDIENCE) {
+        audiences.push(ACCOUNT_AUDIENCE.to_owned());
+    }
     match audiences.as_slice() {
         [] => {}
         [one] => {
@@ -766,6 +783,8 @@ async fn token(State(shared): State<Shared>, Path(realm): Path<String>, headers:
         );
         response["refresh_token"] = Value::from(sign(&shared.keys.encoding, &shared.keys.kid, &refresh));
         response["refresh_expires_in"] = Value::from(REALM_SSO_SESSION_IDLE);
+        // Keycloak keeps a session (and names it) only when it issues a refresh token.
+        response["session_state"] = Value::from(uuid::Uuid::new_v4().simple().to_string());
     }
     *state.logins.entry(client.client_id.clone()).or_default() += 1;
     axum::Json(response).into_response()
@@ -803,22 +822,94 @@ fn admin<'a>(shared: &'a Shared, headers: &HeaderMap, realm: &str) -> Result<Mut
     Ok(state)
 }
 
-fn json_body<T: for<'de> Deserialize<'de>>(headers: &HeaderMap, body: &Bytes) -> Result<T, Refusal> {
+/// The fields of Keycloak 26's ClientRepresentation: any other is refused, as Keycloak does.
+const CLIENT_FIELDS: &[&str] = &[
+    "id",
+    "clientId",
+    "name",
+    "description",
+    "type",
+    "rootUrl",
+    "adminUrl",
+    "baseUrl",
+    "surrogateAuthRequired",
+    "enabled",
+    "alwaysDisplayInConsole",
+    "clientAuthenticatorType",
+    "secret",
+    "registrationAccessToken",
+    "defaultRoles",
+    "redirectUris",
+    "webOrigins",
+    "notBefore",
+    "bearerOnly",
+    "consentRequired",
+    "standardFlowEnabled",
+    "implicitFlowEnabled",
+    "directAccessGrantsEnabled",
+    "serviceAccountsEnabled",
+    "authorizationServicesEnabled",
+    "directGrantsOnly",
+    "publicClient",
+    "frontchannelLogout",
+    "protocol",
+    "attributes",
+    "authenticationFlowBindingOverrides",
+    "fullScopeAllowed",
+    "nodeReRegistrationTimeout",
+    "registeredNodes",
+    "protocolMappers",
+    "clientTemplate",
+    "useTemplateConfig",
+    "useTemplateScope",
+    "useTemplateMappers",
+    "defaultClientScopes",
+    "optionalClientScopes",
+    "authorizationSettings",
+    "access",
+    "origin",
+];
+
+/// The fields of a ProtocolMapperRepresentation.
+const MAPPER_FIELDS: &[&str] =
+    &["id", "name", "protocol", "protocolMapper", "consentRequired", "consentText", "config"];
+
+/// A JSON body of a representation with these `fields` (Keycloak 26 refuses unknown fields:
+/// 400 "Invalid json representation for ClientRepresentation. Unrecognized field ...").
+fn json_body<T: for<'de> Deserialize<'de>>(
+    headers: &HeaderMap,
+    body: &Bytes,
+    representation: &str,
+    fields: &[&str],
+) -> Result<T, Refusal> {
+    // Keycloak reads a body without a Content-Type as JSON.
     let is_json = headers
         .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.starts_with("application/json"));
+        .map(|v| v.to_str().is_ok_and(|v| v.starts_with("application/json")))
+        .unwrap_or(true);
     if !is_json {
         return Err(Box::new(error(
             StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            json!({"error": "HTTP 415 Unsupported Media Type"}),
+            json!({"error": "The content-type header value did not match the value in @Consumes"}),
         )));
     }
-    serde_json::from_slice(body).map_err(|_| Box::new(unparsable()))
+    // Not JSON at all is `invalid_request`; JSON with a field of the wrong type `unknown_error`.
+    let value: Value = serde_json::from_slice(body).map_err(|_| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "invalid_request", "error_description": "Cannot parse the JSON"}),
+        ))
+    })?;
+    if let Some(unknown) = value.as_object().and_then(|o| o.keys().find(|k| !fields.contains(&k.as_str()))) {
+        // Keycloak names the position too ("at line 1 column 37"); the double leaves it out.
+        let message = format!("Invalid json representation for {representation}. Unrecognized field \"{unknown}\".");
+        return Err(Box::new(error(StatusCode::BAD_REQUEST, json!({"error": message}))));
+    }
+    serde_json::from_value(value).map_err(|_| Box::new(unparsable()))
 }
 
 /// A ClientRepresentation as accepted on create and update: the fields the double keeps, each
-/// with its real type; anything else is ignored.
+/// with its real type; other known fields are ignored, unknown ones refused by `json_body`.
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct ClientInput {
@@ -917,7 +1008,7 @@ async fn create_client(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let input: ClientInput = match json_body(&headers, &body) {
+    let input: ClientInput = match json_body(&headers, &body, "ClientRepresentation", CLIENT_FIELDS) {
         Ok(i) => i,
         Err(r) => return *r,
     };
@@ -999,7 +1090,7 @@ async fn update_client(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let input: ClientInput = match json_body(&headers, &body) {
+    let input: ClientInput = match json_body(&headers, &body, "ClientRepresentation", CLIENT_FIELDS) {
         Ok(i) => i,
         Err(r) => return *r,
     };
@@ -1120,7 +1211,7 @@ async fn create_mapper(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let input: MapperInput = match json_body(&headers, &body) {
+    let input: MapperInput = match json_body(&headers, &body, "ProtocolMapperRepresentation", MAPPER_FIELDS) {
         Ok(i) => i,
         Err(r) => return *r,
     };
@@ -1168,7 +1259,7 @@ async fn update_mapper(
         Ok(s) => s,
         Err(r) => return *r,
     };
-    let input: MapperInput = match json_body(&headers, &body) {
+    let input: MapperInput = match json_body(&headers, &body, "ProtocolMapperRepresentation", MAPPER_FIELDS) {
         Ok(i) => i,
         Err(r) => return *r,
     };
