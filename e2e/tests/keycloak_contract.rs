@@ -156,6 +156,8 @@ impl Stack {
         let rep = list.as_array()?.first()?.clone();
         let id = rep["id"].as_str().unwrap().to_owned();
         let (_, secret) = self.admin(Method::GET, &format!("clients/{id}/client-secret"), None).await;
+        // Keycloak made it: the double registers its own, here the test does.
+        e2e::logs::register_secret(secret["value"].as_str().unwrap_or_default());
         let (_, user) = self.admin(Method::GET, &format!("clients/{id}/service-account-user"), None).await;
         let strings = |v: &Value| -> BTreeMap<String, String> {
             v.as_object()
