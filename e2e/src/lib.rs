@@ -24,9 +24,15 @@ pub mod inventory;
 pub mod logs;
 pub mod schema;
 pub mod stack;
+pub mod systems;
 pub mod tls;
 
 /// The repository's committed CRDs (`crds/`).
 pub fn crds_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join("crds")
+}
+
+/// The repository's root folder.
+pub fn repo_dir() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }

@@ -13,9 +13,10 @@ use rcgen::{
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use tokio::task::JoinHandle;
 
-/// A certificate authority for one test run.
+/// A certificate authority for one test run. Clones share the same CA.
+#[derive(Clone)]
 pub struct TestCa {
-    issuer: CertifiedIssuer<'static, KeyPair>,
+    issuer: Arc<CertifiedIssuer<'static, KeyPair>>,
 }
 
 /// A server certificate and its key, PEM-encoded (the forms brokers' config files want).
@@ -37,7 +38,33 @@ impl TestCa {
         params.key_usages =
             vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
         let key = KeyPair::generate().expect("key generation");
-        Self { issuer: CertifiedIssuer::self_signed(params, key).expect("self-signed CA") }
+        Self { issuer: Arc::new(CertifiedIssuer::self_signed(params, key).expect("self-signed CA")) }
+    }
+
+    /// The CA of this test process: the real systems started once per test binary (Kubernetes,
+    /// Keycloak, EDC) serve certificates from it, so every test of the binary trusts them.
+    pub fn shared() -> TestCa {
+        static SHARED: std::sync::OnceLock<TestCa> = std::sync::OnceLock::new();
+        SHARED.get_or_init(TestCa::new).clone()
+    }
+
+    /// A client certificate with this common name and organizations (Kubernetes reads the user
+    /// from CN and the groups from O).
+    pub fn client_cert(&self, common_name: &str, organizations: &[&str]) -> ServerCert {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("empty SAN list");
+        params.distinguished_name.push(DnType::CommonName, common_name);
+        for org in organizations {
+            params.distinguished_name.push(DnType::OrganizationName, *org);
+        }
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let key = KeyPair::generate().expect("key generation");
+        let cert = params.signed_by(&key, &*self.issuer).expect("signing");
+        ServerCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            cert_der: cert.der().clone(),
+            key_der: key.serialize_der(),
+        }
     }
 
     /// The CA certificate, PEM-encoded: what clients are told to trust.
@@ -53,7 +80,7 @@ impl TestCa {
         params.distinguished_name.push(DnType::CommonName, "dev-stack server");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         let key = KeyPair::generate().expect("key generation");
-        let cert = params.signed_by(&key, &self.issuer).expect("signing");
+        let cert = params.signed_by(&key, &*self.issuer).expect("signing");
         ServerCert {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),

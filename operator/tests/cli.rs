@@ -1,12 +1,13 @@
 //! The binary as a user runs it: exit codes and messages of `run`, `crdgen` and `version`,
-//! against the Kubernetes API test server (HTTPS with the test's own CA).
+//! against a real Kubernetes API server (e2e::systems::kubernetes), as the operator's
+//! ServiceAccount under the RBAC of deploy/rbac.yaml.
 
 use std::io::Read;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use e2e::apiserver::ApiServer;
+use e2e::systems::kubernetes::{self, ControlPlane, OPERATOR_NAMESPACE};
 use e2e::tls::TestCa;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
@@ -21,15 +22,39 @@ fn config_file(dir: &Path) -> std::path::PathBuf {
     path
 }
 
-/// The Kubernetes API test server, with our CRDs applied when asked, the Secrets the example
-/// configuration points at, and a kubeconfig for the binary.
-async fn cluster(dir: &Path, crds: bool) -> (ApiServer, std::path::PathBuf) {
-    mqtt_dsp_operator::install_crypto_provider();
-    let server = ApiServer::start(&TestCa::new()).await.unwrap();
-    if crds {
-        server.apply_crds(&e2e::crds_dir()).await.unwrap();
+/// Where the binary runs: the shared control plane of this test binary (with our CRDs), or one
+/// of its own without them.
+enum Plane {
+    Shared(&'static ControlPlane),
+    Own(ControlPlane),
+}
+
+impl std::ops::Deref for Plane {
+    type Target = ControlPlane;
+    fn deref(&self) -> &ControlPlane {
+        match self {
+            Plane::Shared(p) => p,
+            Plane::Own(p) => p,
+        }
     }
-    let secrets: Api<Secret> = Api::namespaced(server.client(), "default");
+}
+
+/// A real control plane, with our CRDs when asked, the Secrets the example configuration points
+/// at (in the operator's namespace, where deploy/rbac.yaml lets it read them), and a kubeconfig
+/// of the operator's ServiceAccount for the binary.
+async fn cluster(dir: &Path, crds: bool) -> (Plane, std::path::PathBuf) {
+    mqtt_dsp_operator::install_crypto_provider();
+    let plane = tokio::task::spawn_blocking(move || {
+        if crds {
+            kubernetes::shared().map(Plane::Shared)
+        } else {
+            ControlPlane::start_without_crds(&TestCa::shared()).map(Plane::Own)
+        }
+    })
+    .await
+    .unwrap()
+    .unwrap_or_else(|e| panic!("{e}"));
+    let secrets: Api<Secret> = Api::namespaced(plane.admin_client().await, OPERATOR_NAMESPACE);
     for (name, key) in [
         ("edc-management-api", "api-key"),
         ("keycloak-operator-client", "client-secret"),
@@ -41,11 +66,12 @@ async fn cluster(dir: &Path, crds: bool) -> (ApiServer, std::path::PathBuf) {
             string_data: Some([(key.to_owned(), format!("{name}-test-value"))].into()),
             ..Default::default()
         };
-        secrets.create(&Default::default(), &secret).await.unwrap();
+        let apply = kube::api::PatchParams::apply("cli-test").force();
+        secrets.patch(name, &apply, &kube::api::Patch::Apply(&secret)).await.unwrap();
     }
     let path = dir.join("kubeconfig");
-    std::fs::write(&path, server.kubeconfig_yaml()).unwrap();
-    (server, path)
+    plane.write_operator_kubeconfig(&path).await;
+    (plane, path)
 }
 
 /// Kills the operator when a test ends, also by a failed assertion: an orphaned operator would
@@ -171,7 +197,8 @@ async fn run_with_the_crds_becomes_ready_and_stops_cleanly_on_sigterm() {
 
     // The controller reconciles: an asset whose backends cannot be reached (example.com, no
     // network here) gets a Ready=False condition saying so.
-    let assets: Api<MqttAsset> = Api::namespaced(server.client(), "default");
+    let namespace = server.test_namespace("cli").await;
+    let assets: Api<MqttAsset> = Api::namespaced(server.admin_client().await, &namespace);
     let asset: MqttAsset = serde_yaml::from_str(
         "apiVersion: dsp-mqtt.io/v1alpha1\nkind: MqttAsset\nmetadata: {name: probe}\nspec:\n  endpoint: {type: mqtt-tls}\n  topics: [a/#]\n  auth: {mode: usrpw}\n  policy: {access: {participantIds: [BPNL000000000001]}}\n",
     )
@@ -205,7 +232,7 @@ async fn run_with_the_crds_becomes_ready_and_stops_cleanly_on_sigterm() {
         assert!(metrics.contains(expected), "{expected} missing in:\n{metrics}");
     }
     // The Lease names this process as the holder while it runs.
-    let leases: Api<Lease> = Api::namespaced(server.client(), "default");
+    let leases: Api<Lease> = Api::namespaced(server.admin_client().await, OPERATOR_NAMESPACE);
     let holder = leases.get("mqtt-dsp-operator").await.unwrap().spec.and_then(|s| s.holder_identity);
     assert!(holder.as_deref().is_some_and(|h| h.starts_with("local_")), "{holder:?}");
 
@@ -229,6 +256,10 @@ async fn run_with_the_crds_becomes_ready_and_stops_cleanly_on_sigterm() {
     .unwrap();
     // A clean stop hands the Lease back, so a standby takes over at once.
     let holder = leases.get("mqtt-dsp-operator").await.unwrap().spec.and_then(|s| s.holder_identity);
+    // The probe provisioned nothing (its backends are unreachable): its finalizer can go by hand.
+    let unfinalize = kube::api::Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}}));
+    assets.patch("probe", &Default::default(), &unfinalize).await.unwrap();
+    server.delete_namespace(&namespace, Duration::from_secs(60)).await.unwrap();
     drop(server);
     assert!(status.success(), "exit {status:?}: {stderr}");
     assert_eq!(holder, None, "the Lease is released on SIGTERM");

@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Installs the real systems the tests run against (besides the brokers, scripts/install-deps.sh)
+# under target/systems/, each by package name with the ordinary client, each cached by version so
+# that only the first run on a machine is slow:
+#   - etcd from Debian's etcd-server package;
+#   - kube-apiserver, kube-controller-manager and helm built with `go build` from the Go module
+#     proxy (e2e/systems/kubernetes, e2e/systems/helm);
+#   - Keycloak's Quarkus distribution from Maven Central (e2e/systems/keycloak);
+#   - an EDC control plane's jars from Maven Central (e2e/systems/edc).
+# Usage: scripts/install-systems.sh [kubernetes|helm|keycloak|edc ...] (default: all).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+root=$(pwd)
+export SYSTEMS_DIR="${MQTT_DSP_SYSTEMS_DIR:-$root/target/systems}"
+mkdir -p "$SYSTEMS_DIR"
+
+phase() {
+  local name=$1; shift
+  local start; start=$(date +%s)
+  echo "== systems: $name"
+  "$@"
+  echo "== systems: $name took $(( $(date +%s) - start )) s"
+}
+
+wanted=("$@")
+[ ${#wanted[@]} -gt 0 ] || wanted=(kubernetes helm keycloak edc)
+for system in "${wanted[@]}"; do
+  phase "$system" bash "e2e/systems/$system/install.sh"
+done
