@@ -1,31 +1,34 @@
-//! The whole dev stack for controller tests and the demo: a Kubernetes API (the test server, or a
-//! real cluster via `KUBECONFIG`), the EDC, Keycloak and Vault doubles, real Mosquitto and
-//! (optionally) real RabbitMQ, an operator configuration pointing at all of them, and the
-//! operator's controllers running in this process.
+//! The whole dev stack for controller tests and the demo: a Kubernetes API (the real control
+//! plane of [`crate::systems::kubernetes`], or a cluster via `KUBECONFIG`), the EDC, Keycloak and
+//! Vault doubles, real Mosquitto and (optionally) real RabbitMQ, an operator configuration
+//! pointing at all of them, and the operator's controllers running in this process.
 //!
 //! Cluster choice: when `KUBECONFIG` is set, the stack uses that cluster (the CRDs must be
-//! installed: `kubectl apply -f crds/`), creates a fresh namespace per stack and deletes it when
-//! the stack is dropped; the doubles and brokers stay on 127.0.0.1 and the operator runs as a
-//! local process. Otherwise it starts the Kubernetes API test server. Tests that look at
-//! test-server internals ask [`Cluster::test_server`] and say so when it is `None`.
+//! installed: `kubectl apply -f crds/`) with that kubeconfig's rights. Otherwise it uses the
+//! control plane this test binary starts (once), where the controllers run as the operator's
+//! ServiceAccount under exactly the RBAC of `deploy/rbac.yaml`, and the test under the
+//! administrator's client. Either way each stack has a fresh namespace, and
+//! [`DevStack::teardown`] leaves the cluster as it found it: resources deleted while the operator
+//! runs (so its finalizer does the cleanup), then the operator stopped, then the namespace removed.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use mqtt_dsp_operator::api::{MqttAsset, MqttTransfer};
 use mqtt_dsp_operator::backends::registry::{Backends, BuildContext};
 use mqtt_dsp_operator::config::Config;
 use mqtt_dsp_operator::controller::{self, Context, Settings};
 use mqtt_dsp_operator::metrics::Metrics;
 use tokio::sync::watch;
 
-use crate::apiserver::ApiServer;
 use crate::brokers::mosquitto::{self, Mosquitto};
 use crate::brokers::rabbitmq::{self, OAuthSettings, RabbitMq};
 use crate::doubles::edc::{self, EdcConfig, EdcDouble, Flavour};
 use crate::doubles::keycloak::{self, KeycloakDouble};
 use crate::doubles::vault::{self, VaultDouble};
+use crate::systems::kubernetes::{self, ControlPlane};
 use crate::tls::TestCa;
 
 /// The operator's own client in the Keycloak double.
@@ -41,20 +44,10 @@ pub const SCOPES_KEY: &str = "dsp_mqtt_scopes";
 
 /// Where the cluster comes from.
 pub enum Cluster {
-    /// The in-repo Kubernetes API test server.
-    TestServer(ApiServer),
-    /// A real cluster from `KUBECONFIG`.
-    Real,
-}
-
-impl Cluster {
-    /// The test server, when that is what runs.
-    pub fn test_server(&self) -> Option<&ApiServer> {
-        match self {
-            Cluster::TestServer(s) => Some(s),
-            Cluster::Real => None,
-        }
-    }
+    /// The real control plane this test binary started ([`crate::systems::kubernetes`]).
+    Local(&'static ControlPlane),
+    /// A cluster from `KUBECONFIG`.
+    Kubeconfig,
 }
 
 /// What to start.
@@ -90,8 +83,12 @@ pub struct DevStack {
     pub ca: TestCa,
     /// The cluster.
     pub cluster: Cluster,
-    /// A client for it.
+    /// The administrator's client (the test's own view: set-up, inspection, tampering).
     pub client: kube::Client,
+    /// The client the controllers run with: the operator's ServiceAccount on the local control
+    /// plane.
+    pub operator_client: kube::Client,
+    torn_down: bool,
     /// The namespace this stack's resources live in.
     pub namespace: String,
     /// Connector profile `default`: stock EDC, ADR spelling, Vault folder `edc`.
@@ -128,26 +125,33 @@ impl DevStack {
         {
             crate::logs::register_secret(s);
         }
-        let ca = TestCa::new();
-        let (cluster, client) = match std::env::var_os("KUBECONFIG") {
+        let ca = TestCa::shared();
+        let (cluster, client, operator_client) = match std::env::var_os("KUBECONFIG") {
             Some(path) => {
                 eprintln!("dev stack: using the cluster from KUBECONFIG={}", path.to_string_lossy());
                 let client = kube::Client::try_default().await.expect("a client from KUBECONFIG");
                 mqtt_dsp_operator::run::check_crds(&client)
                     .await
                     .expect("the CRDs must be installed in the KUBECONFIG cluster (kubectl apply -f crds/)");
-                (Cluster::Real, client)
+                (Cluster::Kubeconfig, client.clone(), client)
             }
             None => {
-                let server = ApiServer::start(&ca).await.expect("Kubernetes API test server");
-                server.apply_crds(&crate::crds_dir()).await.expect("CRDs applied");
-                let client = server.client();
-                (Cluster::TestServer(server), client)
+                let plane = tokio::task::spawn_blocking(kubernetes::shared)
+                    .await
+                    .expect("start-up task")
+                    .unwrap_or_else(|e| panic!("{e}"));
+                (Cluster::Local(plane), plane.admin_client().await, plane.operator_client().await)
             }
         };
         let namespace = format!("e2e-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
+        let mut labels = std::collections::BTreeMap::new();
+        labels.insert(kubernetes::TEST_NAMESPACE_LABEL.to_owned(), "true".to_owned());
         let ns = Namespace {
-            metadata: kube::api::ObjectMeta { name: Some(namespace.clone()), ..Default::default() },
+            metadata: kube::api::ObjectMeta {
+                name: Some(namespace.clone()),
+                labels: Some(labels),
+                ..Default::default()
+            },
             ..Default::default()
         };
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace created");
@@ -171,7 +175,7 @@ impl DevStack {
         let yaml =
             operator_config_yaml(dir.path(), &ca, &edc, &edc_fx, &keycloak, &vault, &mosquitto, rabbitmq.as_ref());
         let config = Config::parse(&yaml).unwrap_or_else(|p| panic!("dev-stack configuration: {p:#?}"));
-        let build = BuildContext { kube: Some(&client), namespace: &namespace, replica: "e2e" };
+        let build = BuildContext { kube: Some(&operator_client), namespace: &namespace, replica: "e2e" };
         let backends = Arc::new(Backends::build(&config, &build).await.unwrap_or_else(|e| panic!("{e}")));
         let metrics = Arc::new(Metrics::default());
 
@@ -180,6 +184,8 @@ impl DevStack {
             ca,
             cluster,
             client,
+            operator_client,
+            torn_down: false,
             namespace,
             edc,
             edc_fx,
@@ -203,14 +209,14 @@ impl DevStack {
     /// A fresh client for the cluster, as a new operator process would have.
     async fn fresh_client(&self) -> kube::Client {
         match &self.cluster {
-            Cluster::TestServer(server) => server.client(),
-            Cluster::Real => kube::Client::try_default().await.expect("a client from KUBECONFIG"),
+            Cluster::Local(plane) => plane.operator_client().await,
+            Cluster::Kubeconfig => kube::Client::try_default().await.expect("a client from KUBECONFIG"),
         }
     }
 
     /// (Re)starts the controllers with these settings.
     pub fn start_controllers(&mut self, settings: Settings) {
-        self.start_controllers_with(self.client.clone(), settings);
+        self.start_controllers_with(self.operator_client.clone(), settings);
     }
 
     fn start_controllers_with(&mut self, client: kube::Client, settings: Settings) {
@@ -261,12 +267,96 @@ impl DevStack {
         Api::namespaced(self.client.clone(), &self.namespace)
     }
 
-    /// Deletes the namespace on a real cluster (the test server goes away by itself).
-    pub async fn teardown(mut self) {
-        self.stop_controllers().await;
-        if matches!(self.cluster, Cluster::Real) {
-            let _ = Api::<Namespace>::all(self.client.clone()).delete(&self.namespace, &DeleteParams::default()).await;
+    /// Resource versions of everything in the stack's namespace that the operator can write
+    /// (MqttAssets, MqttTransfers, Secrets, Events): equal before and after means it wrote
+    /// nothing to Kubernetes in between.
+    pub async fn kubernetes_state(&self) -> std::collections::BTreeMap<String, String> {
+        use k8s_openapi::api::core::v1::Secret;
+        use k8s_openapi::api::events::v1::Event;
+        fn versions<K: kube::Resource>(
+            kind: &str,
+            items: Vec<K>,
+            into: &mut std::collections::BTreeMap<String, String>,
+        ) {
+            for item in items {
+                let meta = item.meta();
+                into.insert(
+                    format!("{kind}/{}", meta.name.clone().unwrap_or_default()),
+                    meta.resource_version.clone().unwrap_or_default(),
+                );
+            }
         }
+        let mut state = std::collections::BTreeMap::new();
+        let lp = ListParams::default();
+        versions("MqttAsset", self.api::<MqttAsset>().list(&lp).await.expect("list").items, &mut state);
+        versions("MqttTransfer", self.api::<MqttTransfer>().list(&lp).await.expect("list").items, &mut state);
+        versions("Secret", self.api::<Secret>().list(&lp).await.expect("list").items, &mut state);
+        versions("Event", self.api::<Event>().list(&lp).await.expect("list").items, &mut state);
+        state
+    }
+
+    /// Leaves the cluster as the stack found it: deletes every MqttTransfer, then every MqttAsset,
+    /// while the controllers still run (their finalizer removes what they made in the backends),
+    /// then stops the controllers and removes the namespace. Panics when a resource or the
+    /// namespace does not go within 60 s (after forcing them out, so the cluster is clean anyway).
+    pub async fn teardown(mut self) {
+        self.torn_down = true;
+        if self.controllers.is_none() {
+            self.start_controllers(self.settings.clone());
+        }
+        let mut stuck = Vec::new();
+        stuck.extend(delete_all::<MqttTransfer>(&self.api(), Duration::from_secs(60)).await);
+        stuck.extend(delete_all::<MqttAsset>(&self.api(), Duration::from_secs(60)).await);
+        self.stop_controllers().await;
+        if !stuck.is_empty() {
+            strip_finalizers(&self.client, &self.namespace).await;
+        }
+        let removed = match &self.cluster {
+            Cluster::Local(plane) => plane.delete_namespace(&self.namespace, Duration::from_secs(60)).await,
+            Cluster::Kubeconfig => Api::<Namespace>::all(self.client.clone())
+                .delete(&self.namespace, &DeleteParams::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string()),
+        };
+        assert!(stuck.is_empty(), "still there 60 s after deletion with the operator running: {stuck:?}");
+        if let Err(e) = removed {
+            panic!("teardown: {e}");
+        }
+    }
+}
+
+/// Deletes every object of a kind in the namespace of `api` and waits until they are gone; names
+/// what is still there after `timeout`.
+async fn delete_all<K>(api: &Api<K>, timeout: Duration) -> Vec<String>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let _ = api.delete_collection(&DeleteParams::default(), &ListParams::default()).await;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let left: Vec<String> = match api.list(&ListParams::default()).await {
+            Ok(list) => list.items.iter().map(|o| o.meta().name.clone().unwrap_or_default()).collect(),
+            Err(e) => vec![format!("(list failed: {e})")],
+        };
+        if left.is_empty() || tokio::time::Instant::now() >= deadline {
+            return left;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Removes the operator's finalizer from whatever is left in `namespace` (a stack dropped without
+/// teardown, or one whose operator could not clean up), so the namespace can go.
+async fn strip_finalizers(client: &kube::Client, namespace: &str) {
+    let patch = Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}}));
+    let assets: Api<MqttAsset> = Api::namespaced(client.clone(), namespace);
+    let transfers: Api<MqttTransfer> = Api::namespaced(client.clone(), namespace);
+    for t in transfers.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+        let _ = transfers.patch(&t.metadata.name.unwrap_or_default(), &PatchParams::default(), &patch).await;
+    }
+    for a in assets.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+        let _ = assets.patch(&a.metadata.name.unwrap_or_default(), &PatchParams::default(), &patch).await;
     }
 }
 
@@ -276,6 +366,27 @@ impl Drop for DevStack {
         if let Some(task) = self.controllers.take() {
             task.abort();
         }
+        if self.torn_down {
+            return;
+        }
+        // Dropped without teardown (a failed test, most likely): force the namespace out so the
+        // cluster stays clean for the binary's other tests. The backends may keep what the
+        // operator made; a passing test calls teardown instead.
+        if !std::thread::panicking() {
+            eprintln!("dev stack {}: dropped without teardown(); forcing the namespace out", self.namespace);
+        }
+        let Cluster::Local(plane) = &self.cluster else { return };
+        let kubeconfig = plane.admin_kubeconfig.clone();
+        let namespace = self.namespace.clone();
+        let _ = std::thread::spawn(move || {
+            let Ok(runtime) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+            runtime.block_on(async move {
+                let Ok(client) = kubernetes::client_from_file(&kubeconfig).await else { return };
+                strip_finalizers(&client, &namespace).await;
+                let _ = Api::<Namespace>::all(client).delete(&namespace, &DeleteParams::default()).await;
+            });
+        })
+        .join();
     }
 }
 

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use e2e::consumer::Consumer;
 use e2e::fixtures::consumer_options;
-use e2e::stack::{DevStack, StackOptions, VAULT_FOLDER, condition, operator_config_yaml, wait_gone};
+use e2e::stack::{Cluster, DevStack, StackOptions, VAULT_FOLDER, condition, operator_config_yaml, wait_gone};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use mqtt_dsp_operator::api::MqttAsset;
@@ -34,24 +34,26 @@ struct Operator {
 }
 
 impl Operator {
-    fn start(stack: &DevStack, dir: &std::path::Path, config: &std::path::Path, name: &str) -> Operator {
+    async fn start(stack: &DevStack, dir: &std::path::Path, config: &std::path::Path, name: &str) -> Operator {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let log = dir.join(format!("{name}.log"));
         let mut cmd = Command::new(OPERATOR);
         cmd.args(["run", "--config"])
             .arg(config)
             .args(["--listen", &format!("127.0.0.1:{port}")])
-            .args(["--watch-namespace", &stack.namespace, "--lease-namespace", &stack.namespace])
+            .args(["--watch-namespace", &stack.namespace, "--lease-namespace", &lease_namespace(stack)])
             .args(["--lease-duration-seconds", &LEASE_SECONDS.to_string(), "--lease-grace-seconds", "1"])
             .env("POD_NAME", name)
-            .env("POD_NAMESPACE", &stack.namespace)
+            .env("POD_NAMESPACE", lease_namespace(stack))
             .env("RUST_LOG", "info")
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
-        if let Some(server) = stack.cluster.test_server() {
-            let kubeconfig = dir.join("kubeconfig");
-            std::fs::write(&kubeconfig, server.kubeconfig_yaml()).unwrap();
+        // On the local control plane each replica runs as the operator's ServiceAccount, with
+        // exactly the RBAC of deploy/rbac.yaml (the Lease rules included).
+        if let Cluster::Local(plane) = &stack.cluster {
+            let kubeconfig = dir.join(format!("{name}.kubeconfig"));
+            plane.write_operator_kubeconfig(&kubeconfig).await;
             cmd.env("KUBECONFIG", kubeconfig);
         }
         Operator { child: cmd.spawn().expect("the operator binary starts"), port, log }
@@ -122,8 +124,17 @@ async fn ready_count(api: &Api<MqttAsset>) -> usize {
     api.list(&ListParams::default()).await.unwrap().items.iter().filter(|a| ready(a)).count()
 }
 
+/// Where the replicas hold their Lease: the operator's own namespace on the local control plane
+/// (where deploy/rbac.yaml grants the Lease), the stack's namespace on a `KUBECONFIG` cluster.
+fn lease_namespace(stack: &DevStack) -> String {
+    match stack.cluster {
+        Cluster::Local(_) => e2e::systems::kubernetes::OPERATOR_NAMESPACE.to_owned(),
+        Cluster::Kubeconfig => stack.namespace.clone(),
+    }
+}
+
 async fn lease(stack: &DevStack) -> k8s_openapi::api::coordination::v1::LeaseSpec {
-    let leases: Api<Lease> = stack.api();
+    let leases: Api<Lease> = Api::namespaced(stack.client.clone(), &lease_namespace(stack));
     leases.get(LEASE).await.unwrap().spec.expect("the Lease has a spec")
 }
 
@@ -194,9 +205,9 @@ async fn killing_the_leader_mid_reconcile_hands_over_without_duplicates_or_orpha
     std::fs::write(&config, yaml).unwrap();
 
     // Replica a leads; replica b stands by, ready (so a rollout can go on) but idle.
-    let mut a = Operator::start(&stack, dir.path(), &config, "replica-a");
+    let mut a = Operator::start(&stack, dir.path(), &config, "replica-a").await;
     a.wait_ready("leading", Duration::from_secs(30)).await;
-    let b = Operator::start(&stack, dir.path(), &config, "replica-b");
+    let b = Operator::start(&stack, dir.path(), &config, "replica-b").await;
     b.wait_ready("standing by", Duration::from_secs(30)).await;
     let held = lease(&stack).await.holder_identity;
     assert!(held.is_some_and(|h| h.starts_with("replica-a_")), "a holds the Lease");
