@@ -1,8 +1,10 @@
 //! `make bench`: the MqttTransfer provisioning benchmark (docs/benchmarks.md).
 //!
-//! This process runs the dev stack's Kubernetes API test server, the EDC/Keycloak/Vault doubles
-//! and a real Mosquitto; the operator runs as a separate process (the release binary), so that
-//! its peak RSS is its own. Phases, in order:
+//! This process runs a real Kubernetes control plane (e2e::systems::kubernetes: kube-apiserver
+//! v1.36 with etcd on tmpfs), the EDC/Keycloak/Vault doubles and a real Mosquitto; the operator
+//! runs as a separate process (the release binary) under its ServiceAccount with the shipped
+//! RBAC, so that its peak RSS is its own. Its Kubernetes requests are counted from the API
+//! server's audit log. Phases, in order:
 //!
 //! 1. floor: the backend calls of a transfer (Vault read + ensure, Mosquitto ensure_user) made
 //!    directly with the operator's own clients, same concurrency, no Kubernetes; then removed;
@@ -21,13 +23,13 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use e2e::apiserver::ApiServer;
 use e2e::brokers::mosquitto::{self, Mosquitto};
 use e2e::consumer::{Consumer, FromSecret};
 use e2e::doubles::edc::{self, EdcConfig, Flavour};
-use e2e::doubles::{RequestLog, keycloak, vault};
+use e2e::doubles::{LoggedRequest, RequestLog, keycloak, vault};
 use e2e::fixtures::consumer_options;
 use e2e::stack::{KEYCLOAK_OPERATOR_SECRET, REALM, VAULT_FOLDER, VAULT_TOKEN, operator_config_yaml};
+use e2e::systems::kubernetes::{self, ControlPlane, OPERATOR_USER};
 use e2e::tls::TestCa;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{Namespace, Secret};
@@ -122,7 +124,7 @@ fn progress(message: &str) {
 /// Everything but the operator process.
 struct Stack {
     ca: TestCa,
-    api: ApiServer,
+    api: KubeLog,
     client: kube::Client,
     edc: edc::EdcDouble,
     edc_fx: edc::EdcDouble,
@@ -134,10 +136,9 @@ struct Stack {
 }
 
 async fn start_stack() -> Result<Stack, Failure> {
-    let ca = TestCa::new();
-    let api = ApiServer::start(&ca).await?;
-    api.apply_crds(&e2e::crds_dir()).await?;
-    let client = api.client();
+    let ca = TestCa::shared();
+    let plane = tokio::task::spawn_blocking(kubernetes::shared).await??;
+    let client = plane.admin_client().await;
     let edc = edc::start(&ca, EdcConfig::flavour(Flavour::Stock)).await?;
     let edc_fx = edc::start(&ca, EdcConfig::flavour(Flavour::Factoryx)).await?;
     let keycloak = keycloak::start(&ca, REALM, "mqtt-dsp-operator", KEYCLOAK_OPERATOR_SECRET).await?;
@@ -146,8 +147,23 @@ async fn start_stack() -> Result<Stack, Failure> {
     let dir = tempfile::Builder::new().prefix("bench-transfers-").tempdir()?;
     let config_yaml = operator_config_yaml(dir.path(), &ca, &edc, &edc_fx, &keycloak, &vault, &mosquitto, None);
     std::fs::write(dir.path().join("config.yaml"), &config_yaml)?;
-    std::fs::write(dir.path().join("kubeconfig"), api.kubeconfig_yaml())?;
+    plane.write_operator_kubeconfig(&dir.path().join("kubeconfig")).await;
+    let api = KubeLog { plane };
     Ok(Stack { ca, api, client, edc, edc_fx, keycloak, vault, mosquitto, config_yaml, dir })
+}
+
+/// The operator's requests to the API server, from its audit log.
+struct KubeLog {
+    plane: &'static ControlPlane,
+}
+
+impl KubeLog {
+    fn all(&self) -> Vec<LoggedRequest> {
+        self.plane.requests(Some(OPERATOR_USER))
+    }
+    fn write_count(&self) -> u64 {
+        self.all().iter().filter(|r| r.is_mutating()).count() as u64
+    }
 }
 
 /// The operator binary as a child process; stopped (SIGTERM, then kill) when dropped.
@@ -296,7 +312,7 @@ struct Counts {
 fn counts(stack: &Stack) -> Counts {
     Counts {
         at: Instant::now(),
-        kube: stack.api.log.all().len(),
+        kube: stack.api.all().len(),
         kube_writes: stack.api.write_count(),
         vault: stack.vault.server.log.all().len(),
         edc: stack.edc.server.log.all().len(),
@@ -306,9 +322,9 @@ fn counts(stack: &Stack) -> Counts {
 }
 
 /// What a log received after `from` entries, as `"METHOD what"` → count.
-fn tally(log: &RequestLog, from: usize, classify: impl Fn(&e2e::doubles::LoggedRequest) -> String) -> Tally {
+fn tally(log: Vec<LoggedRequest>, from: usize, classify: impl Fn(&LoggedRequest) -> String) -> Tally {
     let mut t = Tally::new();
-    for r in log.all().into_iter().skip(from) {
+    for r in log.into_iter().skip(from) {
         *t.entry(classify(&r)).or_default() += 1;
     }
     t
@@ -510,7 +526,7 @@ async fn floor(stack: &Stack, dynsec: &DynsecCounter, n: usize, concurrency: usi
     let result = FloorResult {
         cpu,
         elapsed,
-        vault: tally(&stack.vault.server.log, before.vault, vault_request),
+        vault: tally(stack.vault.server.log.all(), before.vault, vault_request),
         dynsec: dynsec.reading().await - dynsec_before,
     };
 
@@ -543,7 +559,6 @@ struct ProvisionResult {
     reconciles: f64,
     reconcile_seconds_sum: f64,
     peak_rss_kib: u64,
-    harness_creates: u64,
     cpu: Cpu,
 }
 
@@ -625,11 +640,11 @@ async fn provision(
 
     // What follows the last status write (the reconcile its own write triggers) belongs to the
     // provisioning too: wait until the API server has been quiet for 2 s.
-    let mut seen = stack.api.log.all().len();
+    let mut seen = stack.api.all().len();
     let quiet_deadline = Instant::now() + Duration::from_secs(60);
     loop {
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let now = stack.api.log.all().len();
+        let now = stack.api.all().len();
         if now == seen || Instant::now() > quiet_deadline {
             break;
         }
@@ -641,14 +656,13 @@ async fn provision(
     let mut latencies: Vec<Duration> =
         created.iter().filter_map(|(name, at)| ready.get(name).map(|r| r.saturating_duration_since(*at))).collect();
     latencies.sort();
-    let kube = tally(&stack.api.log, before.kube, kube_request);
+    let kube = tally(stack.api.all(), before.kube, kube_request);
     Ok(ProvisionResult {
         cpu,
         elapsed,
         latencies,
-        harness_creates: n as u64,
         kube,
-        vault: tally(&stack.vault.server.log, before.vault, vault_request),
+        vault: tally(stack.vault.server.log.all(), before.vault, vault_request),
         edc: (after.edc + after.edc_fx - before.edc - before.edc_fx) as u64,
         keycloak: (after.keycloak - before.keycloak) as u64,
         dynsec: dynsec_after - dynsec_before,
@@ -755,7 +769,7 @@ async fn resync(stack: &Stack, options: &Options, dynsec: &DynsecCounter, log: &
         }
         t
     };
-    let kube = tally(&stack.api.log, before.kube, kube_request);
+    let kube = tally(stack.api.all(), before.kube, kube_request);
     // The leader-election Lease is renewed every few seconds whatever happens: that is the
     // operator staying leader, not a write about the resources, so it is reported apart.
     let lease_writes: u64 =
@@ -868,13 +882,8 @@ fn report(
     let n = o.transfers;
     let rate = n as f64 / p.elapsed.as_secs_f64();
     let ratio = p.elapsed.as_secs_f64() / floor.elapsed.as_secs_f64();
-    // The harness's own requests in the provisioning window: its creates and its watch.
-    let kube_operator: u64 = p
-        .kube
-        .iter()
-        .filter(|(k, _)| !k.starts_with("WATCH "))
-        .map(|(k, v)| if k == "POST mqtttransfers" { v.saturating_sub(p.harness_creates) } else { *v })
-        .sum();
+    // The operator's own requests (the audit log names the user), its long-lived watches aside.
+    let kube_operator: u64 = p.kube.iter().filter(|(k, _)| !k.starts_with("WATCH ")).map(|(_, v)| *v).sum();
     let resync_writes = s.kube_writes
         + total(&s.vault_mutating)
         + total(&s.edc_mutating)

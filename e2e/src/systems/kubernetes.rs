@@ -33,6 +33,8 @@ use crate::tls::TestCa;
 pub const OPERATOR_NAMESPACE: &str = "mqtt-dsp-operator";
 /// The operator's ServiceAccount.
 pub const OPERATOR_SERVICE_ACCOUNT: &str = "mqtt-dsp-operator";
+/// The user name the API server sees for the operator's ServiceAccount (audit log, RBAC).
+pub const OPERATOR_USER: &str = "system:serviceaccount:mqtt-dsp-operator:mqtt-dsp-operator";
 /// Label on every namespace a test makes, so the suite can check none is left behind.
 pub const TEST_NAMESPACE_LABEL: &str = "e2e.dsp-mqtt.io/test-namespace";
 
@@ -58,6 +60,8 @@ pub struct ControlPlane {
     pub url: String,
     /// A kubeconfig of the cluster administrator (group `system:masters`).
     pub admin_kubeconfig: PathBuf,
+    /// The API server's audit log (JSON lines, one per completed request).
+    pub audit_log: PathBuf,
     ca: TestCa,
     dir: PathBuf,
     children: std::sync::Mutex<Vec<Child>>,
@@ -117,6 +121,7 @@ impl ControlPlane {
         let mut plane = ControlPlane {
             url: String::new(),
             admin_kubeconfig: dir.join("admin.kubeconfig"),
+            audit_log: dir.join("audit.log"),
             ca: ca.clone(),
             dir: dir.clone(),
             children: std::sync::Mutex::new(Vec::new()),
@@ -215,6 +220,11 @@ impl ControlPlane {
         )
         .map_err(io("write kubeconfig"))?;
 
+        std::fs::write(
+            d("audit-policy.yaml"),
+            "apiVersion: audit.k8s.io/v1\nkind: Policy\nomitStages: [RequestReceived, ResponseStarted]\nrules:\n- level: Metadata\n",
+        )
+        .map_err(io("write audit policy"))?;
         let bin = binaries_dir();
         let apiserver = spawn_watched(
             &bin.join("kube-apiserver").display().to_string(),
@@ -238,6 +248,11 @@ impl ControlPlane {
                 "--allow-privileged=true",
                 "--profiling=false",
                 "--enable-priority-and-fairness=false",
+                // Every request's metadata in a JSON log: the real server's own record of who
+                // called what (what the benchmark counts per transfer).
+                &format!("--audit-policy-file={}", d("audit-policy.yaml")),
+                &format!("--audit-log-path={}", self.audit_log.display()),
+                "--audit-log-maxbackup=0",
                 "--v=1",
             ],
             &[],
@@ -421,6 +436,33 @@ impl ControlPlane {
                 _ => tokio::time::sleep(Duration::from_millis(200)).await,
             }
         }
+    }
+
+    /// The requests the API server completed so far, from its audit log, as a double's request
+    /// log shows them (method, path, query, status); only those of `user` when given (e.g.
+    /// [`OPERATOR_USER`]).
+    pub fn requests(&self, user: Option<&str>) -> Vec<crate::doubles::LoggedRequest> {
+        let text = std::fs::read_to_string(&self.audit_log).unwrap_or_default();
+        text.lines()
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter(|event| user.is_none_or(|u| event["user"]["username"] == u))
+            .map(|event| {
+                let uri = event["requestURI"].as_str().unwrap_or_default();
+                let (path, query) = match uri.split_once('?') {
+                    Some((p, q)) => (p.to_owned(), Some(q.to_owned())),
+                    None => (uri.to_owned(), None),
+                };
+                let method = match event["verb"].as_str().unwrap_or_default() {
+                    "create" => "POST",
+                    "update" => "PUT",
+                    "patch" => "PATCH",
+                    "delete" | "deletecollection" => "DELETE",
+                    _ => "GET",
+                };
+                let status = event["responseStatus"]["code"].as_u64().unwrap_or(0) as u16;
+                crate::doubles::LoggedRequest { method: method.into(), path, query, status }
+            })
+            .collect()
     }
 
     /// The API server's log (for failures).
