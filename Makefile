@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN   := target/debug/mqtt-dsp-operator
 
-.PHONY: help build test fmt fmt-check lint unit crds crds-check chart-check run demo e2e bench deploy
+.PHONY: help build test fmt fmt-check lint unit systems crds crds-check chart-check run demo e2e bench deploy
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -24,7 +24,11 @@ lint: ## clippy on every target, warnings are errors
 
 TEST_LOG := $(CURDIR)/target/test-logs/tracing.log
 
-unit: ## All tests of the workspace, then a check that no secret reached a log line
+systems: ## Install the real systems the tests run against (brokers, etcd, kube-apiserver, helm, Keycloak, EDC; cached: fast when done)
+	bash scripts/install-deps.sh
+	bash scripts/install-systems.sh
+
+unit: systems ## All tests of the workspace, then a check that no secret reached a log line
 	rm -rf target/test-logs && mkdir -p target/test-logs
 	MQTT_DSP_TEST_LOG=$(TEST_LOG) $(CARGO) test --workspace --locked
 	e2e/check-log-secrets.sh $(TEST_LOG)
@@ -44,12 +48,11 @@ run: build ## Run the operator against the current kube-context with examples/op
 
 BENCH_OUT := target/bench/transfers.md
 
-bench: ## MqttTransfer provisioning benchmark (release build, operator as its own process; a few minutes), results in target/bench/transfers.md
+bench: systems ## MqttTransfer provisioning benchmark (release build, operator as its own process; a few minutes), results in target/bench/transfers.md
 	$(CARGO) build --release --locked -p mqtt-dsp-operator -p e2e --bin mqtt-dsp-operator --bin bench-transfers
 	target/release/bench-transfers --operator target/release/mqtt-dsp-operator --out $(BENCH_OUT)
 
-demo: ## The operator end to end in one command: dev stack, operator as its own process, examples/ applied with kubectl, a live message through the issued DataAddress (DEMO_ARGS=--help for options)
-	bash scripts/install-deps.sh
+demo: systems ## The operator end to end in one command: real Kubernetes, Keycloak, EDC and brokers, operator as its own process, examples/ applied with kubectl, a live message through the issued DataAddress (DEMO_ARGS=--doubles for the Keycloak/EDC doubles; --help)
 	@# --test demo: features resolve as in `make test` (dev-dependencies included), so the two share artifacts.
 	$(CARGO) build --locked -p mqtt-dsp-operator -p e2e --bin mqtt-dsp-operator --bin demo --test demo
 	target/debug/demo --operator $(BIN) $(DEMO_ARGS)
@@ -63,7 +66,7 @@ deploy: ## helm upgrade --install of the chart into the current kube-context (NA
 
 E2E_LOG := $(CURDIR)/target/e2e-logs/tracing.log
 
-e2e: ## The user stories as scenarios (docs/e2e.md): against the KUBECONFIG cluster when set, else the dev stack
+e2e: systems ## The user stories as scenarios (docs/e2e.md): against the KUBECONFIG cluster when set, else the dev stack
 	rm -rf target/e2e-logs && mkdir -p target/e2e-logs
 	MQTT_DSP_TEST_LOG=$(E2E_LOG) $(CARGO) test -p e2e --locked --test scenarios
 	MQTT_DSP_TEST_LOG=$(E2E_LOG) $(CARGO) test -p mqtt-dsp-operator --locked --test leader_election
