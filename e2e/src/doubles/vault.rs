@@ -1,28 +1,40 @@
 //! A HashiCorp Vault double: one KV version 2 engine, the Kubernetes auth method and the token
 //! renewal endpoint, in memory.
 //!
-//! Follows domain.md §5 and Vault's KV v2 plugin:
+//! Follows domain.md §5 and Vault's KV v2 plugin; `e2e/tests/vault_contract.rs` runs the same
+//! tests against it and a real OpenBao 2.7.2 (`e2e/src/systems/vault.rs`), whose answers it
+//! matches except where OpenBao differs from Vault (OpenBao adds `current_metadata_version` and
+//! `metadata_cas_required` to key metadata and has no `mount_type` in its envelope; its JSON
+//! parse error says "decode" where Vault's says "parse"):
 //! - `X-Vault-Token` on every call but the login. A wrong, revoked or expired token gets 403
 //!   `{"errors": ["permission denied"]}`; a missing one gets the same 403 (newer releases) or,
 //!   after [`VaultDouble::set_missing_token_answer`], 400 `{"errors": ["missing client token"]}`
 //!   (older releases). Errors always come as `{"errors": [...]}`; a plain 404 is `{"errors": []}`.
 //! - `GET /v1/<mount>/data/<key>[?version=N]` → `{"data": {"data": {...}, "metadata": {version,
-//!   created_time, deletion_time, destroyed, custom_metadata}}}`; 404 when the key or version does
-//!   not exist, 404 *with* that body (`data: null`) when the version is deleted or destroyed.
+//!   created_time, deletion_time, destroyed, custom_metadata}}}`; version 0, a negative one or
+//!   none is the latest, a non-number is 400; 404 when the key or version does not exist, 404
+//!   *with* that body (`data: null`) when the version is deleted or destroyed.
 //! - `POST|PUT /v1/<mount>/data/<key>` with `{"data": {...}, "options": {"cas": N}}` → 200 with the
-//!   new version's metadata. Missing `data` → 400 "no data provided"; a `cas` that is not the
-//!   current version (0: the key has no version) → 400 "check-and-set parameter did not match
-//!   the current version". `DELETE` soft-deletes the latest version → 204.
+//!   new version's metadata. Missing `data` → 400 "no data provided" (`"data": null` is stored as
+//!   a version without data); a `cas` that is not the current version (0: the key has no
+//!   version; negative: never) → 400 "check-and-set parameter did not match the current
+//!   version"; `cas: null` is no cas. `DELETE` soft-deletes the latest version → 204.
 //! - `GET /v1/<mount>/metadata/<key>` → key metadata with `versions`, `current_version`,
-//!   `custom_metadata` (null until set); 404 when absent. `POST|PUT` creates the key's metadata
-//!   even without any version, replaces `custom_metadata` when given (validated: at most 64 keys,
-//!   keys ≤ 128 and values ≤ 512 bytes, non-empty) and answers 204. `DELETE` removes the key with
-//!   all versions and answers 204 even when there was nothing to delete.
+//!   `oldest_version` (0: nothing pruned), `custom_metadata` (null until set); 404 when absent.
+//!   `POST|PUT` creates the key's metadata even without any version, replaces `custom_metadata`
+//!   when given (values weakly typed: numbers as written, booleans "1"/"0"; `{}` or null clears
+//!   it; validated: at most 64 keys, keys ≤ 128 and values ≤ 512 bytes, non-empty, every
+//!   violation listed in Go's multierror text) and answers 204. `DELETE` removes the key with all
+//!   versions and answers 204 even when there was nothing to delete.
+//! - Inside the mount, a path ending in `/` is no key (GET 404 `{"errors": []}`, writes 400
+//!   "cannot write to a path ending in '/'"); a section other than `data`/`metadata` is 404
+//!   with the "Invalid path for a versioned K/V secrets engine" warning.
 //! - `POST /v1/auth/kubernetes/login` with `{"role", "jwt"}`: missing field → 400 "missing role" /
 //!   "missing jwt", unknown role → 400 `invalid role name "x"`, wrong JWT → 403 permission denied;
 //!   success → `{"auth": {"client_token", "lease_duration", "renewable", ...}}`.
 //! - `POST /v1/auth/token/renew-self`: extends a renewable token by its TTL, capped at its max
-//!   TTL (with a warning, as Vault does); a non-renewable token gets 400.
+//!   TTL (with a warning, as Vault does); a non-renewable token gets 400, the root token (no
+//!   lease) 400 "invalid lease ID".
 //! - Unknown paths → 404 "no handler for route", unsupported methods → 405.
 //!
 //! Left out: policies (a valid token may do everything except what
@@ -169,7 +181,7 @@ impl VaultDouble {
         let state = self.state.lock().unwrap();
         let entry = state.keys.get(key)?;
         Some(SecretView {
-            data: entry.live(entry.current_version).map(|v| v.data.clone()),
+            data: entry.live(entry.current_version).and_then(|v| v.data.as_object().cloned()),
             custom_metadata: entry.custom_metadata.clone().unwrap_or_default(),
             current_version: entry.current_version,
         })
@@ -195,7 +207,7 @@ impl VaultDouble {
             entry.custom_metadata = Some(custom_metadata);
         }
         if let Some(data) = data {
-            entry.add_version(data);
+            entry.add_version(Value::Object(data));
         }
     }
 
@@ -217,7 +229,7 @@ impl VaultDouble {
     /// element): a concurrent writer that makes a check-and-set fail.
     pub fn interpose_writes(&self, key: &str, contents: &[&str]) {
         let mut state = self.state.lock().unwrap();
-        state.interposed.insert(key.to_owned(), contents.iter().map(|c| content_map(c)).collect());
+        state.interposed.insert(key.to_owned(), contents.iter().map(|c| Value::Object(content_map(c))).collect());
     }
 
     /// Revokes every token issued by a login (the root token stays): what a Vault restart with
@@ -275,7 +287,7 @@ struct VaultState {
     keys: BTreeMap<String, KeyEntry>,
     logins: u32,
     renewals: u32,
-    interposed: HashMap<String, Vec<Map<String, Value>>>,
+    interposed: HashMap<String, Vec<Value>>,
     denied_prefixes: Vec<String>,
 }
 
@@ -295,7 +307,8 @@ struct KeyEntry {
 }
 
 struct Version {
-    data: Map<String, Value>,
+    /// An object, or null (Vault stores `{"data": null}` as a version without data).
+    data: Value,
     created_time: String,
     deletion_time: String,
     destroyed: bool,
@@ -317,7 +330,7 @@ impl KeyEntry {
         self.versions.get(&version).filter(|v| v.deletion_time.is_empty() && !v.destroyed)
     }
 
-    fn add_version(&mut self, data: Map<String, Value>) -> u64 {
+    fn add_version(&mut self, data: Value) -> u64 {
         self.current_version += 1;
         let now = timestamp();
         self.updated_time = now.clone();
@@ -382,8 +395,19 @@ async fn handle(
         return no_handler(&path);
     };
     let (section, key) = rest.split_once('/').unwrap_or((rest, ""));
+    if !matches!(section, "data" | "metadata") {
+        return invalid_kv_path(&method);
+    }
+    // The mount itself or a "folder": nothing to read, nothing to delete, no write.
     if key.is_empty() || key.ends_with('/') {
-        return no_handler(&path);
+        return match method {
+            Method::GET => not_found(),
+            Method::DELETE => StatusCode::NO_CONTENT.into_response(),
+            Method::POST | Method::PUT => {
+                vault_errors(StatusCode::BAD_REQUEST, &["cannot write to a path ending in '/'"])
+            }
+            _ => unsupported(),
+        };
     }
     let token = headers.get("x-vault-token").and_then(|v| v.to_str().ok()).unwrap_or("");
     if token != state.root_token && state.denied_prefixes.iter().any(|p| key.starts_with(p.as_str())) {
@@ -404,8 +428,7 @@ async fn handle(
             state.keys.remove(key);
             StatusCode::NO_CONTENT.into_response()
         }
-        ("data" | "metadata", _) => unsupported(),
-        _ => no_handler(&path),
+        _ => unsupported(),
     }
 }
 
@@ -477,6 +500,9 @@ fn renew_self(state: &mut VaultState, headers: &HeaderMap, body: &[u8]) -> Respo
         return refusal.into_response();
     }
     let token = headers.get("x-vault-token").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+    if token == state.root_token {
+        return vault_errors(StatusCode::BAD_REQUEST, &["invalid lease ID"]);
+    }
     let renewable = state.renewable;
     let Some(issued) = state.tokens.get_mut(&token).filter(|t| t.renewable) else {
         return vault_errors(StatusCode::BAD_REQUEST, &["lease is not renewable"]);
@@ -512,13 +538,22 @@ fn renew_self(state: &mut VaultState, headers: &HeaderMap, body: &[u8]) -> Respo
 
 fn read_data(state: &VaultState, key: &str, query: Option<&str>) -> Response {
     let Some(entry) = state.keys.get(key) else { return not_found() };
-    let requested = query
-        .unwrap_or("")
-        .split('&')
-        .find_map(|pair| pair.strip_prefix("version="))
-        .and_then(|v| v.parse::<u64>().ok())
-        .filter(|v| *v > 0);
-    let number = requested.unwrap_or(entry.current_version);
+    let requested = match query.unwrap_or("").split('&').find_map(|pair| pair.strip_prefix("version=")) {
+        None | Some("") => 0,
+        Some(v) => match v.parse::<i64>() {
+            Ok(v) => v,
+            Err(_) => {
+                return vault_errors(
+                    StatusCode::BAD_REQUEST,
+                    &[
+                        "Field validation failed: error converting input for field \"version\": '' cannot parse value as 'int': strconv.ParseInt: invalid syntax",
+                    ],
+                );
+            }
+        },
+    };
+    // 0, a negative number or none: the latest version.
+    let number = u64::try_from(requested).ok().filter(|n| *n > 0).unwrap_or(entry.current_version);
     let Some(version) = entry.versions.get(&number) else { return not_found() };
     let metadata = entry.version_metadata(number, version);
     match entry.live(number) {
@@ -538,20 +573,17 @@ fn write_data(state: &mut VaultState, key: &str, body: &[u8]) -> Response {
         Ok(input) => input,
         Err(refusal) => return refusal.into_response(),
     };
+    // `{"data": null}` is a version without data (200); only a missing field is refused.
     let data = match input.get("data") {
-        None | Some(Value::Null) => return vault_errors(StatusCode::BAD_REQUEST, &["no data provided"]),
-        Some(Value::Object(data)) => data.clone(),
-        Some(_) => {
-            return vault_errors(
-                StatusCode::BAD_REQUEST,
-                &["error converting input for field \"data\": '' expected a map, got 'string'"],
-            );
-        }
+        None => return vault_errors(StatusCode::BAD_REQUEST, &["no data provided"]),
+        Some(data @ (Value::Object(_) | Value::Null)) => data.clone(),
+        Some(other) => return vault_errors(StatusCode::BAD_REQUEST, &[&not_a_map("data", other)]),
     };
+    // A negative cas parses and then matches no version; null counts as absent.
     let cas = match input.get("options").and_then(|o| o.get("cas")) {
-        None => None,
-        Some(Value::Number(n)) if n.as_u64().is_some() => n.as_u64(),
-        Some(Value::String(s)) if s.parse::<u64>().is_ok() => s.parse::<u64>().ok(),
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) if n.as_i64().is_some() => n.as_i64(),
+        Some(Value::String(s)) if s.parse::<i64>().is_ok() => s.parse::<i64>().ok(),
         Some(_) => return vault_errors(StatusCode::BAD_REQUEST, &["error parsing check-and-set parameter"]),
     };
     if let Some(mut pending) = state.interposed.remove(key) {
@@ -564,11 +596,11 @@ fn write_data(state: &mut VaultState, key: &str, body: &[u8]) -> Response {
         }
     }
     // Every value written is a secret the run's logs must never show.
-    for value in data.values().filter_map(Value::as_str) {
+    for value in data.as_object().into_iter().flat_map(Map::values).filter_map(Value::as_str) {
         crate::logs::register_secret(value);
     }
     let entry = state.keys.entry(key.to_owned()).or_insert_with(KeyEntry::new);
-    if cas.is_some_and(|cas| cas != entry.current_version) {
+    if cas.is_some_and(|cas| u64::try_from(cas) != Ok(entry.current_version)) {
         return vault_errors(StatusCode::BAD_REQUEST, &["check-and-set parameter did not match the current version"]);
     }
     let number = entry.add_version(data);
@@ -595,7 +627,8 @@ fn read_metadata(state: &VaultState, key: &str) -> Response {
         "custom_metadata": entry.custom_metadata,
         "delete_version_after": "0s",
         "max_versions": 0,
-        "oldest_version": entry.versions.keys().next().copied().unwrap_or(0),
+        // Moves only when versions beyond max_versions are pruned, which the double never does.
+        "oldest_version": 0,
         "updated_time": entry.updated_time,
         "versions": versions,
     });
@@ -614,60 +647,95 @@ fn write_metadata(state: &mut VaultState, key: &str, body: &[u8]) -> Response {
     {
         return StatusCode::NO_CONTENT.into_response();
     }
+    // Values are converted the way Vault's weak decoding does (numbers as written, booleans as
+    // "1"/"0", null as ""); an empty map or null clears custom_metadata.
     let custom_metadata = match input.get("custom_metadata") {
         None => None,
+        Some(Value::Null) => Some(BTreeMap::new()),
         Some(Value::Object(map)) => {
             let mut parsed = BTreeMap::new();
             for (k, v) in map {
                 let text = match v {
                     Value::String(s) => s.clone(),
                     Value::Number(n) => n.to_string(),
-                    Value::Bool(b) => b.to_string(),
+                    Value::Bool(b) => if *b { "1" } else { "0" }.to_owned(),
                     Value::Null => String::new(),
-                    _ => {
+                    other => {
                         return vault_errors(
                             StatusCode::BAD_REQUEST,
-                            &[&format!("custom_metadata validation failed: value for key {k:?} is not a string")],
+                            &[&format!(
+                                "custom_metadata validation failed: '' expected type 'string', got unconvertible type '{}'",
+                                go_type(other)
+                            )],
                         );
                     }
                 };
                 parsed.insert(k.clone(), text);
             }
-            if let Some(problem) = custom_metadata_problem(&parsed) {
-                return vault_errors(StatusCode::BAD_REQUEST, &[&problem]);
+            if let Some(problems) = custom_metadata_problems(&parsed) {
+                return vault_errors(StatusCode::BAD_REQUEST, &[&problems]);
             }
             Some(parsed)
         }
-        Some(_) => {
-            return vault_errors(
-                StatusCode::BAD_REQUEST,
-                &["error converting input for field \"custom_metadata\": expected a map"],
-            );
-        }
+        Some(other) => return vault_errors(StatusCode::BAD_REQUEST, &[&not_a_map("custom_metadata", other)]),
     };
     let entry = state.keys.entry(key.to_owned()).or_insert_with(KeyEntry::new);
     if let Some(custom_metadata) = custom_metadata {
-        entry.custom_metadata = Some(custom_metadata);
+        entry.custom_metadata = (!custom_metadata.is_empty()).then_some(custom_metadata);
         entry.updated_time = timestamp();
     }
     StatusCode::NO_CONTENT.into_response()
 }
 
-/// Vault's limits on custom_metadata.
-fn custom_metadata_problem(map: &BTreeMap<String, String>) -> Option<String> {
+/// Vault's limits on custom_metadata: every violation, in Go's multierror format.
+fn custom_metadata_problems(map: &BTreeMap<String, String>) -> Option<String> {
     const PREFIX: &str = "custom_metadata validation failed";
+    let mut problems = Vec::new();
     if map.len() > 64 {
-        return Some(format!("{PREFIX}: payload must contain at most 64 keys, provided {}", map.len()));
+        problems.push(format!("{PREFIX}: payload must contain at most 64 keys, provided {}", map.len()));
     }
-    map.iter().find_map(|(k, v)| {
+    for (k, v) in map {
         if k.is_empty() || k.len() > 128 {
-            Some(format!("{PREFIX}: length of key {k:?} is {} but must be 0 < len(key) <= 128", k.len()))
-        } else if v.is_empty() || v.len() > 512 {
-            Some(format!("{PREFIX}: length of value for key {k:?} is {} but must be 0 < len(value) <= 512", v.len()))
-        } else {
-            None
+            problems.push(format!("{PREFIX}: length of key {k:?} is {} but must be 0 < len(key) <= 128", k.len()));
         }
-    })
+        if v.is_empty() || v.len() > 512 {
+            problems.push(format!(
+                "{PREFIX}: length of value for key {k:?} is {} but must be 0 < len(value) <= 512",
+                v.len()
+            ));
+        }
+    }
+    (!problems.is_empty()).then(|| multierror(&problems))
+}
+
+/// Go's `multierror` text, as Vault joins several errors into one message.
+fn multierror(errors: &[String]) -> String {
+    let head = match errors.len() {
+        1 => "1 error occurred:".to_owned(),
+        n => format!("{n} errors occurred:"),
+    };
+    let items: String = errors.iter().map(|e| format!("\n\t* {e}")).collect();
+    format!("{head}{items}\n\n")
+}
+
+/// The name Go gives a decoded JSON value's type, as Vault's error messages show it.
+fn go_type(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "<nil>",
+        Value::Bool(_) => "bool",
+        Value::Number(_) => "float64",
+        Value::String(_) => "string",
+        Value::Array(_) => "[]interface {}",
+        Value::Object(_) => "map[string]interface {}",
+    }
+}
+
+/// A field that must be an object but is not.
+fn not_a_map(field: &str, value: &Value) -> String {
+    format!(
+        "error converting input for field {field:?}: '' expected type 'map[string]interface {{}}', got unconvertible type '{}'",
+        go_type(value)
+    )
 }
 
 /// A JSON object body; an empty body counts as `{}` (Vault's CLI sends none on some calls).
@@ -720,6 +788,19 @@ fn not_found() -> Response {
 
 fn no_handler(path: &str) -> Response {
     vault_errors(StatusCode::NOT_FOUND, &[&format!("no handler for route {path:?}. route entry not found.")])
+}
+
+/// A path inside the KV v2 mount that is neither `data/…` nor `metadata/…`: 404 with a warning.
+fn invalid_kv_path(method: &Method) -> Response {
+    let command = match *method {
+        Method::GET => "get",
+        Method::DELETE => "delete",
+        _ => "put",
+    };
+    let warning = format!(
+        "Invalid path for a versioned K/V secrets engine. See the API docs for the appropriate API endpoints to use. If using the Vault CLI, use 'vault kv {command}' for this operation."
+    );
+    (StatusCode::NOT_FOUND, axum::Json(envelope(Value::Null, None, Some(json!([warning]))))).into_response()
 }
 
 fn unsupported() -> Response {
