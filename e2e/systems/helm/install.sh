@@ -5,7 +5,7 @@
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 SYSTEMS_DIR=${SYSTEMS_DIR:-$here/../../../target/systems}
-version=$(awk '$1 == "require" && $2 == "helm.sh/helm/v4" {print $3} $1 == "helm.sh/helm/v4" {print $2}' "$here/go.mod" | head -1)
+version=$(awk '$1 == "helm.sh/helm/v4" && $2 ~ /^v/ {print $2; exit}' "$here/go.mod")
 out="$SYSTEMS_DIR/helm-$version"
 stamp=$(cat "$here/go.mod" "$here/go.sum" | sha256sum | cut -c1-16)
 if [ -x "$out/helm" ] && [ "$(cat "$out/.stamp" 2>/dev/null)" = "$stamp" ]; then

@@ -18,7 +18,7 @@ if ! command -v etcd >/dev/null; then
   # The package may start its own etcd on the default ports; the tests start theirs.
   systemctl disable --now etcd >/dev/null 2>&1 || service etcd stop >/dev/null 2>&1 || true
 fi
-etcd --version | head -1
+etcd --version | awk 'NR == 1'
 
 version=$(awk '$1 == "k8s.io/kubernetes" && $2 ~ /^v/ {print $2; exit}' "$here/go.mod")
 minor=$(echo "$version" | cut -d. -f2)
