@@ -223,6 +223,26 @@ pub enum BackendError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+    /// The system answered with a redirect (3xx). The operator follows none: the request carries
+    /// its admin credential, which must not go wherever a `Location` points. Not retryable: the
+    /// profile's URL has to change.
+    #[error(
+        "{system} answered {operation} {object} with a redirect ({status}) from {from} to {location}; the operator follows no redirects (they would carry its credentials elsewhere): set the profile's URL to the address that answers directly"
+    )]
+    Redirected {
+        /// Which system.
+        system: System,
+        /// What the operator tried.
+        operation: &'static str,
+        /// Which object.
+        object: String,
+        /// HTTP status (301, 302, 303, 307, 308).
+        status: u16,
+        /// Origin the request went to.
+        from: String,
+        /// Where the answer pointed (without query or user info).
+        location: String,
+    },
     /// The system answered something the operator does not understand.
     #[error("{system} answered {operation} {object} unexpectedly: {detail}")]
     Protocol {
@@ -267,6 +287,7 @@ impl BackendError {
             BackendError::Unavailable { .. } => "Unavailable",
             BackendError::Timeout { .. } => "Timeout",
             BackendError::Unreachable { .. } => "Unreachable",
+            BackendError::Redirected { .. } => "Redirected",
             BackendError::Protocol { .. } => "Protocol",
             BackendError::Unsupported { .. } => "Unsupported",
             BackendError::Credential(_) => "Credential",
