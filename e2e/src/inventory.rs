@@ -1,8 +1,9 @@
 //! An inventory of everything the operator can have created in a dev stack's backends and in its
 //! Kubernetes namespace: what "uninstall leaves nothing behind" is checked against.
 //!
-//! Each backend is asked as its own administrator would ask it (the doubles' state, Mosquitto's
-//! saved dynamic-security state, RabbitMQ's management API, the Kubernetes API), not through the
+//! Each backend is asked as its own administrator would ask it (the real EDC's Management API and
+//! Keycloak's Admin API, the doubles' state, Mosquitto's saved dynamic-security state, RabbitMQ's
+//! management API, the Kubernetes API), not through the
 //! operator's clients, so an object the operator forgot is found even when the operator no longer
 //! knows its name. What the stack itself brings (Mosquitto's `admin` and `publisher`, RabbitMQ's
 //! `admin`, the operator's own Keycloak client) is not counted.
@@ -40,17 +41,23 @@ impl Inventory {
     /// Takes the inventory now. Panics when a backend cannot be asked (the check would be void).
     pub async fn take(stack: &DevStack) -> Inventory {
         let mut connectors = Vec::new();
-        for (profile, edc) in [("default", &stack.edc), ("factoryx", &stack.edc_fx)] {
-            let state = &edc.state;
-            connectors.extend(state.assets().into_iter().map(|a| format!("{profile}: asset {}", a.id)));
-            connectors.extend(state.policies().into_iter().map(|p| format!("{profile}: policy {}", p.id)));
-            connectors.extend(
-                state.contract_definitions().into_iter().map(|c| format!("{profile}: contract definition {}", c.id)),
-            );
-        }
+        // The stock connector is the real EDC, shared by the binary's stacks: this stack's objects.
+        let edc = &stack.edc;
+        connectors.extend(edc.assets().await.into_iter().map(|a| format!("default: asset {}", a.id)));
+        connectors.extend(edc.policies().await.into_iter().map(|p| format!("default: policy {}", p.id)));
+        connectors.extend(
+            edc.contract_definitions().await.into_iter().map(|c| format!("default: contract definition {}", c.id)),
+        );
+        let state = &stack.edc_fx.state;
+        connectors.extend(state.assets().into_iter().map(|a| format!("factoryx: asset {}", a.id)));
+        connectors.extend(state.policies().into_iter().map(|p| format!("factoryx: policy {}", p.id)));
+        connectors.extend(
+            state.contract_definitions().into_iter().map(|c| format!("factoryx: contract definition {}", c.id)),
+        );
         let identity_provider = stack
             .keycloak
             .clients()
+            .await
             .into_iter()
             .filter(|c| c.client_id.starts_with(CLIENT_PREFIX))
             .map(|c| format!("client {}", c.client_id))

@@ -1,7 +1,16 @@
 //! The whole dev stack for controller tests and the demo: a Kubernetes API (the real control
-//! plane of [`crate::systems::kubernetes`], or a cluster via `KUBECONFIG`), the EDC, Keycloak and
-//! Vault doubles, real Mosquitto and (optionally) real RabbitMQ, an operator configuration
-//! pointing at all of them, and the operator's controllers running in this process.
+//! plane of [`crate::systems::kubernetes`], or a cluster via `KUBECONFIG`), a real EDC as the
+//! `default` connector and a realm of a real Keycloak as the `default` identity provider (each
+//! behind a proxy of the stack's own, for the request log and fault injection: [`edc`],
+//! [`keycloak`]), the factoryx-edc and Vault doubles, real Mosquitto and (optionally) real
+//! RabbitMQ, an operator configuration pointing at all of them, and the operator's controllers
+//! running in this process.
+//!
+//! Still doubles: the `factoryx` connector profiles (the reference connector's MQTT extension is
+//! not installable here) and Vault (the secret store's seam is [`SecretStoreTarget`]).
+//!
+//! The real EDC and Keycloak are shared by every stack of a test binary (started once); stacks
+//! stay apart by the realm of their own and by the namespace that every connector id starts with.
 //!
 //! Cluster choice: when `KUBECONFIG` is set, the stack uses that cluster (the CRDs must be
 //! installed: `kubectl apply -f crds/`) with that kubeconfig's rights. Otherwise it uses the
@@ -23,19 +32,26 @@ use mqtt_dsp_operator::controller::{self, Context, Settings};
 use mqtt_dsp_operator::metrics::Metrics;
 use tokio::sync::watch;
 
+pub mod edc;
+pub mod keycloak;
+
 use crate::brokers::mosquitto::{self, Mosquitto};
 use crate::brokers::rabbitmq::{self, OAuthSettings, RabbitMq};
-use crate::doubles::edc::{self, EdcConfig, EdcDouble, Flavour};
-use crate::doubles::keycloak::{self, KeycloakDouble};
+use crate::doubles::edc::{self as edc_double, EdcConfig, EdcDouble, Flavour};
+use crate::doubles::keycloak::KeycloakDouble;
 use crate::doubles::vault::{self, VaultDouble};
 use crate::systems::kubernetes::{self, ControlPlane};
 use crate::tls::TestCa;
+use edc::StackEdc;
+use keycloak::StackKeycloak;
 
-/// The operator's own client in the Keycloak double.
+/// The operator's own client in Keycloak (the double's and each stack's realm).
 pub const KEYCLOAK_OPERATOR_SECRET: &str = "dev-stack-keycloak-operator-secret";
+/// The operator's own client id in Keycloak.
+pub const KEYCLOAK_OPERATOR_CLIENT: &str = "mqtt-dsp-operator";
 /// Vault root token.
 pub const VAULT_TOKEN: &str = "dev-stack-vault-root-token";
-/// Realm.
+/// Realm of the Keycloak double; each stack's realm on the real Keycloak is `{REALM}-<random>`.
 pub const REALM: &str = "dataspace";
 /// Folder the stock connector's Vault extension uses.
 pub const VAULT_FOLDER: &str = "edc";
@@ -53,7 +69,7 @@ pub enum Cluster {
 /// What to start.
 #[derive(Clone, Debug)]
 pub struct StackOptions {
-    /// Start RabbitMQ (with OAuth 2.0 against the Keycloak double); slower (~5 s).
+    /// Start RabbitMQ (with OAuth 2.0 against the stack's Keycloak realm); slower (~5 s).
     pub rabbitmq: bool,
     /// Controller settings (resync, cleanup attempts…).
     pub settings: Settings,
@@ -91,12 +107,14 @@ pub struct DevStack {
     torn_down: bool,
     /// The namespace this stack's resources live in.
     pub namespace: String,
-    /// Connector profile `default`: stock EDC, ADR spelling, Vault folder `edc`.
-    pub edc: EdcDouble,
+    /// Connector profile `default`: the real stock EDC (behind the stack's proxy), ADR spelling,
+    /// Vault folder `edc`.
+    pub edc: StackEdc,
     /// Connector profile `factoryx`: the reference connector, its spelling, no folder.
     pub edc_fx: EdcDouble,
-    /// Identity provider profile `default`.
-    pub keycloak: KeycloakDouble,
+    /// Identity provider profile `default`: the stack's realm of the real Keycloak (behind the
+    /// stack's proxy).
+    pub keycloak: StackKeycloak,
     /// Secret store profile `default`.
     pub vault: VaultDouble,
     /// Broker profile `default`.
@@ -120,9 +138,13 @@ impl DevStack {
     pub async fn start(options: StackOptions) -> DevStack {
         mqtt_dsp_operator::install_crypto_provider();
         crate::logs::init();
-        for s in
-            [KEYCLOAK_OPERATOR_SECRET, VAULT_TOKEN, edc::API_KEY, mosquitto::ADMIN_PASSWORD, rabbitmq::ADMIN_PASSWORD]
-        {
+        for s in [
+            KEYCLOAK_OPERATOR_SECRET,
+            VAULT_TOKEN,
+            edc_double::API_KEY,
+            mosquitto::ADMIN_PASSWORD,
+            rabbitmq::ADMIN_PASSWORD,
+        ] {
             crate::logs::register_secret(s);
         }
         let ca = TestCa::shared();
@@ -156,15 +178,20 @@ impl DevStack {
         };
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace created");
 
-        let edc = edc::start(&ca, EdcConfig::flavour(Flavour::Stock)).await.expect("EDC double");
-        let edc_fx = edc::start(&ca, EdcConfig::flavour(Flavour::Factoryx)).await.expect("EDC double (factoryx)");
-        let keycloak =
-            keycloak::start(&ca, REALM, "mqtt-dsp-operator", KEYCLOAK_OPERATOR_SECRET).await.expect("Keycloak double");
+        // The real systems start once per binary (EDC and Keycloak side by side on first use).
+        let (edc, keycloak) = tokio::join!(
+            StackEdc::start(&ca, &namespace),
+            StackKeycloak::start(&ca, REALM, KEYCLOAK_OPERATOR_CLIENT, KEYCLOAK_OPERATOR_SECRET)
+        );
+        let edc_fx =
+            edc_double::start(&ca, EdcConfig::flavour(Flavour::Factoryx)).await.expect("EDC double (factoryx)");
         let vault = vault::start(&ca, VAULT_TOKEN).await.expect("Vault double");
         let mosquitto = Mosquitto::start(&ca).expect("Mosquitto");
         let rabbitmq = options.rabbitmq.then(|| {
             let oauth = OAuthSettings {
-                jwks_url: keycloak.jwks_url().replace("127.0.0.1", "localhost"),
+                // Straight to Keycloak, by the name `localhost` (Erlang's hostname check does not
+                // match IP SANs); RabbitMQ starts per stack, so it trusts this stack's realm only.
+                jwks_url: keycloak.realm.localhost_jwks_url(),
                 resource_server_id: "rabbitmq".into(),
                 additional_scopes_key: SCOPES_KEY.into(),
             };
@@ -172,8 +199,11 @@ impl DevStack {
         });
 
         let dir = tempfile::tempdir().expect("temp dir");
-        let yaml =
-            operator_config_yaml(dir.path(), &ca, &edc, &edc_fx, &keycloak, &vault, &mosquitto, rabbitmq.as_ref());
+        let yaml = operator_config_yaml_for(
+            dir.path(),
+            &ca,
+            &config_targets(&edc, &edc_fx, &keycloak, &vault, &mosquitto, rabbitmq.as_ref()),
+        );
         let config = Config::parse(&yaml).unwrap_or_else(|p| panic!("dev-stack configuration: {p:#?}"));
         let build = BuildContext { kube: Some(&operator_client), namespace: &namespace, replica: "e2e" };
         let backends = Arc::new(Backends::build(&config, &build).await.unwrap_or_else(|e| panic!("{e}")));
@@ -319,7 +349,13 @@ impl DevStack {
                 .map(|_| ())
                 .map_err(|e| e.to_string()),
         };
+        // The realm goes with the stack (realms cost the shared Keycloak memory); the shared EDC
+        // keeps what the stack left there, under ids nobody else uses.
+        let realm = self.keycloak.delete_realm().await;
         assert!(stuck.is_empty(), "still there 60 s after deletion with the operator running: {stuck:?}");
+        if let Err(e) = realm {
+            panic!("teardown: {e}");
+        }
         if let Err(e) = removed {
             panic!("teardown: {e}");
         }
@@ -390,10 +426,100 @@ impl Drop for DevStack {
     }
 }
 
-/// The operator configuration for these doubles and brokers (profiles `default`, `factoryx`,
+/// Where one connector profile points.
+#[derive(Clone, Debug)]
+pub struct ConnectorTarget {
+    /// The Management API base (without `/v3`).
+    pub management_url: String,
+    /// Its `X-Api-Key`.
+    pub api_key: String,
+}
+
+/// Where the identity provider profile points.
+#[derive(Clone, Debug)]
+pub struct IdentityTarget {
+    /// Keycloak's base URL (the operator's `adminUrl`).
+    pub admin_url: String,
+    /// The realm.
+    pub realm: String,
+    /// The operator's own client there.
+    pub client_id: String,
+    /// Its secret.
+    pub client_secret: String,
+}
+
+/// Where the secret store profile points: a Vault KV v2 API and a token (the Vault double today;
+/// a real OpenBao fits the same two fields).
+#[derive(Clone, Debug)]
+pub struct SecretStoreTarget {
+    /// The Vault API's base URL.
+    pub url: String,
+    /// Its token.
+    pub token: String,
+}
+
+/// Everything an operator configuration of the dev stack points at.
+pub struct ConfigTargets<'a> {
+    /// Profile `default`: stock EDC (ADR spelling, Vault folder `edc`).
+    pub connector: ConnectorTarget,
+    /// Profiles `factoryx` and `factoryx-misconfigured`: the reference connector.
+    pub connector_factoryx: ConnectorTarget,
+    /// Profile `default`.
+    pub identity: IdentityTarget,
+    /// Profile `default`.
+    pub secret_store: SecretStoreTarget,
+    /// Broker profile `default`.
+    pub mosquitto: &'a Mosquitto,
+    /// Broker profile `rabbitmq`, when given.
+    pub rabbitmq: Option<&'a RabbitMq>,
+}
+
+fn config_targets<'a>(
+    edc: &StackEdc,
+    edc_fx: &EdcDouble,
+    keycloak: &StackKeycloak,
+    vault: &VaultDouble,
+    mosquitto: &'a Mosquitto,
+    rabbitmq: Option<&'a RabbitMq>,
+) -> ConfigTargets<'a> {
+    ConfigTargets {
+        connector: ConnectorTarget { management_url: edc.management_url.clone(), api_key: edc.api_key.clone() },
+        connector_factoryx: ConnectorTarget {
+            management_url: edc_fx.management_url.clone(),
+            api_key: edc_double::API_KEY.to_owned(),
+        },
+        identity: IdentityTarget {
+            admin_url: keycloak.server.base_url.clone(),
+            realm: keycloak.realm.name.clone(),
+            client_id: KEYCLOAK_OPERATOR_CLIENT.to_owned(),
+            client_secret: KEYCLOAK_OPERATOR_SECRET.to_owned(),
+        },
+        secret_store: SecretStoreTarget { url: vault.url().to_string(), token: VAULT_TOKEN.to_owned() },
+        mosquitto,
+        rabbitmq,
+    }
+}
+
+impl DevStack {
+    /// The operator configuration of this stack (what its controllers run with), with its
+    /// credentials and the CA bundle written as files into `dir`: for a separate operator process.
+    pub fn operator_config_yaml(&self, dir: &std::path::Path) -> String {
+        let targets = config_targets(
+            &self.edc,
+            &self.edc_fx,
+            &self.keycloak,
+            &self.vault,
+            &self.mosquitto,
+            self.rabbitmq.as_ref(),
+        );
+        operator_config_yaml_for(dir, &self.ca, &targets)
+    }
+}
+
+/// The operator configuration for the doubles and brokers (profiles `default`, `factoryx`,
 /// `factoryx-misconfigured`, and `rabbitmq` when given), with every credential and the CA bundle
-/// written as files into `dir` (which must outlive the configuration's use). The dev stack runs
-/// its controllers with it; the benchmark hands it to a separate operator process.
+/// written as files into `dir` (which must outlive the configuration's use): an all-doubles stack
+/// such as the benchmark's, which hands it to a separate operator process.
 #[allow(clippy::too_many_arguments)]
 pub fn operator_config_yaml(
     dir: &std::path::Path,
@@ -405,12 +531,37 @@ pub fn operator_config_yaml(
     mosquitto: &Mosquitto,
     rabbitmq: Option<&RabbitMq>,
 ) -> String {
+    let connector = |edc: &EdcDouble| ConnectorTarget {
+        management_url: edc.management_url.clone(),
+        api_key: edc.config.api_key.clone(),
+    };
+    let targets = ConfigTargets {
+        connector: connector(edc),
+        connector_factoryx: connector(edc_fx),
+        identity: IdentityTarget {
+            admin_url: keycloak.server.base_url.clone(),
+            realm: keycloak.realm(),
+            client_id: KEYCLOAK_OPERATOR_CLIENT.to_owned(),
+            client_secret: KEYCLOAK_OPERATOR_SECRET.to_owned(),
+        },
+        secret_store: SecretStoreTarget { url: vault.url().to_string(), token: VAULT_TOKEN.to_owned() },
+        mosquitto,
+        rabbitmq,
+    };
+    operator_config_yaml_for(dir, ca, &targets)
+}
+
+/// The operator configuration for `targets` (profiles `default`, `factoryx`,
+/// `factoryx-misconfigured`, and `rabbitmq` when given), with every credential and the CA bundle
+/// written as files into `dir` (which must outlive the configuration's use).
+pub fn operator_config_yaml_for(dir: &std::path::Path, ca: &TestCa, targets: &ConfigTargets<'_>) -> String {
     let file = |name: &str, content: &str| {
         let path = dir.join(name);
         std::fs::write(&path, content).expect("write");
         path.display().to_string()
     };
     let ca_file = file("ca.pem", &ca.cert_pem());
+    let mosquitto = targets.mosquitto;
     let mut yaml = format!(
         r#"
 connectors:
@@ -421,20 +572,20 @@ connectors:
     caBundle: {{file: {ca_file}}}
   factoryx:
     managementUrl: {edc_fx_url}
-    apiKey: {{file: {edc_key}}}
+    apiKey: {{file: {edc_fx_key}}}
     endpointTypeSpelling: factoryx
     caBundle: {{file: {ca_file}}}
   factoryx-misconfigured:
     managementUrl: {edc_fx_url}
-    apiKey: {{file: {edc_key}}}
+    apiKey: {{file: {edc_fx_key}}}
     endpointTypeSpelling: adr
     caBundle: {{file: {ca_file}}}
 identityProviders:
   default:
     type: keycloak
     adminUrl: {kc_url}
-    realm: {REALM}
-    clientId: mqtt-dsp-operator
+    realm: {kc_realm}
+    clientId: {kc_client}
     clientSecret: {{file: {kc_secret}}}
     caBundle: {{file: {ca_file}}}
 secretStores:
@@ -452,18 +603,21 @@ brokers:
     publicUrls: {{mqtt-tls: "{mosquitto_url}", mqtt-wss: "{mosquitto_wss}"}}
     caBundle: {{file: {ca_file}}}
 "#,
-        edc_url = edc.management_url,
-        edc_fx_url = edc_fx.management_url,
-        edc_key = file("edc-key", edc::API_KEY),
-        kc_url = keycloak.server.base_url,
-        kc_secret = file("kc-secret", KEYCLOAK_OPERATOR_SECRET),
-        vault_url = vault.url(),
-        vault_token = file("vault-token", VAULT_TOKEN),
+        edc_url = targets.connector.management_url,
+        edc_key = file("edc-key", &targets.connector.api_key),
+        edc_fx_url = targets.connector_factoryx.management_url,
+        edc_fx_key = file("edc-factoryx-key", &targets.connector_factoryx.api_key),
+        kc_url = targets.identity.admin_url,
+        kc_realm = targets.identity.realm,
+        kc_client = targets.identity.client_id,
+        kc_secret = file("kc-secret", &targets.identity.client_secret),
+        vault_url = targets.secret_store.url,
+        vault_token = file("vault-token", &targets.secret_store.token),
         mosquitto_url = mosquitto.mqtts_url(),
         mosquitto_wss = mosquitto.wss_url(),
         mosquitto_password = file("mosquitto-password", mosquitto::ADMIN_PASSWORD),
     );
-    if let Some(rabbit) = rabbitmq {
+    if let Some(rabbit) = targets.rabbitmq {
         yaml.push_str(&format!(
             r#"  rabbitmq:
     type: rabbitmq

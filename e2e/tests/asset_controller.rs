@@ -82,7 +82,7 @@ async fn usrpw_asset_becomes_ready_with_every_object_shaped_as_the_domain_says()
     let alias = format!("dsp-mqtt-{ns}-{name}-secret");
 
     // Connector: asset with the Mqtt dataAddress (ADR spelling on this profile), literal keys.
-    let stored = stack.edc.state.asset(&asset_id).expect("asset in the connector");
+    let stored = stack.edc.asset(&asset_id).await.expect("asset in the connector");
     let da = &stored.data_address;
     assert_eq!(da["type"], "Mqtt");
     assert_eq!(da["baseUrl"], stack.mosquitto.mqtts_url());
@@ -94,11 +94,11 @@ async fn usrpw_asset_becomes_ready_with_every_object_shaped_as_the_domain_says()
     assert_eq!(stored.properties["name"], "Line 1 telemetry");
     assert_eq!(stored.private_properties[OWNER_KEY], OWNER_VALUE);
     assert_eq!(stored.private_properties[OWNER_RESOURCE_KEY], format!("MqttAsset/{ns}/{name}"));
-    let policy = stack.edc.state.policy(&format!("{asset_id}-access-policy")).expect("access policy");
+    let policy = stack.edc.policy(&format!("{asset_id}-access-policy")).await.expect("access policy");
     assert_eq!(policy.policy["permission"][0]["constraint"][0]["leftOperand"], "BusinessPartnerDID");
     assert_eq!(policy.policy["permission"][0]["constraint"][0]["rightOperand"], "did:web:consumer-a.example.com");
     let cd =
-        stack.edc.state.contract_definition(&format!("{asset_id}-contract-definition")).expect("contract definition");
+        stack.edc.contract_definition(&format!("{asset_id}-contract-definition")).await.expect("contract definition");
     assert_eq!(cd.access_policy_id, format!("{asset_id}-access-policy"));
     assert_eq!(cd.contract_policy_id, format!("{asset_id}-access-policy"));
     assert_eq!(cd.assets_selector[0].operand_right, json!(asset_id));
@@ -161,7 +161,7 @@ async fn the_reference_connector_gets_its_spelling_and_lists_an_mqtt_pull_distri
     let stored = stack.edc_fx.state.asset(&asset_id).expect("asset in the factoryx connector");
     assert_eq!(stored.data_address["mqttEndpointType"], "mqtt-wss-basic");
     assert_eq!(stored.data_address["baseUrl"], stack.mosquitto.wss_url());
-    assert!(stack.edc.state.asset(&asset_id).is_none(), "not in the other connector");
+    assert!(stack.edc.asset(&asset_id).await.is_none(), "not in the other connector");
 
     // The DSP catalog a consumer's connector receives.
     let http = stack.http();
@@ -205,11 +205,11 @@ async fn oauth2_asset_on_rabbitmq_gets_a_client_whose_tokens_open_the_broker() {
     let client_id = format!("dsp-mqtt-{ns}-line-1");
     let alias = format!("dsp-mqtt-{ns}-line-1-secret");
 
-    let client = stack.keycloak.client(&client_id).expect("Keycloak client");
+    let client = stack.keycloak.client(&client_id).await.expect("Keycloak client");
     assert!(client.service_accounts_enabled && !client.public_client);
     let secret = vault_password(&stack, &alias);
     assert_eq!(secret, client.secret, "Vault holds the client's secret under the alias");
-    let da = stack.edc.state.asset(&format!("{ns}-line-1")).unwrap().data_address;
+    let da = stack.edc.asset(&format!("{ns}-line-1")).await.unwrap().data_address;
     assert_eq!(da["oauth2:clientId"], client_id.as_str());
     assert_eq!(da["oauth2:clientSecretKeyAlias"], alias.as_str());
     assert_eq!(da["oauth2:tokenUrl"], stack.keycloak.token_url());
@@ -266,7 +266,7 @@ async fn a_policy_change_reaches_the_connector_only_and_a_topic_change_the_broke
         is_ready(a) && a.status.as_ref().unwrap().observed_generation == generation
     })
     .await;
-    let policy = stack.edc.state.policy(&format!("{asset_id}-access-policy")).unwrap();
+    let policy = stack.edc.policy(&format!("{asset_id}-access-policy")).await.unwrap();
     assert_eq!(policy.policy["permission"][0]["constraint"][0]["rightOperand"], "did:web:consumer-b.example.com");
     let writes: Vec<_> = stack.edc.server.log.matching(|r| r.is_mutating());
     assert_eq!(writes.len(), 1, "one policy update: {writes:?}");
@@ -282,7 +282,7 @@ async fn a_policy_change_reaches_the_connector_only_and_a_topic_change_the_broke
     .await;
     let role = stack.mosquitto.dynsec_role(&user).unwrap().to_string();
     assert!(role.contains("factory/line-9/#"), "broker role widened: {role}");
-    let da = stack.edc.state.asset(&asset_id).unwrap().data_address;
+    let da = stack.edc.asset(&asset_id).await.unwrap().data_address;
     assert!(!da.contains_key("dsp-mqtt:topic"), "two topics: no single-topic key");
     let writes: Vec<_> = stack.edc.server.log.matching(|r| r.is_mutating());
     assert!(writes.iter().all(|w| w.path.ends_with("/v3/assets")), "only the asset changes: {writes:?}");
@@ -363,10 +363,10 @@ async fn drift_in_connector_secret_store_and_broker_is_repaired_on_resync() {
         .await
         .unwrap();
     connector.delete_asset(&asset_id, &owner).await.unwrap();
-    eventually("connector repaired", || {
-        stack.edc.state.asset(&asset_id).is_some()
-            && stack.edc.state.contract_definition(&format!("{asset_id}-contract-definition")).is_some()
-            && stack.edc.state.policy(&format!("{asset_id}-access-policy")).unwrap().policy["permission"][0]["constraint"][0]
+    eventually("connector repaired", async || {
+        stack.edc.asset(&asset_id).await.is_some()
+            && stack.edc.contract_definition(&format!("{asset_id}-contract-definition")).await.is_some()
+            && stack.edc.policy(&format!("{asset_id}-access-policy")).await.unwrap().policy["permission"][0]["constraint"][0]
                 ["rightOperand"]
                 == "did:web:consumer-a.example.com"
     })
@@ -379,7 +379,7 @@ async fn drift_in_connector_secret_store_and_broker_is_repaired_on_resync() {
         alias: alias.clone(),
     };
     stack.backends.secret_stores["default"].delete_secret(&at, &owner).await.unwrap();
-    eventually("Vault repaired", || {
+    eventually("Vault repaired", async || {
         stack.vault.secret(&format!("{VAULT_FOLDER}/{alias}")).is_some_and(|s| s.content().is_some())
     })
     .await;
@@ -402,7 +402,7 @@ async fn drift_in_connector_secret_store_and_broker_is_repaired_on_resync() {
     // Broker: the user deleted → recreated with the password from Vault.
     stack.backends.brokers["default"].remove_user(&user, &owner).await.unwrap();
     assert!(stack.mosquitto.dynsec_client(&user).is_none());
-    eventually("Mosquitto repaired", || stack.mosquitto.dynsec_client(&user).is_some()).await;
+    eventually("Mosquitto repaired", async || stack.mosquitto.dynsec_client(&user).is_some()).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     // Created with the password the connector resolves (its role follows right after).
     while connect(new_password.clone()).await.is_err() {
@@ -427,12 +427,12 @@ async fn keycloak_and_rabbitmq_drift_is_repaired_and_vault_follows_a_new_client_
     create(&stack, &asset("line-1", spec)).await;
     let client_id = format!("dsp-mqtt-{}-line-1", stack.namespace);
     let alias = format!("dsp-mqtt-{}-line-1-secret", stack.namespace);
-    let old_secret = stack.keycloak.client(&client_id).unwrap().secret;
+    let old_secret = stack.keycloak.client(&client_id).await.unwrap().secret;
     stack.backends.identity_providers["default"].delete_client(&client_id, &owner(&stack, "line-1")).await.unwrap();
-    eventually("client recreated", || stack.keycloak.client(&client_id).is_some()).await;
-    let new_secret = stack.keycloak.client(&client_id).unwrap().secret;
+    eventually("client recreated", async || stack.keycloak.client(&client_id).await.is_some()).await;
+    let new_secret = stack.keycloak.client(&client_id).await.unwrap().secret;
     assert_ne!(new_secret, old_secret);
-    eventually("Vault follows", || vault_password(&stack, &alias) == new_secret).await;
+    eventually("Vault follows", async || vault_password(&stack, &alias) == new_secret).await;
 
     // RabbitMQ: a usrpw asset's user deleted behind our back is recreated.
     let mut usrpw = usrpw_spec();
@@ -455,17 +455,19 @@ async fn keycloak_and_rabbitmq_drift_is_repaired_and_vault_follows_a_new_client_
     }
 
     // A mapper removed behind our back comes back too.
-    let mappers = stack.keycloak.client(&client_id).unwrap().protocol_mappers.len();
+    let mappers = stack.keycloak.client(&client_id).await.unwrap().protocol_mappers.len();
     assert!(mappers >= 1);
-    stack.keycloak.edit_client(&client_id, |c| c.protocol_mappers.clear());
-    eventually("mappers restored", || stack.keycloak.client(&client_id).unwrap().protocol_mappers.len() == mappers)
-        .await;
+    stack.keycloak.edit_client(&client_id, |c| c.protocol_mappers.clear()).await;
+    eventually("mappers restored", async || {
+        stack.keycloak.client(&client_id).await.unwrap().protocol_mappers.len() == mappers
+    })
+    .await;
     stack.teardown().await;
 }
 
-async fn eventually(what: &str, check: impl Fn() -> bool) {
+async fn eventually(what: &str, check: impl AsyncFn() -> bool) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while !check() {
+    while !check().await {
         assert!(tokio::time::Instant::now() < deadline, "{what}: not within 15 s");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -484,9 +486,9 @@ async fn delete_removes_every_external_object_then_the_resource() {
     api.delete("line-1", &DeleteParams::default()).await.unwrap();
     wait_gone(&api, "line-1", READY_WITHIN).await;
 
-    assert!(stack.edc.state.assets().is_empty(), "asset removed");
-    assert!(stack.edc.state.policies().is_empty(), "policies removed");
-    assert!(stack.edc.state.contract_definitions().is_empty(), "contract definition removed");
+    assert!(stack.edc.assets().await.is_empty(), "asset removed");
+    assert!(stack.edc.policies().await.is_empty(), "policies removed");
+    assert!(stack.edc.contract_definitions().await.is_empty(), "contract definition removed");
     assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-1-secret")).is_none(), "secret removed");
     assert!(stack.mosquitto.dynsec_client(&format!("dsp-mqtt-{ns}-line-1")).is_none(), "broker user removed");
     assert!(stack.mosquitto.dynsec_role(&format!("dsp-mqtt-{ns}-line-1")).is_none(), "broker role removed");
@@ -516,9 +518,9 @@ async fn retain_leaves_every_external_object_and_releases_the_resource() {
     let api: Api<MqttAsset> = stack.api();
     api.delete("line-1", &DeleteParams::default()).await.unwrap();
     wait_gone(&api, "line-1", READY_WITHIN).await;
-    assert!(stack.edc.state.asset(&format!("{ns}-line-1")).is_some());
-    assert_eq!(stack.edc.state.policies().len(), 1);
-    assert_eq!(stack.edc.state.contract_definitions().len(), 1);
+    assert!(stack.edc.asset(&format!("{ns}-line-1")).await.is_some());
+    assert_eq!(stack.edc.policies().await.len(), 1);
+    assert_eq!(stack.edc.contract_definitions().await.len(), 1);
     assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-1-secret")).is_some());
     assert!(stack.mosquitto.dynsec_client(&format!("dsp-mqtt-{ns}-line-1")).is_some());
     let retained = |e: &[(String, String, String)]| e.iter().any(|(_, r, _)| r == "Retained");
@@ -533,7 +535,7 @@ async fn an_asset_under_contract_does_not_wedge_deletion() {
     create(&stack, &asset("line-1", usrpw_spec())).await;
     let ns = stack.namespace.clone();
     let asset_id = format!("{ns}-line-1");
-    stack.edc.state.add_agreement(&asset_id);
+    stack.edc.add_agreement(&asset_id).await;
     let api: Api<MqttAsset> = stack.api();
     api.delete("line-1", &DeleteParams::default()).await.unwrap();
 
@@ -546,9 +548,9 @@ async fn an_asset_under_contract_does_not_wedge_deletion() {
     assert!(message.contains(&format!("asset {asset_id}")) && message.contains("left in place"), "{message}");
     // …then the resource goes, the asset stays (agreements need it), everything else is removed.
     wait_gone(&api, "line-1", READY_WITHIN).await;
-    assert!(stack.edc.state.asset(&asset_id).is_some(), "the connector keeps an asset under contract");
-    assert!(stack.edc.state.contract_definitions().is_empty(), "no longer offered");
-    assert!(stack.edc.state.policies().is_empty());
+    assert!(stack.edc.asset(&asset_id).await.is_some(), "the connector keeps an asset under contract");
+    assert!(stack.edc.contract_definitions().await.is_empty(), "no longer offered");
+    assert!(stack.edc.policies().await.is_empty());
     assert!(stack.mosquitto.dynsec_client(&format!("dsp-mqtt-{ns}-line-1")).is_none());
     let events = events_about(&stack, "line-1").await;
     assert!(events.iter().any(|(t, r, _)| t == "Warning" && r == "InUse"), "{events:?}");
@@ -608,7 +610,7 @@ async fn bad_input_gets_a_stable_reason_and_keeps_what_was_provisioned() {
     expect_not_ready(&stack, "line-1", "ReservedProperty").await;
 
     // Nothing provisioned before was lost on the way.
-    assert!(stack.edc.state.asset(&asset_id).is_some());
+    assert!(stack.edc.asset(&asset_id).await.is_some());
     assert!(stack.mosquitto.dynsec_client(&user).is_some());
     assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-1-secret")).is_some());
     // The Event follows the status write: give the last one a moment.
@@ -676,7 +678,7 @@ async fn after_an_operator_restart_nothing_is_rewritten_and_changes_are_reconcil
         is_ready(a) && a.status.as_ref().unwrap().observed_generation == generation
     })
     .await;
-    assert_eq!(stack.edc.state.asset(&format!("{}-line-1", stack.namespace)).unwrap().properties["name"], "renamed");
+    assert_eq!(stack.edc.asset(&format!("{}-line-1", stack.namespace)).await.unwrap().properties["name"], "renamed");
     stack.teardown().await;
 }
 
@@ -696,7 +698,7 @@ async fn a_paused_asset_is_left_alone_until_the_annotation_goes() {
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(stack.edc.server.log.all().is_empty(), "a paused asset is not reconciled");
     let asset_id = format!("{}-line-1", stack.namespace);
-    assert_ne!(stack.edc.state.asset(&asset_id).unwrap().properties["name"], "while paused");
+    assert_ne!(stack.edc.asset(&asset_id).await.unwrap().properties["name"], "while paused");
 
     merge(&stack, "line-1", json!({"metadata": {"annotations": {"dsp-mqtt.io/paused": null}}})).await;
     let resumed = wait_for(&api, "line-1", READY_WITHIN, "reconciled after the pause", |a| {
@@ -704,7 +706,7 @@ async fn a_paused_asset_is_left_alone_until_the_annotation_goes() {
     })
     .await;
     assert!(condition(&resumed.status.unwrap().conditions, "Paused").is_none());
-    assert_eq!(stack.edc.state.asset(&asset_id).unwrap().properties["name"], "while paused");
+    assert_eq!(stack.edc.asset(&asset_id).await.unwrap().properties["name"], "while paused");
     let both = |events: &[(String, String, String)]| {
         events.iter().any(|(_, r, _)| r == "Paused") && events.iter().any(|(_, r, _)| r == "Resumed")
     };
@@ -726,7 +728,7 @@ async fn the_reconcile_request_annotation_repairs_drift_now_and_is_recorded_in_s
     tokio::time::sleep(Duration::from_secs(1)).await;
     stack.backends.connectors["default"].delete_asset(&asset_id, &owner(&stack, "line-1")).await.unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(stack.edc.state.asset(&asset_id).is_none(), "nothing repairs the drift before the resync");
+    assert!(stack.edc.asset(&asset_id).await.is_none(), "nothing repairs the drift before the resync");
 
     let requested_at = "2026-11-28T05:00:00Z";
     merge(&stack, "line-1", json!({"metadata": {"annotations": {"dsp-mqtt.io/reconcile-requested-at": requested_at}}}))
@@ -736,7 +738,7 @@ async fn the_reconcile_request_annotation_repairs_drift_now_and_is_recorded_in_s
         a.status.as_ref().and_then(|s| s.last_handled_reconcile_at.as_deref()) == Some(requested_at)
     })
     .await;
-    assert!(stack.edc.state.asset(&asset_id).is_some(), "the connector asset is back");
+    assert!(stack.edc.asset(&asset_id).await.is_some(), "the connector asset is back");
     assert!(is_ready(&handled));
 
     // The backend calls are measured per system, operation and outcome: the connector answered
@@ -794,7 +796,7 @@ async fn objects_in_a_profile_removed_from_the_configuration_are_left_in_place_w
     })
     .await;
 
-    assert!(stack.edc.state.asset(&asset_id).is_some(), "offered by the default connector");
+    assert!(stack.edc.asset(&asset_id).await.is_some(), "offered by the default connector");
     assert!(
         stack.edc_fx.state.asset(&asset_id).is_some(),
         "left in place in the connector the operator no longer knows"

@@ -263,7 +263,8 @@ where
 // ---------------------------------------------------------------------------------------------
 // What others see: the connector, its catalog, Vault
 
-/// The datasets a consumer's connector receives from this connector's DSP catalog.
+/// The datasets a consumer's connector receives from this connector's DSP catalog (the factoryx
+/// double's; the stock connector is the real EDC: `stack.edc.offered`).
 async fn catalog(stack: &DevStack, connector: &EdcDouble) -> Vec<Value> {
     let catalog: Value = stack
         .http()
@@ -483,7 +484,7 @@ async fn terminate() {
     assert_eq!(objects_of(&stack, "line-1-consumer-b").await, Vec::<String>::new(), "left of b");
     // The offer itself stays.
     let asset_id = format!("{}-line-1", stack.namespace);
-    assert!(offered(&stack, &stack.edc, &asset_id).await.is_some(), "still offered");
+    assert!(stack.edc.offered(&asset_id).await.is_some(), "still offered");
     stack.teardown().await;
 }
 
@@ -545,7 +546,7 @@ async fn delete_an_asset_with_live_transfers() {
         let from = consumer_reads_secret(&stack, name).await;
         consumers.push((subscribed(&from.options, "factory/line-1/#").await, from));
     }
-    assert!(offered(&stack, &stack.edc, &asset_id).await.is_some());
+    assert!(stack.edc.offered(&asset_id).await.is_some());
 
     let assets: Api<MqttAsset> = stack.api();
     assets.delete("line-1", &DeleteParams::default()).await.expect("kubectl delete mqa line-1");
@@ -564,7 +565,7 @@ async fn delete_an_asset_with_live_transfers() {
         let message = condition(&t.status.unwrap().conditions, "Ready").unwrap().2;
         assert!(message.contains("line-1"), "{name}: the message names the asset: {message}");
     }
-    assert!(offered(&stack, &stack.edc, &asset_id).await.is_none(), "no longer in the catalog");
+    assert!(stack.edc.offered(&asset_id).await.is_none(), "no longer in the catalog");
     let left = Inventory::take(&stack).await;
     assert!(left.is_empty(), "left behind: {:#?}", left.leftovers());
 
@@ -634,18 +635,12 @@ async fn repair_drift() {
 
     // A connector admin deletes the offer's contract definition: the offer leaves the catalog…
     let asset_id = format!("{}-line-1", stack.namespace);
-    let deleted = stack
-        .http()
-        .delete(format!("{}/v3/contractdefinitions/{asset_id}-contract-definition", stack.edc.management_url))
-        .header("X-Api-Key", edc::API_KEY)
-        .send()
-        .await
-        .expect("the Management API answers");
-    assert!(deleted.status().is_success(), "{}", deleted.status());
+    let path = format!("/v3/contractdefinitions/{asset_id}-contract-definition");
+    let (status, answer) = stack.edc.call(reqwest::Method::DELETE, &path, None).await;
+    assert!((200..300).contains(&status), "{status}: {answer}");
     // …and comes back.
     let asset_id = &asset_id;
-    until("offered again", WITHIN, || async move { offered(stack_ref, &stack_ref.edc, asset_id).await.is_some() })
-        .await;
+    until("offered again", WITHIN, || async move { stack_ref.edc.offered(asset_id).await.is_some() }).await;
     stack.teardown().await;
 }
 
@@ -669,7 +664,7 @@ async fn restart_without_reissuing_credentials() {
     // Let the reconciles that follow our own writes pass.
     tokio::time::sleep(Duration::from_secs(1)).await;
     let oauth2_client = format!("dsp-mqtt-transfer-{}-line-2-consumer-a", stack.namespace);
-    let tokens_issued = stack.keycloak.logins(&oauth2_client);
+    let tokens_issued = stack.keycloak.logins(&oauth2_client).await;
     assert!(tokens_issued >= 1);
     let transfers: Api<MqttTransfer> = stack.api();
     let assets: Api<MqttAsset> = stack.api();
@@ -702,7 +697,7 @@ async fn restart_without_reissuing_credentials() {
         let topic = format!("factory/{asset}/temperature");
         assert!(receives(consumer, device, &topic, "after the restart").await, "{asset}: the consumer never noticed");
     }
-    assert_eq!(stack.keycloak.logins(&oauth2_client), tokens_issued, "no token re-issued");
+    assert_eq!(stack.keycloak.logins(&oauth2_client).await, tokens_issued, "no token re-issued");
     for (name, (_, before)) in names.iter().zip(&consumers) {
         let now = consumer_reads_secret(&stack, name).await;
         assert_eq!(now.options.password, before.options.password, "{name}: the same credentials");

@@ -223,7 +223,7 @@ async fn assert_nothing_left(stack: &DevStack, name: &str) {
     assert!(stack.mosquitto.dynsec_client(&identity).is_none(), "broker user {identity} left");
     assert!(stack.mosquitto.dynsec_role(&identity).is_none(), "broker role {identity} left");
     assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/{identity}-secret")).is_none(), "Vault secret left");
-    assert!(stack.keycloak.client(&identity).is_none(), "Keycloak client left");
+    assert!(stack.keycloak.client(&identity).await.is_none(), "Keycloak client left");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -287,7 +287,7 @@ async fn oauth2_on_rabbitmq_the_jwt_from_the_secret_opens_the_broker_and_is_rene
     spec["tokenLifetimeSeconds"] = json!(120);
     let active = create_active(&stack, &transfer("t-a", spec)).await;
     let identity = format!("dsp-mqtt-transfer-{}-t-a", stack.namespace);
-    let client = stack.keycloak.client(&identity).expect("a client per transfer");
+    let client = stack.keycloak.client(&identity).await.expect("a client per transfer");
     assert_eq!(client.attributes.get("client_credentials.use_refresh_token").map(String::as_str), Some("true"));
 
     let from = from_secret(&stack, "t-a").await;
@@ -314,11 +314,11 @@ async fn oauth2_on_rabbitmq_the_jwt_from_the_secret_opens_the_broker_and_is_rene
     );
 
     // An operator restart does not re-issue a token that is still good.
-    let issued = stack.keycloak.logins(&identity);
+    let issued = stack.keycloak.logins(&identity).await;
     let mut stack = stack;
     stack.restart_controllers().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    assert_eq!(stack.keycloak.logins(&identity), issued, "no new token after a restart");
+    assert_eq!(stack.keycloak.logins(&identity).await, issued, "no new token after a restart");
     assert!(
         String::from_utf8(secret(&stack, "t-a").await.unwrap().data.unwrap()["authorization"].0.clone()).unwrap()
             == from.options.password,
@@ -349,7 +349,7 @@ async fn oauth2_on_rabbitmq_the_jwt_from_the_secret_opens_the_broker_and_is_rene
     let mut c = Consumer::connect(&widened.options).await.expect("the new token opens RabbitMQ");
     assert!(c.subscribe("factory/line-1/pressure").await, "the new token reads the new topic");
     assert!(c.subscribe("factory/line-1/temperature").await, "and the first one");
-    let issued = stack.keycloak.logins(&identity);
+    let issued = stack.keycloak.logins(&identity).await;
     let from = widened;
 
     // Two thirds of the lifetime later (simulated: the recorded expiry moved close), a new
@@ -368,13 +368,13 @@ async fn oauth2_on_rabbitmq_the_jwt_from_the_secret_opens_the_broker_and_is_rene
     .await;
     let new_token = from_secret(&stack, "t-a").await.options.password;
     assert!(new_token != from.options.password, "a new token in the Secret");
-    assert!(stack.keycloak.logins(&identity) > issued);
+    assert!(stack.keycloak.logins(&identity).await > issued);
     assert!(renewed.status.unwrap().token_expires_at.unwrap().0 > expires_at.0);
 
     // Deletion removes the client.
     api.delete("t-a", &DeleteParams::default()).await.unwrap();
     wait_gone(&api, "t-a", WITHIN).await;
-    assert!(stack.keycloak.client(&identity).is_none());
+    assert!(stack.keycloak.client(&identity).await.is_none());
     assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/{identity}-secret")).is_none());
     stack.teardown().await;
 }
@@ -504,7 +504,7 @@ async fn oauth2_suspension_on_rabbitmq_closes_live_sessions_and_stops_new_tokens
     eprintln!("oauth2 suspend → disconnected: {latency:?}");
     assert!(latency < Duration::from_secs(1), "closed within one second, took {latency:?}");
     wait_for(&api, "t-a", WITHIN, "Suspended", |t| phase(t).as_deref() == Some("Suspended")).await;
-    assert!(!stack.keycloak.client(&identity).unwrap().enabled, "no new tokens for a suspended transfer");
+    assert!(!stack.keycloak.client(&identity).await.unwrap().enabled, "no new tokens for a suspended transfer");
     let s = secret(&stack, "t-a").await.unwrap();
     assert!(FromSecret::read(&s, &stack.ca.cert_pem()).is_none(), "no token in the Secret");
     stack.teardown().await;
@@ -558,7 +558,7 @@ async fn a_client_made_before_a_failed_step_goes_with_the_asset() {
     })
     .await;
     assert_eq!(phase(&stuck).as_deref(), Some("Pending"));
-    assert!(stack.keycloak.client(&identity).is_some(), "the client was made before the secret store failed");
+    assert!(stack.keycloak.client(&identity).await.is_some(), "the client was made before the secret store failed");
 
     let assets: Api<MqttAsset> = stack.api();
     assets.delete("line-1", &DeleteParams::default()).await.unwrap();
@@ -566,18 +566,18 @@ async fn a_client_made_before_a_failed_step_goes_with_the_asset() {
     // Revocation removes the client first; the secret store is still failing, so it retries
     // the rest until Vault is back.
     let deadline = tokio::time::Instant::now() + WITHIN;
-    while stack.keycloak.client(&identity).is_some() {
+    while stack.keycloak.client(&identity).await.is_some() {
         assert!(tokio::time::Instant::now() < deadline, "the client made before the failure is still there");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     stack.vault.server.faults.reset();
     wait_for(&api, "t-a", WITHIN, "AssetNotFound", |t| ready(t).is_some_and(|(_, r, _)| r == "AssetNotFound")).await;
-    assert!(stack.keycloak.client(&identity).is_none());
+    assert!(stack.keycloak.client(&identity).await.is_none());
     assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/{identity}-secret")).is_none(), "nothing in Vault either");
 
     api.delete("t-a", &DeleteParams::default()).await.unwrap();
     wait_gone(&api, "t-a", WITHIN).await;
-    assert!(stack.keycloak.client(&identity).is_none());
+    assert!(stack.keycloak.client(&identity).await.is_none());
     stack.teardown().await;
 }
 

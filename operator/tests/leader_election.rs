@@ -4,8 +4,8 @@
 //! nothing left behind.
 //!
 //! The operators run as real processes (the binary, as in a Deployment with two replicas)
-//! against the dev stack: the Kubernetes API test server (or the `KUBECONFIG` cluster), the
-//! doubles and real Mosquitto.
+//! against the dev stack: the real Kubernetes control plane (or the `KUBECONFIG` cluster), the real
+//! EDC (the stack's objects in it), the Keycloak realm, the Vault double and real Mosquitto.
 
 use std::collections::BTreeSet;
 use std::process::{Child, Command, Stdio};
@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use e2e::consumer::Consumer;
 use e2e::fixtures::consumer_options;
-use e2e::stack::{Cluster, DevStack, StackOptions, VAULT_FOLDER, condition, operator_config_yaml, wait_gone};
+use e2e::stack::{Cluster, DevStack, StackOptions, VAULT_FOLDER, condition, wait_gone};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use mqtt_dsp_operator::api::MqttAsset;
@@ -139,16 +139,16 @@ async fn lease(stack: &DevStack) -> k8s_openapi::api::coordination::v1::LeaseSpe
 }
 
 /// Our objects in every backend the usrpw assets use, by name.
-fn inventory(stack: &DevStack) -> BTreeSet<String> {
+async fn inventory(stack: &DevStack) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     let ns = &stack.namespace;
-    for a in stack.edc.state.assets() {
+    for a in stack.edc.assets().await {
         found.insert(format!("edc asset {}", a.id));
     }
-    for p in stack.edc.state.policies() {
+    for p in stack.edc.policies().await {
         found.insert(format!("edc policy {}", p.id));
     }
-    for c in stack.edc.state.contract_definitions() {
+    for c in stack.edc.contract_definitions().await {
         found.insert(format!("edc contract definition {}", c.id));
     }
     let dynsec = stack.mosquitto.dynsec_state();
@@ -192,16 +192,7 @@ async fn killing_the_leader_mid_reconcile_hands_over_without_duplicates_or_orpha
     stack.stop_controllers().await;
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("config.yaml");
-    let yaml = operator_config_yaml(
-        dir.path(),
-        &stack.ca,
-        &stack.edc,
-        &stack.edc_fx,
-        &stack.keycloak,
-        &stack.vault,
-        &stack.mosquitto,
-        None,
-    );
+    let yaml = stack.operator_config_yaml(dir.path());
     std::fs::write(&config, yaml).unwrap();
 
     // Replica a leads; replica b stands by, ready (so a rollout can go on) but idle.
@@ -279,11 +270,11 @@ async fn killing_the_leader_mid_reconcile_hands_over_without_duplicates_or_orpha
     eprintln!("all {ASSETS} assets Ready {:?} after the kill", killed.elapsed());
 
     // Nothing duplicated: each object exactly once, nothing else of ours.
-    let (found, want) = (inventory(&stack), expected(&stack));
+    let (found, want) = (inventory(&stack).await, expected(&stack));
     let extra: Vec<_> = found.difference(&want).collect();
     let missing: Vec<_> = want.difference(&found).collect();
     assert!(extra.is_empty() && missing.is_empty(), "extra: {extra:?}\nmissing: {missing:?}");
-    let edc_assets = stack.edc.state.assets();
+    let edc_assets = stack.edc.assets().await;
     assert_eq!(edc_assets.len(), ASSETS, "one connector asset per MqttAsset");
     // Every asset's credential works: what Vault holds is what the broker checks (a takeover
     // between writing the password and setting it on the broker would break this).
@@ -302,7 +293,7 @@ async fn killing_the_leader_mid_reconcile_hands_over_without_duplicates_or_orpha
     for i in 0..ASSETS {
         wait_gone(&api, &format!("line-{i}"), Duration::from_secs(60)).await;
     }
-    let left: Vec<_> = inventory(&stack).into_iter().collect();
+    let left: Vec<_> = inventory(&stack).await.into_iter().collect();
     assert!(left.is_empty(), "orphans: {left:?}");
     drop(b);
     stack.teardown().await;

@@ -11,6 +11,7 @@
 pub mod edc;
 pub mod keycloak;
 pub mod kubernetes;
+pub mod proxy;
 pub mod vault;
 
 use std::path::PathBuf;
