@@ -166,7 +166,11 @@ fn every_error() -> Vec<Error> {
             offered: vec![AuthMode::Usrpw],
         }),
         plan(PlanError::NoEndpointUrl { broker: "default".into(), endpoint_type: "mqtt-wss" }),
-        plan(PlanError::ReservedProperty { key: "dsp-mqtt.io/owner".into() }),
+        plan(PlanError::ReservedProperty {
+            field: "spec.privateProperties",
+            key: "dsp-mqtt.io/owner".into(),
+            detail: "the key names a marker".into(),
+        }),
         plan(PlanError::PropertyConflict { key: "name".into() }),
         plan(PlanError::TopicsOutsideAsset { topics: vec!["factory/line-2/#".into()], asset: "line-1".into() }),
         plan(PlanError::TopicTooLong { field: "spec.topics", index: 0, bytes: 70_000 }),
@@ -193,6 +197,14 @@ fn every_error() -> Vec<Error> {
             operation,
             object: object.clone(),
             source: Box::new(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        }),
+        backend(BackendError::Redirected {
+            system,
+            operation,
+            object: object.clone(),
+            status: 307,
+            from: "https://edc.example.com".into(),
+            location: "https://elsewhere.example.com/".into(),
         }),
         backend(BackendError::Protocol { system, operation, object, detail: "no id".into() }),
         backend(BackendError::Unsupported { system, what: "grant JWT topics".into() }),
@@ -226,6 +238,7 @@ fn listed(e: &Error) {
             | BackendError::Unavailable { .. }
             | BackendError::Timeout { .. }
             | BackendError::Unreachable { .. }
+            | BackendError::Redirected { .. }
             | BackendError::Protocol { .. }
             | BackendError::Unsupported { .. }
             | BackendError::Credential(_) => {}

@@ -84,14 +84,17 @@ pub struct MqttAssetSpec {
 
     /// Public properties of the connector asset (shown in the catalog), e.g. `name`,
     /// `description`, `contenttype`. Keys without a prefix are in the EDC namespace. The operator
-    /// adds its own keys to `privateProperties`, never here.
+    /// adds its own keys to `privateProperties`, never here; keys naming `dsp-mqtt.io/…` in the
+    /// EDC namespace, in any JSON-LD spelling, are refused as there (reason `ReservedProperty`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub properties: Option<BTreeMap<String, Value>>,
 
-    /// Private properties of the connector asset (not shown in the catalog). Keys starting with
-    /// `dsp-mqtt.io/` are reserved for the operator's ownership marker (refused with reason
-    /// `ReservedProperty`).
+    /// Private properties of the connector asset (not shown in the catalog). Keys naming
+    /// `dsp-mqtt.io/…` in the EDC namespace are reserved for the operator's ownership marker, in
+    /// every JSON-LD spelling: plain, `edc:dsp-mqtt.io/…`, the full IRI, or through a prefix,
+    /// term or `@vocab` of this object's own `@context`, which must be inline and leave the
+    /// operator's keys in place (refused with reason `ReservedProperty`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "free_form_object")]
     pub private_properties: Option<BTreeMap<String, Value>>,

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::{PlanError, RESERVED_PROPERTY_PREFIX, check_mode, check_topic_bytes, lookup, profile_name};
+use super::{PlanError, check_mode, check_topic_bytes, lookup, profile_name, properties};
 use crate::api::{AuthMode, MqttAsset, MqttAssetSpec, PolicyRule};
 use crate::backends::Owner;
 use crate::backends::broker::TokenRequirements;
@@ -160,8 +160,10 @@ pub fn plan(asset: &MqttAsset, config: &Config, token: Option<&TokenRequirements
     let spec = &asset.spec;
     let profiles = resolve_profiles(spec, config)?;
     check_topic_bytes("spec.topics", &spec.topics)?;
-    let private = private_properties(spec)?;
+    let private = object(spec.private_properties.as_ref());
+    properties::check_reserved("spec.privateProperties", &private, true)?;
     let properties = object(spec.properties.as_ref());
+    properties::check_reserved("spec.properties", &properties, false)?;
     if let Some(key) = properties.keys().find(|k| private.contains_key(*k)) {
         return Err(PlanError::PropertyConflict { key: key.clone() });
     }
@@ -256,14 +258,6 @@ pub fn plan(asset: &MqttAsset, config: &Config, token: Option<&TokenRequirements
 
 fn object(map: Option<&BTreeMap<String, Value>>) -> Map<String, Value> {
     map.map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect()).unwrap_or_default()
-}
-
-fn private_properties(spec: &MqttAssetSpec) -> Result<Map<String, Value>, PlanError> {
-    let private = object(spec.private_properties.as_ref());
-    match private.keys().find(|k| k.starts_with(RESERVED_PROPERTY_PREFIX)) {
-        Some(key) => Err(PlanError::ReservedProperty { key: key.clone() }),
-        None => Ok(private),
-    }
 }
 
 /// An ODRL policy from a rule: participant ids become `BusinessPartnerDID` (DIDs) or
@@ -509,6 +503,13 @@ brokers:
         let mut asset = MqttAsset::test();
         asset.spec.private_properties = Some(BTreeMap::from([("dsp-mqtt.io/owner".to_owned(), json!("me"))]));
         assert_eq!(plan(&asset, &config(""), None).unwrap_err().reason(), "ReservedProperty");
+        // Public properties too, in any spelling (plan::properties has them all).
+        asset.spec.private_properties = None;
+        asset.spec.properties =
+            Some(BTreeMap::from([("https://w3id.org/edc/v0.0.1/ns/dsp-mqtt.io/owner".to_owned(), json!("me"))]));
+        let e = plan(&asset, &config(""), None).unwrap_err();
+        assert_eq!(e.reason(), "ReservedProperty");
+        assert!(e.to_string().starts_with("spec.properties.https://w3id.org/edc/v0.0.1/ns/dsp-mqtt.io/owner: "), "{e}");
         asset.spec.private_properties = Some(BTreeMap::from([("name".to_owned(), json!("x"))]));
         asset.spec.properties = Some(BTreeMap::from([("name".to_owned(), json!("y"))]));
         assert_eq!(plan(&asset, &config(""), None).unwrap_err().reason(), "PropertyConflict");

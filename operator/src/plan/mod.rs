@@ -8,6 +8,7 @@
 //! variant name is the condition and Event reason.
 
 pub mod asset;
+pub mod properties;
 pub mod topics;
 pub mod transfer;
 
@@ -60,13 +61,18 @@ pub enum PlanError {
         /// Endpoint type asked for.
         endpoint_type: &'static str,
     },
-    /// A private property uses the operator's reserved key prefix.
+    /// A property names one of the operator's ownership markers, in any JSON-LD spelling, or the
+    /// object's own `@context` moves them (see [`properties`]).
     #[error(
-        "spec.privateProperties.{key}: keys starting with \"{RESERVED_PROPERTY_PREFIX}\" are reserved for the operator's ownership markers; rename the key"
+        "{field}.{key}: {detail}; keys under \"{RESERVED_PROPERTY_PREFIX}\" of the connector's vocabulary are reserved for the operator's ownership markers in every JSON-LD spelling (plain, prefixed, full IRI, or through the object's own @context): rename the key or change the object's @context"
     )]
     ReservedProperty {
-        /// The key.
+        /// Spec field (`spec.privateProperties`).
+        field: &'static str,
+        /// The key (`@context` when the context is the problem).
         key: String,
+        /// What it expands to, or what the context does.
+        detail: String,
     },
     /// The same key in properties and privateProperties (the connector refuses that).
     #[error(
