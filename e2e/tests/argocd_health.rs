@@ -174,6 +174,12 @@ fn every_error() -> Vec<Error> {
         plan(PlanError::PropertyConflict { key: "name".into() }),
         plan(PlanError::TopicsOutsideAsset { topics: vec!["factory/line-2/#".into()], asset: "line-1".into() }),
         plan(PlanError::TopicTooLong { field: "spec.topics", index: 0, bytes: 70_000 }),
+        plan(PlanError::TopicAsteriskUnsupported {
+            field: "spec.topics",
+            index: 0,
+            topic: "factory/*/temp".into(),
+            broker: "default".into(),
+        }),
         backend(BackendError::Unauthorized { system, operation, object: object.clone(), status: 401 }),
         backend(BackendError::Foreign { system, operation, object: object.clone() }),
         backend(BackendError::InUse { system, operation, object: object.clone(), message: "agreement".into() }),
@@ -228,7 +234,8 @@ fn listed(e: &Error) {
             | PlanError::ReservedProperty { .. }
             | PlanError::PropertyConflict { .. }
             | PlanError::TopicsOutsideAsset { .. }
-            | PlanError::TopicTooLong { .. } => {}
+            | PlanError::TopicTooLong { .. }
+            | PlanError::TopicAsteriskUnsupported { .. } => {}
         },
         Error::Backend { source, .. } => match source {
             BackendError::Unauthorized { .. }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::{PlanError, check_mode, check_topic_bytes, lookup, profile_name, properties};
+use super::{PlanError, check_mode, check_topic_asterisks, check_topic_bytes, lookup, profile_name, properties};
 use crate::api::{AuthMode, MqttAsset, MqttAssetSpec, PolicyRule};
 use crate::backends::Owner;
 use crate::backends::broker::TokenRequirements;
@@ -160,6 +160,8 @@ pub fn plan(asset: &MqttAsset, config: &Config, token: Option<&TokenRequirements
     let spec = &asset.spec;
     let profiles = resolve_profiles(spec, config)?;
     check_topic_bytes("spec.topics", &spec.topics)?;
+    let broker_type = config.brokers[&profiles.broker].broker_type;
+    check_topic_asterisks("spec.topics", &spec.topics, &profiles.broker, broker_type)?;
     let private = object(spec.private_properties.as_ref());
     properties::check_reserved("spec.privateProperties", &private, true)?;
     let properties = object(spec.properties.as_ref());
@@ -524,6 +526,38 @@ brokers:
         assert_eq!(e, PlanError::TopicTooLong { field: "spec.topics", index: 0, bytes: 80_000 });
         asset.spec.topics = vec!["a".repeat(TOPIC_FILTER_MAX_BYTES)];
         assert!(plan(&asset, &config(""), None).is_ok());
+    }
+
+    #[test]
+    fn an_asterisk_in_a_level_is_refused_on_rabbitmq_only() {
+        for topic in ["factory/*/temp", "factory/line-*/temp", "*", "a/b*"] {
+            let mut asset = MqttAsset::test();
+            asset.spec.broker = Some("rabbit".into());
+            asset.spec.topics = vec!["factory/line-1/#".into(), topic.into()];
+            let e = plan(&asset, &config(""), None).unwrap_err();
+            assert_eq!(
+                e,
+                PlanError::TopicAsteriskUnsupported {
+                    field: "spec.topics",
+                    index: 1,
+                    topic: topic.into(),
+                    broker: "rabbit".into()
+                }
+            );
+            assert_eq!(e.reason(), "TopicAsteriskUnsupported");
+            assert!(e.to_string().contains("use a `+` level"), "{e}");
+            // oauth2 mode too: the token's scopes use the same wildcard.
+            asset.spec.auth.mode = AuthMode::Oauth2;
+            assert_eq!(plan(&asset, &config(""), Some(&token())).unwrap_err().reason(), "TopicAsteriskUnsupported");
+            // Mosquitto takes `*` literally.
+            let mut mosquitto = MqttAsset::test();
+            mosquitto.spec.topics = vec![topic.into()];
+            assert!(plan(&mosquitto, &config(""), None).is_ok(), "{topic} on mosquitto");
+        }
+        let mut asset = MqttAsset::test();
+        asset.spec.broker = Some("rabbit".into());
+        asset.spec.topics = vec!["factory/+/temp".into(), "factory/#".into()];
+        assert!(plan(&asset, &config(""), None).is_ok(), "MQTT's own wildcards are fine");
     }
 
     #[test]

@@ -93,6 +93,20 @@ pub enum PlanError {
         /// The asset.
         asset: String,
     },
+    /// A `*` inside a topic level on a RabbitMQ broker, where it would be a wildcard.
+    #[error(
+        "{field}[{index}] \"{topic}\" contains `*`; broker profile \"{broker}\" is RabbitMQ, which turns MQTT topics into AMQP routing keys where `*` is a wildcard for a whole level, so the grant would cover other topics too: remove the `*` (use a `+` level to mean any level) or choose a broker profile of another type in spec.broker"
+    )]
+    TopicAsteriskUnsupported {
+        /// Spec field (`spec.topics`).
+        field: &'static str,
+        /// Index in the list.
+        index: usize,
+        /// The filter.
+        topic: String,
+        /// Broker profile.
+        broker: String,
+    },
     /// A topic filter longer than MQTT allows.
     #[error(
         "{field}[{index}] is {bytes} bytes long in UTF-8; MQTT allows at most {TOPIC_FILTER_MAX_BYTES}: shorten it"
@@ -117,6 +131,7 @@ impl PlanError {
             PlanError::ReservedProperty { .. } => "ReservedProperty",
             PlanError::PropertyConflict { .. } => "PropertyConflict",
             PlanError::TopicTooLong { .. } => "TopicTooLong",
+            PlanError::TopicAsteriskUnsupported { .. } => "TopicAsteriskUnsupported",
             PlanError::TopicsOutsideAsset { .. } => "TopicsOutsideAsset",
         }
     }
@@ -147,6 +162,26 @@ fn lookup<'a, T>(
 pub fn check_topic_bytes(field: &'static str, topics: &[String]) -> Result<(), PlanError> {
     match topics.iter().enumerate().find(|(_, t)| t.len() > TOPIC_FILTER_MAX_BYTES) {
         Some((index, t)) => Err(PlanError::TopicTooLong { field, index, bytes: t.len() }),
+        None => Ok(()),
+    }
+}
+
+/// Refuses `*` anywhere in a topic filter when the broker is RabbitMQ: its MQTT plugin maps topic
+/// levels to AMQP routing-key words, and there `*` (inside a binding key or a token scope's
+/// pattern) matches any word, so `a/*/b` would grant `a/x/b` too. Other brokers take `*` literally.
+pub fn check_topic_asterisks(
+    field: &'static str,
+    topics: &[String],
+    broker: &str,
+    broker_type: BrokerType,
+) -> Result<(), PlanError> {
+    if broker_type != BrokerType::Rabbitmq {
+        return Ok(());
+    }
+    match topics.iter().enumerate().find(|(_, t)| t.contains('*')) {
+        Some((index, t)) => {
+            Err(PlanError::TopicAsteriskUnsupported { field, index, topic: t.clone(), broker: broker.to_owned() })
+        }
         None => Ok(()),
     }
 }

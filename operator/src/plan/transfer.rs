@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value, json};
 
-use super::{PlanError, check_topic_bytes, topics};
+use super::{PlanError, check_topic_asterisks, check_topic_bytes, topics};
 use crate::api::{AuthMode, MqttAsset, MqttTransfer, TransferState};
 use crate::backends::broker::TokenRequirements;
 use crate::backends::connector::mqtt_endpoint_type;
@@ -122,6 +122,9 @@ pub fn plan(
     let asset_topics = &asset.spec.topics;
     let topics = transfer.spec.topics.clone().unwrap_or_else(|| asset_topics.clone());
     check_topic_bytes("spec.topics", &topics)?;
+    let broker_type = config.brokers[&profiles.broker].broker_type;
+    // The asset's `+` admits a transfer's `a/x*y/b`: checked here too, not only on the asset.
+    check_topic_asterisks("spec.topics", &topics, &profiles.broker, broker_type)?;
     let outside = topics::outside(&topics, asset_topics);
     if !outside.is_empty() {
         return Err(PlanError::TopicsOutsideAsset {
@@ -383,6 +386,19 @@ secretStores:
         let e = plan(&wide, &asset(AuthMode::Usrpw), &config(), None).unwrap_err();
         assert_eq!(e.reason(), "TopicsOutsideAsset");
         assert!(e.to_string().contains("factory/#") && !e.to_string().contains("temperature"), "{e}");
+    }
+
+    #[test]
+    fn an_asterisk_within_the_assets_plus_is_refused_on_rabbitmq() {
+        let mut a = asset(AuthMode::Usrpw);
+        a.spec.topics = vec!["factory/+/temp".into()];
+        let mut t = transfer();
+        t.spec.topics = Some(vec!["factory/line-*/temp".into()]);
+        let e = plan(&t, &a, &config(), None).unwrap_err();
+        assert_eq!(e.reason(), "TopicAsteriskUnsupported");
+        assert!(e.to_string().starts_with("spec.topics[0] \"factory/line-*/temp\" contains `*`"), "{e}");
+        t.spec.topics = Some(vec!["factory/line-1/temp".into()]);
+        assert!(plan(&t, &a, &config(), None).is_ok());
     }
 
     #[test]
