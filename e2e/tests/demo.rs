@@ -1,14 +1,17 @@
 //! `make demo` end to end: the demo binary (`e2e/src/bin/demo.rs`) runs the operator binary as
-//! its own process against the dev stack, applies `examples/` (with kubectl when it is installed,
-//! else through kube-rs), and must print the message its consumer received through each issued
-//! DataAddress, exit 0, and never show a secret it handled — not in its output, not in the
-//! operator's log.
+//! its own process against the dev stack (a real Kubernetes control plane; real Keycloak and EDC
+//! by default, their doubles with `--doubles`), applies `examples/` (with kubectl when it is
+//! installed, else through kube-rs), and must print the message its consumer received through
+//! each issued DataAddress, exit 0, never show a secret it handled — not in its output, not in
+//! the operator's log — and leave nothing behind: the example namespace deleted, no process it
+//! started still running once it has exited.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
-/// One demo at a time: each starts RabbitMQ, Mosquitto and an operator.
+/// One demo at a time: each starts a control plane, RabbitMQ, Mosquitto, an operator (and JVMs).
 static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 const DEMO: &str = env!("CARGO_BIN_EXE_demo");
@@ -61,20 +64,31 @@ struct Run {
     operator_log: String,
     /// What the demo registered as secrets (`e2e::logs::register_secret`).
     secrets: Vec<String>,
+    /// Processes the demo started that were still running after it exited (none may be).
+    left_running: Vec<String>,
 }
 
 fn run_demo(extra: &[&str]) -> Run {
     let operator = operator();
     let dir = tempfile::tempdir().unwrap();
     let tracing_log = dir.path().join("demo-tracing.log");
-    let output = Command::new(DEMO)
+    let demo = Command::new(DEMO)
         .args(["--operator", &operator.display().to_string()])
         .args(["--log-dir", &dir.path().display().to_string()])
         .args(extra)
         .env("MQTT_DSP_TEST_LOG", &tracing_log)
-        .output()
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
         .expect("the demo runs");
+    let demo_pid = demo.id();
+    let output = demo.wait_with_output().expect("the demo's output");
     let text = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+    let stdout = text(&output.stdout);
+    let operator_pid = stdout
+        .lines()
+        .find_map(|l| l.split_once("mqtt-dsp-operator run --config")?.1.split_once("(pid ")?.1.split([',', ')']).next())
+        .and_then(|pid| pid.trim().parse().ok());
     let mut secrets_file = tracing_log.into_os_string();
     secrets_file.push(".secrets");
     let secrets: std::collections::BTreeSet<String> = std::fs::read_to_string(&secrets_file)
@@ -84,7 +98,8 @@ fn run_demo(extra: &[&str]) -> Run {
         .map(str::to_owned)
         .collect();
     Run {
-        stdout: text(&output.stdout),
+        left_running: left_running(demo_pid, operator_pid),
+        stdout,
         stderr: text(&output.stderr),
         operator_log: std::fs::read_to_string(dir.path().join("operator.log")).unwrap_or_default(),
         output,
@@ -92,7 +107,36 @@ fn run_demo(extra: &[&str]) -> Run {
     }
 }
 
-/// Exit 0, a received message per transfer of `examples/`, masked credentials, no secret shown.
+/// What still runs of what the demo with this PID started: its operator, and every launcher's
+/// watchdog (a shell whose script watches the demo's PID with `kill -0 PID`; it ends only once
+/// its system has stopped). Waits up to 5 s for them to go.
+fn left_running(demo_pid: u32, operator_pid: Option<u32>) -> Vec<String> {
+    let watchdog = format!("kill -0 {demo_pid} 2>/dev/null");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut left = Vec::new();
+        for entry in std::fs::read_dir("/proc").expect("/proc").flatten() {
+            let Some(pid) = entry.file_name().to_str().and_then(|p| p.parse::<u32>().ok()) else { continue };
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            if stat.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with('Z')) {
+                continue;
+            }
+            let cmdline = String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default())
+                .replace('\0', " ");
+            let operator = Some(pid) == operator_pid && cmdline.contains("mqtt-dsp-operator");
+            if operator || cmdline.contains(&watchdog) {
+                left.push(format!("pid {pid}: {}", cmdline.chars().take(300).collect::<String>()));
+            }
+        }
+        if left.is_empty() || Instant::now() > deadline {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// Exit 0, a received message per transfer of `examples/`, masked credentials, no secret shown,
+/// the example namespace deleted, nothing left running.
 fn assert_demo_passed(run: &Run) {
     // The output holds no secret (checked below before anything is printed in full).
     let leaked: Vec<usize> = run
@@ -127,13 +171,36 @@ fn assert_demo_passed(run: &Run) {
             out.lines().find(|l| l.contains(&received)).unwrap_or_else(|| panic!("no message on {topic}:\n{out}"));
         assert!(line.contains(&format!("\"transfer\":\"{transfer}\"")), "{line}");
     }
-    assert!(out.contains("\"dsp-mqtt:authorization\": \"eyJ0… ("), "the JWT is shown masked:\n{out}");
+    // A JWT's first four characters (`eyJh` from the real Keycloak, `eyJ0` from the double), then
+    // only its length.
+    let authorization = out.lines().find(|l| l.contains("\"dsp-mqtt:authorization\": \"eyJ")).unwrap_or_default();
+    assert!(
+        authorization.contains("… (") && authorization.contains("characters, masked)"),
+        "the JWT is shown masked:\n{out}"
+    );
     assert!(out.contains("\"dsp-mqtt:refreshToken\": \""), "{out}");
     assert!(out.contains("\"dsp-mqtt:password\": \""), "{out}");
     assert_eq!(out.matches("characters, masked)").count(), 3, "JWT, refresh token and password masked:\n{out}");
     assert!(out.contains("backends: nothing left of the transfers"), "{out}");
     assert!(out.contains("operator stopped (SIGTERM, exit code 0)"), "{out}");
+    assert!(out.contains("namespace \"dataspace\" deleted") || out.contains("namespace/dataspace deleted"), "{out}");
+    assert!(out.contains("dev stack stopped in parallel: "), "{out}");
     assert!(out.contains("Demo passed"), "{out}");
+    // The timings: each part's start, and the total.
+    assert!(out.contains("Timings: dev stack "), "{out}");
+    assert!(out.contains("Demo passed; total wall time "), "{out}");
+    assert!(run.left_running.is_empty(), "still running after the demo exited: {:#?}", run.left_running);
+}
+
+/// The versions of the real systems, from their launchers.
+fn assert_real_systems(out: &str) {
+    let k8s = format!("kube-apiserver + kube-controller-manager {}", e2e::systems::kubernetes::version());
+    assert!(out.contains(&k8s), "{out}");
+    let keycloak = format!("Keycloak {} (real), realm dataspace-", e2e::systems::keycloak::VERSION);
+    assert!(out.contains(&keycloak), "{out}");
+    let edc = format!("EDC {} control plane \"provider\" (real", e2e::systems::edc::configured_version());
+    assert!(out.contains(&edc), "{out}");
+    assert!(out.contains("double (no real Vault runs here yet)"), "{out}");
 }
 
 #[test]
@@ -141,6 +208,7 @@ fn the_demo_delivers_a_live_message_through_each_issued_data_address_and_shows_n
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let run = run_demo(&[]);
     assert_demo_passed(&run);
+    assert_real_systems(&run.stdout);
     if kubectl_installed() {
         assert!(run.stdout.contains("$ kubectl apply -f examples/namespace.yaml"), "{}", run.stdout);
         assert!(run.stdout.contains("$ kubectl wait --for=condition=Ready"), "{}", run.stdout);
@@ -153,15 +221,19 @@ fn the_demo_delivers_a_live_message_through_each_issued_data_address_and_shows_n
     }
 }
 
+/// The doubles mode, and (where kubectl is installed; else the other test ran it) the kube-rs
+/// fallback: both in one run, since each is cheap beside the real mode.
 #[test]
-fn without_kubectl_the_demo_applies_the_same_yaml_through_kube_rs() {
-    if !kubectl_installed() {
-        eprintln!("skipped: kubectl is not installed, so the other test already ran the kube-rs fallback");
-        return;
-    }
+fn with_doubles_and_without_kubectl_the_demo_passes_the_same_way() {
     let _one = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let run = run_demo(&["--without-kubectl"]);
+    let run = run_demo(&["--doubles", "--without-kubectl"]);
     assert_demo_passed(&run);
-    assert!(run.stdout.contains("server-side apply through kube-rs instead"), "{}", run.stdout);
-    assert!(!run.stdout.contains("$ kubectl"), "{}", run.stdout);
+    let out = &run.stdout;
+    assert!(out.contains("Keycloak        https://") && out.contains("double, realm dataspace"), "{out}");
+    assert!(out.contains("double, Factoryx flavour"), "{out}");
+    assert!(!out.contains("(real), realm"), "{out}");
+    let k8s = format!("kube-apiserver + kube-controller-manager {}", e2e::systems::kubernetes::version());
+    assert!(out.contains(&k8s), "Kubernetes is the real control plane in every mode:\n{out}");
+    assert!(out.contains("server-side apply through kube-rs instead"), "{out}");
+    assert!(!out.contains("$ kubectl"), "{out}");
 }

@@ -1,18 +1,25 @@
 //! `make demo`: the operator end to end on one machine, the way a user would drive it.
 //!
-//! 1. starts the dev stack: the Kubernetes API test server, the EDC, Keycloak and Vault doubles,
-//!    real Mosquitto and real RabbitMQ (OAuth 2.0 against the Keycloak double);
-//! 2. installs the CRDs and starts the operator binary as its own process, with
+//! 1. starts the dev stack, its parts in parallel: a real Kubernetes control plane (etcd,
+//!    kube-apiserver, kube-controller-manager with RBAC, `e2e::systems::kubernetes`), real
+//!    Keycloak (a realm made for the demo) and a real EDC control plane per connector profile
+//!    (`e2e::systems`), the Vault double, real Mosquitto and real RabbitMQ (OAuth 2.0 against
+//!    that Keycloak); with `--doubles`, the Keycloak and EDC doubles instead (a faster start);
+//! 2. installs `crds/` with `kubectl` as the cluster's administrator (waiting until they are
+//!    Established) and starts the operator binary as its own process, as the operator's
+//!    ServiceAccount under exactly the RBAC of `deploy/rbac.yaml`, with
 //!    `examples/operator-config.yaml` pointed at that stack (its log goes to a file);
-//! 3. applies the manifests in `examples/` with `kubectl` (or, without kubectl, the same YAML by
-//!    server-side apply through kube-rs) and waits for them to be Ready;
+//! 3. applies the manifests in `examples/` with `kubectl` as the administrator (without kubectl:
+//!    the same YAML by server-side apply through kube-rs, and it says so) and waits for Ready;
 //! 4. for every MqttTransfer: reads its Secret, prints the DataAddress with the secrets masked,
 //!    connects a consumer with nothing but what the Secret holds, publishes a message as the
 //!    provider and prints what the consumer received;
 //! 5. deletes the resources, waits until they are gone, checks that the backends hold nothing
-//!    the operator created (but what `deletionPolicy: Retain` keeps), stops everything.
+//!    the operator created (but what `deletionPolicy: Retain` keeps), deletes the example
+//!    namespace, stops everything.
 //!
-//! Exit code 0 only if every step worked. Everything here is test tooling (docs/dev-stack.md).
+//! It prints what it runs (with versions) and how long each part took. Exit code 0 only if every
+//! step worked. Everything here is test tooling (docs/dev-stack.md).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -20,7 +27,6 @@ use std::process::{Child, Command, ExitCode, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use e2e::apiserver::ApiServer;
 use e2e::brokers::mosquitto::{self, Mosquitto};
 use e2e::brokers::rabbitmq::{self, OAuthSettings, RabbitMq};
 use e2e::consumer::{Consumer, FromSecret};
@@ -28,8 +34,11 @@ use e2e::doubles::edc::{self, EdcConfig, EdcDouble, Flavour};
 use e2e::doubles::keycloak::{self, KeycloakDouble};
 use e2e::doubles::vault::{self, VaultDouble};
 use e2e::fixtures::consumer_options;
+use e2e::systems::edc::{Edc, EdcOptions};
+use e2e::systems::keycloak::{Keycloak, Realm};
+use e2e::systems::kubernetes::{self, ControlPlane};
 use e2e::tls::TestCa;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
 use kube::discovery::Scope;
 use serde_json::{Value, json};
@@ -84,6 +93,20 @@ fn secret(value: &str) {
     }
 }
 
+/// Seconds, as the timings are printed.
+fn secs(d: Duration) -> String {
+    format!("{:.1} s", d.as_secs_f64())
+}
+
+/// Phases of the run and how long each took, for the summary at the end.
+static PHASES: Mutex<Vec<(&'static str, Duration)>> = Mutex::new(Vec::new());
+
+/// Records how long a phase took since `since`, and returns now (the next phase's start).
+fn phase(name: &'static str, since: Instant) -> Instant {
+    PHASES.lock().unwrap_or_else(|e| e.into_inner()).push((name, since.elapsed()));
+    Instant::now()
+}
+
 // --- options --------------------------------------------------------------------------------
 
 enum KubectlChoice {
@@ -95,11 +118,21 @@ enum KubectlChoice {
     Without,
 }
 
+/// Which Keycloak and EDC the demo runs against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    /// The real ones (`e2e::systems`): the default.
+    Real,
+    /// The test doubles (`e2e::doubles`): `--doubles`, a faster start.
+    Doubles,
+}
+
 struct Options {
     repo: PathBuf,
     operator: PathBuf,
     kubectl: KubectlChoice,
     log_dir: PathBuf,
+    mode: Mode,
 }
 
 impl Options {
@@ -111,6 +144,7 @@ impl Options {
             log_dir: exe_dir.join("..").join("demo"),
             repo,
             kubectl: KubectlChoice::Auto,
+            mode: Mode::Real,
         };
         let mut args = std::env::args().skip(1);
         while let Some(flag) = args.next() {
@@ -121,13 +155,19 @@ impl Options {
                 "--kubectl" => o.kubectl = KubectlChoice::Path(value()?.into()),
                 "--without-kubectl" => o.kubectl = KubectlChoice::Without,
                 "--log-dir" => o.log_dir = value()?.into(),
+                "--doubles" => o.mode = Mode::Doubles,
                 "--help" | "-h" => {
                     println!(
                         "demo [--operator target/debug/mqtt-dsp-operator] [--kubectl PATH | --without-kubectl] \
-                         [--repo DIR] [--log-dir target/demo]\n\n\
+                         [--doubles] [--repo DIR] [--log-dir target/demo]\n\n\
                          Runs the operator against the dev stack, applies examples/ with kubectl, and shows a \
                          consumer receiving a live message through the issued DataAddress. `make demo` builds \
-                         and runs it."
+                         and runs it.\n\n\
+                         The dev stack: a real Kubernetes control plane (RBAC on; the operator runs as its \
+                         ServiceAccount), real Keycloak and a real EDC control plane, the Vault double, real \
+                         Mosquitto and RabbitMQ. `bash scripts/install-systems.sh` installs Kubernetes, \
+                         Keycloak and EDC under target/systems/.\n\n\
+                         --doubles  the Keycloak and EDC test doubles instead of the real ones (a faster start)"
                     );
                     std::process::exit(0);
                 }
@@ -155,14 +195,21 @@ fn main() -> ExitCode {
             _ = tokio::signal::ctrl_c() => Err("interrupted".into()),
         }
     });
+    // Whatever is still running stops with the runtime (the stack's drop) or, at the latest,
+    // with this process (the launchers' watchdogs).
+    drop(runtime);
+    let total = started.elapsed();
     match outcome {
         Ok(()) => {
             say("");
-            say(&format!("Demo passed in {:.0} s.", started.elapsed().as_secs_f64()));
+            let phases = PHASES.lock().unwrap_or_else(|e| e.into_inner()).clone();
+            let parts: Vec<String> = phases.iter().map(|(name, took)| format!("{name} {}", secs(*took))).collect();
+            say(&format!("Timings: {}", parts.join(", ")));
+            say(&format!("Demo passed; total wall time {}.", secs(total)));
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("\ndemo failed: {e}");
+            eprintln!("\ndemo failed after {}: {e}", secs(total));
             ExitCode::FAILURE
         }
     }
@@ -176,29 +223,44 @@ async fn run(options: &Options) -> Result<(), Failure> {
         serde_yaml::from_str(&std::fs::read_to_string(options.repo.join("examples/operator-config.yaml"))?)?;
     STEPS.lock().unwrap_or_else(|e| e.into_inner()).1 = 4 + manifests.transfers().count();
 
-    step("Dev stack: Kubernetes API test server, EDC/Keycloak/Vault doubles, real Mosquitto and RabbitMQ");
-    let stack = Stack::start(&config_example).await?;
-    indent(&format!("Kubernetes API  {}  (the in-repo test server)", stack.api.base_url));
-    for (profile, edc) in &stack.edcs {
-        indent(&format!("EDC ({profile})   {}  (double, {:?} flavour)", edc.management_url, edc.config.flavour));
-    }
-    indent(&format!("Keycloak        {}  (double, realm {})", stack.keycloak.server.base_url, stack.keycloak.realm()));
-    indent(&format!("Vault           {}  (double)", stack.vault.url()));
-    indent(&format!("Mosquitto       {}  {}", stack.mosquitto.mqtts_url(), stack.mosquitto.wss_url()));
-    indent(&format!("RabbitMQ        {}  {}", stack.rabbitmq.mqtts_url(), stack.rabbitmq.wss_url()));
+    let mut since = Instant::now();
+    step(match options.mode {
+        Mode::Real => {
+            "Dev stack: real Kubernetes, Keycloak and EDC, the Vault double, real Mosquitto and RabbitMQ (in parallel)"
+        }
+        Mode::Doubles => {
+            "Dev stack (--doubles): real Kubernetes, the EDC/Keycloak/Vault doubles, real Mosquitto and RabbitMQ (in parallel)"
+        }
+    });
+    let stack = Stack::start(&config_example, options.mode).await?;
+    stack.describe();
+    since = phase("dev stack", since);
 
     let kube = Kube::new(options, &stack).await?;
     step("Install the CRDs and start the operator as its own process");
     kube.apply(&[options.repo.join("crds")], true).await?;
+    kube.wait_established(&options.repo.join("crds")).await?;
     std::fs::create_dir_all(&options.log_dir)?;
     let log = options.log_dir.join("operator.log");
     let config_file = stack.dir.path().join("operator-config.yaml");
     std::fs::write(&config_file, serde_yaml::to_string(&stack.operator_config(&config_example)?)?)?;
     indent("configuration: examples/operator-config.yaml with the dev stack's URLs, its CA as caBundle and");
     indent("               every credential from a file (instead of Secrets and Vault's Kubernetes auth)");
-    let mut operator = OperatorProcess::start(&options.operator, &config_file, &kube.kubeconfig, &log).await?;
-    indent(&format!("$ mqtt-dsp-operator run --config operator-config.yaml   (pid {})", operator.pid()));
+    let operator_kubeconfig = stack.operator_kubeconfig().await?;
+    indent(&format!(
+        "kubeconfig:    ServiceAccount {}/{} (a TokenRequest token; the rights of deploy/rbac.yaml, nothing more)",
+        kubernetes::OPERATOR_NAMESPACE,
+        kubernetes::OPERATOR_SERVICE_ACCOUNT
+    ));
+    let operator_started = Instant::now();
+    let mut operator = OperatorProcess::start(&options.operator, &config_file, &operator_kubeconfig, &log).await?;
+    indent(&format!(
+        "$ mqtt-dsp-operator run --config operator-config.yaml   (pid {}, ready in {})",
+        operator.pid(),
+        secs(operator_started.elapsed())
+    ));
     indent(&format!("operator log: {}", display(&log)));
+    since = phase("CRDs and operator", since);
 
     step("Apply the examples and wait for Ready");
     let before = Snapshot::take(&stack).await?;
@@ -209,12 +271,14 @@ async fn run(options: &Options) -> Result<(), Failure> {
     let ready = Snapshot::take(&stack).await?;
     let records = Records::read(&kube.client, &manifests).await?;
     indent(&format!("created by the operator: {}", ready.minus(&before).summary()));
+    since = phase("examples Ready", since);
 
     let client = kube.client.clone();
     for transfer in manifests.transfers() {
         step(&format!("Transfer {}: the DataAddress and a live message", transfer.name));
         consume(&client, &stack, transfer).await?;
     }
+    since = phase("live messages", since);
 
     step("Clean up: delete the resources, check the backends, stop everything");
     let mut deletion: Vec<PathBuf> = manifests.transfers().map(|d| d.file.clone()).collect();
@@ -223,13 +287,16 @@ async fn run(options: &Options) -> Result<(), Failure> {
     kube.delete(&deletion, &manifests).await?;
     let after = Snapshot::take(&stack).await?;
     check_clean(&stack, &before, &after, &records)?;
+    kube.delete_namespaces(&manifests, &stack.kubernetes).await?;
     let code = operator.stop();
     match code {
         Some(0) => indent("operator stopped (SIGTERM, exit code 0)"),
         other => return Err(format!("the operator ended with {other:?} after SIGTERM; see {}", display(&log)).into()),
     }
-    drop(stack);
-    indent("API server, doubles, Mosquitto and RabbitMQ stopped");
+    let stopping = Instant::now();
+    let stopped = stack.stop();
+    indent(&format!("dev stack {stopped}; all down after {}", secs(stopping.elapsed())));
+    phase("clean-up", since);
     check_no_secret_shown(&log)?;
     Ok(())
 }
@@ -324,62 +391,494 @@ impl Manifests {
 
 // --- the stack ------------------------------------------------------------------------------
 
+/// A connector profile's EDC: a real control plane, or the double.
+enum Connector {
+    Real(Edc),
+    Double(EdcDouble),
+}
+
+impl Connector {
+    fn management_url(&self) -> &str {
+        match self {
+            Connector::Real(edc) => &edc.management_url,
+            Connector::Double(edc) => &edc.management_url,
+        }
+    }
+
+    fn api_key(&self) -> &str {
+        match self {
+            Connector::Real(edc) => &edc.api_key,
+            Connector::Double(_) => edc::API_KEY,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Connector::Real(edc) => {
+                format!("EDC {} control plane \"{}\" (real, Management API v3)", edc.version, edc.name)
+            }
+            Connector::Double(edc) => format!("double, {:?} flavour", edc.config.flavour),
+        }
+    }
+
+    /// Its assets, policy definitions and contract definitions, as a snapshot names them.
+    async fn objects(&self, http: &reqwest::Client) -> Result<BTreeSet<String>, Failure> {
+        let mut out = BTreeSet::new();
+        match self {
+            Connector::Double(edc) => {
+                out.extend(edc.state.assets().into_iter().map(|a| format!("asset {}", a.id)));
+                out.extend(edc.state.policies().into_iter().map(|p| format!("policy {}", p.id)));
+                out.extend(
+                    edc.state.contract_definitions().into_iter().map(|c| format!("contract definition {}", c.id)),
+                );
+            }
+            Connector::Real(edc) => {
+                // The Management API's query endpoints, as the connector's administrator would list.
+                let query = json!({
+                    "@context": {"@vocab": edc::EDC_NAMESPACE},
+                    "@type": "QuerySpec",
+                    "offset": 0,
+                    "limit": 10_000,
+                });
+                for (path, what) in [
+                    ("assets", "asset"),
+                    ("policydefinitions", "policy"),
+                    ("contractdefinitions", "contract definition"),
+                ] {
+                    let listed: Value = http
+                        .post(format!("{}/v3/{path}/request", edc.management_url))
+                        .header("X-Api-Key", &edc.api_key)
+                        .json(&query)
+                        .send()
+                        .await?
+                        .error_for_status()?
+                        .json()
+                        .await?;
+                    let ids = listed.as_array().ok_or_else(|| format!("EDC {path}/request: not a list"))?;
+                    out.extend(ids.iter().filter_map(|o| o["@id"].as_str()).map(|id| format!("{what} {id}")));
+                }
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// The identity provider profile's Keycloak: the real one with a realm made for this run, or
+/// the double.
+enum Identity {
+    Real { keycloak: &'static Keycloak, realm: Realm, client_secret: String },
+    Double(KeycloakDouble),
+}
+
+impl Identity {
+    fn base_url(&self) -> String {
+        match self {
+            Identity::Real { realm, .. } => realm.base_url.clone(),
+            Identity::Double(kc) => kc.server.base_url.clone(),
+        }
+    }
+
+    fn realm(&self) -> String {
+        match self {
+            Identity::Real { realm, .. } => realm.name.clone(),
+            Identity::Double(kc) => kc.realm(),
+        }
+    }
+
+    fn client_secret(&self) -> &str {
+        match self {
+            Identity::Real { client_secret, .. } => client_secret,
+            Identity::Double(_) => KEYCLOAK_SECRET,
+        }
+    }
+
+    /// The JWKS URL by the name `localhost`: Erlang's hostname check (RabbitMQ) does not match
+    /// IP SANs.
+    fn localhost_jwks_url(&self) -> String {
+        match self {
+            Identity::Real { realm, .. } => realm.localhost_jwks_url(),
+            Identity::Double(kc) => kc.jwks_url().replace("127.0.0.1", "localhost"),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Identity::Real { realm, .. } => {
+                format!("Keycloak {} (real), realm {} made for this run", e2e::systems::keycloak::VERSION, realm.name)
+            }
+            Identity::Double(kc) => format!("double, realm {}", kc.realm()),
+        }
+    }
+
+    /// The realm's clients, as a snapshot names them.
+    async fn clients(&self) -> Result<BTreeSet<String>, Failure> {
+        match self {
+            Identity::Double(kc) => Ok(kc.clients().into_iter().map(|c| format!("client {}", c.client_id)).collect()),
+            Identity::Real { keycloak, realm, .. } => {
+                let path = format!("{}/clients?first=0&max=10000", realm.name);
+                let (status, listed) = keycloak.admin(reqwest::Method::GET, &path, None).await?;
+                let clients = listed.as_array().filter(|_| status == 200).ok_or_else(|| {
+                    format!("Keycloak: listing the clients of realm {} answered {status}", realm.name)
+                })?;
+                Ok(clients.iter().filter_map(|c| c["clientId"].as_str()).map(|id| format!("client {id}")).collect())
+            }
+        }
+    }
+}
+
+impl Drop for Identity {
+    fn drop(&mut self) {
+        if let Identity::Real { .. } = self {
+            stop_keycloak();
+        }
+    }
+}
+
+/// Stops the real Keycloak this process started. `Keycloak::shared` keeps one instance until the
+/// process ends (its watchdog then stops it) and has no stop of its own, so the demo sends TERM
+/// to that watchdog, its own child, by PID: the watchdog stops kc.sh (KILL after 10 s), removes
+/// Keycloak's directory and exits. Returns whether there was one to stop.
+fn stop_keycloak() -> bool {
+    let me = std::process::id().to_string();
+    let kc_sh = Keycloak::home().join("bin/kc.sh").display().to_string();
+    let mut stopped = false;
+    for pid in child_processes() {
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+        if !String::from_utf8_lossy(&cmdline).contains(&kc_sh) {
+            continue;
+        }
+        let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline && process_state(pid).is_some_and(|(state, ppid)| state != 'Z' && ppid == me) {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        stopped = true;
+    }
+    stopped
+}
+
+/// The PIDs of this process's children (from /proc).
+fn child_processes() -> Vec<u32> {
+    let me = std::process::id().to_string();
+    let Ok(entries) = std::fs::read_dir("/proc") else { return Vec::new() };
+    entries
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| process_state(*pid).is_some_and(|(state, ppid)| state != 'Z' && ppid == me))
+        .collect()
+}
+
+/// State and parent PID of a process (`/proc/PID/stat`), if it exists.
+fn process_state(pid: u32) -> Option<(char, String)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = stat.rsplit_once(')')?.1.split_whitespace();
+    let state = fields.next()?.chars().next()?;
+    Some((state, fields.next()?.to_owned()))
+}
+
+/// The secret store profile's backend. Only the Vault double for now: no real Vault can run on
+/// our machines yet (OpenBao is being tried). A real one goes in as another variant: how it
+/// starts, its URL, mount and token, and `holds` for the clean-up check.
+enum SecretStore {
+    Double(VaultDouble),
+}
+
+impl SecretStore {
+    async fn start(ca: &TestCa) -> Result<Self, Failure> {
+        Ok(SecretStore::Double(vault::start(ca, VAULT_TOKEN).await?))
+    }
+
+    fn url(&self) -> String {
+        match self {
+            SecretStore::Double(v) => v.url().to_string(),
+        }
+    }
+
+    fn mount(&self) -> String {
+        match self {
+            SecretStore::Double(v) => v.mount.clone(),
+        }
+    }
+
+    fn token(&self) -> &str {
+        match self {
+            SecretStore::Double(_) => VAULT_TOKEN,
+        }
+    }
+
+    fn describe(&self) -> &'static str {
+        match self {
+            SecretStore::Double(_) => "double (no real Vault runs here yet)",
+        }
+    }
+
+    /// Whether the KV v2 key (below the mount) holds data.
+    fn holds(&self, key: &str) -> bool {
+        match self {
+            SecretStore::Double(v) => v.secret(key).is_some_and(|s| s.data.is_some()),
+        }
+    }
+}
+
 struct Stack {
     ca: TestCa,
-    api: ApiServer,
-    /// One EDC double per connector profile.
-    edcs: Vec<(String, EdcDouble)>,
-    keycloak: KeycloakDouble,
-    vault: VaultDouble,
-    mosquitto: Mosquitto,
-    rabbitmq: RabbitMq,
+    mode: Mode,
+    /// Dropped before the other parts: the control plane (`kubernetes`) goes last.
+    rabbitmq: Option<RabbitMq>,
+    mosquitto: Option<Mosquitto>,
+    /// One EDC per connector profile.
+    edcs: Vec<(String, Connector)>,
+    identity: Option<Identity>,
+    vault: SecretStore,
+    kubernetes: ControlPlane,
+    /// How long each part took to start (they start in parallel).
+    start_times: Vec<(&'static str, Duration)>,
     dir: tempfile::TempDir,
 }
 
-const VAULT_TOKEN: &str = e2e::stack::VAULT_TOKEN;
-const KEYCLOAK_SECRET: &str = e2e::stack::KEYCLOAK_OPERATOR_SECRET;
+/// The Vault double's root token.
+const VAULT_TOKEN: &str = "demo-vault-double-root-token";
+/// The operator's client secret in the Keycloak double (the real Keycloak gets a random one).
+const KEYCLOAK_SECRET: &str = "demo-keycloak-double-operator-secret";
+/// The JWT claim RabbitMQ reads scopes from: the operator's default for `additionalScopesKey`.
+const SCOPES_KEY: &str = "dsp_mqtt_scopes";
+
+/// Runs a blocking launcher on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, Failure> + Send + 'static) -> Result<T, Failure> {
+    tokio::task::spawn_blocking(f).await?
+}
 
 impl Stack {
-    /// Starts the pieces the example configuration's profiles name: an EDC double per connector
-    /// (its flavour from `endpointTypeSpelling`), one Keycloak double with the realm and client
-    /// of the `default` identity provider, a Vault double, Mosquitto, and RabbitMQ with the
-    /// OAuth 2.0 settings of the first RabbitMQ profile.
-    async fn start(example: &Value) -> Result<Stack, Failure> {
+    /// Starts, in parallel, the pieces the example configuration's profiles name: the Kubernetes
+    /// control plane (CRDs and deploy/rbac.yaml applied), an EDC per connector (real, or a
+    /// double of the flavour `endpointTypeSpelling` names), Keycloak with the realm and client of
+    /// the `default` identity provider (real: a fresh realm; double: the example's realm), the
+    /// Vault double, Mosquitto, and RabbitMQ with the OAuth 2.0 settings of the first RabbitMQ
+    /// profile (once Keycloak's realm exists: it needs the JWKS URL).
+    async fn start(example: &Value, mode: Mode) -> Result<Stack, Failure> {
         Mosquitto::installed().map_err(hint)?;
         RabbitMq::installed().map_err(hint)?;
-        for s in [KEYCLOAK_SECRET, VAULT_TOKEN, edc::API_KEY, mosquitto::ADMIN_PASSWORD, rabbitmq::ADMIN_PASSWORD] {
+        kubernetes::installed()?;
+        if mode == Mode::Real {
+            let or_doubles = |e: e2e::systems::SystemError| -> Failure {
+                format!("{e}\n  (or run with --doubles: the Keycloak and EDC doubles instead)").into()
+            };
+            Keycloak::installed().map_err(or_doubles)?;
+            e2e::systems::edc::installed(&e2e::systems::edc::configured_version()).map_err(or_doubles)?;
+        }
+        for s in [VAULT_TOKEN, mosquitto::ADMIN_PASSWORD, mosquitto::PUBLISHER_PASSWORD, rabbitmq::ADMIN_PASSWORD] {
             secret(s);
         }
-        secret(mosquitto::PUBLISHER_PASSWORD);
-        let ca = TestCa::new();
-        let api = ApiServer::start(&ca).await?;
-        secret(api.token());
-        let mut edcs = Vec::new();
-        for (profile, c) in profiles(example, "connectors")? {
-            let flavour = if c["endpointTypeSpelling"] == "factoryx" { Flavour::Factoryx } else { Flavour::Stock };
-            edcs.push((profile, edc::start(&ca, EdcConfig::flavour(flavour)).await?));
-        }
+        // The real systems serve certificates of this process's shared CA; the doubles and
+        // brokers use it too, so one caBundle covers the whole stack.
+        let ca = TestCa::shared();
+
+        let kubernetes = {
+            let ca = ca.clone();
+            async move {
+                let t = Instant::now();
+                // Without our CRDs: the demo installs them as a user would (deploy/rbac.yaml is
+                // applied, so the operator's ServiceAccount exists with its rights).
+                let plane = blocking(move || Ok(ControlPlane::start_without_crds(&ca)?)).await?;
+                Ok::<_, Failure>((plane, t.elapsed()))
+            }
+        };
+
+        let connector_profiles: Vec<(String, Flavour)> = profiles(example, "connectors")?
+            .into_iter()
+            .map(|(profile, c)| {
+                let flavour = if c["endpointTypeSpelling"] == "factoryx" { Flavour::Factoryx } else { Flavour::Stock };
+                (profile, flavour)
+            })
+            .collect();
+        let connectors = {
+            let ca = ca.clone();
+            async move {
+                let t = Instant::now();
+                let edcs: Vec<(String, Connector)> = match mode {
+                    Mode::Real => {
+                        // The default profile is the provider's connector.
+                        let names: Vec<String> = connector_profiles
+                            .iter()
+                            .map(|(p, _)| if p == "default" { "provider".to_owned() } else { p.clone() })
+                            .collect();
+                        let options: Vec<EdcOptions> = names.iter().map(|n| EdcOptions::named(n)).collect();
+                        let started = blocking(move || Ok(Edc::start_all(&ca, &options)?)).await?;
+                        connector_profiles
+                            .into_iter()
+                            .map(|(p, _)| p)
+                            .zip(started.into_iter().map(Connector::Real))
+                            .collect()
+                    }
+                    Mode::Doubles => {
+                        let mut edcs = Vec::new();
+                        for (profile, flavour) in connector_profiles {
+                            edcs.push((
+                                profile,
+                                Connector::Double(edc::start(&ca, EdcConfig::flavour(flavour)).await?),
+                            ));
+                        }
+                        edcs
+                    }
+                };
+                Ok::<_, Failure>((edcs, t.elapsed()))
+            }
+        };
+
         let idp = &example["identityProviders"]["default"];
-        let realm = idp["realm"].as_str().ok_or("identityProviders.default.realm is missing")?;
-        let client_id = idp["clientId"].as_str().ok_or("identityProviders.default.clientId is missing")?;
-        let keycloak = keycloak::start(&ca, realm, client_id, KEYCLOAK_SECRET).await?;
-        let vault = vault::start(&ca, VAULT_TOKEN).await?;
-        let mosquitto = Mosquitto::start(&ca)?;
+        let realm = idp["realm"].as_str().ok_or("identityProviders.default.realm is missing")?.to_owned();
+        let client_id = idp["clientId"].as_str().ok_or("identityProviders.default.clientId is missing")?.to_owned();
         let rabbit_profile = profiles(example, "brokers")?
             .into_iter()
             .find(|(_, b)| b["type"] == "rabbitmq")
             .map(|(_, b)| b)
             .unwrap_or_default();
         let text = |k: &str, default: &str| rabbit_profile["rabbitmq"][k].as_str().unwrap_or(default).to_owned();
-        let oauth = OAuthSettings {
-            // Erlang's hostname check does not match IP SANs.
-            jwks_url: keycloak.jwks_url().replace("127.0.0.1", "localhost"),
-            resource_server_id: text("resourceServerId", "rabbitmq"),
-            additional_scopes_key: text("additionalScopesKey", e2e::stack::SCOPES_KEY),
+        let resource_server_id = text("resourceServerId", "rabbitmq");
+        let additional_scopes_key = text("additionalScopesKey", SCOPES_KEY);
+        let identity_then_rabbitmq = {
+            let ca = ca.clone();
+            async move {
+                let t = Instant::now();
+                let identity = match mode {
+                    Mode::Real => {
+                        let keycloak = Keycloak::shared().await?;
+                        let client_secret = format!("demo-{}", uuid::Uuid::new_v4().simple());
+                        secret(&client_secret);
+                        let realm = keycloak.create_realm(&realm, &client_id, &client_secret).await?;
+                        Identity::Real { keycloak, realm, client_secret }
+                    }
+                    Mode::Doubles => {
+                        secret(KEYCLOAK_SECRET);
+                        Identity::Double(keycloak::start(&ca, &realm, &client_id, KEYCLOAK_SECRET).await?)
+                    }
+                };
+                let identity_took = t.elapsed();
+                let t = Instant::now();
+                let oauth = OAuthSettings {
+                    jwks_url: identity.localhost_jwks_url(),
+                    resource_server_id,
+                    additional_scopes_key,
+                };
+                let rabbitmq = blocking(move || RabbitMq::start(&ca, Some(&oauth)).map_err(hint)).await?;
+                Ok::<_, Failure>((identity, identity_took, rabbitmq, t.elapsed()))
+            }
         };
-        let rabbitmq = RabbitMq::start(&ca, Some(&oauth))?;
+
+        let mosquitto = {
+            let ca = ca.clone();
+            async move {
+                let t = Instant::now();
+                let mosquitto = blocking(move || Mosquitto::start(&ca).map_err(hint)).await?;
+                Ok::<_, Failure>((mosquitto, t.elapsed()))
+            }
+        };
+
+        let vault = async {
+            let t = Instant::now();
+            let vault = SecretStore::start(&ca).await?;
+            Ok::<_, Failure>((vault, t.elapsed()))
+        };
+
+        let (
+            (kubernetes, kubernetes_took),
+            (edcs, edcs_took),
+            (identity, identity_took, rabbitmq, rabbitmq_took),
+            (mosquitto, mosquitto_took),
+            (vault, vault_took),
+        ) = tokio::try_join!(kubernetes, connectors, identity_then_rabbitmq, mosquitto, vault)?;
+        for (_, edc) in &edcs {
+            secret(edc.api_key());
+        }
         let dir = tempfile::Builder::new().prefix("mqtt-dsp-demo-").tempdir()?;
-        Ok(Stack { ca, api, edcs, keycloak, vault, mosquitto, rabbitmq, dir })
+        Ok(Stack {
+            ca,
+            mode,
+            rabbitmq: Some(rabbitmq),
+            mosquitto: Some(mosquitto),
+            edcs,
+            identity: Some(identity),
+            vault,
+            kubernetes,
+            start_times: vec![
+                ("Kubernetes", kubernetes_took),
+                ("EDC", edcs_took),
+                ("Keycloak", identity_took),
+                ("RabbitMQ", rabbitmq_took),
+                ("Mosquitto", mosquitto_took),
+                ("Vault", vault_took),
+            ],
+            dir,
+        })
+    }
+
+    fn identity(&self) -> &Identity {
+        self.identity.as_ref().expect("the identity provider runs until the stack stops")
+    }
+
+    fn mosquitto(&self) -> &Mosquitto {
+        self.mosquitto.as_ref().expect("Mosquitto runs until the stack stops")
+    }
+
+    fn rabbitmq(&self) -> &RabbitMq {
+        self.rabbitmq.as_ref().expect("RabbitMQ runs until the stack stops")
+    }
+
+    fn took(&self, part: &str) -> String {
+        let took = self.start_times.iter().find(|(p, _)| *p == part).map(|(_, d)| *d).unwrap_or_default();
+        secs(took)
+    }
+
+    /// What runs, with versions, and how long each part took to start.
+    fn describe(&self) {
+        let k8s = kubernetes::version();
+        let etcd = package_version("etcd-server").map(|v| format!(", etcd {v}")).unwrap_or_default();
+        indent(&format!(
+            "Kubernetes      {}  kube-apiserver + kube-controller-manager {k8s}{etcd}, RBAC (real; {})",
+            self.kubernetes.url,
+            self.took("Kubernetes")
+        ));
+        for (profile, edc) in &self.edcs {
+            indent(&format!("EDC ({profile})   {}  {} ({})", edc.management_url(), edc.describe(), self.took("EDC")));
+        }
+        indent(&format!(
+            "Keycloak        {}  {} ({})",
+            self.identity().base_url(),
+            self.identity().describe(),
+            self.took("Keycloak")
+        ));
+        indent(&format!("Vault           {}  {} ({})", self.vault.url(), self.vault.describe(), self.took("Vault")));
+        let version = |package: &str| package_version(package).map(|v| format!("{v}, ")).unwrap_or_default();
+        indent(&format!(
+            "Mosquitto       {}  {}  ({}real; {})",
+            self.mosquitto().mqtts_url(),
+            self.mosquitto().wss_url(),
+            version("mosquitto"),
+            self.took("Mosquitto")
+        ));
+        indent(&format!(
+            "RabbitMQ        {}  {}  ({}real, OAuth 2.0 against that Keycloak; {} once Keycloak was up)",
+            self.rabbitmq().mqtts_url(),
+            self.rabbitmq().wss_url(),
+            version("rabbitmq-server"),
+            self.took("RabbitMQ")
+        ));
+        if self.mode == Mode::Real {
+            indent("(--doubles: the Keycloak and EDC doubles instead, a faster start)");
+        }
+    }
+
+    /// A kubeconfig file for the operator's ServiceAccount (its token registered as a secret).
+    async fn operator_kubeconfig(&self) -> Result<PathBuf, Failure> {
+        let path = self.dir.path().join("operator.kubeconfig");
+        self.kubernetes.write_operator_kubeconfig(&path).await;
+        let text = std::fs::read_to_string(&path)?;
+        for line in text.lines() {
+            if let Some(token) = line.trim().strip_prefix("token: ") {
+                secret(token);
+            }
+        }
+        Ok(path)
     }
 
     /// The example configuration with every profile pointed at this stack.
@@ -393,39 +892,40 @@ impl Stack {
         let mut config = example.clone();
         for (profile, edc) in &self.edcs {
             let c = &mut config["connectors"][profile];
-            c["managementUrl"] = json!(edc.management_url);
-            c["apiKey"] = file("edc-api-key", edc::API_KEY)?;
+            c["managementUrl"] = json!(edc.management_url());
+            c["apiKey"] = file(&format!("edc-api-key-{profile}"), edc.api_key())?;
             c["caBundle"] = ca.clone();
         }
         for (profile, _) in profiles(example, "identityProviders")? {
             let p = &mut config["identityProviders"][&profile];
-            p["adminUrl"] = json!(self.keycloak.server.base_url);
-            p["clientSecret"] = file("keycloak-client-secret", KEYCLOAK_SECRET)?;
+            p["adminUrl"] = json!(self.identity().base_url());
+            p["realm"] = json!(self.identity().realm());
+            p["clientSecret"] = file("keycloak-client-secret", self.identity().client_secret())?;
             p["caBundle"] = ca.clone();
         }
         for (profile, _) in profiles(example, "secretStores")? {
             let p = &mut config["secretStores"][&profile];
-            p["url"] = json!(self.vault.url().to_string());
-            p["kvMount"] = json!(self.vault.mount);
-            p["auth"] = json!({"token": file("vault-token", VAULT_TOKEN)?});
+            p["url"] = json!(self.vault.url());
+            p["kvMount"] = json!(self.vault.mount());
+            p["auth"] = json!({"token": file("vault-token", self.vault.token())?});
             p["caBundle"] = ca.clone();
         }
         for (profile, b) in profiles(example, "brokers")? {
             let p = &mut config["brokers"][&profile];
             match b["type"].as_str() {
                 Some("mosquitto") => {
-                    p["adminUrl"] = json!(self.mosquitto.mqtts_url());
+                    let m = self.mosquitto();
+                    p["adminUrl"] = json!(m.mqtts_url());
                     p["adminUsername"] = json!("admin");
                     p["adminPassword"] = file("mosquitto-admin-password", mosquitto::ADMIN_PASSWORD)?;
-                    p["publicUrls"] =
-                        json!({"mqtt-tls": self.mosquitto.mqtts_url(), "mqtt-wss": self.mosquitto.wss_url()});
+                    p["publicUrls"] = json!({"mqtt-tls": m.mqtts_url(), "mqtt-wss": m.wss_url()});
                 }
                 Some("rabbitmq") => {
-                    p["adminUrl"] = json!(self.rabbitmq.management_url());
+                    let r = self.rabbitmq();
+                    p["adminUrl"] = json!(r.management_url());
                     p["adminUsername"] = json!(rabbitmq::ADMIN_USER);
                     p["adminPassword"] = file("rabbitmq-admin-password", rabbitmq::ADMIN_PASSWORD)?;
-                    p["publicUrls"] =
-                        json!({"mqtt-tls": self.rabbitmq.mqtts_url(), "mqtt-wss": self.rabbitmq.wss_url()});
+                    p["publicUrls"] = json!({"mqtt-tls": r.mqtts_url(), "mqtt-wss": r.wss_url()});
                 }
                 other => return Err(format!("brokers.{profile}: the demo has no {other:?} broker").into()),
             }
@@ -437,10 +937,11 @@ impl Stack {
     /// The provider's publisher on the broker behind `url` (the DataAddress' `baseUrl`).
     fn publisher_for(&self, url: &str) -> Result<e2e::consumer::ConsumerOptions, Failure> {
         let ca = self.ca.cert_pem();
-        if [self.mosquitto.mqtts_url(), self.mosquitto.wss_url()].contains(&url.to_owned()) {
-            Ok(consumer_options(self.mosquitto.mqtts_url(), &ca, "publisher", mosquitto::PUBLISHER_PASSWORD))
-        } else if [self.rabbitmq.mqtts_url(), self.rabbitmq.wss_url()].contains(&url.to_owned()) {
-            Ok(consumer_options(self.rabbitmq.mqtts_url(), &ca, rabbitmq::ADMIN_USER, rabbitmq::ADMIN_PASSWORD))
+        let (m, r) = (self.mosquitto(), self.rabbitmq());
+        if [m.mqtts_url(), m.wss_url()].contains(&url.to_owned()) {
+            Ok(consumer_options(m.mqtts_url(), &ca, "publisher", mosquitto::PUBLISHER_PASSWORD))
+        } else if [r.mqtts_url(), r.wss_url()].contains(&url.to_owned()) {
+            Ok(consumer_options(r.mqtts_url(), &ca, rabbitmq::ADMIN_USER, rabbitmq::ADMIN_PASSWORD))
         } else {
             Err(format!("the DataAddress names {url}, which is none of the dev stack's brokers").into())
         }
@@ -448,8 +949,46 @@ impl Stack {
 
     fn http(&self) -> Result<reqwest::Client, Failure> {
         let ca = reqwest::Certificate::from_pem(self.ca.cert_pem().as_bytes())?;
-        Ok(reqwest::Client::builder().tls_certs_only([ca]).build()?)
+        Ok(reqwest::Client::builder().tls_certs_only([ca]).timeout(Duration::from_secs(30)).build()?)
     }
+
+    /// Stops every part, in parallel (each waits for its processes to end: the JVMs and
+    /// RabbitMQ take seconds), and says what was stopped and how long each took.
+    fn stop(self) -> String {
+        let Stack { mode, rabbitmq, mosquitto, edcs, identity, vault, kubernetes, .. } = self;
+        let stopped: Vec<(&'static str, Duration)> = std::thread::scope(|scope| {
+            let handles = [
+                ("RabbitMQ", scope.spawn(move || timed_drop(rabbitmq))),
+                ("Mosquitto", scope.spawn(move || timed_drop(mosquitto))),
+                (if mode == Mode::Real { "EDC" } else { "EDC double" }, scope.spawn(move || timed_drop(edcs))),
+                (
+                    if mode == Mode::Real { "Keycloak" } else { "Keycloak double" },
+                    scope.spawn(move || timed_drop(identity)),
+                ),
+                ("Vault double", scope.spawn(move || timed_drop(vault))),
+                ("Kubernetes", scope.spawn(move || timed_drop(kubernetes))),
+            ];
+            handles.map(|(name, h)| (name, h.join().unwrap_or_default())).into_iter().collect()
+        });
+        let parts: Vec<String> = stopped.iter().map(|(name, took)| format!("{name} {}", secs(*took))).collect();
+        format!("stopped in parallel: {}", parts.join(", "))
+    }
+}
+
+/// Drops `value` (stopping what it runs) and says how long that took.
+fn timed_drop<T>(value: T) -> Duration {
+    let t = Instant::now();
+    drop(value);
+    t.elapsed()
+}
+
+/// A Debian package's version, if dpkg knows it.
+fn package_version(package: &str) -> Option<String> {
+    let out = Command::new("dpkg-query").args(["-W", "-f=${Version}", package]).output().ok()?;
+    let version = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    // Debian's revision (`-1.2+deb12u2`) says nothing about the upstream release.
+    let upstream = version.split_once('-').map(|(v, _)| v.to_owned()).unwrap_or(version);
+    (out.status.success() && !upstream.is_empty()).then_some(upstream)
 }
 
 fn hint(e: mosquitto::LaunchError) -> Failure {
@@ -550,8 +1089,16 @@ fn on_path(program: &str) -> Option<PathBuf> {
 
 impl Kube {
     async fn new(options: &Options, stack: &Stack) -> Result<Self, Failure> {
-        let kubeconfig = stack.dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, stack.api.kubeconfig_yaml())?;
+        // The cluster administrator's kubeconfig (client certificate, group system:masters): the
+        // demo acts as the person who installs the CRDs and applies the examples.
+        let kubeconfig = stack.kubernetes.admin_kubeconfig.clone();
+        if let Ok(text) = std::fs::read_to_string(&kubeconfig) {
+            for line in text.lines() {
+                if let Some(key) = line.trim().strip_prefix("client-key-data: ") {
+                    secret(key);
+                }
+            }
+        }
         let kubectl = match &options.kubectl {
             KubectlChoice::Path(p) => Some(p.clone()),
             KubectlChoice::Auto => on_path("kubectl"),
@@ -574,7 +1121,7 @@ impl Kube {
             kubectl,
             kubeconfig,
             cache_dir: stack.dir.path().join("kube-cache"),
-            client: stack.api.client(),
+            client: stack.kubernetes.admin_client().await,
             repo: options.repo.clone(),
         })
     }
@@ -651,6 +1198,31 @@ impl Kube {
                     indent(&format!("{}/{name} applied", value["kind"].as_str().unwrap_or_default().to_lowercase()));
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// `kubectl wait --for=condition=Established -f crds`, or the same by polling; then until
+    /// the API server serves the kinds (what the operator checks when it starts).
+    async fn wait_established(&self, crds: &Path) -> Result<(), Failure> {
+        if let Some(kubectl) = &self.kubectl {
+            let mut args = vec!["wait".to_owned(), "--for=condition=Established".into()];
+            args.push(format!("--timeout={}s", READY_TIMEOUT.as_secs()));
+            args.extend(self.file_args(&[crds.to_owned()]));
+            self.kubectl(kubectl, &args).await?;
+        } else {
+            indent("waiting for condition Established (polling through kube-rs)");
+        }
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match mqtt_dsp_operator::run::check_crds(&self.client).await {
+                Ok(()) => break,
+                Err(e) if Instant::now() > deadline => return Err(format!("the CRDs are not served: {e}").into()),
+                Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+            }
+        }
+        if self.kubectl.is_none() {
+            indent("customresourcedefinitions established and served");
         }
         Ok(())
     }
@@ -751,6 +1323,35 @@ impl Kube {
             }
             if self.kubectl.is_none() {
                 indent(&format!("{}/{name} deleted", doc.kind.to_lowercase()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Deletes the namespaces the examples made (`kubectl delete -f examples/namespace.yaml`,
+    /// or through kube-rs) and waits until the namespace controller has removed them: nothing
+    /// of the demo stays in the cluster, and no finalizer holds anything up.
+    async fn delete_namespaces(&self, manifests: &Manifests, plane: &ControlPlane) -> Result<(), Failure> {
+        let namespaces: Vec<&Doc> = manifests.docs.iter().filter(|d| d.kind == "Namespace").collect();
+        let mut files: Vec<PathBuf> = namespaces.iter().map(|d| d.file.clone()).collect();
+        files.dedup();
+        if files.is_empty() {
+            return Ok(());
+        }
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        if let Some(kubectl) = &self.kubectl {
+            let mut args = vec!["delete".to_owned(), "--wait=true".into()];
+            args.push(format!("--timeout={}s", READY_TIMEOUT.as_secs()));
+            args.extend(self.file_args(&files));
+            self.kubectl(kubectl, &args).await?;
+        }
+        for doc in namespaces {
+            if self.kubectl.is_none() {
+                plane.delete_namespace(&doc.name, READY_TIMEOUT).await?;
+                indent(&format!("namespace/{} deleted", doc.name));
+            }
+            if api.get_opt(&doc.name).await?.is_some() {
+                return Err(format!("namespace {} is still there after its deletion", doc.name).into());
             }
         }
         Ok(())
@@ -880,21 +1481,19 @@ struct Snapshot {
 impl Snapshot {
     async fn take(stack: &Stack) -> Result<Self, Failure> {
         let mut s = Snapshot::default();
+        let http = stack.http()?;
         for (_, edc) in &stack.edcs {
-            s.edc.extend(edc.state.assets().into_iter().map(|a| format!("asset {}", a.id)));
-            s.edc.extend(edc.state.policies().into_iter().map(|p| format!("policy {}", p.id)));
-            s.edc.extend(edc.state.contract_definitions().into_iter().map(|c| format!("contract definition {}", c.id)));
+            s.edc.extend(edc.objects(&http).await?);
         }
-        s.keycloak = stack.keycloak.clients().into_iter().map(|c| format!("client {}", c.client_id)).collect();
-        let dynsec = stack.mosquitto.dynsec_state();
+        s.keycloak = stack.identity().clients().await?;
+        let dynsec = stack.mosquitto().dynsec_state();
         let names = |list: &str, key: &str| -> Vec<String> {
             dynsec[list].as_array().into_iter().flatten().filter_map(|v| v[key].as_str().map(str::to_owned)).collect()
         };
         s.mosquitto.extend(names("clients", "username").into_iter().map(|u| format!("user {u}")));
         s.mosquitto.extend(names("roles", "rolename").into_iter().map(|r| format!("role {r}")));
-        let users: Value = stack
-            .http()?
-            .get(format!("{}/api/users", stack.rabbitmq.management_url()))
+        let users: Value = http
+            .get(format!("{}/api/users", stack.rabbitmq().management_url()))
             .basic_auth(rabbitmq::ADMIN_USER, Some(rabbitmq::ADMIN_PASSWORD))
             .send()
             .await?
@@ -1000,7 +1599,7 @@ fn check_clean(stack: &Stack, before: &Snapshot, after: &Snapshot, records: &Rec
         return Err(format!("deletionPolicy: Retain, yet these are gone: {missing:?}").into());
     }
     for (key, retained) in &records.vault_keys {
-        let present = stack.vault.secret(key).is_some_and(|s| s.data.is_some());
+        let present = stack.vault.holds(key);
         if present != *retained {
             return Err(format!("Vault key {key}: present {present}, expected {retained}").into());
         }
