@@ -159,6 +159,8 @@ impl ControlPlane {
         let dir = self.dir.clone();
         let d = |name: &str| dir.join(name).display().to_string();
         let [etcd_client, etcd_peer, api_port] = free_ports();
+        // A failed attempt's watchdog removed the folder: make it again.
+        std::fs::create_dir_all(&dir).map_err(io("create the control plane's folder"))?;
 
         // etcd
         let etcd_data = dir.join(format!("etcd-{etcd_client}"));
@@ -187,7 +189,9 @@ impl ControlPlane {
             ],
             &[],
             &dir.join("etcd.log"),
-            &format!("rm -rf '{}'", etcd_data.display()),
+            // The whole folder (certificates, keys, logs, etcd's data on tmpfs) goes with etcd:
+            // a control plane in a static is never dropped, and the watchdogs outlive the test.
+            &format!("rm -rf '{}'", dir.display()),
         )
         .map_err(io("spawn etcd"))?;
         self.children.lock().expect("children").push(etcd);
