@@ -39,7 +39,10 @@ use super::common::*;
     printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
     validation = Rule::new("has(self.spec.assetId) == has(oldSelf.spec.assetId)")
         .message("spec.assetId is immutable: it cannot be added or removed after creation (the connector asset id would change)")
-        .reason(Reason::FieldValueForbidden)
+        .reason(Reason::FieldValueForbidden),
+    validation = Rule::new("!(self.spec.endpoint.type == 'mqtt-tcp-basic' && self.spec.auth.mode == 'oauth2')")
+        .message("spec.endpoint.type mqtt-tcp-basic means username/password and cannot be combined with spec.auth.mode oauth2: use mqtt-tls or mqtt-wss with oauth2, or auth.mode usrpw with mqtt-tcp-basic")
+        .field_path(".spec.auth.mode")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MqttAssetSpec {
@@ -121,7 +124,7 @@ pub struct MqttAssetSpec {
 pub struct Endpoint {
     /// Transport and auth family, as ADR 012's `mqttEndpointType`: `mqtt-wss` (MQTT over
     /// WebSocket Secure), `mqtt-tls` (MQTT over TLS) or `mqtt-tcp-basic` (the reference
-    /// connector's name for MQTT over TLS with username/password).
+    /// connector's name for MQTT over TLS with username/password: only with `auth.mode: usrpw`).
     #[serde(rename = "type")]
     pub endpoint_type: EndpointType,
 
