@@ -225,8 +225,12 @@ pub mod keys {
     pub const EXPIRES_IN: &str = "dsp-mqtt:expiresIn";
     /// Audience of refreshed tokens.
     pub const REFRESH_AUDIENCE: &str = "dsp-mqtt:refreshAudience";
-    /// Broker username (`usrpw`).
+    /// Broker username (`usrpw`; the reference connector's name, and in `oauth2` mode the name to
+    /// connect with).
     pub const USERNAME: &str = "dsp-mqtt:username";
+    /// Broker username (`usrpw`), under the full ADR text's name
+    /// (`https://w3id.org/dspace/2025/1/mqtt-pull/user`); same value as [`USERNAME`].
+    pub const USER: &str = "dsp-mqtt:user";
     /// Broker password (`usrpw`).
     pub const PASSWORD: &str = "dsp-mqtt:password";
 }
@@ -268,6 +272,8 @@ pub fn data_address(plan: &TransferPlan, credentials: Option<&Credentials>) -> M
             }
         }
         AuthMode::Usrpw => {
+            // ADR 012's own name for it, next to the reference connector's.
+            da.insert(keys::USER.into(), json!(plan.identity));
             if let Some(Credentials::Password { password }) = credentials {
                 da.insert(keys::PASSWORD.into(), json!(password.expose_secret()));
             }
@@ -449,7 +455,7 @@ secretStores:
             "dsp-mqtt:refreshAudience": "rabbitmq",
             "dsp-mqtt:username": "dsp-mqtt-transfer-dataspace-line-1-consumer-a",
         });
-        assert_eq!(da, golden);
+        assert_eq!(da, golden, "no dsp-mqtt:user in oauth2 mode: the ADR names it for usrpw");
         let sample: Value =
             serde_json::from_str(include_str!("../../testdata/mqtt-edr-dataaddress-sample.json")).unwrap();
         for key in [
@@ -475,15 +481,30 @@ secretStores:
         t.spec.topics = Some(vec!["factory/line-1/a".into(), "factory/line-1/b".into()]);
         let p = plan(&t, &asset(AuthMode::Usrpw), &config(), None).unwrap();
         let full = data_address(&p, Some(&Credentials::Password { password: SecretString::from("pw-123") }));
-        assert_eq!(full[keys::USERNAME], "dsp-mqtt-transfer-dataspace-line-1-consumer-a");
-        assert_eq!(full[keys::PASSWORD], "pw-123");
-        assert_eq!(full[keys::TOPICS], json!(["factory/line-1/a", "factory/line-1/b"]));
-        assert!(!full.contains_key(keys::TOPIC));
+        let golden = json!({
+            "@context": {"dsp-mqtt": "https://w3id.org/dspace/2025/1/mqtt-pull/", "@vocab": "https://w3id.org/edc/v0.0.1/ns/"},
+            "@type": "DataAddress",
+            "flowType": "PULL",
+            "dsp-mqtt:baseUrl": "wss://rabbit.example.com/ws",
+            "mqttEndpointType": "mqtt-wss",
+            "dsp-mqtt:topics": ["factory/line-1/a", "factory/line-1/b"],
+            "dsp-mqtt:username": "dsp-mqtt-transfer-dataspace-line-1-consumer-a",
+            "dsp-mqtt:user": "dsp-mqtt-transfer-dataspace-line-1-consumer-a",
+            "dsp-mqtt:password": "pw-123",
+        });
+        assert_eq!(Value::Object(full.clone()), golden);
+        // Expanded, `dsp-mqtt:user` is the ADR's property IRI.
+        assert_eq!(
+            format!("{DSP_MQTT_NAMESPACE}{}", keys::USER.strip_prefix("dsp-mqtt:").unwrap()),
+            "https://w3id.org/dspace/2025/1/mqtt-pull/user"
+        );
         let view = data_address(&p, None);
         assert!(SECRET_KEYS.iter().all(|k| !view.contains_key(*k)));
         assert_eq!(view[keys::USERNAME], full[keys::USERNAME]);
+        assert_eq!(view[keys::USER], full[keys::USER]);
         let data = secret_data(&full);
         assert_eq!(data["password"], "pw-123");
+        assert_eq!(data["user"], data["username"]);
         assert_eq!(data["baseUrl"], "wss://rabbit.example.com/ws");
         assert_eq!(data["topics"], r#"["factory/line-1/a","factory/line-1/b"]"#);
         let parsed: Value = serde_json::from_str(&data["dataAddress.json"]).unwrap();
