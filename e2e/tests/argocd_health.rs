@@ -174,6 +174,12 @@ fn every_error() -> Vec<Error> {
         plan(PlanError::PropertyConflict { key: "name".into() }),
         plan(PlanError::TopicsOutsideAsset { topics: vec!["factory/line-2/#".into()], asset: "line-1".into() }),
         plan(PlanError::TopicTooLong { field: "spec.topics", index: 0, bytes: 70_000 }),
+        plan(PlanError::ConsumerNotAllowed {
+            participant: "did:web:consumer-z.example.com".into(),
+            asset: "line-1".into(),
+            policy: "access",
+            allowed: vec!["did:web:consumer-a.example.com".into()],
+        }),
         plan(PlanError::TopicAsteriskUnsupported {
             field: "spec.topics",
             index: 0,
@@ -235,7 +241,8 @@ fn listed(e: &Error) {
             | PlanError::PropertyConflict { .. }
             | PlanError::TopicsOutsideAsset { .. }
             | PlanError::TopicTooLong { .. }
-            | PlanError::TopicAsteriskUnsupported { .. } => {}
+            | PlanError::TopicAsteriskUnsupported { .. }
+            | PlanError::ConsumerNotAllowed { .. } => {}
         },
         Error::Backend { source, .. } => match source {
             BackendError::Unauthorized { .. }

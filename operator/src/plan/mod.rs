@@ -107,6 +107,21 @@ pub enum PlanError {
         /// Broker profile.
         broker: String,
     },
+    /// The transfer's consumer is not among the participants the asset's policy lists.
+    #[error(
+        "spec.consumer.participantId \"{participant}\" is not among the participants MqttAsset \"{asset}\" permits in spec.policy.{policy}.participantIds ({}); nothing is provisioned for it: add the participant to the asset's policy, or create an MqttTransfer for a permitted participant (spec.consumer is immutable)",
+        allowed.join(", ")
+    )]
+    ConsumerNotAllowed {
+        /// The transfer's consumer.
+        participant: String,
+        /// The asset.
+        asset: String,
+        /// Which of the asset's policies (`access`, `contract`).
+        policy: &'static str,
+        /// The participants it lists.
+        allowed: Vec<String>,
+    },
     /// A topic filter longer than MQTT allows.
     #[error(
         "{field}[{index}] is {bytes} bytes long in UTF-8; MQTT allows at most {TOPIC_FILTER_MAX_BYTES}: shorten it"
@@ -132,6 +147,7 @@ impl PlanError {
             PlanError::PropertyConflict { .. } => "PropertyConflict",
             PlanError::TopicTooLong { .. } => "TopicTooLong",
             PlanError::TopicAsteriskUnsupported { .. } => "TopicAsteriskUnsupported",
+            PlanError::ConsumerNotAllowed { .. } => "ConsumerNotAllowed",
             PlanError::TopicsOutsideAsset { .. } => "TopicsOutsideAsset",
         }
     }

@@ -119,6 +119,7 @@ pub fn plan(
     token: Option<&TokenRequirements>,
 ) -> Result<TransferPlan, PlanError> {
     let profiles = asset_plan::resolve_profiles(&asset.spec, config)?;
+    check_consumer(transfer, asset)?;
     let asset_topics = &asset.spec.topics;
     let topics = transfer.spec.topics.clone().unwrap_or_else(|| asset_topics.clone());
     check_topic_bytes("spec.topics", &topics)?;
@@ -186,6 +187,28 @@ pub fn plan(
         base_url,
         token_url,
     })
+}
+
+/// Where the asset's access policy (and a separate contract policy) lists participants, the
+/// transfer's consumer must be one of them: a transfer mirrors a DSP transfer process, which a
+/// participant outside the policy could never have reached. Raw ODRL is not interpreted (the
+/// connector enforced it at negotiation).
+pub fn check_consumer(transfer: &MqttTransfer, asset: &MqttAsset) -> Result<(), PlanError> {
+    let participant = &transfer.spec.consumer.participant_id;
+    let policies = [("access", Some(&asset.spec.policy.access)), ("contract", asset.spec.policy.contract.as_ref())];
+    for (policy, rule) in policies {
+        if let Some(allowed) = rule.and_then(|r| r.participant_ids.as_ref())
+            && !allowed.contains(participant)
+        {
+            return Err(PlanError::ConsumerNotAllowed {
+                participant: participant.clone(),
+                asset: asset.metadata.name.clone().unwrap_or_default(),
+                policy,
+                allowed: allowed.clone(),
+            });
+        }
+    }
+    Ok(())
 }
 
 /// Credentials that go into the DataAddress (never into status). Debug never shows them.
@@ -304,7 +327,7 @@ pub fn secret_data(data_address: &Map<String, Value>) -> BTreeMap<String, String
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::{EndpointType, MqttTransfer};
+    use crate::api::{EndpointType, MqttTransfer, PolicyRule};
     use crate::backends::identity::HardcodedClaim;
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -392,6 +415,35 @@ secretStores:
         let e = plan(&wide, &asset(AuthMode::Usrpw), &config(), None).unwrap_err();
         assert_eq!(e.reason(), "TopicsOutsideAsset");
         assert!(e.to_string().contains("factory/#") && !e.to_string().contains("temperature"), "{e}");
+    }
+
+    #[test]
+    fn the_consumer_must_be_among_the_participants_the_asset_lists() {
+        let a = asset(AuthMode::Usrpw);
+        assert_eq!(
+            a.spec.policy.access.participant_ids.as_deref(),
+            Some(&["did:web:consumer-a.example.com".into()][..])
+        );
+        assert!(plan(&transfer(), &a, &config(), None).is_ok(), "consumer-a is listed");
+        let stranger = transfer().consumer("did:web:consumer-z.example.com");
+        let e = plan(&stranger, &a, &config(), None).unwrap_err();
+        assert_eq!(e.reason(), "ConsumerNotAllowed");
+        assert_eq!(
+            e.to_string(),
+            "spec.consumer.participantId \"did:web:consumer-z.example.com\" is not among the participants MqttAsset \"line-1\" \
+             permits in spec.policy.access.participantIds (did:web:consumer-a.example.com); nothing is provisioned for it: \
+             add the participant to the asset's policy, or create an MqttTransfer for a permitted participant (spec.consumer is immutable)"
+        );
+        // A separate contract policy that lists participants counts too.
+        let mut contract = asset(AuthMode::Oauth2);
+        contract.spec.policy.contract =
+            Some(PolicyRule { participant_ids: Some(vec!["BPNL000000000002".into()]), odrl: None });
+        let e = plan(&transfer(), &contract, &config(), Some(&token())).unwrap_err();
+        assert!(matches!(e, PlanError::ConsumerNotAllowed { policy: "contract", .. }), "{e:?}");
+        // Raw ODRL is the connector's to enforce: not interpreted here.
+        let mut odrl = asset(AuthMode::Usrpw);
+        odrl.spec.policy.access = PolicyRule { participant_ids: None, odrl: Some(BTreeMap::new()) };
+        assert!(plan(&stranger, &odrl, &config(), None).is_ok());
     }
 
     #[test]
