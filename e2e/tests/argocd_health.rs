@@ -362,7 +362,7 @@ fn reasons_the_operator_retries_are_progressing_and_every_refusal_is_degraded() 
     }
     // What this amounts to today (docs/operations.md lists the same).
     assert_eq!(progressing, ["Unavailable", "Timeout", "Unreachable", "KubernetesApi", "Finalizer", "CleanupPending"]);
-    assert_eq!(degraded.len(), 18, "{degraded:?}");
+    assert_eq!(degraded.len(), 19, "{degraded:?}");
 }
 
 #[test]
