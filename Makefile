@@ -30,7 +30,7 @@ systems: ## Install the real systems the tests run against (brokers, etcd, kube-
 
 unit: systems ## All tests of the workspace, then a check that no secret reached a log line
 	rm -rf target/test-logs && mkdir -p target/test-logs
-	MQTT_DSP_TEST_LOG=$(TEST_LOG) $(CARGO) test --workspace --locked
+	MQTT_DSP_TEST_LOG=$(TEST_LOG) $(CARGO) test --workspace --locked --no-fail-fast
 	e2e/check-log-secrets.sh $(TEST_LOG)
 
 crds: ## Regenerate crds/*.yaml and docs/crd-reference.md from the Rust types
