@@ -1,9 +1,9 @@
 //! An inventory of everything the operator can have created in a dev stack's backends and in its
 //! Kubernetes namespace: what "uninstall leaves nothing behind" is checked against.
 //!
-//! Each backend is asked as its own administrator would ask it (the real EDC's Management API and
-//! Keycloak's Admin API, the doubles' state, Mosquitto's saved dynamic-security state, RabbitMQ's
-//! management API, the Kubernetes API), not through the
+//! Each backend is asked as its own administrator would ask it (the real EDC's Management API,
+//! Keycloak's Admin API and OpenBao's KV v2 API, the doubles' state, Mosquitto's saved
+//! dynamic-security state, RabbitMQ's management API, the Kubernetes API), not through the
 //! operator's clients, so an object the operator forgot is found even when the operator no longer
 //! knows its name. What the stack itself brings (Mosquitto's `admin` and `publisher`, RabbitMQ's
 //! `admin`, the operator's own Keycloak client) is not counted.
@@ -27,7 +27,7 @@ pub struct Inventory {
     pub connectors: Vec<String>,
     /// Keycloak clients whose id starts with [`CLIENT_PREFIX`].
     pub identity_provider: Vec<String>,
-    /// Every Vault key below the mount.
+    /// Every Vault key below the stack's mount (a recursive KV v2 `LIST`).
     pub secret_store: Vec<String>,
     /// Mosquitto clients, roles and groups other than the stack's own.
     pub mosquitto: Vec<String>,
@@ -62,7 +62,7 @@ impl Inventory {
             .filter(|c| c.client_id.starts_with(CLIENT_PREFIX))
             .map(|c| format!("client {}", c.client_id))
             .collect();
-        let secret_store = stack.vault.keys().into_iter().map(|k| format!("{}/{k}", stack.vault.mount)).collect();
+        let secret_store = stack.vault.keys().await.into_iter().map(|k| format!("{}/{k}", stack.vault.mount)).collect();
         Inventory {
             connectors,
             identity_provider,

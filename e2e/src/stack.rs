@@ -2,15 +2,17 @@
 //! plane of [`crate::systems::kubernetes`], or a cluster via `KUBECONFIG`), a real EDC as the
 //! `default` connector and a realm of a real Keycloak as the `default` identity provider (each
 //! behind a proxy of the stack's own, for the request log and fault injection: [`edc`],
-//! [`keycloak`]), the factoryx-edc and Vault doubles, real Mosquitto and (optionally) real
-//! RabbitMQ, an operator configuration pointing at all of them, and the operator's controllers
-//! running in this process.
+//! [`keycloak`]), a KV v2 mount of a real OpenBao as the `default` secret store (behind a proxy
+//! too: [`vault`]), the factoryx-edc double, real Mosquitto and (optionally) real RabbitMQ, an
+//! operator configuration pointing at all of them, and the operator's controllers running in this
+//! process.
 //!
-//! Still doubles: the `factoryx` connector profiles (the reference connector's MQTT extension is
-//! not installable here) and Vault (the secret store's seam is [`SecretStoreTarget`]).
+//! Still a double: the `factoryx` connector profiles (the reference connector's MQTT extension is
+//! not installable here).
 //!
-//! The real EDC and Keycloak are shared by every stack of a test binary (started once); stacks
-//! stay apart by the realm of their own and by the namespace that every connector id starts with.
+//! The real EDC, Keycloak and OpenBao are shared by every stack of a test binary (started once);
+//! stacks stay apart by the realm and the KV v2 mount of their own and by the namespace that every
+//! connector id starts with.
 //!
 //! Cluster choice: when `KUBECONFIG` is set, the stack uses that cluster (the CRDs must be
 //! installed: `kubectl apply -f crds/`) with that kubeconfig's rights. Otherwise it uses the
@@ -34,22 +36,24 @@ use tokio::sync::watch;
 
 pub mod edc;
 pub mod keycloak;
+pub mod vault;
 
 use crate::brokers::mosquitto::{self, Mosquitto};
 use crate::brokers::rabbitmq::{self, OAuthSettings, RabbitMq};
 use crate::doubles::edc::{self as edc_double, EdcConfig, EdcDouble, Flavour};
 use crate::doubles::keycloak::KeycloakDouble;
-use crate::doubles::vault::{self, VaultDouble};
+use crate::doubles::vault::VaultDouble;
 use crate::systems::kubernetes::{self, ControlPlane};
 use crate::tls::TestCa;
 use edc::StackEdc;
 use keycloak::StackKeycloak;
+use vault::StackVault;
 
 /// The operator's own client in Keycloak (the double's and each stack's realm).
 pub const KEYCLOAK_OPERATOR_SECRET: &str = "dev-stack-keycloak-operator-secret";
 /// The operator's own client id in Keycloak.
 pub const KEYCLOAK_OPERATOR_CLIENT: &str = "mqtt-dsp-operator";
-/// Vault root token.
+/// The Vault double's root token (all-doubles stacks; the dev stack's OpenBao has a random one).
 pub const VAULT_TOKEN: &str = "dev-stack-vault-root-token";
 /// Realm of the Keycloak double; each stack's realm on the real Keycloak is `{REALM}-<random>`.
 pub const REALM: &str = "dataspace";
@@ -115,8 +119,9 @@ pub struct DevStack {
     /// Identity provider profile `default`: the stack's realm of the real Keycloak (behind the
     /// stack's proxy).
     pub keycloak: StackKeycloak,
-    /// Secret store profile `default`.
-    pub vault: VaultDouble,
+    /// Secret store profile `default`: a KV v2 mount of its own on the real OpenBao (behind the
+    /// stack's proxy), Vault folder `edc` below it for the `default` connector.
+    pub vault: StackVault,
     /// Broker profile `default`.
     pub mosquitto: Mosquitto,
     /// Broker profile `rabbitmq` (when started).
@@ -178,14 +183,15 @@ impl DevStack {
         };
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace created");
 
-        // The real systems start once per binary (EDC and Keycloak side by side on first use).
-        let (edc, keycloak) = tokio::join!(
+        // The real systems start once per binary (EDC, Keycloak and OpenBao side by side on
+        // first use).
+        let (edc, keycloak, vault) = tokio::join!(
             StackEdc::start(&ca, &namespace),
-            StackKeycloak::start(&ca, REALM, KEYCLOAK_OPERATOR_CLIENT, KEYCLOAK_OPERATOR_SECRET)
+            StackKeycloak::start(&ca, REALM, KEYCLOAK_OPERATOR_CLIENT, KEYCLOAK_OPERATOR_SECRET),
+            StackVault::start(&ca)
         );
         let edc_fx =
             edc_double::start(&ca, EdcConfig::flavour(Flavour::Factoryx)).await.expect("EDC double (factoryx)");
-        let vault = vault::start(&ca, VAULT_TOKEN).await.expect("Vault double");
         let mosquitto = Mosquitto::start(&ca).expect("Mosquitto");
         let rabbitmq = options.rabbitmq.then(|| {
             let oauth = OAuthSettings {
@@ -352,11 +358,16 @@ impl DevStack {
         // The realm goes with the stack (realms cost the shared Keycloak memory); the shared EDC
         // keeps what the stack left there, under ids nobody else uses.
         let realm = self.keycloak.delete_realm().await;
+        // So does the KV v2 mount.
+        let mount = self.vault.delete_mount().await;
         assert!(stuck.is_empty(), "still there 60 s after deletion with the operator running: {stuck:?}");
         if let Err(e) = realm {
             panic!("teardown: {e}");
         }
         if let Err(e) = removed {
+            panic!("teardown: {e}");
+        }
+        if let Err(e) = mount {
             panic!("teardown: {e}");
         }
     }
@@ -448,14 +459,16 @@ pub struct IdentityTarget {
     pub client_secret: String,
 }
 
-/// Where the secret store profile points: a Vault KV v2 API and a token (the Vault double today;
-/// a real OpenBao fits the same two fields).
+/// Where the secret store profile points: a Vault KV v2 API, a token and the KV v2 mount (the
+/// real OpenBao behind the stack's proxy, or the Vault double).
 #[derive(Clone, Debug)]
 pub struct SecretStoreTarget {
     /// The Vault API's base URL.
     pub url: String,
     /// Its token.
     pub token: String,
+    /// The KV v2 mount (the profile's `kvMount`).
+    pub kv_mount: String,
 }
 
 /// Everything an operator configuration of the dev stack points at.
@@ -478,7 +491,7 @@ fn config_targets<'a>(
     edc: &StackEdc,
     edc_fx: &EdcDouble,
     keycloak: &StackKeycloak,
-    vault: &VaultDouble,
+    vault: &StackVault,
     mosquitto: &'a Mosquitto,
     rabbitmq: Option<&'a RabbitMq>,
 ) -> ConfigTargets<'a> {
@@ -494,7 +507,11 @@ fn config_targets<'a>(
             client_id: KEYCLOAK_OPERATOR_CLIENT.to_owned(),
             client_secret: KEYCLOAK_OPERATOR_SECRET.to_owned(),
         },
-        secret_store: SecretStoreTarget { url: vault.url().to_string(), token: VAULT_TOKEN.to_owned() },
+        secret_store: SecretStoreTarget {
+            url: vault.url().to_string(),
+            token: vault.token().to_owned(),
+            kv_mount: vault.mount.clone(),
+        },
         mosquitto,
         rabbitmq,
     }
@@ -544,7 +561,11 @@ pub fn operator_config_yaml(
             client_id: KEYCLOAK_OPERATOR_CLIENT.to_owned(),
             client_secret: KEYCLOAK_OPERATOR_SECRET.to_owned(),
         },
-        secret_store: SecretStoreTarget { url: vault.url().to_string(), token: VAULT_TOKEN.to_owned() },
+        secret_store: SecretStoreTarget {
+            url: vault.url().to_string(),
+            token: VAULT_TOKEN.to_owned(),
+            kv_mount: vault.mount.clone(),
+        },
         mosquitto,
         rabbitmq,
     };
@@ -592,6 +613,7 @@ secretStores:
   default:
     type: vault
     url: {vault_url}
+    kvMount: {vault_mount}
     auth: {{token: {{file: {vault_token}}}}}
     caBundle: {{file: {ca_file}}}
 brokers:
@@ -613,6 +635,7 @@ brokers:
         kc_secret = file("kc-secret", &targets.identity.client_secret),
         vault_url = targets.secret_store.url,
         vault_token = file("vault-token", &targets.secret_store.token),
+        vault_mount = targets.secret_store.kv_mount,
         mosquitto_url = mosquitto.mqtts_url(),
         mosquitto_wss = mosquitto.wss_url(),
         mosquitto_password = file("mosquitto-password", mosquitto::ADMIN_PASSWORD),

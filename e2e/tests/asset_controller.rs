@@ -63,8 +63,8 @@ async fn merge(stack: &DevStack, name: &str, patch: Value) -> MqttAsset {
 }
 
 /// The asset's password as the connector would resolve it from Vault.
-fn vault_password(stack: &DevStack, alias: &str) -> String {
-    let secret = stack.vault.secret(&format!("{VAULT_FOLDER}/{alias}")).expect("secret in Vault");
+async fn vault_password(stack: &DevStack, alias: &str) -> String {
+    let secret = stack.vault.secret(&format!("{VAULT_FOLDER}/{alias}")).await.expect("secret in Vault");
     secret.content().expect("content").to_owned()
 }
 
@@ -104,9 +104,9 @@ async fn usrpw_asset_becomes_ready_with_every_object_shaped_as_the_domain_says()
     assert_eq!(cd.assets_selector[0].operand_right, json!(asset_id));
 
     // Secret store: the password under the alias the connector resolves, marked as ours.
-    let secret = stack.vault.secret(&format!("{VAULT_FOLDER}/{alias}")).expect("secret in Vault");
+    let secret = stack.vault.secret(&format!("{VAULT_FOLDER}/{alias}")).await.expect("secret in Vault");
     assert_eq!(secret.custom_metadata.get(OWNER_KEY).map(String::as_str), Some(OWNER_VALUE));
-    let password = vault_password(&stack, &alias);
+    let password = vault_password(&stack, &alias).await;
     e2e::logs::register_secret(&password);
     assert!(password.len() >= 22, "at least 128 bits of randomness");
 
@@ -207,7 +207,7 @@ async fn oauth2_asset_on_rabbitmq_gets_a_client_whose_tokens_open_the_broker() {
 
     let client = stack.keycloak.client(&client_id).await.expect("Keycloak client");
     assert!(client.service_accounts_enabled && !client.public_client);
-    let secret = vault_password(&stack, &alias);
+    let secret = vault_password(&stack, &alias).await;
     assert_eq!(secret, client.secret, "Vault holds the client's secret under the alias");
     let da = stack.edc.asset(&format!("{ns}-line-1")).await.unwrap().data_address;
     assert_eq!(da["oauth2:clientId"], client_id.as_str());
@@ -373,17 +373,17 @@ async fn drift_in_connector_secret_store_and_broker_is_repaired_on_resync() {
     .await;
 
     // Secret store: the password deleted → a new one, in Vault and in the broker.
-    let old_password = vault_password(&stack, &alias);
+    let old_password = vault_password(&stack, &alias).await;
     let at = mqtt_dsp_operator::backends::secrets::SecretLocation {
         folder: Some(VAULT_FOLDER.into()),
         alias: alias.clone(),
     };
     stack.backends.secret_stores["default"].delete_secret(&at, &owner).await.unwrap();
     eventually("Vault repaired", async || {
-        stack.vault.secret(&format!("{VAULT_FOLDER}/{alias}")).is_some_and(|s| s.content().is_some())
+        stack.vault.secret(&format!("{VAULT_FOLDER}/{alias}")).await.is_some_and(|s| s.content().is_some())
     })
     .await;
-    let new_password = vault_password(&stack, &alias);
+    let new_password = vault_password(&stack, &alias).await;
     e2e::logs::register_secret(&old_password);
     e2e::logs::register_secret(&new_password);
     assert!(new_password != old_password, "a new password");
@@ -432,7 +432,7 @@ async fn keycloak_and_rabbitmq_drift_is_repaired_and_vault_follows_a_new_client_
     eventually("client recreated", async || stack.keycloak.client(&client_id).await.is_some()).await;
     let new_secret = stack.keycloak.client(&client_id).await.unwrap().secret;
     assert_ne!(new_secret, old_secret);
-    eventually("Vault follows", async || vault_password(&stack, &alias) == new_secret).await;
+    eventually("Vault follows", async || vault_password(&stack, &alias).await == new_secret).await;
 
     // RabbitMQ: a usrpw asset's user deleted behind our back is recreated.
     let mut usrpw = usrpw_spec();
@@ -442,7 +442,7 @@ async fn keycloak_and_rabbitmq_drift_is_repaired_and_vault_follows_a_new_client_
     let removed = stack.backends.brokers["rabbitmq"].remove_user(&rabbit_user, &owner(&stack, "line-2")).await.unwrap();
     assert_eq!(removed, mqtt_dsp_operator::backends::Outcome::Deleted);
     let rabbit = stack.rabbitmq.as_ref().unwrap();
-    let password = vault_password(&stack, &format!("dsp-mqtt-{}-line-2-secret", stack.namespace));
+    let password = vault_password(&stack, &format!("dsp-mqtt-{}-line-2-secret", stack.namespace)).await;
     e2e::logs::register_secret(&password);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
@@ -489,7 +489,10 @@ async fn delete_removes_every_external_object_then_the_resource() {
     assert!(stack.edc.assets().await.is_empty(), "asset removed");
     assert!(stack.edc.policies().await.is_empty(), "policies removed");
     assert!(stack.edc.contract_definitions().await.is_empty(), "contract definition removed");
-    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-1-secret")).is_none(), "secret removed");
+    assert!(
+        stack.vault.secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-1-secret")).await.is_none(),
+        "secret removed"
+    );
     assert!(stack.mosquitto.dynsec_client(&format!("dsp-mqtt-{ns}-line-1")).is_none(), "broker user removed");
     assert!(stack.mosquitto.dynsec_role(&format!("dsp-mqtt-{ns}-line-1")).is_none(), "broker role removed");
     // Safe order in the connector: contract definition, then policy, then asset.
@@ -521,7 +524,7 @@ async fn retain_leaves_every_external_object_and_releases_the_resource() {
     assert!(stack.edc.asset(&format!("{ns}-line-1")).await.is_some());
     assert_eq!(stack.edc.policies().await.len(), 1);
     assert_eq!(stack.edc.contract_definitions().await.len(), 1);
-    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-1-secret")).is_some());
+    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-1-secret")).await.is_some());
     assert!(stack.mosquitto.dynsec_client(&format!("dsp-mqtt-{ns}-line-1")).is_some());
     let retained = |e: &[(String, String, String)]| e.iter().any(|(_, r, _)| r == "Retained");
     let events = events_about_once(&stack, "line-1", retained).await;
@@ -612,7 +615,7 @@ async fn bad_input_gets_a_stable_reason_and_keeps_what_was_provisioned() {
     // Nothing provisioned before was lost on the way.
     assert!(stack.edc.asset(&asset_id).await.is_some());
     assert!(stack.mosquitto.dynsec_client(&user).is_some());
-    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-1-secret")).is_some());
+    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-1-secret")).await.is_some());
     // The Event follows the status write: give the last one a moment.
     let wanted = ["UnknownProfile", "AuthModeUnsupported", "Rejected", "ReservedProperty"];
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);

@@ -150,6 +150,7 @@ async fn a_usrpw_consumer_reads_only_the_secret_and_receives_its_topic_over_mqtt
     let asset_password = stack
         .vault
         .secret(&format!("{VAULT_FOLDER}/dsp-mqtt-{}-line-1-secret", stack.namespace))
+        .await
         .and_then(|s| s.content().map(str::to_owned))
         .unwrap();
     e2e::logs::register_secret(&asset_password);
@@ -222,7 +223,7 @@ async fn assert_nothing_left(stack: &DevStack, name: &str) {
     let identity = format!("dsp-mqtt-transfer-{}-{name}", stack.namespace);
     assert!(stack.mosquitto.dynsec_client(&identity).is_none(), "broker user {identity} left");
     assert!(stack.mosquitto.dynsec_role(&identity).is_none(), "broker role {identity} left");
-    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/{identity}-secret")).is_none(), "Vault secret left");
+    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/{identity}-secret")).await.is_none(), "Vault secret left");
     assert!(stack.keycloak.client(&identity).await.is_none(), "Keycloak client left");
 }
 
@@ -375,7 +376,7 @@ async fn oauth2_on_rabbitmq_the_jwt_from_the_secret_opens_the_broker_and_is_rene
     api.delete("t-a", &DeleteParams::default()).await.unwrap();
     wait_gone(&api, "t-a", WITHIN).await;
     assert!(stack.keycloak.client(&identity).await.is_none());
-    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/{identity}-secret")).is_none());
+    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/{identity}-secret")).await.is_none());
     stack.teardown().await;
 }
 
@@ -573,7 +574,10 @@ async fn a_client_made_before_a_failed_step_goes_with_the_asset() {
     stack.vault.server.faults.reset();
     wait_for(&api, "t-a", WITHIN, "AssetNotFound", |t| ready(t).is_some_and(|(_, r, _)| r == "AssetNotFound")).await;
     assert!(stack.keycloak.client(&identity).await.is_none());
-    assert!(stack.vault.secret(&format!("{VAULT_FOLDER}/{identity}-secret")).is_none(), "nothing in Vault either");
+    assert!(
+        stack.vault.secret(&format!("{VAULT_FOLDER}/{identity}-secret")).await.is_none(),
+        "nothing in Vault either"
+    );
 
     api.delete("t-a", &DeleteParams::default()).await.unwrap();
     wait_gone(&api, "t-a", WITHIN).await;

@@ -162,7 +162,7 @@ async fn inventory(stack: &DevStack) -> BTreeSet<String> {
     }
     for i in 0..ASSETS {
         let key = format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-line-{i}-secret");
-        if stack.vault.secret(&key).is_some_and(|s| s.content().is_some()) {
+        if stack.vault.secret(&key).await.is_some_and(|s| s.content().is_some()) {
             found.insert(format!("vault {key}"));
         }
     }
@@ -225,15 +225,14 @@ async fn killing_the_leader_mid_reconcile_hands_over_without_duplicates_or_orpha
     // the secret-store and the broker step (the worst moment: a password only one side knows),
     // the rest have not got that far.
     let deadline = Instant::now() + Duration::from_secs(60);
-    let secrets = |stack: &DevStack| {
+    // One KV v2 LIST per look: a key is listed once it exists (as `secret(key).is_some()`).
+    async fn secrets(stack: &DevStack) -> usize {
+        let keys = stack.vault.keys().await;
         (0..ASSETS)
-            .filter(|i| {
-                let key = format!("{VAULT_FOLDER}/dsp-mqtt-{}-line-{i}-secret", stack.namespace);
-                stack.vault.secret(&key).is_some()
-            })
+            .filter(|i| keys.contains(&format!("{VAULT_FOLDER}/dsp-mqtt-{}-line-{i}-secret", stack.namespace)))
             .count()
-    };
-    while secrets(&stack) < 1 {
+    }
+    while secrets(&stack).await < 1 {
         assert!(Instant::now() < deadline, "a reconciled nothing in 60 s:\n{}", a.log_text());
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
@@ -245,7 +244,10 @@ async fn killing_the_leader_mid_reconcile_hands_over_without_duplicates_or_orpha
     assert!(claimed.holder_identity.as_deref().is_some_and(|h| h.starts_with("replica-a_")), "a held the Lease");
     let a_renewed = claimed.renew_time.expect("a's renewTime").0;
     let at_kill = ready_count(&api).await;
-    eprintln!("killed the leader with {} of {ASSETS} passwords stored and {at_kill} assets Ready", secrets(&stack));
+    eprintln!(
+        "killed the leader with {} of {ASSETS} passwords stored and {at_kill} assets Ready",
+        secrets(&stack).await
+    );
     assert!(at_kill < ASSETS, "the leader was killed after it had finished; the test proves nothing then");
     assert!(!b.metrics().await.contains("mqtt_dsp_operator_reconciles_total{"), "b reconciled nothing while a led");
 
@@ -281,7 +283,7 @@ async fn killing_the_leader_mid_reconcile_hands_over_without_duplicates_or_orpha
     for i in 0..ASSETS {
         let user = format!("dsp-mqtt-{}-line-{i}", stack.namespace);
         let key = format!("{VAULT_FOLDER}/{user}-secret");
-        let password = stack.vault.secret(&key).and_then(|s| s.content().map(str::to_owned)).unwrap();
+        let password = stack.vault.secret(&key).await.and_then(|s| s.content().map(str::to_owned)).unwrap();
         e2e::logs::register_secret(&password);
         let options = consumer_options(stack.mosquitto.mqtts_url(), &stack.ca.cert_pem(), &user, &password);
         let mut consumer = Consumer::connect(&options).await.unwrap_or_else(|e| panic!("{user}: {e:?}"));
