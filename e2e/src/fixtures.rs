@@ -38,3 +38,25 @@ pub fn consumer_options(url: String, ca_pem: &str, username: &str, password: &st
         client_id: format!("{username}-{}", uuid::Uuid::new_v4().simple()),
     }
 }
+
+/// The Secrets `examples/operator-config.yaml` points at (`secretRef`s), with test values, for
+/// a test that runs the operator binary with that configuration in `namespace`.
+pub fn example_config_secrets(namespace: &str) -> Vec<k8s_openapi::api::core::v1::Secret> {
+    [
+        ("edc-management-api", "api-key"),
+        ("keycloak-operator-client", "client-secret"),
+        ("rabbitmq-admin", "password"),
+        ("mosquitto-admin", "password"),
+    ]
+    .into_iter()
+    .map(|(name, key)| k8s_openapi::api::core::v1::Secret {
+        metadata: kube::api::ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        string_data: Some([(key.to_owned(), format!("{name}-test-value"))].into()),
+        ..Default::default()
+    })
+    .collect()
+}

@@ -57,6 +57,11 @@ impl TestCa {
             params.distinguished_name.push(DnType::OrganizationName, *org);
         }
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.sign(params)
+    }
+
+    /// A fresh key and a certificate for it, signed by this CA.
+    fn sign(&self, params: CertificateParams) -> ServerCert {
         let key = KeyPair::generate().expect("key generation");
         let cert = params.signed_by(&key, &*self.issuer).expect("signing");
         ServerCert {
@@ -79,14 +84,7 @@ impl TestCa {
         let mut params = CertificateParams::new(names).expect("valid SANs");
         params.distinguished_name.push(DnType::CommonName, "dev-stack server");
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        let key = KeyPair::generate().expect("key generation");
-        let cert = params.signed_by(&key, &*self.issuer).expect("signing");
-        ServerCert {
-            cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
-            cert_der: cert.der().clone(),
-            key_der: key.serialize_der(),
-        }
+        self.sign(params)
     }
 
     /// A rustls server configuration with a fresh server certificate (HTTP/1.1 and HTTP/2).

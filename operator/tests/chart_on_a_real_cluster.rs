@@ -13,8 +13,7 @@ use std::time::{Duration, Instant};
 use e2e::systems::kubernetes::{self, ControlPlane};
 use e2e::tls::TestCa;
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
-use k8s_openapi::api::core::v1::{Namespace, Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{Namespace, Secret};
 use k8s_openapi::api::rbac::v1::ClusterRole;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
@@ -60,29 +59,6 @@ fn helm(plane: &ControlPlane, args: &[&str]) -> Output {
         String::from_utf8_lossy(&out.stderr)
     );
     out
-}
-
-/// A kubeconfig for a ServiceAccount the chart made (token from the TokenRequest API).
-async fn service_account_kubeconfig(plane: &ControlPlane, admin: &kube::Client, name: &str, path: &Path) {
-    let accounts: Api<ServiceAccount> = Api::namespaced(admin.clone(), RELEASE_NAMESPACE);
-    let request = TokenRequest {
-        spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
-        ..Default::default()
-    };
-    let token = accounts
-        .create_token_request(name, &PostParams::default(), &request)
-        .await
-        .expect("a token for the chart's ServiceAccount")
-        .status
-        .and_then(|s| s.token)
-        .expect("a token");
-    e2e::logs::register_secret(&token);
-    // The administrator's kubeconfig with this user instead (same server and CA).
-    let admin_yaml = std::fs::read_to_string(&plane.admin_kubeconfig).expect("admin kubeconfig");
-    let mut config: serde_yaml::Value = serde_yaml::from_str(&admin_yaml).expect("kubeconfig YAML");
-    config["users"][0]["user"] = serde_yaml::from_str(&format!("token: {token}")).expect("user");
-    config["contexts"][0]["context"]["namespace"] = RELEASE_NAMESPACE.into();
-    std::fs::write(path, serde_yaml::to_string(&config).expect("YAML")).expect("write kubeconfig");
 }
 
 struct KillOnDrop(std::process::Child);
@@ -136,21 +112,11 @@ async fn the_chart_installs_runs_upgrades_and_uninstalls_on_a_real_api_server() 
     // the RBAC the chart rendered.
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    service_account_kubeconfig(&plane, &admin, &account, &kubeconfig).await;
+    std::fs::write(&kubeconfig, plane.service_account_kubeconfig(RELEASE_NAMESPACE, &account).await).unwrap();
     let config = dir.path().join("config.yaml");
     std::fs::copy(repo().join("examples/operator-config.yaml"), &config).unwrap();
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), RELEASE_NAMESPACE);
-    for (name, key) in [
-        ("edc-management-api", "api-key"),
-        ("keycloak-operator-client", "client-secret"),
-        ("rabbitmq-admin", "password"),
-        ("mosquitto-admin", "password"),
-    ] {
-        let secret = Secret {
-            metadata: ObjectMeta { name: Some(name.into()), ..Default::default() },
-            string_data: Some([(key.to_owned(), format!("{name}-chart-test-value"))].into()),
-            ..Default::default()
-        };
+    for secret in e2e::fixtures::example_config_secrets(RELEASE_NAMESPACE) {
         secrets.create(&PostParams::default(), &secret).await.unwrap();
     }
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();

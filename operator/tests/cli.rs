@@ -55,19 +55,10 @@ async fn cluster(dir: &Path, crds: bool) -> (Plane, std::path::PathBuf) {
     .unwrap()
     .unwrap_or_else(|e| panic!("{e}"));
     let secrets: Api<Secret> = Api::namespaced(plane.admin_client().await, OPERATOR_NAMESPACE);
-    for (name, key) in [
-        ("edc-management-api", "api-key"),
-        ("keycloak-operator-client", "client-secret"),
-        ("rabbitmq-admin", "password"),
-        ("mosquitto-admin", "password"),
-    ] {
-        let secret = Secret {
-            metadata: kube::api::ObjectMeta { name: Some(name.into()), ..Default::default() },
-            string_data: Some([(key.to_owned(), format!("{name}-test-value"))].into()),
-            ..Default::default()
-        };
+    for secret in e2e::fixtures::example_config_secrets(OPERATOR_NAMESPACE) {
+        let name = secret.metadata.name.clone().unwrap_or_default();
         let apply = kube::api::PatchParams::apply("cli-test").force();
-        secrets.patch(name, &apply, &kube::api::Patch::Apply(&secret)).await.unwrap();
+        secrets.patch(&name, &apply, &kube::api::Patch::Apply(&secret)).await.unwrap();
     }
     let path = dir.join("kubeconfig");
     plane.write_operator_kubeconfig(&path).await;

@@ -378,22 +378,26 @@ impl ControlPlane {
     /// for an hour, and its namespace [`OPERATOR_NAMESPACE`] as the context's (as in a Pod); the
     /// operator then has exactly the rights of deploy/rbac.yaml.
     pub async fn operator_kubeconfig(&self) -> String {
-        let admin = self.admin_client().await;
-        let accounts: Api<ServiceAccount> = Api::namespaced(admin, OPERATOR_NAMESPACE);
+        self.service_account_kubeconfig(OPERATOR_NAMESPACE, OPERATOR_SERVICE_ACCOUNT).await
+    }
+
+    /// A kubeconfig for any ServiceAccount (e.g. the one a Helm release made), its namespace as
+    /// the context's; the token is registered as a secret for the log check.
+    pub async fn service_account_kubeconfig(&self, namespace: &str, name: &str) -> String {
+        let accounts: Api<ServiceAccount> = Api::namespaced(self.admin_client().await, namespace);
         let request = TokenRequest {
             spec: Some(TokenRequestSpec { expiration_seconds: Some(3600), ..Default::default() }),
             ..Default::default()
         };
         let token = accounts
-            .create_token_request(OPERATOR_SERVICE_ACCOUNT, &PostParams::default(), &request)
+            .create_token_request(name, &PostParams::default(), &request)
             .await
-            .expect("a ServiceAccount token")
+            .unwrap_or_else(|e| panic!("a token for ServiceAccount {namespace}/{name}: {e}"))
             .status
-            .expect("a token in the status")
-            .token
-            .expect("a token");
+            .and_then(|s| s.token)
+            .expect("a token in the TokenRequest's status");
         crate::logs::register_secret(&token);
-        self.kubeconfig_with(&format!("token: {token}"), OPERATOR_NAMESPACE)
+        self.kubeconfig_with(&format!("token: {token}"), namespace)
     }
 
     /// Writes [`ControlPlane::operator_kubeconfig`] to `path` (for an operator process).
