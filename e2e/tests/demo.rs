@@ -1,7 +1,7 @@
 //! `make demo` end to end: the demo binary (`e2e/src/bin/demo.rs`) runs the operator binary as
-//! its own process against the dev stack (a real Kubernetes control plane; real Keycloak and EDC
-//! by default, their doubles with `--doubles`), applies `examples/` (with kubectl when it is
-//! installed, else through kube-rs), and must print the message its consumer received through
+//! its own process against the dev stack (a real Kubernetes control plane; real Keycloak, EDC and
+//! OpenBao by default, their doubles with `--doubles`), applies `examples/` (with kubectl when it
+//! is installed, else through kube-rs), and must print the message its consumer received through
 //! each issued DataAddress, exit 0, never show a secret it handled — not in its output, not in
 //! the operator's log — and leave nothing behind: the example namespace deleted, no process it
 //! started still running once it has exited.
@@ -200,7 +200,8 @@ fn assert_real_systems(out: &str) {
     assert!(out.contains(&keycloak), "{out}");
     let edc = format!("EDC {} control plane \"provider\" (real", e2e::systems::edc::configured_version());
     assert!(out.contains(&edc), "{out}");
-    assert!(out.contains("double (no real Vault runs here yet)"), "{out}");
+    let openbao = format!("OpenBao {} (real, Vault-compatible), KV v2 at secret", e2e::systems::vault::VERSION);
+    assert!(out.contains(&openbao), "{out}");
 }
 
 #[test]
@@ -232,6 +233,7 @@ fn with_doubles_and_without_kubectl_the_demo_passes_the_same_way() {
     assert!(out.contains("Keycloak        https://") && out.contains("double, realm dataspace"), "{out}");
     assert!(out.contains("double, Factoryx flavour"), "{out}");
     assert!(!out.contains("(real), realm"), "{out}");
+    assert!(out.contains("Vault           https://") && !out.contains("OpenBao"), "the Vault double:\n{out}");
     let k8s = format!("kube-apiserver + kube-controller-manager {}", e2e::systems::kubernetes::version());
     assert!(out.contains(&k8s), "Kubernetes is the real control plane in every mode:\n{out}");
     assert!(out.contains("server-side apply through kube-rs instead"), "{out}");

@@ -3,8 +3,9 @@
 //! 1. starts the dev stack, its parts in parallel: a real Kubernetes control plane (etcd,
 //!    kube-apiserver, kube-controller-manager with RBAC, `e2e::systems::kubernetes`), real
 //!    Keycloak (a realm made for the demo) and a real EDC control plane per connector profile
-//!    (`e2e::systems`), the Vault double, real Mosquitto and real RabbitMQ (OAuth 2.0 against
-//!    that Keycloak); with `--doubles`, the Keycloak and EDC doubles instead (a faster start);
+//!    (`e2e::systems`), a real OpenBao (Vault-compatible), real Mosquitto and real RabbitMQ
+//!    (OAuth 2.0 against that Keycloak); with `--doubles`, the Keycloak, EDC and Vault doubles
+//!    instead (a faster start);
 //! 2. installs `crds/` with `kubectl` as the cluster's administrator (waiting until they are
 //!    Established) and starts the operator binary as its own process, as the operator's
 //!    ServiceAccount under exactly the RBAC of `deploy/rbac.yaml`, with
@@ -37,6 +38,7 @@ use e2e::fixtures::consumer_options;
 use e2e::systems::edc::{Edc, EdcOptions};
 use e2e::systems::keycloak::{Keycloak, Realm};
 use e2e::systems::kubernetes::{self, ControlPlane};
+use e2e::systems::vault::Vault;
 use e2e::tls::TestCa;
 use k8s_openapi::api::core::v1::{Namespace, Secret};
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, GroupVersionKind, Patch, PatchParams};
@@ -118,7 +120,7 @@ enum KubectlChoice {
     Without,
 }
 
-/// Which Keycloak and EDC the demo runs against.
+/// Which Keycloak, EDC and Vault the demo runs against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Mode {
     /// The real ones (`e2e::systems`): the default.
@@ -164,10 +166,12 @@ impl Options {
                          consumer receiving a live message through the issued DataAddress. `make demo` builds \
                          and runs it.\n\n\
                          The dev stack: a real Kubernetes control plane (RBAC on; the operator runs as its \
-                         ServiceAccount), real Keycloak and a real EDC control plane, the Vault double, real \
-                         Mosquitto and RabbitMQ. `bash scripts/install-systems.sh` installs Kubernetes, \
-                         Keycloak and EDC under target/systems/.\n\n\
-                         --doubles  the Keycloak and EDC test doubles instead of the real ones (a faster start)"
+                         ServiceAccount), real Keycloak, a real EDC control plane and a real OpenBao \
+                         (Vault-compatible), real Mosquitto and RabbitMQ. `bash scripts/install-systems.sh` \
+                         installs Kubernetes, Keycloak and EDC under target/systems/, `bash \
+                         e2e/systems/vault/install.sh` OpenBao.\n\n\
+                         --doubles  the Keycloak, EDC and Vault test doubles instead of the real ones (a faster \
+                         start)"
                     );
                     std::process::exit(0);
                 }
@@ -226,7 +230,7 @@ async fn run(options: &Options) -> Result<(), Failure> {
     let mut since = Instant::now();
     step(match options.mode {
         Mode::Real => {
-            "Dev stack: real Kubernetes, Keycloak and EDC, the Vault double, real Mosquitto and RabbitMQ (in parallel)"
+            "Dev stack: real Kubernetes, Keycloak, EDC and OpenBao (Vault), real Mosquitto and RabbitMQ (in parallel)"
         }
         Mode::Doubles => {
             "Dev stack (--doubles): real Kubernetes, the EDC/Keycloak/Vault doubles, real Mosquitto and RabbitMQ (in parallel)"
@@ -286,7 +290,7 @@ async fn run(options: &Options) -> Result<(), Failure> {
     deletion.dedup();
     kube.delete(&deletion, &manifests).await?;
     let after = Snapshot::take(&stack).await?;
-    check_clean(&stack, &before, &after, &records)?;
+    check_clean(&stack, &before, &after, &records).await?;
     kube.delete_namespaces(&manifests, &stack.kubernetes).await?;
     let code = operator.stop();
     match code {
@@ -539,12 +543,17 @@ impl Drop for Identity {
 /// to that watchdog, its own child, by PID: the watchdog stops kc.sh (KILL after 10 s), removes
 /// Keycloak's directory and exits. Returns whether there was one to stop.
 fn stop_keycloak() -> bool {
+    stop_watchdogs_of(&Keycloak::home().join("bin/kc.sh").display().to_string())
+}
+
+/// Sends TERM to this process's children (launcher watchdogs) whose command line names `program`
+/// and waits for them to end (up to 20 s each). Returns whether there was one to stop.
+fn stop_watchdogs_of(program: &str) -> bool {
     let me = std::process::id().to_string();
-    let kc_sh = Keycloak::home().join("bin/kc.sh").display().to_string();
     let mut stopped = false;
     for pid in child_processes() {
         let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if !String::from_utf8_lossy(&cmdline).contains(&kc_sh) {
+        if !String::from_utf8_lossy(&cmdline).contains(program) {
             continue;
         }
         let _ = Command::new("kill").args(["-TERM", &pid.to_string()]).status();
@@ -576,46 +585,78 @@ fn process_state(pid: u32) -> Option<(char, String)> {
     Some((state, fields.next()?.to_owned()))
 }
 
-/// The secret store profile's backend. Only the Vault double for now: no real Vault can run on
-/// our machines yet (OpenBao is being tried). A real one goes in as another variant: how it
-/// starts, its URL, mount and token, and `holds` for the clean-up check.
+/// The secret store profile's backend: a real OpenBao (Vault-compatible, `e2e::systems::vault`)
+/// with its root token and the KV v2 mount `secret` (what the example's `kvMount` names and
+/// EDC's default), or the Vault double (`--doubles`).
 enum SecretStore {
+    Real(&'static Vault),
     Double(VaultDouble),
 }
 
 impl SecretStore {
-    async fn start(ca: &TestCa) -> Result<Self, Failure> {
-        Ok(SecretStore::Double(vault::start(ca, VAULT_TOKEN).await?))
+    async fn start(ca: &TestCa, mode: Mode) -> Result<Self, Failure> {
+        match mode {
+            Mode::Real => {
+                let vault = Vault::shared().await?;
+                secret(vault.root_token());
+                Ok(SecretStore::Real(vault))
+            }
+            Mode::Doubles => Ok(SecretStore::Double(vault::start(ca, VAULT_TOKEN).await?)),
+        }
     }
 
     fn url(&self) -> String {
         match self {
+            SecretStore::Real(v) => v.url().to_string(),
             SecretStore::Double(v) => v.url().to_string(),
         }
     }
 
     fn mount(&self) -> String {
         match self {
+            SecretStore::Real(_) => e2e::systems::vault::DEFAULT_MOUNT.to_owned(),
             SecretStore::Double(v) => v.mount.clone(),
         }
     }
 
     fn token(&self) -> &str {
         match self {
+            SecretStore::Real(v) => v.root_token(),
             SecretStore::Double(_) => VAULT_TOKEN,
         }
     }
 
-    fn describe(&self) -> &'static str {
+    fn describe(&self) -> String {
         match self {
-            SecretStore::Double(_) => "double (no real Vault runs here yet)",
+            SecretStore::Real(_) => {
+                format!("OpenBao {} (real, Vault-compatible), KV v2 at {}", e2e::systems::vault::VERSION, self.mount())
+            }
+            SecretStore::Double(_) => "double".to_owned(),
         }
     }
 
-    /// Whether the KV v2 key (below the mount) holds data.
-    fn holds(&self, key: &str) -> bool {
+    /// Whether the KV v2 key (below the mount) holds data (its latest version is live).
+    async fn holds(&self, key: &str) -> Result<bool, Failure> {
         match self {
-            SecretStore::Double(v) => v.secret(key).is_some_and(|s| s.data.is_some()),
+            SecretStore::Real(v) => {
+                let path = format!("{}/data/{key}", self.mount());
+                match v.api(reqwest::Method::GET, &path, None).await? {
+                    (200, body) => Ok(body["data"]["data"].is_object()),
+                    (404, _) => Ok(false),
+                    (status, body) => Err(format!("OpenBao: reading {path} answered {status}: {body}").into()),
+                }
+            }
+            SecretStore::Double(v) => Ok(v.secret(key).is_some_and(|s| s.data.is_some())),
+        }
+    }
+}
+
+impl Drop for SecretStore {
+    /// `Vault::shared` keeps one OpenBao until the process ends and has no stop of its own: as
+    /// with Keycloak, TERM to its watchdog (which stops `bao` and removes its directory).
+    fn drop(&mut self) {
+        if let SecretStore::Real(_) = self {
+            stop_watchdogs_of(&Vault::home().join("bin/bao").display().to_string());
         }
     }
 }
@@ -653,7 +694,7 @@ impl Stack {
     /// control plane (CRDs and deploy/rbac.yaml applied), an EDC per connector (real, or a
     /// double of the flavour `endpointTypeSpelling` names), Keycloak with the realm and client of
     /// the `default` identity provider (real: a fresh realm; double: the example's realm), the
-    /// Vault double, Mosquitto, and RabbitMQ with the OAuth 2.0 settings of the first RabbitMQ
+    /// OpenBao (or the Vault double), Mosquitto, and RabbitMQ with the OAuth 2.0 settings of the first RabbitMQ
     /// profile (once Keycloak's realm exists: it needs the JWKS URL).
     async fn start(example: &Value, mode: Mode) -> Result<Stack, Failure> {
         Mosquitto::installed().map_err(hint)?;
@@ -661,10 +702,11 @@ impl Stack {
         kubernetes::installed()?;
         if mode == Mode::Real {
             let or_doubles = |e: e2e::systems::SystemError| -> Failure {
-                format!("{e}\n  (or run with --doubles: the Keycloak and EDC doubles instead)").into()
+                format!("{e}\n  (or run with --doubles: the Keycloak, EDC and Vault doubles instead)").into()
             };
             Keycloak::installed().map_err(or_doubles)?;
             e2e::systems::edc::installed(&e2e::systems::edc::configured_version()).map_err(or_doubles)?;
+            Vault::installed().map_err(or_doubles)?;
         }
         for s in [VAULT_TOKEN, mosquitto::ADMIN_PASSWORD, mosquitto::PUBLISHER_PASSWORD, rabbitmq::ADMIN_PASSWORD] {
             secret(s);
@@ -776,7 +818,7 @@ impl Stack {
 
         let vault = async {
             let t = Instant::now();
-            let vault = SecretStore::start(&ca).await?;
+            let vault = SecretStore::start(&ca, mode).await?;
             Ok::<_, Failure>((vault, t.elapsed()))
         };
 
@@ -864,7 +906,7 @@ impl Stack {
             self.took("RabbitMQ")
         ));
         if self.mode == Mode::Real {
-            indent("(--doubles: the Keycloak and EDC doubles instead, a faster start)");
+            indent("(--doubles: the Keycloak, EDC and Vault doubles instead, a faster start)");
         }
     }
 
@@ -965,7 +1007,7 @@ impl Stack {
                     if mode == Mode::Real { "Keycloak" } else { "Keycloak double" },
                     scope.spawn(move || timed_drop(identity)),
                 ),
-                ("Vault double", scope.spawn(move || timed_drop(vault))),
+                (if mode == Mode::Real { "OpenBao" } else { "Vault double" }, scope.spawn(move || timed_drop(vault))),
                 ("Kubernetes", scope.spawn(move || timed_drop(kubernetes))),
             ];
             handles.map(|(name, h)| (name, h.join().unwrap_or_default())).into_iter().collect()
@@ -1587,7 +1629,7 @@ impl Records {
     }
 }
 
-fn check_clean(stack: &Stack, before: &Snapshot, after: &Snapshot, records: &Records) -> Result<(), Failure> {
+async fn check_clean(stack: &Stack, before: &Snapshot, after: &Snapshot, records: &Records) -> Result<(), Failure> {
     let left = after.minus(before);
     let unexpected: Vec<String> =
         left.all().filter(|(_, x)| !records.retained.contains(*x)).map(|(b, x)| format!("{b}: {x}")).collect();
@@ -1599,7 +1641,7 @@ fn check_clean(stack: &Stack, before: &Snapshot, after: &Snapshot, records: &Rec
         return Err(format!("deletionPolicy: Retain, yet these are gone: {missing:?}").into());
     }
     for (key, retained) in &records.vault_keys {
-        let present = stack.vault.holds(key);
+        let present = stack.vault.holds(key).await?;
         if present != *retained {
             return Err(format!("Vault key {key}: present {present}, expected {retained}").into());
         }
