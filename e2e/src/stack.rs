@@ -357,9 +357,23 @@ impl DevStack {
         };
         // The realm goes with the stack (realms cost the shared Keycloak memory); the shared EDC
         // keeps what the stack left there, under ids nobody else uses.
-        let realm = self.keycloak.delete_realm().await;
+        // A shared system under a loaded machine may refuse one call: three tries, each refusal
+        // printed, before the teardown fails.
+        let mut realm = self.keycloak.delete_realm().await;
+        for _ in 0..2 {
+            let Err(e) = &realm else { break };
+            eprintln!("teardown, retrying: {e}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            realm = self.keycloak.delete_realm().await;
+        }
         // So does the KV v2 mount.
-        let mount = self.vault.delete_mount().await;
+        let mut mount = self.vault.delete_mount().await;
+        for _ in 0..2 {
+            let Err(e) = &mount else { break };
+            eprintln!("teardown, retrying: {e}");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            mount = self.vault.delete_mount().await;
+        }
         assert!(stuck.is_empty(), "still there 60 s after deletion with the operator running: {stuck:?}");
         if let Err(e) = realm {
             panic!("teardown: {e}");
