@@ -29,7 +29,58 @@ pub struct Config {
     pub secret_stores: BTreeMap<String, SecretStoreProfile>,
     /// MQTT brokers.
     pub brokers: BTreeMap<String, BrokerProfile>,
+    /// The namespace the operator runs in (`POD_NAMESPACE`, else the client's default
+    /// namespace). Not read from the file: the operator sets it at start. A profile without an
+    /// `allowed` block serves only this namespace (see [`Allowed`]).
+    #[serde(skip)]
+    pub operator_namespace: String,
 }
+
+/// Which namespaces may use a profile (identity providers, secret stores). Absent: only the
+/// operator's own namespace.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Allowed {
+    /// Namespace names, `"*"` for all. Absent: the operator's own namespace only. A list given
+    /// is taken as written (the operator's namespace is not added).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
+}
+
+/// Which namespaces may use a connector profile, and what their assets may publish.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConnectorAllowed {
+    /// As [`Allowed::namespaces`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
+    /// Whether an asset may give raw ODRL (`spec.policy.access.odrl`, `spec.policy.contract.odrl`).
+    /// Absent: only in the operator's own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub raw_odrl: Option<bool>,
+    /// Whether an asset may publish an access policy without participant constraints (an offer
+    /// every participant sees). Absent: only in the operator's own namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub open_offers: Option<bool>,
+}
+
+/// Which namespaces may use a broker profile, and which topics their assets may offer.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BrokerAllowed {
+    /// As [`Allowed::namespaces`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub namespaces: Option<Vec<String>>,
+    /// Topic-filter prefixes an asset may offer, `{namespace}` replaced by the asset's namespace
+    /// (`tenants/{namespace}/#`); every filter of `spec.topics` must lie within one of them (MQTT
+    /// matching: `a/#` contains `a/b/+`, not `#`). Absent: any topic in the operator's own
+    /// namespace, none in any other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub topic_prefixes: Option<Vec<String>>,
+}
+
+/// The placeholder in [`BrokerAllowed::topic_prefixes`].
+pub const NAMESPACE_PLACEHOLDER: &str = "{namespace}";
 
 /// Where a credential comes from. Exactly one field is set.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
@@ -107,6 +158,10 @@ pub struct ConnectorProfile {
     /// Request timeout in seconds. Default: 10.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
+    /// Which namespaces may use this profile (and what they may do with it). Absent: only the
+    /// operator's own namespace, with everything it could do before this block existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<ConnectorAllowed>,
 }
 
 /// Kind of identity provider.
@@ -146,6 +201,10 @@ pub struct IdentityProviderProfile {
     /// Request timeout in seconds. Default: 10.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
+    /// Which namespaces may use this profile (and what they may do with it). Absent: only the
+    /// operator's own namespace, with everything it could do before this block existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Allowed>,
 }
 
 impl IdentityProviderProfile {
@@ -191,6 +250,10 @@ pub struct SecretStoreProfile {
     /// Request timeout in seconds. Default: 10.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
+    /// Which namespaces may use this profile (and what they may do with it). Absent: only the
+    /// operator's own namespace, with everything it could do before this block existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<Allowed>,
 }
 
 /// How the operator authenticates to Vault. Exactly one field is set.
@@ -290,6 +353,10 @@ pub struct BrokerProfile {
     /// Request timeout in seconds. Default: 10.
     #[serde(default = "default_timeout")]
     pub timeout_seconds: u64,
+    /// Which namespaces may use this profile (and what they may do with it). Absent: only the
+    /// operator's own namespace, with everything it could do before this block existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed: Option<BrokerAllowed>,
 }
 
 impl BrokerProfile {
@@ -505,6 +572,7 @@ impl Config {
             identity_providers: section(root, "identityProviders", &mut problems),
             secret_stores: section(root, "secretStores", &mut problems),
             brokers: section(root, "brokers", &mut problems),
+            operator_namespace: String::new(),
         };
         config.validate(&mut problems);
         if config.connectors.is_empty() && config.brokers.is_empty() && problems.is_empty() {
@@ -539,6 +607,9 @@ impl Config {
                 check_credential(&mut push, &format!("{at}.caBundle"), ca);
             }
             check_timeout(&mut push, &at, p.timeout_seconds);
+            if let Some(a) = &p.allowed {
+                check_namespaces(&mut push, &at, a.namespaces.as_deref());
+            }
         }
         for (name, p) in &self.identity_providers {
             let at = format!("identityProviders.{name}");
@@ -563,6 +634,9 @@ impl Config {
                 check_credential(&mut push, &format!("{at}.caBundle"), ca);
             }
             check_timeout(&mut push, &at, p.timeout_seconds);
+            if let Some(a) = &p.allowed {
+                check_namespaces(&mut push, &at, a.namespaces.as_deref());
+            }
         }
         for (name, p) in &self.secret_stores {
             let at = format!("secretStores.{name}");
@@ -583,6 +657,9 @@ impl Config {
                 check_credential(&mut push, &format!("{at}.caBundle"), ca);
             }
             check_timeout(&mut push, &at, p.timeout_seconds);
+            if let Some(a) = &p.allowed {
+                check_namespaces(&mut push, &at, a.namespaces.as_deref());
+            }
         }
         for (name, p) in &self.brokers {
             let at = format!("brokers.{name}");
@@ -636,6 +713,14 @@ impl Config {
                 check_credential(&mut push, &format!("{at}.caBundle"), ca);
             }
             check_timeout(&mut push, &at, p.timeout_seconds);
+            if let Some(a) = &p.allowed {
+                check_namespaces(&mut push, &at, a.namespaces.as_deref());
+                for (i, prefix) in a.topic_prefixes.iter().flatten().enumerate() {
+                    if let Err(why) = check_topic_prefix(prefix) {
+                        push(format!("{at}.allowed.topicPrefixes[{i}]"), why);
+                    }
+                }
+            }
         }
     }
 }
@@ -724,6 +809,44 @@ fn check_credential(push: &mut impl FnMut(String, String), path: &str, cred: &Cr
     {
         push(format!("{path}.env"), "must name an environment variable".into());
     }
+}
+
+fn check_namespaces(push: &mut impl FnMut(String, String), at: &str, namespaces: Option<&[String]>) {
+    for (i, ns) in namespaces.into_iter().flatten().enumerate() {
+        let label = !ns.is_empty()
+            && ns.len() <= 63
+            && ns.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !ns.starts_with('-')
+            && !ns.ends_with('-');
+        if ns != "*" && !label {
+            push(
+                format!("{at}.allowed.namespaces[{i}]"),
+                format!("\"{ns}\" is neither a namespace name (a DNS label) nor \"*\" (all namespaces)"),
+            );
+        }
+    }
+}
+
+/// A topic-filter prefix: a valid MQTT topic filter once `{namespace}` is replaced.
+fn check_topic_prefix(prefix: &str) -> Result<(), String> {
+    let filter = prefix.replace(NAMESPACE_PLACEHOLDER, "ns");
+    if filter.is_empty() {
+        return Err("must not be empty (\"#\" allows every topic)".into());
+    }
+    if filter.contains(['{', '}']) {
+        return Err(format!("\"{prefix}\": the only placeholder is {NAMESPACE_PLACEHOLDER}"));
+    }
+    let levels: Vec<&str> = filter.split('/').collect();
+    for (i, level) in levels.iter().enumerate() {
+        let wildcard_inside = level.len() > 1 && level.contains(['+', '#']);
+        let hash_not_last = *level == "#" && i + 1 != levels.len();
+        if wildcard_inside || hash_not_last {
+            return Err(format!(
+                "\"{prefix}\" is not an MQTT topic filter: + and # must be whole levels, # only the last"
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn check_timeout(push: &mut impl FnMut(String, String), at: &str, seconds: u64) {
@@ -903,6 +1026,93 @@ brokers:
         let broker = &config.brokers["default"];
         assert_eq!(broker.rabbitmq, Some(RabbitmqSettings::default()));
         assert_eq!(broker.effective_auth_modes(), vec![AuthMode::Usrpw, AuthMode::Oauth2]);
+    }
+
+    #[test]
+    fn allowed_blocks_parse_and_default_to_absent() {
+        let config = Config::parse(EXAMPLE).unwrap();
+        let connector = config.connectors["default"].allowed.clone().expect("the example has one");
+        assert_eq!(connector.namespaces, Some(vec!["*".to_owned()]));
+        assert_eq!((connector.raw_odrl, connector.open_offers), (Some(true), Some(true)));
+        assert_eq!(config.brokers["default"].allowed.as_ref().unwrap().topic_prefixes, Some(vec!["#".to_owned()]));
+        assert!(config.identity_providers["default"].allowed.is_some());
+        assert!(config.secret_stores["default"].allowed.is_some());
+        // Absent: None, which plan::allowed reads as "the operator's own namespace only".
+        let text = r##"
+connectors:
+  default:
+    managementUrl: https://edc/management
+    apiKey: {env: K}
+    allowed: {namespaces: [team-a]}
+brokers:
+  default:
+    type: mosquitto
+    adminUrl: mqtts://mosquitto:8883
+    adminUsername: admin
+    adminPassword: {env: P}
+    publicUrls: {mqtt-tls: "mqtts://mosquitto:8883"}
+    allowed: {namespaces: [team-a, "*"], topicPrefixes: ["tenants/{namespace}/#", "#"]}
+  bare:
+    type: mosquitto
+    adminUrl: mqtts://mosquitto:8883
+    adminUsername: admin
+    adminPassword: {env: P}
+    publicUrls: {mqtt-tls: "mqtts://mosquitto:8883"}
+"##;
+        let config = Config::parse(text).unwrap_or_else(|p| panic!("{p:#?}"));
+        let connector = config.connectors["default"].allowed.clone().unwrap();
+        assert_eq!((connector.raw_odrl, connector.open_offers), (None, None));
+        assert_eq!(config.brokers["bare"].allowed, None);
+        assert_eq!(config.operator_namespace, "", "not read from the file: the operator sets it");
+    }
+
+    #[test]
+    fn allowed_blocks_are_validated_with_their_paths() {
+        let text = r##"
+connectors:
+  default:
+    managementUrl: https://edc/management
+    apiKey: {env: K}
+    allowed: {namespaces: [Team_A, ""], topicPrefixes: ["#"]}
+secretStores:
+  default:
+    type: vault
+    url: https://vault
+    auth: {token: {env: T}}
+    allowed: {namespaces: ["*"], rawOdrl: true}
+brokers:
+  default:
+    type: mosquitto
+    adminUrl: mqtts://mosquitto:8883
+    adminUsername: admin
+    adminPassword: {env: P}
+    publicUrls: {mqtt-tls: "mqtts://mosquitto:8883"}
+    allowed: {namespaces: [-x], topicPrefixes: ["", "a/#/b", "a/b#", "{tenant}/#", "ok/{namespace}/+/#"]}
+"##;
+        let problems = Config::parse(text).unwrap_err();
+        let paths: Vec<&str> = problems.iter().map(|p| p.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                // Fields of another kind of profile are unknown fields.
+                "connectors.default.allowed.topicPrefixes",
+                "secretStores.default.allowed.rawOdrl",
+                "brokers.default.allowed.namespaces[0]",
+                "brokers.default.allowed.topicPrefixes[0]",
+                "brokers.default.allowed.topicPrefixes[1]",
+                "brokers.default.allowed.topicPrefixes[2]",
+                "brokers.default.allowed.topicPrefixes[3]",
+            ],
+            "{problems:#?}"
+        );
+        let text = text.replace(", topicPrefixes: [\"#\"]}", "}").replace(", rawOdrl: true}", "}");
+        let problems = Config::parse(&text).unwrap_err();
+        let rendered: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert!(
+            rendered[0].starts_with("connectors.default.allowed.namespaces[0]: \"Team_A\" is neither"),
+            "{rendered:#?}"
+        );
+        assert!(rendered[1].starts_with("connectors.default.allowed.namespaces[1]: "), "{rendered:#?}");
     }
 
     #[test]

@@ -149,7 +149,7 @@ pub async fn check_crds(client: &Client) -> Result<(), RunError> {
 
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(options: RunOptions) -> Result<(), RunError> {
-    let config = Config::load(&options.config)?;
+    let mut config = Config::load(&options.config)?;
     info!(
         connectors = config.connectors.len(),
         identity_providers = config.identity_providers.len(),
@@ -166,6 +166,8 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     info!("CRDs of {GROUP}/{VERSION} are installed");
 
     let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| client.default_namespace().to_owned());
+    // Profiles without an `allowed` block serve this namespace only.
+    config.operator_namespace = namespace.clone();
     let build = BuildContext { kube: Some(&client), namespace: &namespace, replica: &options.settings.instance };
     let backends = Backends::build(&config, &build).await?;
     info!("a client for every configured profile is set up");

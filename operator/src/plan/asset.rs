@@ -159,6 +159,7 @@ pub fn resolve_profiles(spec: &MqttAssetSpec, config: &Config) -> Result<AssetPr
 pub fn plan(asset: &MqttAsset, config: &Config, token: Option<&TokenRequirements>) -> Result<AssetPlan, PlanError> {
     let spec = &asset.spec;
     let profiles = resolve_profiles(spec, config)?;
+    super::allowed::check(asset, &profiles, config)?;
     check_topic_bytes("spec.topics", &spec.topics)?;
     let broker_type = config.brokers[&profiles.broker].broker_type;
     check_topic_asterisks("spec.topics", &spec.topics, &profiles.broker, broker_type)?;
@@ -347,6 +348,11 @@ brokers:
     publicUrls: {{mqtt-tls: "mqtts://rabbit.example.com:8883", mqtt-wss: "wss://rabbit.example.com/ws"}}
 {extra}"#
         ))
+        .map(|mut c| {
+            // The test assets' namespace: no `allowed` block needed (plan::allowed tests those).
+            c.operator_namespace = "dataspace".into();
+            c
+        })
         .unwrap_or_else(|p| panic!("{p:#?}"))
     }
 
@@ -496,8 +502,11 @@ brokers:
         let e = plan(&asset, &config(""), None).unwrap_err();
         assert_eq!(e.reason(), "NoEndpointUrl");
         assert!(e.to_string().contains("brokers.default.publicUrls.mqtt-wss"), "{e}");
-        let given = MqttAsset::test().endpoint(EndpointType::MqttWss, Some("wss://edge.example.com/mqtt"));
-        assert_eq!(plan(&given, &config(""), None).unwrap().base_url, "wss://edge.example.com/mqtt");
+        // spec.endpoint.url only picks one of the profile's public URLs (plan::allowed).
+        let given = oauth2_on_rabbit().endpoint(EndpointType::MqttWss, Some("wss://rabbit.example.com/ws/"));
+        assert_eq!(plan(&given, &config(""), Some(&token())).unwrap().base_url, "wss://rabbit.example.com/ws/");
+        let elsewhere = MqttAsset::test().endpoint(EndpointType::MqttWss, Some("wss://edge.example.com/mqtt"));
+        assert_eq!(plan(&elsewhere, &config(""), None).unwrap_err().reason(), "NotAllowed");
     }
 
     #[test]

@@ -7,6 +7,7 @@
 //! reserved keys inside a free-form map) is checked here and reported as a [`PlanError`], whose
 //! variant name is the condition and Event reason.
 
+pub mod allowed;
 pub mod asset;
 pub mod properties;
 pub mod topics;
@@ -53,7 +54,7 @@ pub enum PlanError {
     },
     /// No URL to give consumers.
     #[error(
-        "spec.endpoint.url is not set and broker profile \"{broker}\" has no public URL for {endpoint_type}; set spec.endpoint.url or add brokers.{broker}.publicUrls.{endpoint_type} to the operator configuration"
+        "spec.endpoint.url is not set and broker profile \"{broker}\" has no public URL for {endpoint_type}; add brokers.{broker}.publicUrls.{endpoint_type} to the operator configuration (spec.endpoint.url can only pick one of the profile's publicUrls), or change spec.endpoint.type"
     )]
     NoEndpointUrl {
         /// Broker profile.
@@ -122,6 +123,13 @@ pub enum PlanError {
         /// The participants it lists.
         allowed: Vec<String>,
     },
+    /// A profile's `allowed` block refuses the resource's namespace or what its spec asks for
+    /// (see [`allowed`]). The message names the rule and the profile.
+    #[error("{detail}; nothing is provisioned for it")]
+    NotAllowed {
+        /// The rule, the profile and what to change.
+        detail: String,
+    },
     /// A topic filter longer than MQTT allows.
     #[error(
         "{field}[{index}] is {bytes} bytes long in UTF-8; MQTT allows at most {TOPIC_FILTER_MAX_BYTES}: shorten it"
@@ -149,6 +157,7 @@ impl PlanError {
             PlanError::TopicAsteriskUnsupported { .. } => "TopicAsteriskUnsupported",
             PlanError::ConsumerNotAllowed { .. } => "ConsumerNotAllowed",
             PlanError::TopicsOutsideAsset { .. } => "TopicsOutsideAsset",
+            PlanError::NotAllowed { .. } => "NotAllowed",
         }
     }
 }

@@ -119,6 +119,8 @@ pub fn plan(
     token: Option<&TokenRequirements>,
 ) -> Result<TransferPlan, PlanError> {
     let profiles = asset_plan::resolve_profiles(&asset.spec, config)?;
+    // The asset's rules hold for its transfers: one it may no longer offer grants nothing.
+    super::allowed::check(asset, &profiles, config)?;
     check_consumer(transfer, asset)?;
     let asset_topics = &asset.spec.topics;
     let topics = transfer.spec.topics.clone().unwrap_or_else(|| asset_topics.clone());
@@ -360,6 +362,10 @@ secretStores:
     auth: {token: {env: VT}}
 "#,
         )
+        .map(|mut c| {
+            c.operator_namespace = "dataspace".into();
+            c
+        })
         .unwrap()
     }
 
