@@ -22,6 +22,7 @@
 //! [`DevStack::teardown`] leaves the cluster as it found it: resources deleted while the operator
 //! runs (so its finalizer does the cleanup), then the operator stopped, then the namespace removed.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -77,6 +78,10 @@ pub struct StackOptions {
     pub rabbitmq: bool,
     /// Controller settings (resync, cleanup attempts…).
     pub settings: Settings,
+    /// `allowed` blocks (YAML flow mappings) by profile, keyed `connectors.default`,
+    /// `brokers.default`…; a profile not named gets the permissive block of
+    /// [`operator_config_yaml_for`] (every namespace, every topic, raw ODRL and open offers).
+    pub allowed: BTreeMap<String, String>,
 }
 
 impl Default for StackOptions {
@@ -93,6 +98,7 @@ impl Default for StackOptions {
                 max_concurrent_reconciles: 32,
                 instance: "e2e".into(),
             },
+            allowed: BTreeMap::new(),
         }
     }
 }
@@ -133,6 +139,7 @@ pub struct DevStack {
     /// Backends as the operator built them (tests may use them to inspect or tamper).
     pub backends: Arc<Backends>,
     settings: Settings,
+    allowed: BTreeMap<String, String>,
     stop: watch::Sender<bool>,
     controllers: Option<tokio::task::JoinHandle<()>>,
     _dir: tempfile::TempDir,
@@ -205,12 +212,12 @@ impl DevStack {
         });
 
         let dir = tempfile::tempdir().expect("temp dir");
-        let yaml = operator_config_yaml_for(
-            dir.path(),
-            &ca,
-            &config_targets(&edc, &edc_fx, &keycloak, &vault, &mosquitto, rabbitmq.as_ref()),
-        );
-        let config = Config::parse(&yaml).unwrap_or_else(|p| panic!("dev-stack configuration: {p:#?}"));
+        let mut targets = config_targets(&edc, &edc_fx, &keycloak, &vault, &mosquitto, rabbitmq.as_ref());
+        targets.allowed = options.allowed.clone();
+        let yaml = operator_config_yaml_for(dir.path(), &ca, &targets);
+        let mut config = Config::parse(&yaml).unwrap_or_else(|p| panic!("dev-stack configuration: {p:#?}"));
+        // The stack's namespace stands for the operator's own (as for the backends' Secrets).
+        config.operator_namespace = namespace.clone();
         let build = BuildContext { kube: Some(&operator_client), namespace: &namespace, replica: "e2e" };
         let backends = Arc::new(Backends::build(&config, &build).await.unwrap_or_else(|e| panic!("{e}")));
         let metrics = Arc::new(Metrics::default());
@@ -233,6 +240,7 @@ impl DevStack {
             metrics,
             backends,
             settings: options.settings.clone(),
+            allowed: options.allowed.clone(),
             stop,
             controllers: None,
             _dir: dir,
@@ -499,6 +507,8 @@ pub struct ConfigTargets<'a> {
     pub mosquitto: &'a Mosquitto,
     /// Broker profile `rabbitmq`, when given.
     pub rabbitmq: Option<&'a RabbitMq>,
+    /// `allowed` blocks by profile (see [`StackOptions::allowed`]); empty: permissive everywhere.
+    pub allowed: BTreeMap<String, String>,
 }
 
 fn config_targets<'a>(
@@ -528,6 +538,7 @@ fn config_targets<'a>(
         },
         mosquitto,
         rabbitmq,
+        allowed: BTreeMap::new(),
     }
 }
 
@@ -535,7 +546,7 @@ impl DevStack {
     /// The operator configuration of this stack (what its controllers run with), with its
     /// credentials and the CA bundle written as files into `dir`: for a separate operator process.
     pub fn operator_config_yaml(&self, dir: &std::path::Path) -> String {
-        let targets = config_targets(
+        let mut targets = config_targets(
             &self.edc,
             &self.edc_fx,
             &self.keycloak,
@@ -543,6 +554,7 @@ impl DevStack {
             &self.mosquitto,
             self.rabbitmq.as_ref(),
         );
+        targets.allowed = self.allowed.clone();
         operator_config_yaml_for(dir, &self.ca, &targets)
     }
 }
@@ -582,14 +594,23 @@ pub fn operator_config_yaml(
         },
         mosquitto,
         rabbitmq,
+        allowed: BTreeMap::new(),
     };
     operator_config_yaml_for(dir, ca, &targets)
 }
 
 /// The operator configuration for `targets` (profiles `default`, `factoryx`,
 /// `factoryx-misconfigured`, and `rabbitmq` when given), with every credential and the CA bundle
-/// written as files into `dir` (which must outlive the configuration's use).
+/// written as files into `dir` (which must outlive the configuration's use). Every profile gets
+/// its `allowed` block from `targets.allowed`, else a permissive one (every namespace, every
+/// topic, raw ODRL, open offers): what the suites were written against.
 pub fn operator_config_yaml_for(dir: &std::path::Path, ca: &TestCa, targets: &ConfigTargets<'_>) -> String {
+    let allowed = |profile: &str, permissive: &str| {
+        targets.allowed.get(profile).cloned().unwrap_or_else(|| permissive.to_owned())
+    };
+    const CONNECTOR: &str = r#"{namespaces: ["*"], rawOdrl: true, openOffers: true}"#;
+    const NAMESPACES: &str = r#"{namespaces: ["*"]}"#;
+    const BROKER: &str = r##"{namespaces: ["*"], topicPrefixes: ["#"]}"##;
     let file = |name: &str, content: &str| {
         let path = dir.join(name);
         std::fs::write(&path, content).expect("write");
@@ -605,16 +626,19 @@ connectors:
     apiKey: {{file: {edc_key}}}
     vaultFolder: {VAULT_FOLDER}
     caBundle: {{file: {ca_file}}}
+    allowed: {allowed_edc}
   factoryx:
     managementUrl: {edc_fx_url}
     apiKey: {{file: {edc_fx_key}}}
     endpointTypeSpelling: factoryx
     caBundle: {{file: {ca_file}}}
+    allowed: {allowed_fx}
   factoryx-misconfigured:
     managementUrl: {edc_fx_url}
     apiKey: {{file: {edc_fx_key}}}
     endpointTypeSpelling: adr
     caBundle: {{file: {ca_file}}}
+    allowed: {allowed_fx_mis}
 identityProviders:
   default:
     type: keycloak
@@ -623,6 +647,7 @@ identityProviders:
     clientId: {kc_client}
     clientSecret: {{file: {kc_secret}}}
     caBundle: {{file: {ca_file}}}
+    allowed: {allowed_kc}
 secretStores:
   default:
     type: vault
@@ -630,6 +655,7 @@ secretStores:
     kvMount: {vault_mount}
     auth: {{token: {{file: {vault_token}}}}}
     caBundle: {{file: {ca_file}}}
+    allowed: {allowed_vault}
 brokers:
   default:
     type: mosquitto
@@ -638,6 +664,7 @@ brokers:
     adminPassword: {{file: {mosquitto_password}}}
     publicUrls: {{mqtt-tls: "{mosquitto_url}", mqtt-wss: "{mosquitto_wss}"}}
     caBundle: {{file: {ca_file}}}
+    allowed: {allowed_mosquitto}
 "#,
         edc_url = targets.connector.management_url,
         edc_key = file("edc-key", &targets.connector.api_key),
@@ -653,6 +680,12 @@ brokers:
         mosquitto_url = mosquitto.mqtts_url(),
         mosquitto_wss = mosquitto.wss_url(),
         mosquitto_password = file("mosquitto-password", mosquitto::ADMIN_PASSWORD),
+        allowed_edc = allowed("connectors.default", CONNECTOR),
+        allowed_fx = allowed("connectors.factoryx", CONNECTOR),
+        allowed_fx_mis = allowed("connectors.factoryx-misconfigured", CONNECTOR),
+        allowed_kc = allowed("identityProviders.default", NAMESPACES),
+        allowed_vault = allowed("secretStores.default", NAMESPACES),
+        allowed_mosquitto = allowed("brokers.default", BROKER),
     );
     if let Some(rabbit) = targets.rabbitmq {
         yaml.push_str(&format!(
@@ -664,12 +697,14 @@ brokers:
     publicUrls: {{mqtt-tls: "{mqtts}", mqtt-wss: "{wss}"}}
     rabbitmq: {{resourceServerId: rabbitmq, additionalScopesKey: {SCOPES_KEY}}}
     caBundle: {{file: {ca_file}}}
+    allowed: {allowed_rabbit}
 "#,
             admin = rabbit.management_url(),
             user = rabbitmq::ADMIN_USER,
             password = file("rabbitmq-password", rabbitmq::ADMIN_PASSWORD),
             mqtts = rabbit.mqtts_url(),
             wss = rabbit.wss_url(),
+            allowed_rabbit = allowed("brokers.rabbitmq", BROKER),
         ));
     }
     yaml

@@ -186,6 +186,10 @@ fn every_error() -> Vec<Error> {
             topic: "factory/*/temp".into(),
             broker: "default".into(),
         }),
+        plan(PlanError::NotAllowed {
+            detail: "broker profile \"default\" does not serve namespace \"team-b\" (allowed.namespaces: [team-a])"
+                .into(),
+        }),
         backend(BackendError::Unauthorized { system, operation, object: object.clone(), status: 401 }),
         backend(BackendError::Foreign { system, operation, object: object.clone() }),
         backend(BackendError::InUse { system, operation, object: object.clone(), message: "agreement".into() }),
@@ -242,7 +246,8 @@ fn listed(e: &Error) {
             | PlanError::TopicsOutsideAsset { .. }
             | PlanError::TopicTooLong { .. }
             | PlanError::TopicAsteriskUnsupported { .. }
-            | PlanError::ConsumerNotAllowed { .. } => {}
+            | PlanError::ConsumerNotAllowed { .. }
+            | PlanError::NotAllowed { .. } => {}
         },
         Error::Backend { source, .. } => match source {
             BackendError::Unauthorized { .. }
@@ -362,7 +367,7 @@ fn reasons_the_operator_retries_are_progressing_and_every_refusal_is_degraded() 
     }
     // What this amounts to today (docs/operations.md lists the same).
     assert_eq!(progressing, ["Unavailable", "Timeout", "Unreachable", "KubernetesApi", "Finalizer", "CleanupPending"]);
-    assert_eq!(degraded.len(), 19, "{degraded:?}");
+    assert_eq!(degraded.len(), 20, "{degraded:?}");
 }
 
 #[test]
