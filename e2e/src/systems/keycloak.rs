@@ -109,12 +109,7 @@ impl Keycloak {
     /// The Keycloak of this test binary, started on first use. A failed start is remembered:
     /// every later call gets the same error at once.
     pub async fn shared() -> Result<&'static Keycloak, SystemError> {
-        let started = SHARED.get_or_init(|| async { Self::start().await.map_err(|e| e.to_string()) }).await;
-        started.as_ref().map_err(|e| SystemError::Start {
-            what: WHAT,
-            detail: "the start in this test binary failed".into(),
-            log: e.clone(),
-        })
+        super::start_once(&SHARED, WHAT, Self::start()).await
     }
 
     /// Where `install.sh` put the distribution.

@@ -49,3 +49,18 @@ pub fn log_tail(path: &std::path::Path, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
 }
+
+/// A system started at most once per test binary: the first caller starts it, the others wait
+/// for that start; a failed start is remembered and every later call gets the same error at once.
+pub async fn start_once<T>(
+    cell: &'static tokio::sync::OnceCell<Result<T, String>>,
+    what: &'static str,
+    start: impl std::future::Future<Output = Result<T, SystemError>>,
+) -> Result<&'static T, SystemError> {
+    let started = cell.get_or_init(|| async { start.await.map_err(|e| e.to_string()) }).await;
+    started.as_ref().map_err(|e| SystemError::Start {
+        what,
+        detail: "the start in this test binary failed".into(),
+        log: e.clone(),
+    })
+}

@@ -68,12 +68,7 @@ impl Vault {
     /// The OpenBao of this test binary, started on first use. A failed start is remembered:
     /// every later call gets the same error at once.
     pub async fn shared() -> Result<&'static Vault, SystemError> {
-        let started = SHARED.get_or_init(|| async { Self::start().await.map_err(|e| e.to_string()) }).await;
-        started.as_ref().map_err(|e| SystemError::Start {
-            what: WHAT,
-            detail: "the start in this test binary failed".into(),
-            log: e.clone(),
-        })
+        super::start_once(&SHARED, WHAT, Self::start()).await
     }
 
     /// Where `install.sh` put OpenBao.
@@ -86,7 +81,6 @@ impl Vault {
         let home = Self::home();
         let bao = home.join("bin/bao");
         if !home.join(".mqtt-dsp-installed").is_file() || !bao.is_file() {
-            // scripts/install-systems.sh does not call our install.sh (yet): name it too.
             let path = format!("{} (`bash e2e/systems/vault/install.sh` installs it)", home.display());
             return Err(SystemError::NotInstalled { what: WHAT, path });
         }
