@@ -204,21 +204,7 @@ impl Stack {
         let before = self.stored(client_id).await.expect("client to edit");
         let mut after = before.clone();
         edit(&mut after);
-        let mut attributes: serde_json::Map<String, Value> =
-            before.attributes.keys().map(|k| (k.clone(), Value::from(""))).collect();
-        attributes.extend(after.attributes.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))));
-        let body = json!({
-            "clientId": after.client_id,
-            "description": after.description,
-            "enabled": after.enabled,
-            "publicClient": after.public_client,
-            "serviceAccountsEnabled": after.service_accounts_enabled,
-            "standardFlowEnabled": after.standard_flow_enabled,
-            "implicitFlowEnabled": after.implicit_flow_enabled,
-            "directAccessGrantsEnabled": after.direct_access_grants_enabled,
-            "clientAuthenticatorType": after.client_authenticator_type,
-            "attributes": attributes,
-        });
+        let body = e2e::stack::keycloak::client_update(&before, &after);
         let id = &before.id;
         let (status, answer) = self.admin(Method::PUT, &format!("clients/{id}"), Some(&body)).await;
         assert_eq!(status, 204, "{answer}");

@@ -101,21 +101,7 @@ impl StackKeycloak {
         let mut after = before.clone();
         edit(&mut after);
         let id = &before.id;
-        let mut attributes: serde_json::Map<String, Value> =
-            before.attributes.keys().map(|k| (k.clone(), Value::from(""))).collect();
-        attributes.extend(after.attributes.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))));
-        let body = json!({
-            "clientId": after.client_id,
-            "description": after.description,
-            "enabled": after.enabled,
-            "publicClient": after.public_client,
-            "serviceAccountsEnabled": after.service_accounts_enabled,
-            "standardFlowEnabled": after.standard_flow_enabled,
-            "implicitFlowEnabled": after.implicit_flow_enabled,
-            "directAccessGrantsEnabled": after.direct_access_grants_enabled,
-            "clientAuthenticatorType": after.client_authenticator_type,
-            "attributes": attributes,
-        });
+        let body = client_update(&before, &after);
         let (status, answer) = self.admin(Method::PUT, &format!("clients/{id}"), Some(&body)).await;
         assert_eq!(status, 204, "{answer}");
         let mapper_body = |m: &StoredMapper, with_id: bool| {
@@ -206,4 +192,24 @@ impl StackKeycloak {
             can_manage_clients: false,
         }
     }
+}
+
+/// The body of a `PUT /clients/{id}` that turns `before` into `after` as Keycloak holds it (an
+/// attribute dropped in `after` is sent empty: Keycloak keeps attributes a PUT leaves out).
+pub fn client_update(before: &StoredClient, after: &StoredClient) -> Value {
+    let mut attributes: serde_json::Map<String, Value> =
+        before.attributes.keys().map(|k| (k.clone(), Value::from(""))).collect();
+    attributes.extend(after.attributes.iter().map(|(k, v)| (k.clone(), Value::from(v.clone()))));
+    json!({
+        "clientId": after.client_id,
+        "description": after.description,
+        "enabled": after.enabled,
+        "publicClient": after.public_client,
+        "serviceAccountsEnabled": after.service_accounts_enabled,
+        "standardFlowEnabled": after.standard_flow_enabled,
+        "implicitFlowEnabled": after.implicit_flow_enabled,
+        "directAccessGrantsEnabled": after.direct_access_grants_enabled,
+        "clientAuthenticatorType": after.client_authenticator_type,
+        "attributes": attributes,
+    })
 }
