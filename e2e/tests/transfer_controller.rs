@@ -302,17 +302,26 @@ async fn oauth2_on_rabbitmq_the_jwt_from_the_secret_opens_the_broker_and_is_rene
     assert_eq!(text("expiresIn"), "120");
     assert_eq!(text("refreshEndpoint"), stack.keycloak.token_url());
     assert!(data.contains_key("refreshToken"));
-    let status = active.status.clone().unwrap();
-    let expires_at = status.token_expires_at.clone().expect("status.tokenExpiresAt");
-    let metrics = stack.metrics.encode().unwrap();
-    assert!(
-        metrics.contains(&format!(
+    assert!(active.status.as_ref().and_then(|s| s.token_expires_at.as_ref()).is_some(), "status.tokenExpiresAt");
+    // The gauge mirrors the expiry of the token the transfer holds now: compare it with the
+    // status as it is when the metric is read (a reconcile may land between the two reads).
+    let api: Api<MqttTransfer> = stack.api();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let expires_at = loop {
+        let now = api.get("t-a").await.unwrap();
+        let expires_at = now.status.and_then(|s| s.token_expires_at).expect("status.tokenExpiresAt");
+        let metrics = stack.metrics.encode().unwrap();
+        let expected = format!(
             "mqtt_dsp_operator_transfer_token_expiry_seconds{{namespace=\"{}\",name=\"t-a\"}} {}",
             stack.namespace,
             expires_at.0.as_second()
-        )),
-        "{metrics}"
-    );
+        );
+        if metrics.contains(&expected) {
+            break expires_at;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{expected} missing in:\n{metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
 
     // An operator restart does not re-issue a token that is still good.
     let issued = stack.keycloak.logins(&identity).await;
