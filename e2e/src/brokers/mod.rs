@@ -82,3 +82,33 @@ pub fn stop_watched(child: &mut Child) {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// `GET path` on 127.0.0.1:`port` with one extra header line (credentials), over TLS trusting
+/// only `ca_pem`. Blocking, like the launchers that use it before any runtime exists; HTTP/1.0
+/// so that the answer is neither chunked nor kept alive. Returns the status and the body.
+pub fn https_get(
+    port: u16,
+    path: &str,
+    header: &str,
+    ca_pem: &str,
+    timeout: Duration,
+) -> Result<(u16, String), String> {
+    use std::io::{Read, Write};
+    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("an IP address");
+    let tls = rustls::ClientConnection::new(crate::consumer::client_config(ca_pem), name).map_err(|e| e.to_string())?;
+    let socket = TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
+    socket.set_read_timeout(Some(timeout)).map_err(|e| e.to_string())?;
+    let mut stream = rustls::StreamOwned::new(tls, socket);
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n{header}\r\n\r\n").map_err(|e| e.to_string())?;
+    let mut response = Vec::new();
+    // A peer that closes without close_notify still sent a whole HTTP/1.0 response.
+    if let Err(e) = stream.read_to_end(&mut response)
+        && response.is_empty()
+    {
+        return Err(e.to_string());
+    }
+    let response = String::from_utf8_lossy(&response);
+    let (head, body) = response.split_once("\r\n\r\n").ok_or("no HTTP response")?;
+    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no HTTP status")?;
+    Ok((status, body.to_owned()))
+}

@@ -202,28 +202,13 @@ impl RabbitMq {
 /// of the launcher; HTTP/1.0 so that the body is neither chunked nor kept alive.
 fn overview(port: u16, ca_pem: &str) -> Result<serde_json::Value, String> {
     use base64::Engine;
-    use std::io::{Read, Write};
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("an IP address");
-    let tls = rustls::ClientConnection::new(crate::consumer::client_config(ca_pem), name).map_err(|e| e.to_string())?;
-    let socket = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    socket.set_read_timeout(Some(Duration::from_secs(5))).map_err(|e| e.to_string())?;
-    let mut stream = rustls::StreamOwned::new(tls, socket);
     let auth = base64::engine::general_purpose::STANDARD.encode(format!("{ADMIN_USER}:{ADMIN_PASSWORD}"));
-    write!(stream, "GET /api/overview HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nAuthorization: Basic {auth}\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    // A peer that closes without close_notify still sent a whole HTTP/1.0 response.
-    if let Err(e) = stream.read_to_end(&mut response)
-        && response.is_empty()
-    {
-        return Err(e.to_string());
+    let header = format!("Authorization: Basic {auth}");
+    let (status, body) = super::https_get(port, "/api/overview", &header, ca_pem, Duration::from_secs(5))?;
+    if status != 200 {
+        return Err(format!("HTTP {status}"));
     }
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").ok_or("no HTTP response")?;
-    if !head.starts_with("HTTP/1.1 200") && !head.starts_with("HTTP/1.0 200") {
-        return Err(first_line(head).to_owned());
-    }
-    serde_json::from_str(body).map_err(|e| format!("overview is not JSON: {e}"))
+    serde_json::from_str(&body).map_err(|e| format!("overview is not JSON: {e}"))
 }
 
 /// The ports `node` lists in an overview.

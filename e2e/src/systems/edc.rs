@@ -376,27 +376,9 @@ fn make_stores(dir: &Path, keystore: &Path, truststore: &Path, password: &str) -
     Ok(())
 }
 
-/// `GET path` with the API key over TLS that trusts only the run's CA; blocking, HTTP/1.0 so the
-/// answer is neither chunked nor kept alive. Returns status and body.
+/// `GET path` with the API key over TLS that trusts only the run's CA. Returns status and body.
 fn get(port: u16, path: &str, api_key: &str, ca_pem: &str) -> Result<(u16, String), String> {
-    use std::io::{Read, Write};
-    let name = rustls::pki_types::ServerName::try_from("127.0.0.1").expect("an IP address");
-    let tls = rustls::ClientConnection::new(crate::consumer::client_config(ca_pem), name).map_err(|e| e.to_string())?;
-    let socket = std::net::TcpStream::connect(("127.0.0.1", port)).map_err(|e| e.to_string())?;
-    socket.set_read_timeout(Some(Duration::from_secs(10))).map_err(|e| e.to_string())?;
-    let mut stream = rustls::StreamOwned::new(tls, socket);
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nX-Api-Key: {api_key}\r\n\r\n")
-        .map_err(|e| e.to_string())?;
-    let mut response = Vec::new();
-    if let Err(e) = stream.read_to_end(&mut response)
-        && response.is_empty()
-    {
-        return Err(e.to_string());
-    }
-    let response = String::from_utf8_lossy(&response);
-    let (head, body) = response.split_once("\r\n\r\n").ok_or("no HTTP response")?;
-    let status = head.split_whitespace().nth(1).and_then(|s| s.parse().ok()).ok_or("no HTTP status")?;
-    Ok((status, body.to_owned()))
+    crate::brokers::https_get(port, path, &format!("X-Api-Key: {api_key}"), ca_pem, Duration::from_secs(10))
 }
 
 /// Instances of this test binary by name, started on first use. Only plain data and processes
