@@ -26,6 +26,22 @@ phase() {
 
 wanted=("$@")
 [ ${#wanted[@]} -gt 0 ] || wanted=(kubernetes helm keycloak edc vault)
+# The clients each system is fetched with. Maven resolves e2e/systems/edc/pom.xml and the
+# Keycloak zip from Maven Central with its defaults (no settings.xml, an empty ~/.m2 is fine).
+needs() {
+  case $1 in
+    kubernetes|helm) echo go ;;
+    keycloak|edc) echo java mvn ;;
+    vault) echo python3 ;;
+  esac
+}
+for system in "${wanted[@]}"; do
+  for tool in $(needs "$system"); do
+    command -v "$tool" >/dev/null || { echo "install-systems: $system needs $tool on PATH" >&2; exit 1; }
+  done
+done
+mvn -v 2>/dev/null | sed 's/\x1b\[[0-9;]*m//g' | awk 'NR == 1' || true
+
 for system in "${wanted[@]}"; do
   phase "$system" bash "e2e/systems/$system/install.sh"
 done
