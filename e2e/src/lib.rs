@@ -36,3 +36,24 @@ pub fn crds_dir() -> std::path::PathBuf {
 pub fn repo_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
+
+/// One contract suite, two targets: for each shared test body `name(target)` of a contract test
+/// file (which defines `enum Target { Real, Double }`), a test `real::name` against the real
+/// system and `double::name` against its double.
+#[macro_export]
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod real {
+            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                super::$name(super::Target::Real).await
+            })*
+        }
+        mod double {
+            $(#[tokio::test]
+            async fn $name() {
+                super::$name(super::Target::Double).await
+            })*
+        }
+    };
+}

@@ -336,25 +336,7 @@ impl Stack {
     }
 }
 
-/// `real::name` and `double::name` for each shared test body `name(target)`.
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod real {
-            $(#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn $name() {
-                super::$name(super::Target::Real).await
-            })*
-        }
-        mod double {
-            $(#[tokio::test]
-            async fn $name() {
-                super::$name(super::Target::Double).await
-            })*
-        }
-    };
-}
-
-both!(
+e2e::both!(
     create_then_read_back_as_keycloak_holds_it,
     a_second_identical_ensure_writes_nothing,
     a_changed_definition_updates_only_what_differs,
