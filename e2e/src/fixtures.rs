@@ -8,7 +8,7 @@ use crate::consumer::ConsumerOptions;
 
 /// The MqttTransfer `dataspace/<name>` as an owner.
 pub fn owner(name: &str) -> Owner {
-    Owner { kind: "MqttTransfer".into(), namespace: "dataspace".into(), name: name.into() }
+    Owner { installation: "test".into(), kind: "MqttTransfer".into(), namespace: "dataspace".into(), name: name.into() }
 }
 
 /// The password [`grant`] gives `username`.

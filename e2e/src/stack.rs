@@ -17,8 +17,8 @@
 //! Cluster choice: when `KUBECONFIG` is set, the stack uses that cluster (the CRDs must be
 //! installed: `kubectl apply -f crds/`) with that kubeconfig's rights. Otherwise it uses the
 //! control plane this test binary starts (once), where the controllers run as the operator's
-//! ServiceAccount under exactly the RBAC of `deploy/rbac.yaml`, and the test under the
-//! administrator's client. Either way each stack has a fresh namespace, and
+//! ServiceAccount under exactly the RBAC of `deploy/rbac.yaml` (with the RoleBinding it asks for
+//! in each served namespace, here the stack's), and the test under the administrator's client. Either way each stack has a fresh namespace, and
 //! [`DevStack::teardown`] leaves the cluster as it found it: resources deleted while the operator
 //! runs (so its finalizer does the cleanup), then the operator stopped, then the namespace removed.
 
@@ -189,6 +189,11 @@ impl DevStack {
             ..Default::default()
         };
         Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await.expect("namespace created");
+        // The stack's operator may write MqttTransfer Secrets there, as deploy/rbac.yaml has an
+        // administrator grant it per served namespace.
+        if let Cluster::Local(plane) = &cluster {
+            plane.serve_namespace(&namespace).await;
+        }
 
         // The real systems start once per binary (EDC, Keycloak and OpenBao side by side on
         // first use).
@@ -298,6 +303,17 @@ impl DevStack {
 
     /// An HTTPS client that trusts exactly this stack's CA (for talking to the doubles and
     /// brokers directly, as a consumer's connector or an operator of the broker would).
+    /// The ownership marker the stack's operator writes for the resource `kind`/`name` of the
+    /// stack's namespace.
+    pub fn owner(&self, kind: &str, name: &str) -> mqtt_dsp_operator::backends::Owner {
+        mqtt_dsp_operator::backends::Owner {
+            installation: self.config.installation().to_owned(),
+            kind: kind.into(),
+            namespace: self.namespace.clone(),
+            name: name.into(),
+        }
+    }
+
     pub fn http(&self) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(self.ca.cert_pem().as_bytes()).expect("the CA's PEM");
         reqwest::Client::builder().tls_certs_only([ca]).build().expect("an HTTPS client")

@@ -12,7 +12,7 @@ use e2e::stack::{
 };
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use mqtt_dsp_operator::api::MqttAsset;
-use mqtt_dsp_operator::backends::{OWNER_KEY, OWNER_RESOURCE_KEY, OWNER_VALUE, Owner};
+use mqtt_dsp_operator::backends::{OWNER_KEY, OWNER_RESOURCE_KEY, Owner};
 use serde_json::{Value, json};
 
 const READY_WITHIN: Duration = Duration::from_secs(30);
@@ -48,7 +48,12 @@ fn ready_reason(a: &MqttAsset) -> Option<(String, String, String)> {
 }
 
 fn owner(stack: &DevStack, name: &str) -> Owner {
-    Owner { kind: "MqttAsset".into(), namespace: stack.namespace.clone(), name: name.into() }
+    Owner {
+        installation: "test".into(),
+        kind: "MqttAsset".into(),
+        namespace: stack.namespace.clone(),
+        name: name.into(),
+    }
 }
 
 async fn create(stack: &DevStack, asset: &MqttAsset) -> MqttAsset {
@@ -92,7 +97,7 @@ async fn usrpw_asset_becomes_ready_with_every_object_shaped_as_the_domain_says()
     assert_eq!(da["dsp-mqtt:topic"], "factory/line-1/#");
     assert!(da.keys().all(|k| !k.starts_with("http")), "JSON-LD keys must stay literal: {da:?}");
     assert_eq!(stored.properties["name"], "Line 1 telemetry");
-    assert_eq!(stored.private_properties[OWNER_KEY], OWNER_VALUE);
+    assert_eq!(stored.private_properties[OWNER_KEY], stack.owner("MqttAsset", name).managed_by());
     assert_eq!(stored.private_properties[OWNER_RESOURCE_KEY], format!("MqttAsset/{ns}/{name}"));
     let policy = stack.edc.policy(&format!("{asset_id}-access-policy")).await.expect("access policy");
     assert_eq!(policy.policy["permission"][0]["constraint"][0]["leftOperand"], "BusinessPartnerDID");
@@ -105,7 +110,7 @@ async fn usrpw_asset_becomes_ready_with_every_object_shaped_as_the_domain_says()
 
     // Secret store: the password under the alias the connector resolves, marked as ours.
     let secret = stack.vault.secret(&format!("{VAULT_FOLDER}/{alias}")).await.expect("secret in Vault");
-    assert_eq!(secret.custom_metadata.get(OWNER_KEY).map(String::as_str), Some(OWNER_VALUE));
+    assert_eq!(secret.custom_metadata.get(OWNER_KEY), Some(&stack.owner("MqttAsset", name).managed_by()));
     let password = vault_password(&stack, &alias).await;
     e2e::logs::register_secret(&password);
     assert!(password.len() >= 22, "at least 128 bits of randomness");

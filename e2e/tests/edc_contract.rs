@@ -26,9 +26,7 @@ use mqtt_dsp_operator::backends::connector::{
     AssetDefinition, Connector, ContractDefinition, OfferIds, PolicyDefinition, mqtt_endpoint_type,
 };
 use mqtt_dsp_operator::backends::http::HttpSettings;
-use mqtt_dsp_operator::backends::{
-    BackendError, OWNER_KEY, OWNER_RESOURCE_KEY, OWNER_VALUE, Outcome, Owner, SecretString,
-};
+use mqtt_dsp_operator::backends::{BackendError, OWNER_KEY, OWNER_RESOURCE_KEY, Outcome, Owner, SecretString};
 use mqtt_dsp_operator::config::EndpointTypeSpelling;
 use reqwest::Method;
 use serde_json::{Map, Value, json};
@@ -179,7 +177,7 @@ fn client(ca_pem: &str, management_url: &str, api_key: &str, timeout: Duration) 
 }
 
 fn owner() -> Owner {
-    Owner { kind: "MqttAsset".into(), namespace: "factory".into(), name: "line-1".into() }
+    Owner { installation: "test".into(), kind: "MqttAsset".into(), namespace: "factory".into(), name: "line-1".into() }
 }
 
 fn object(value: Value) -> Map<String, Value> {
@@ -387,11 +385,11 @@ async fn offer_is_created_and_stored_as_domain_says(target: Target) {
     assert_eq!(asset["dataAddress"]["type"], "Mqtt");
     assert_eq!(asset["dataAddress"]["baseUrl"], "wss://broker.factory.example/mqtt");
     assert_eq!(asset["properties"]["name"], "Line 1 telemetry");
-    assert_eq!(asset["privateProperties"][OWNER_KEY], OWNER_VALUE);
+    assert_eq!(asset["privateProperties"][OWNER_KEY], "mqtt-dsp-operator/test");
     assert_eq!(asset["privateProperties"][OWNER_RESOURCE_KEY], "MqttAsset/factory/line-1");
 
     let access = s.read("policydefinitions", &ids.access).await.expect("policy stored");
-    assert_eq!(access["privateProperties"][OWNER_KEY], OWNER_VALUE);
+    assert_eq!(access["privateProperties"][OWNER_KEY], "mqtt-dsp-operator/test");
     let constraint = &access["policy"]["permission"]["constraint"];
     assert_eq!(constraint["rightOperand"], "did:web:consumer.example", "{access}");
     assert_eq!(access["policy"]["permission"]["action"], "use", "{access}");
@@ -554,7 +552,7 @@ async fn changed_objects_are_updated_once_each(target: Target) {
     let stored = s.read("assets", &s.ids.asset).await.unwrap();
     assert_eq!(stored["dataAddress"]["baseUrl"], "wss://broker2.factory.example/mqtt");
     assert_eq!(stored["properties"]["description"], "now with a description");
-    assert_eq!(stored["privateProperties"][OWNER_KEY], OWNER_VALUE, "an update keeps the marker");
+    assert_eq!(stored["privateProperties"][OWNER_KEY], "mqtt-dsp-operator/test", "an update keeps the marker");
     let stored = s.read("policydefinitions", &s.ids.contract).await.unwrap();
     assert_eq!(stored["policy"]["permission"]["constraint"]["rightOperand"], "did:web:other.example", "{stored}");
     let stored = s.read("contractdefinitions", &s.ids.definition).await.unwrap();

@@ -57,7 +57,7 @@ impl Env {
 }
 
 fn owner(name: &str) -> Owner {
-    Owner { kind: "MqttTransfer".into(), namespace: "plant-1".into(), name: name.into() }
+    Owner { installation: "test".into(), kind: "MqttTransfer".into(), namespace: "plant-1".into(), name: name.into() }
 }
 
 fn grant(username: &str, topics: &[&str]) -> UserGrant {
@@ -84,7 +84,7 @@ fn t(permission: &str, action: &str, topic: &str) -> (String, String, String) {
 }
 
 fn marker(name: &str) -> String {
-    format!("eq $dsp-mqtt.io/managed-by=mqtt-dsp-operator/dsp-mqtt.io/owner=MqttTransfer/plant-1/{name}")
+    format!("eq $dsp-mqtt.io/managed-by=mqtt-dsp-operator/test/dsp-mqtt.io/owner=MqttTransfer/plant-1/{name}")
 }
 
 #[tokio::test]

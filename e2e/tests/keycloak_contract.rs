@@ -355,7 +355,7 @@ e2e::both!(
 );
 
 fn owner(name: &str) -> Owner {
-    Owner { kind: "MqttTransfer".into(), namespace: "factory".into(), name: name.into() }
+    Owner { installation: "test".into(), kind: "MqttTransfer".into(), namespace: "factory".into(), name: name.into() }
 }
 
 fn transfer_client(name: &str) -> ClientDefinition {
@@ -400,7 +400,12 @@ async fn verify(stack: &Stack, token: &str, audience: &str) -> Result<Value, jso
 }
 
 fn warm_up_owner() -> Owner {
-    Owner { kind: "MqttTransfer".into(), namespace: "dataspace".into(), name: "warm-up".into() }
+    Owner {
+        installation: "test".into(),
+        kind: "MqttTransfer".into(),
+        namespace: "dataspace".into(),
+        name: "warm-up".into(),
+    }
 }
 
 async fn create_then_read_back_as_keycloak_holds_it(target: Target) {
@@ -418,7 +423,7 @@ async fn create_then_read_back_as_keycloak_holds_it(target: Target) {
     assert!(stored.enabled);
     assert_eq!(stored.description.as_deref(), Some("MqttTransfer factory/t1"));
     let attrs = &stored.attributes;
-    assert_eq!(attrs[OWNER_KEY], OWNER_VALUE);
+    assert_eq!(attrs[OWNER_KEY], "mqtt-dsp-operator/test");
     assert_eq!(attrs[OWNER_RESOURCE_KEY], "MqttTransfer/factory/t1");
     assert_eq!(attrs["client_credentials.use_refresh_token"], "true");
     assert_eq!(attrs["access.token.lifespan"], "120");
@@ -495,7 +500,7 @@ async fn a_changed_definition_updates_only_what_differs(target: Target) {
     assert!(!stored.attributes.contains_key("access.token.lifespan"), "cleared back to the realm default");
     assert!(stored.mapper("dsp-mqtt-audience").is_none());
     assert_eq!(stored.mapper("dsp-mqtt-claim-mqtt_topic").unwrap().config["claim.value"], "sensors/line-2/#");
-    assert_eq!(stored.attributes[OWNER_KEY], OWNER_VALUE, "the marker survives updates");
+    assert_eq!(stored.attributes[OWNER_KEY], "mqtt-dsp-operator/test", "the marker survives updates");
 
     stack.forget_writes().await;
     assert_eq!(client.ensure_client(&def).await.unwrap(), Outcome::Unchanged);

@@ -93,7 +93,12 @@ async fn tokens_from_the_identity_provider_grant_exactly_their_topics() {
 
     // The transfer's client carries what the broker needs: audience and topic scopes.
     let requirements = rabbit.token_requirements(&["factory/line-1/#".into()]).unwrap();
-    let owner = Owner { kind: "MqttTransfer".into(), namespace: "dataspace".into(), name: "t".into() };
+    let owner = Owner {
+        installation: "test".into(),
+        kind: "MqttTransfer".into(),
+        namespace: "dataspace".into(),
+        name: "t".into(),
+    };
     let definition = |client_id: &str, lifespan: u32, audience: &str| ClientDefinition {
         client_id: client_id.into(),
         description: format!("{client_id} (rabbitmq_oauth2 test)"),

@@ -642,11 +642,7 @@ async fn a_transfer_follows_its_asset_to_another_broker_and_leaves_nothing_in_th
 
     api.delete("t-a", &DeleteParams::default()).await.unwrap();
     wait_gone(&api, "t-a", WITHIN).await;
-    let owner = mqtt_dsp_operator::backends::Owner {
-        kind: "MqttTransfer".into(),
-        namespace: stack.namespace.clone(),
-        name: "t-a".into(),
-    };
+    let owner = stack.owner("MqttTransfer", "t-a");
     let left = stack.backends.brokers["rabbitmq"].remove_user(&identity, &owner).await.unwrap();
     assert_eq!(left, mqtt_dsp_operator::backends::Outcome::Absent, "no RabbitMQ user left behind");
     let owner = mqtt_dsp_operator::backends::Owner { name: "t-b".into(), ..owner };
@@ -728,11 +724,7 @@ async fn objects_in_a_broker_removed_from_the_configuration_are_left_in_place_wi
     // The RabbitMQ users are indeed still there (removing them now, as a person would, finds
     // them), and nothing of either transfer is left anywhere else.
     for name in ["t-a", "t-b"] {
-        let owner = mqtt_dsp_operator::backends::Owner {
-            kind: "MqttTransfer".into(),
-            namespace: stack.namespace.clone(),
-            name: name.into(),
-        };
+        let owner = stack.owner("MqttTransfer", name);
         let user = format!("dsp-mqtt-transfer-{}-{name}", stack.namespace);
         let left = rabbitmq.remove_user(&user, &owner).await.unwrap();
         assert_eq!(left, mqtt_dsp_operator::backends::Outcome::Deleted, "{name}'s RabbitMQ user was left in place");
@@ -791,11 +783,7 @@ async fn a_renamed_broker_profile_keeps_the_live_user_and_still_revokes_on_delet
             && t.status.as_ref().and_then(|s| s.broker.as_ref()).and_then(|b| b.profile.as_deref()) == Some("rabbit")
     })
     .await;
-    let owner = |name: &str| mqtt_dsp_operator::backends::Owner {
-        kind: "MqttTransfer".into(),
-        namespace: stack.namespace.clone(),
-        name: name.into(),
-    };
+    let owner = |name: &str| stack.owner("MqttTransfer", name);
     let user = |name: &str| format!("dsp-mqtt-transfer-{}-{name}", stack.namespace);
     assert_eq!(
         stack.metrics.backend_writes("rabbitmq", "deleted"),

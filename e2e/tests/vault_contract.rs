@@ -28,7 +28,7 @@ use mqtt_dsp_operator::backends::http::HttpSettings;
 use mqtt_dsp_operator::backends::secrets::vault::{VaultAuthSettings, VaultClient, VaultSettings};
 use mqtt_dsp_operator::backends::secrets::{SecretLocation, SecretStore};
 use mqtt_dsp_operator::backends::{
-    BackendError, ExposeSecret, OWNER_KEY, OWNER_RESOURCE_KEY, OWNER_VALUE, Outcome, Owner, SecretString,
+    BackendError, ExposeSecret, OWNER_KEY, OWNER_RESOURCE_KEY, Outcome, Owner, SecretString,
 };
 use reqwest::Method;
 use serde_json::{Map, Value, json};
@@ -257,11 +257,11 @@ impl Stack {
 }
 
 fn owner() -> Owner {
-    Owner { kind: "MqttAsset".into(), namespace: "factory".into(), name: "line-1".into() }
+    Owner { installation: "test".into(), kind: "MqttAsset".into(), namespace: "factory".into(), name: "line-1".into() }
 }
 
 fn other_owner() -> Owner {
-    Owner { kind: "MqttAsset".into(), namespace: "factory".into(), name: "line-2".into() }
+    Owner { installation: "test".into(), kind: "MqttAsset".into(), namespace: "factory".into(), name: "line-2".into() }
 }
 
 fn at(alias: &str) -> SecretLocation {
@@ -277,7 +277,7 @@ fn content(value: &str) -> Map<String, Value> {
 }
 
 fn our_marker(owner: &Owner) -> BTreeMap<String, String> {
-    BTreeMap::from([(OWNER_KEY.to_owned(), OWNER_VALUE.to_owned()), (OWNER_RESOURCE_KEY.to_owned(), owner.marker())])
+    BTreeMap::from([(OWNER_KEY.to_owned(), owner.managed_by()), (OWNER_RESOURCE_KEY.to_owned(), owner.marker())])
 }
 
 fn all_text(e: &BackendError) -> String {

@@ -34,6 +34,13 @@ pub struct Config {
     /// `allowed` block serves only this namespace (see [`Allowed`]).
     #[serde(skip)]
     pub operator_namespace: String,
+    /// This installation's name, written into every ownership marker so that two installations
+    /// sharing a backend (staging and production on one realm, connector, Vault or broker) never
+    /// adopt, change or delete each other's objects. From the file's top-level `installation`;
+    /// absent: the operator's namespace (set at start, like [`Config::operator_namespace`]). The
+    /// chart sets `<release namespace>.<release name>`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub installation: String,
 }
 
 /// Which namespaces may use a profile (identity providers, secret stores). Absent: only the
@@ -534,6 +541,16 @@ fn same<P>(profiles: &BTreeMap<String, P>, a: &str, b: &str, target: impl Fn(&P,
 }
 
 impl Config {
+    /// The installation named in every ownership marker: `installation` from the file, else the
+    /// operator's namespace (`default` before that is known, as in unit tests).
+    pub fn installation(&self) -> &str {
+        match (self.installation.as_str(), self.operator_namespace.as_str()) {
+            ("", "") => "default",
+            ("", namespace) => namespace,
+            (name, _) => name,
+        }
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let text =
@@ -557,7 +574,7 @@ impl Config {
                 message: "expected a mapping with connectors, identityProviders, secretStores, brokers".into(),
             }]);
         };
-        const SECTIONS: [&str; 4] = ["connectors", "identityProviders", "secretStores", "brokers"];
+        const SECTIONS: [&str; 5] = ["installation", "connectors", "identityProviders", "secretStores", "brokers"];
         for key in root.keys() {
             let name = key.as_str().unwrap_or("<non-string key>");
             if !SECTIONS.contains(&name) {
@@ -567,12 +584,27 @@ impl Config {
                 });
             }
         }
+        let installation = match root.get("installation") {
+            None | Some(serde_yaml::Value::Null) => String::new(),
+            Some(serde_yaml::Value::String(name)) => match check_installation(name) {
+                Ok(()) => name.clone(),
+                Err(message) => {
+                    problems.push(ConfigProblem { path: "installation".into(), message });
+                    String::new()
+                }
+            },
+            Some(_) => {
+                problems.push(ConfigProblem { path: "installation".into(), message: "expected a string".into() });
+                String::new()
+            }
+        };
         let mut config = Config {
             connectors: section(root, "connectors", &mut problems),
             identity_providers: section(root, "identityProviders", &mut problems),
             secret_stores: section(root, "secretStores", &mut problems),
             brokers: section(root, "brokers", &mut problems),
             operator_namespace: String::new(),
+            installation,
         };
         config.validate(&mut problems);
         if config.connectors.is_empty() && config.brokers.is_empty() && problems.is_empty() {
@@ -727,6 +759,22 @@ impl Config {
 
 /// Deserialises every profile of one section on its own, so that one broken profile does not
 /// hide the problems of the others.
+/// An installation name goes into every ownership marker: in Mosquitto's space-separated text
+/// name, RabbitMQ's comma-separated tags and an EMQX ACL topic, so it is held to a DNS-like
+/// alphabet (lower-case letters, digits, `.` and `-`) that none of them treats specially.
+pub fn check_installation(name: &str) -> Result<(), String> {
+    let valid_chars = name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-');
+    let valid_ends = name.bytes().next().is_some_and(|b| b.is_ascii_alphanumeric())
+        && name.bytes().last().is_some_and(|b| b.is_ascii_alphanumeric());
+    if name.len() > 127 || !valid_chars || !valid_ends {
+        return Err(format!(
+            "{name:?} is not an installation name: 1 to 127 lower-case letters, digits, '.' and '-', \
+             starting and ending with a letter or digit (e.g. `prod.mqtt-dsp-operator`)"
+        ));
+    }
+    Ok(())
+}
+
 fn section<T: DeserializeOwned>(
     root: &serde_yaml::Mapping,
     key: &str,

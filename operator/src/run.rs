@@ -168,6 +168,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let namespace = std::env::var("POD_NAMESPACE").unwrap_or_else(|_| client.default_namespace().to_owned());
     // Profiles without an `allowed` block serve this namespace only.
     config.operator_namespace = namespace.clone();
+    info!(installation = config.installation(), "ownership markers name this installation");
     let build = BuildContext { kube: Some(&client), namespace: &namespace, replica: &options.settings.instance };
     let backends = Backends::build(&config, &build).await?;
     info!("a client for every configured profile is set up");

@@ -491,7 +491,12 @@ async fn floor(stack: &Stack, dynsec: &DynsecCounter, n: usize, concurrency: usi
     let vault = backends.secret_stores.get("default").ok_or("no secret store `default`")?.clone();
     let broker = backends.brokers.get("default").ok_or("no broker `default`")?.clone();
     let identity = |i: usize| {
-        let owner = Owner { kind: "MqttTransfer".into(), namespace: "floor".into(), name: transfer_name(i) };
+        let owner = Owner {
+            installation: "test".into(),
+            kind: "MqttTransfer".into(),
+            namespace: "floor".into(),
+            name: transfer_name(i),
+        };
         let username = format!("dsp-mqtt-transfer-floor-{}", transfer_name(i));
         let at = SecretLocation { folder: Some(VAULT_FOLDER.into()), alias: format!("{username}-secret") };
         (owner, username, at)
@@ -818,6 +823,9 @@ async fn run(options: Options) -> Result<(), Failure> {
     let ns =
         Namespace { metadata: ObjectMeta { name: Some(NAMESPACE.into()), ..Default::default() }, ..Default::default() };
     Api::<Namespace>::all(stack.client.clone()).create(&PostParams::default(), &ns).await?;
+    // The operator may write the transfers' Secrets there (deploy/rbac.yaml: a RoleBinding per
+    // served namespace).
+    stack.api.plane.serve_namespace(NAMESPACE).await;
     let assets: Api<MqttAsset> = Api::namespaced(stack.client.clone(), NAMESPACE);
     assets.create(&PostParams::default(), &asset()?).await?;
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -11,7 +11,8 @@
 //!    ServiceAccount under exactly the RBAC of `deploy/rbac.yaml`, with
 //!    `examples/operator-config.yaml` pointed at that stack (its log goes to a file);
 //! 3. applies the manifests in `examples/` with `kubectl` as the administrator (without kubectl:
-//!    the same YAML by server-side apply through kube-rs, and it says so) and waits for Ready;
+//!    the same YAML by server-side apply through kube-rs, and it says so), binding the operator's
+//!    Secret writes in the examples' namespace as deploy/rbac.yaml asks, and waits for Ready;
 //! 4. for every MqttTransfer: reads its Secret, prints the DataAddress with the secrets masked,
 //!    connects a consumer with nothing but what the Secret holds, publishes a message as the
 //!    provider and prints what the consumer received;
@@ -269,6 +270,20 @@ async fn run(options: &Options) -> Result<(), Failure> {
     step("Apply the examples and wait for Ready");
     let before = Snapshot::take(&stack).await?;
     let files = manifests.files();
+    // deploy/rbac.yaml lets the operator write MqttTransfer Secrets in no namespace: as it says,
+    // the administrator binds that ClusterRole in each namespace the configuration serves.
+    let namespaces: Vec<&Doc> = manifests.docs.iter().filter(|d| d.kind == "Namespace").collect();
+    let mut namespace_files: Vec<PathBuf> = namespaces.iter().map(|d| d.file.clone()).collect();
+    namespace_files.dedup();
+    kube.apply(&namespace_files, false).await?;
+    for doc in &namespaces {
+        stack.kubernetes.serve_namespace(&doc.name).await;
+        indent(&format!(
+            "rolebinding/{} in namespace {} to the ClusterRole of that name (deploy/rbac.yaml: Secret writes only where bound)",
+            kubernetes::TRANSFER_SECRETS_ROLE,
+            doc.name
+        ));
+    }
     kube.apply(&files, false).await?;
     kube.wait_ready(&manifests).await?;
     kube.show(&manifests).await?;

@@ -35,16 +35,21 @@ pub fn random_password() -> SecretString {
 }
 
 /// Key of the ownership marker (EDC private property, Keycloak client attribute, Vault
-/// `custom_metadata`; brokers carry it in the object's text description).
+/// `custom_metadata`; brokers carry it in the object's text description). Its value is
+/// [`Owner::managed_by`]: `mqtt-dsp-operator/<installation>`.
 pub const OWNER_KEY: &str = "dsp-mqtt.io/managed-by";
-/// Value of the ownership marker.
+/// The ownership marker's value before it named the installation. An object that carries it (and
+/// the right [`OWNER_RESOURCE_KEY`]) is adopted by the first installation that writes it, which
+/// rewrites the marker into its own form.
 pub const OWNER_VALUE: &str = "mqtt-dsp-operator";
 /// Key of the marker naming the resource an object belongs to (`MqttAsset/<ns>/<name>`).
 pub const OWNER_RESOURCE_KEY: &str = "dsp-mqtt.io/owner";
 
-/// The resource an external object belongs to.
+/// The resource an external object belongs to, and the installation that manages it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Owner {
+    /// The operator installation ([`crate::config::Config::installation`]).
+    pub installation: String,
     /// `MqttAsset` or `MqttTransfer`.
     pub kind: String,
     /// Namespace of the resource.
@@ -57,6 +62,18 @@ impl Owner {
     /// The owner marker's value: `<kind>/<namespace>/<name>`.
     pub fn marker(&self) -> String {
         format!("{}/{}/{}", self.kind, self.namespace, self.name)
+    }
+
+    /// The value of [`OWNER_KEY`] this installation writes: `mqtt-dsp-operator/<installation>`.
+    pub fn managed_by(&self) -> String {
+        format!("{OWNER_VALUE}/{}", self.installation)
+    }
+
+    /// Whether a value of [`OWNER_KEY`] is this installation's: its own form, or the form without
+    /// an installation (adopted; the next write rewrites it). Another installation's is not.
+    pub fn is_managed_by(&self, value: &str) -> bool {
+        value == OWNER_VALUE
+            || value.strip_prefix(OWNER_VALUE).and_then(|v| v.strip_prefix('/')) == Some(&self.installation)
     }
 }
 

@@ -609,7 +609,7 @@ async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Resu
     if let Some(wait) = ctx.cleanup_wait(&key(asset)) {
         return Err(Error::CleanupPending { retry: wait, attempts: 0 });
     }
-    let owner = asset_plan::owner(asset);
+    let owner = asset_plan::owner(asset, &ctx.config);
     let old = asset.status.clone().unwrap_or_default();
     // What the spec plans now (when it can be planned) and what status recorded.
     let plan = asset_plan::resolve_profiles(&asset.spec, &ctx.config)

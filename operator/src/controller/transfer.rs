@@ -588,7 +588,7 @@ async fn revoke_objects(
     left: &mut LeftInPlace,
 ) -> StepResult<()> {
     let status = t.status.clone().unwrap_or_default();
-    let owner = transfer_plan::owner(t);
+    let owner = transfer_plan::owner(t, &ctx.config);
     let plan: Option<TransferPlan> = asset.and_then(|a| transfer_plan::plan(t, a, &ctx.config, None).ok());
     let mode = plan.as_ref().map(|p| p.mode).or(if status.identity.is_some() { Some(AuthMode::Oauth2) } else { None });
 
@@ -966,7 +966,12 @@ mod tests {
             refresh_tokens_for_client_credentials: true,
             audience: Some("rabbitmq".into()),
             claims: vec![HardcodedClaim { name: "extra_scope".into(), value: serde_json::json!(["rabbitmq.read:a"]) }],
-            owner: Owner { kind: "MqttTransfer".into(), namespace: "ns".into(), name: "t".into() },
+            owner: Owner {
+                installation: "test".into(),
+                kind: "MqttTransfer".into(),
+                namespace: "ns".into(),
+                name: "t".into(),
+            },
         };
         let grant = token_grant(&client);
         assert!(grant.starts_with("sha256:") && grant.len() == 7 + 64, "{grant}");

@@ -99,35 +99,35 @@ impl AssetPlan {
 }
 
 /// The ownership marker of an asset.
-pub fn owner(asset: &MqttAsset) -> Owner {
+pub fn owner(asset: &MqttAsset, config: &Config) -> Owner {
     Owner {
+        installation: config.installation().to_owned(),
         kind: KIND.into(),
         namespace: asset.metadata.namespace.clone().unwrap_or_default(),
         name: asset.metadata.name.clone().unwrap_or_default(),
     }
 }
 
+fn namespace_name(asset: &MqttAsset) -> (&str, &str) {
+    (asset.metadata.namespace.as_deref().unwrap_or_default(), asset.metadata.name.as_deref().unwrap_or_default())
+}
+
 /// The connector asset id (the DSP dataset id).
 pub fn asset_id(asset: &MqttAsset) -> String {
-    let owner = owner(asset);
-    asset.spec.asset_id.clone().unwrap_or_else(|| format!("{}-{}", owner.namespace, owner.name))
+    let (namespace, name) = namespace_name(asset);
+    asset.spec.asset_id.clone().unwrap_or_else(|| format!("{namespace}-{name}"))
 }
 
 /// The asset identity's name (client id / broker username).
 pub fn client_id(asset: &MqttAsset) -> String {
-    let owner = owner(asset);
-    asset.spec.auth.client_id.clone().unwrap_or_else(|| format!("dsp-mqtt-{}-{}", owner.namespace, owner.name))
+    let (namespace, name) = namespace_name(asset);
+    asset.spec.auth.client_id.clone().unwrap_or_else(|| format!("dsp-mqtt-{namespace}-{name}"))
 }
 
 /// The secret alias the connector resolves.
 pub fn secret_alias(asset: &MqttAsset) -> String {
-    let owner = owner(asset);
-    asset
-        .spec
-        .auth
-        .secret_alias
-        .clone()
-        .unwrap_or_else(|| format!("dsp-mqtt-{}-{}-secret", owner.namespace, owner.name))
+    let (namespace, name) = namespace_name(asset);
+    asset.spec.auth.secret_alias.clone().unwrap_or_else(|| format!("dsp-mqtt-{namespace}-{name}-secret"))
 }
 
 /// Resolves the profile names against the configuration and checks the broker can do the mode.
@@ -171,7 +171,7 @@ pub fn plan(asset: &MqttAsset, config: &Config, token: Option<&TokenRequirements
         return Err(PlanError::PropertyConflict { key: key.clone() });
     }
 
-    let owner = owner(asset);
+    let owner = owner(asset, config);
     let id = asset_id(asset);
     let client_id = client_id(asset);
     let connector = &config.connectors[&profiles.connector];

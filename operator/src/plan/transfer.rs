@@ -97,13 +97,15 @@ pub struct TransferPlan {
 
 /// The transfer's identity name.
 pub fn identity(transfer: &MqttTransfer) -> String {
-    let owner = owner(transfer);
-    format!("dsp-mqtt-transfer-{}-{}", owner.namespace, owner.name)
+    let namespace = transfer.metadata.namespace.as_deref().unwrap_or_default();
+    let name = transfer.metadata.name.as_deref().unwrap_or_default();
+    format!("dsp-mqtt-transfer-{namespace}-{name}")
 }
 
 /// The ownership marker of a transfer.
-pub fn owner(transfer: &MqttTransfer) -> Owner {
+pub fn owner(transfer: &MqttTransfer, config: &Config) -> Owner {
     Owner {
+        installation: config.installation().to_owned(),
         kind: KIND.into(),
         namespace: transfer.metadata.namespace.clone().unwrap_or_default(),
         name: transfer.metadata.name.clone().unwrap_or_default(),
@@ -135,7 +137,7 @@ pub fn plan(
             asset: asset.metadata.name.clone().unwrap_or_default(),
         });
     }
-    let owner = owner(transfer);
+    let owner = owner(transfer, config);
     let identity = identity(transfer);
     let connector = &config.connectors[&profiles.connector];
     let broker = &config.brokers[&profiles.broker];

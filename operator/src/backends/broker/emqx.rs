@@ -62,7 +62,7 @@ use crate::backends::http::{self, HttpSettings};
 use crate::backends::identity::HardcodedClaim;
 use crate::backends::random_password;
 use crate::backends::{
-    BackendError, ExposeSecret, OWNER_KEY, OWNER_RESOURCE_KEY, OWNER_VALUE, Outcome, Owner, SecretString, System,
+    BackendError, ExposeSecret, OWNER_KEY, OWNER_RESOURCE_KEY, Outcome, Owner, SecretString, System,
 };
 use crate::config::BrokerProfile;
 
@@ -227,13 +227,14 @@ struct RuleRecord {
 }
 
 impl RuleRecord {
-    /// The owner named by our marker rule; None when the record carries no marker.
-    fn owner_marker(&self) -> Option<String> {
-        let prefix = marker_topic_prefix();
+    /// The installation (managed-by value) and owner named by our marker rule; None when the
+    /// record carries no marker.
+    fn owner_marker(&self) -> Option<(String, String)> {
+        let prefix = format!("eq ${OWNER_KEY}=");
+        let separator = format!("/{OWNER_RESOURCE_KEY}=");
         self.rules.iter().filter_map(NormalRule::from_value).find_map(|r| {
-            (r.permission == "deny" && r.action == "all")
-                .then(|| r.topic.strip_prefix(&prefix).map(str::to_owned))
-                .flatten()
+            let (managed_by, owner) = r.topic.strip_prefix(&prefix)?.split_once(&separator)?;
+            (r.permission == "deny" && r.action == "all").then(|| (managed_by.to_owned(), owner.to_owned()))
         })
     }
 
@@ -281,15 +282,11 @@ struct PageMeta {
     hasnext: bool,
 }
 
-/// `eq $dsp-mqtt.io/managed-by=mqtt-dsp-operator/dsp-mqtt.io/owner=`: the marker topic before
-/// the owner. `eq` makes EMQX compare it literally; the leading `$` keeps wildcard filters of
+/// `eq $dsp-mqtt.io/managed-by=mqtt-dsp-operator/<installation>/dsp-mqtt.io/owner=<owner>`: the
+/// marker topic. `eq` makes EMQX compare it literally; the leading `$` keeps wildcard filters of
 /// other clients from ever matching it, so the deny it carries affects nobody.
-fn marker_topic_prefix() -> String {
-    format!("eq ${OWNER_KEY}={OWNER_VALUE}/{OWNER_RESOURCE_KEY}=")
-}
-
 fn marker_rule(owner: &Owner) -> Rule {
-    Rule::new("deny", "all", format!("{}{}", marker_topic_prefix(), owner.marker()))
+    Rule::new("deny", "all", format!("eq ${OWNER_KEY}={}/{OWNER_RESOURCE_KEY}={}", owner.managed_by(), owner.marker()))
 }
 
 /// Rules 2–4 of the module doc: read-only on `topics`.
@@ -603,11 +600,15 @@ impl EmqxClient {
         operation: &'static str,
     ) -> Result<(), BackendError> {
         match record.owner_marker() {
-            Some(marker) if marker == owner.marker() => Ok(()),
-            Some(marker) => Err(BackendError::Foreign {
+            Some((managed_by, marker)) if owner.is_managed_by(&managed_by) && marker == owner.marker() => Ok(()),
+            Some((managed_by, marker)) => Err(BackendError::Foreign {
                 system: SYSTEM,
                 operation,
-                object: format!("user {username} (managed for {marker}, not {})", owner.marker()),
+                object: format!(
+                    "user {username} (managed by {managed_by} for {marker}, not by {} for {})",
+                    owner.managed_by(),
+                    owner.marker()
+                ),
             }),
             None => Err(BackendError::Foreign { system: SYSTEM, operation, object: format!("user {username}") }),
         }
@@ -792,7 +793,7 @@ mod tests {
     use super::*;
 
     fn owner() -> Owner {
-        Owner { kind: "MqttTransfer".into(), namespace: "ns".into(), name: "t1".into() }
+        Owner { installation: "test".into(), kind: "MqttTransfer".into(), namespace: "ns".into(), name: "t1".into() }
     }
 
     #[test]
@@ -804,7 +805,7 @@ mod tests {
             .map(|r| json!({"permission": r.permission, "action": r.action, "topic": r.topic, "qos": [2, 1, 0], "retain": "all"}))
             .collect();
         let record = RuleRecord { rules: answered };
-        assert_eq!(record.owner_marker().as_deref(), Some("MqttTransfer/ns/t1"));
+        assert_eq!(record.owner_marker(), Some(("mqtt-dsp-operator/test".to_owned(), "MqttTransfer/ns/t1".to_owned())));
         assert!(record.equals(&rules));
         assert!(!record.equals(&user_rules(&owner(), &["b/#".into()], true)));
     }

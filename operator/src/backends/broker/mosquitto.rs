@@ -488,16 +488,21 @@ fn desired_acls(topics: &[String]) -> Result<BTreeSet<Acl>, String> {
 }
 
 fn marker(owner: &Owner) -> String {
-    format!("{OWNER_KEY}={OWNER_VALUE} {OWNER_RESOURCE_KEY}={}", owner.marker())
+    format!("{OWNER_KEY}={} {OWNER_RESOURCE_KEY}={}", owner.managed_by(), owner.marker())
 }
 
-/// Whether the object carries our marker and, when `owner` is given, that resource's marker:
-/// the client of another MqttTransfer is as foreign as a hand-made one.
+/// Whether the object carries our marker and, when `owner` is given, this installation's and
+/// that resource's marker: the client of another MqttTransfer or installation is as foreign as a
+/// hand-made one. Without `owner` (closing the sessions of a client), any operator's marker.
 fn is_ours(object: &Value, owner: Option<&Owner>) -> bool {
     let Some(description) = object.get("textdescription").and_then(Value::as_str) else { return false };
+    let managed_by = description.split_whitespace().find_map(|w| w.strip_prefix(&format!("{OWNER_KEY}=")));
     let has = |word: String| description.split_whitespace().any(|w| w == word);
-    has(format!("{OWNER_KEY}={OWNER_VALUE}"))
-        && owner.is_none_or(|o| has(format!("{OWNER_RESOURCE_KEY}={}", o.marker())))
+    match (managed_by, owner) {
+        (None, _) => false,
+        (Some(m), None) => m == OWNER_VALUE || m.starts_with(&format!("{OWNER_VALUE}/")),
+        (Some(m), Some(o)) => o.is_managed_by(m) && has(format!("{OWNER_RESOURCE_KEY}={}", o.marker())),
+    }
 }
 
 fn rejected(operation: &'static str, object: &str, message: &str) -> BackendError {
@@ -600,8 +605,18 @@ mod tests {
 
     #[test]
     fn ownership_is_read_from_the_description() {
-        let owner = Owner { kind: "MqttTransfer".into(), namespace: "ns".into(), name: "t".into() };
-        let other = Owner { kind: "MqttTransfer".into(), namespace: "ns".into(), name: "u".into() };
+        let owner = Owner {
+            installation: "test".into(),
+            kind: "MqttTransfer".into(),
+            namespace: "ns".into(),
+            name: "t".into(),
+        };
+        let other = Owner {
+            installation: "test".into(),
+            kind: "MqttTransfer".into(),
+            namespace: "ns".into(),
+            name: "u".into(),
+        };
         assert!(is_ours(&json!({"textdescription": marker(&owner)}), Some(&owner)));
         assert!(is_ours(&json!({"textdescription": marker(&owner)}), None));
         assert!(!is_ours(&json!({"textdescription": marker(&owner)}), Some(&other)));

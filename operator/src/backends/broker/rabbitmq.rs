@@ -21,9 +21,7 @@ use super::{Broker, TokenRequirements, UserGrant};
 use crate::api::AuthMode;
 use crate::backends::http::{self, HttpSettings};
 use crate::backends::identity::HardcodedClaim;
-use crate::backends::{
-    BackendError, ExposeSecret, OWNER_RESOURCE_KEY, OWNER_VALUE, Outcome, Owner, SecretString, System,
-};
+use crate::backends::{BackendError, ExposeSecret, OWNER_RESOURCE_KEY, Outcome, Owner, SecretString, System};
 use crate::config::BrokerProfile;
 
 const SYSTEM: System = System::Rabbitmq;
@@ -298,7 +296,7 @@ impl Broker for RabbitmqClient {
 
 /// The user's tags: our marker and the owning resource's.
 fn tags(owner: &Owner) -> String {
-    format!("{OWNER_VALUE},{OWNER_RESOURCE_KEY}={}", owner.marker())
+    format!("{},{OWNER_RESOURCE_KEY}={}", owner.managed_by(), owner.marker())
 }
 
 /// Whether the user carries our marker and the owning resource's (the user of another
@@ -311,7 +309,7 @@ fn is_ours(user: &Value, owner: &Owner) -> bool {
         _ => Vec::new(),
     };
     let resource = format!("{OWNER_RESOURCE_KEY}={}", owner.marker());
-    tags.iter().any(|t| t == OWNER_VALUE) && tags.contains(&resource)
+    tags.iter().any(|t| owner.is_managed_by(t)) && tags.contains(&resource)
 }
 
 fn same_fields(want: &Value, have: &Value, fields: &[&str]) -> bool {
@@ -449,8 +447,18 @@ mod tests {
 
     #[test]
     fn ownership_from_tags_in_both_spellings() {
-        let owner = Owner { kind: "MqttTransfer".into(), namespace: "ns".into(), name: "t".into() };
-        let other = Owner { kind: "MqttTransfer".into(), namespace: "ns".into(), name: "u".into() };
+        let owner = Owner {
+            installation: "test".into(),
+            kind: "MqttTransfer".into(),
+            namespace: "ns".into(),
+            name: "t".into(),
+        };
+        let other = Owner {
+            installation: "test".into(),
+            kind: "MqttTransfer".into(),
+            namespace: "ns".into(),
+            name: "u".into(),
+        };
         assert!(is_ours(&json!({"tags": tags(&owner)}), &owner));
         assert!(is_ours(
             &json!({"tags": ["management", "mqtt-dsp-operator", "dsp-mqtt.io/owner=MqttTransfer/ns/t"]}),

@@ -32,7 +32,7 @@ use url::Url;
 
 use super::{AssetDefinition, Connector, ContractDefinition, PolicyDefinition};
 use crate::backends::http::{self, HttpSettings};
-use crate::backends::{BackendError, OWNER_KEY, OWNER_RESOURCE_KEY, OWNER_VALUE, Outcome, Owner, SecretString, System};
+use crate::backends::{BackendError, OWNER_KEY, OWNER_RESOURCE_KEY, Outcome, Owner, SecretString, System};
 use crate::config::ConnectorProfile;
 
 /// The EDC vocabulary: the only `@vocab` the client declares.
@@ -162,7 +162,7 @@ enum Ownership {
 fn ownership(canonical: &Value, owner: &Owner) -> Ownership {
     let private = canonical.get("privateProperties");
     let marker = |key: &str| private.and_then(|p| p.get(key)).and_then(Value::as_str);
-    if marker(OWNER_KEY) != Some(OWNER_VALUE) {
+    if !marker(OWNER_KEY).is_some_and(|m| owner.is_managed_by(m)) {
         return Ownership::Foreign;
     }
     match marker(OWNER_RESOURCE_KEY) {
@@ -469,7 +469,7 @@ fn context() -> Value {
 fn markers(user: &Map<String, Value>, owner: &Owner) -> Value {
     let mut private = user.clone();
     // Set last, so a user's private property can never disown the object.
-    private.insert(OWNER_KEY.to_owned(), Value::String(OWNER_VALUE.to_owned()));
+    private.insert(OWNER_KEY.to_owned(), Value::String(owner.managed_by()));
     private.insert(OWNER_RESOURCE_KEY.to_owned(), Value::String(owner.marker()));
     Value::Object(private)
 }
@@ -548,7 +548,12 @@ mod tests {
     use super::*;
 
     fn owner() -> Owner {
-        Owner { kind: "MqttAsset".into(), namespace: "factory".into(), name: "line-1".into() }
+        Owner {
+            installation: "test".into(),
+            kind: "MqttAsset".into(),
+            namespace: "factory".into(),
+            name: "line-1".into(),
+        }
     }
 
     #[test]
@@ -621,16 +626,22 @@ mod tests {
     fn markers_cannot_be_overridden_by_user_private_properties() {
         let user = Map::from_iter([(OWNER_KEY.to_owned(), json!("someone-else"))]);
         let private = markers(&user, &owner());
-        assert_eq!(private[OWNER_KEY], OWNER_VALUE);
+        assert_eq!(private[OWNER_KEY], "mqtt-dsp-operator/test");
         assert_eq!(private[OWNER_RESOURCE_KEY], "MqttAsset/factory/line-1");
     }
 
     #[test]
-    fn ownership_needs_both_markers() {
-        let ours =
-            json!({"privateProperties": {OWNER_KEY: OWNER_VALUE, OWNER_RESOURCE_KEY: "MqttAsset/factory/line-1"}});
+    fn ownership_needs_both_markers_of_this_installation() {
+        let marked = |managed_by: &str, resource: &str| json!({"privateProperties": {OWNER_KEY: managed_by, OWNER_RESOURCE_KEY: resource}});
+        let ours = marked("mqtt-dsp-operator/test", "MqttAsset/factory/line-1");
         assert_eq!(ownership(&ours, &owner()), Ownership::Ours);
-        let other = json!({"privateProperties": {OWNER_KEY: OWNER_VALUE, OWNER_RESOURCE_KEY: "MqttAsset/x/y"}});
+        // Marked before markers named the installation: adopted (the next write rewrites it).
+        let legacy = marked(crate::backends::OWNER_VALUE, "MqttAsset/factory/line-1");
+        assert_eq!(ownership(&legacy, &owner()), Ownership::Ours);
+        // Another installation's object of the same resource is not ours.
+        let staging = marked("mqtt-dsp-operator/staging", "MqttAsset/factory/line-1");
+        assert_eq!(ownership(&staging, &owner()), Ownership::Foreign);
+        let other = marked("mqtt-dsp-operator/test", "MqttAsset/x/y");
         assert_eq!(ownership(&other, &owner()), Ownership::OtherResource("MqttAsset/x/y".into()));
         assert_eq!(ownership(&json!({"properties": {}}), &owner()), Ownership::Foreign);
     }

@@ -36,7 +36,7 @@ use url::Url;
 
 use super::{ClientDefinition, HardcodedClaim, IdentityProvider, TokenSet};
 use crate::backends::http::{self, HttpSettings};
-use crate::backends::{BackendError, OWNER_KEY, OWNER_RESOURCE_KEY, OWNER_VALUE, Outcome, Owner, SecretString, System};
+use crate::backends::{BackendError, OWNER_KEY, OWNER_RESOURCE_KEY, Outcome, Owner, SecretString, System};
 use crate::config::IdentityProviderProfile;
 
 /// Longest token lifetime the client believes (one year).
@@ -258,7 +258,7 @@ fn desired_mappers(client: &ClientDefinition) -> Vec<DesiredMapper> {
 /// lifespan means "the realm's default" and is how Keycloak clears the attribute on update.
 fn desired_attributes(client: &ClientDefinition) -> BTreeMap<&'static str, String> {
     BTreeMap::from([
-        (OWNER_KEY, OWNER_VALUE.to_owned()),
+        (OWNER_KEY, client.owner.managed_by()),
         (OWNER_RESOURCE_KEY, client.owner.marker()),
         (ATTR_USE_REFRESH_TOKEN, client.refresh_tokens_for_client_credentials.to_string()),
         (ATTR_TOKEN_LIFESPAN, client.access_token_lifespan_seconds.map(|s| s.to_string()).unwrap_or_default()),
@@ -482,7 +482,7 @@ impl KeycloakClient {
 
     /// Refuses clients the operator did not create, or that belong to another resource.
     fn check_ours(view: &ClientView, owner: &Owner, operation: &'static str) -> Result<(), BackendError> {
-        if view.attribute(OWNER_KEY) == OWNER_VALUE && view.attribute(OWNER_RESOURCE_KEY) == owner.marker() {
+        if owner.is_managed_by(view.attribute(OWNER_KEY)) && view.attribute(OWNER_RESOURCE_KEY) == owner.marker() {
             Ok(())
         } else {
             Err(BackendError::Foreign { system: SYSTEM, operation, object: format!("client {}", view.client_id) })
@@ -803,7 +803,12 @@ mod tests {
                 HardcodedClaim { name: "scope".into(), value: Value::from("read:a/b") },
                 HardcodedClaim { name: "acl".into(), value: json!({"sub": ["a/#"]}) },
             ],
-            owner: Owner { kind: "MqttTransfer".into(), namespace: "ns".into(), name: "t".into() },
+            owner: Owner {
+                installation: "test".into(),
+                kind: "MqttTransfer".into(),
+                namespace: "ns".into(),
+                name: "t".into(),
+            },
         }
     }
 
@@ -844,7 +849,7 @@ mod tests {
             "serviceAccountsEnabled": true, "standardFlowEnabled": false, "directAccessGrantsEnabled": false,
             "clientAuthenticatorType": "client-secret",
             "attributes": {
-                OWNER_KEY: OWNER_VALUE, OWNER_RESOURCE_KEY: "MqttTransfer/ns/t",
+                OWNER_KEY: "mqtt-dsp-operator/test", OWNER_RESOURCE_KEY: "MqttTransfer/ns/t",
                 "client_credentials.use_refresh_token": "true"
             }
         }))

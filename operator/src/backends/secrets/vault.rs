@@ -38,7 +38,7 @@ use url::Url;
 use super::{SecretLocation, SecretStore};
 use crate::backends::http::{self, HttpSettings};
 use crate::backends::{
-    BackendError, ExposeSecret, OWNER_KEY, OWNER_RESOURCE_KEY, OWNER_VALUE, Outcome, Owner, SecretString, System,
+    BackendError, ExposeSecret, OWNER_KEY, OWNER_RESOURCE_KEY, Outcome, Owner, SecretString, System,
 };
 use crate::config::SecretStoreProfile;
 use crate::credentials::{self, CredentialError};
@@ -530,7 +530,7 @@ impl VaultClient {
         const OPERATION: &str = "mark";
         let object = self.object(at);
         let url = self.url("metadata", at, &object)?;
-        let body = json!({ "custom_metadata": { OWNER_KEY: OWNER_VALUE, OWNER_RESOURCE_KEY: owner.marker() } });
+        let body = json!({ "custom_metadata": { OWNER_KEY: owner.managed_by(), OWNER_RESOURCE_KEY: owner.marker() } });
         let response = self
             .send(OPERATION, &object, |token| self.http.post(url.clone()).header(TOKEN_HEADER, token).json(&body))
             .await?;
@@ -711,7 +711,7 @@ fn header(token: &SecretString) -> Result<HeaderValue, BackendError> {
 }
 
 fn is_ours(custom_metadata: &BTreeMap<String, String>, owner: &Owner) -> bool {
-    custom_metadata.get(OWNER_KEY).map(String::as_str) == Some(OWNER_VALUE)
+    custom_metadata.get(OWNER_KEY).is_some_and(|m| owner.is_managed_by(m))
         && custom_metadata.get(OWNER_RESOURCE_KEY) == Some(&owner.marker())
 }
 
