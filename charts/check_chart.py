@@ -32,12 +32,34 @@ KUBE_VERSIONS = ["1.29.0", kubernetes_validate.latest_version()]
 FOREIGN_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 # deploy/rbac.yaml's Role for the leader-election Lease, and the chart's with the default names.
 LEASE_ROLE = f"{RELEASE}-leader-election"
+# The ClusterRole (a Role in watch-namespace mode) of the MqttTransfers' DataAddress Secrets, bound
+# only in the namespaces the configuration serves; and the credentials Role.
+TRANSFER_SECRETS = f"{RELEASE}-transfer-secrets"
+CREDENTIALS = f"{RELEASE}-credentials"
+# The chart's default configuration (examples/operator-config.yaml without its `allowed` blocks:
+# every profile serves the release namespace only) and the example itself (every namespace).
+DEFAULT_CONFIG = yaml.safe_load((CHART / "values.yaml").read_text())["config"]
+EXAMPLE_CONFIG = yaml.safe_load((ROOT / "examples" / "operator-config.yaml").read_text())
+# The Secrets the default configuration's secretRefs name (all in the release namespace).
+DEFAULT_CREDENTIALS = ["edc-management-api", "keycloak-operator-client", "mosquitto-admin", "rabbitmq-admin"]
+
+
+def tenants_config(namespaces: list[str]) -> dict:
+    """The default configuration with every profile serving `namespaces` (not the release namespace)."""
+    config = copy.deepcopy(DEFAULT_CONFIG)
+    for section, profiles in config.items():
+        for profile in profiles.values():
+            profile["allowed"] = {"namespaces": list(namespaces)}
+            if section == "brokers":
+                profile["allowed"]["topicPrefixes"] = ["tenants/{namespace}/#"]
+    return config
+
 
 # Values that switch on everything that is off by default.
 EVERYTHING = {
     "singleNamespace": True,
     "image": {"digest": "sha256:" + "0" * 64},
-    "rbac": {"credentialSecretNames": ["edc-management-api", "keycloak-operator-client"]},
+    "rbac": {"aggregateToDefaultRoles": True},
     "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prometheus"}}},
     "networkPolicy": {
         "enabled": True,
@@ -58,6 +80,19 @@ OTHER_NAMESPACE = {
     "rbac": {"aggregateToDefaultRoles": False},
     "serviceAccount": {"create": False, "name": "operator"},
 }
+# The same, with the profiles serving that namespace: the transfer Secrets there.
+OTHER_NAMESPACE_SERVED = dict(OTHER_NAMESPACE, config=tenants_config(["dataspace"]))
+# Two tenant namespaces, the release namespace serving none: transfer Secrets in those two only,
+# credentials narrowed to a list (one more name than the secretRefs).
+TENANTS = {
+    "config": tenants_config(["team-a", "team-b"]),
+    "rbac": {"credentialSecretNames": DEFAULT_CREDENTIALS + ["backend-ca"]},
+}
+# The example configuration (every profile serves every namespace): Secret writes cluster-wide,
+# on purpose.
+CLUSTER_WIDE = {"config": EXAMPLE_CONFIG, "rbac": {"clusterWideSecrets": True}}
+# A Lease rename allowed: the rollout recreates the pods.
+LEASE_RENAME = {"replicaCount": 2, "leaderElection": {"leaseName": "renamed", "allowLeaseRename": True}}
 # Several replicas with leader election, another Lease, spans exported.
 REPLICAS = {
     "replicaCount": 2,
@@ -91,6 +126,13 @@ TEMPLATE_REFUSED = {
     "a Lease grace not under its duration": (
         {"leaderElection": {"durationSeconds": 10, "graceSeconds": 10}},
         "leaderElection.graceSeconds (10) must be less than leaderElection.durationSeconds (10)"),
+    "Secret writes in every namespace without rbac.clusterWideSecrets": (
+        {"config": EXAMPLE_CONFIG}, "config serves every namespace"),
+    "credentialSecretNames without a secretRef's Secret": (
+        {"config": tenants_config(["team-a"]), "rbac": {"credentialSecretNames": ["edc-management-api"]}},
+        "rbac.credentialSecretNames [\"edc-management-api\"] does not name keycloak-operator-client, mosquitto-admin, rabbitmq-admin"),
+    "credentialSecretNames where the operator also writes transfer Secrets": (
+        {"rbac": {"credentialSecretNames": DEFAULT_CREDENTIALS}}, "the list would narrow nothing"),
 }
 
 passed = 0
@@ -148,6 +190,11 @@ def check_sources() -> None:
     reference = docs_of((ROOT / "deploy" / "rbac.yaml").read_text())
     account = {"kind": "ServiceAccount", "name": RELEASE, "namespace": NAMESPACE}
     for role in (o for o in reference if o["kind"] in ("Role", "ClusterRole")):
+        if role["metadata"]["name"] == TRANSFER_SECRETS:
+            # Bound by the administrator per served namespace, never here.
+            check(not [b for b in reference if b["kind"].endswith("Binding") and b["roleRef"]["name"] == TRANSFER_SECRETS],
+                  "deploy/rbac.yaml binds the transfer Secrets ClusterRole: it must only be bound per served namespace")
+            continue
         bound = [b for b in reference if b["kind"] == role["kind"] + "Binding"
                  and b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": role["kind"], "name": role["metadata"]["name"]}
                  and b["subjects"] == [account] and b["metadata"].get("namespace") == role["metadata"].get("namespace")]
@@ -158,6 +205,11 @@ def check_sources() -> None:
     named = [r["resourceNames"] for r in one(reference, "Role", LEASE_ROLE)["rules"] if r.get("resourceNames")]
     check(default is not None and named == [[default.group(1)]],
           f"deploy/rbac.yaml: the Lease Role names {named}, the operator's default Lease is {default and default.group(1)}")
+
+    # deploy/rbac.yaml's credentials Role names the example's secretRefs.
+    named = [r.get("resourceNames") for r in one(reference, "Role", CREDENTIALS)["rules"]]
+    check(named == [DEFAULT_CREDENTIALS],
+          f"deploy/rbac.yaml: the credentials Role names {named}, examples/operator-config.yaml's secretRefs are {DEFAULT_CREDENTIALS}")
 
     values = yaml.safe_load((CHART / "values.yaml").read_text())
     example = yaml.safe_load((ROOT / "examples" / "operator-config.yaml").read_text())
@@ -192,17 +244,59 @@ def check_valid(label: str, objs: list[dict]) -> None:
                 check(False, f"{ident}: invalid for Kubernetes {version}: {e.message} at {list(e.path)}")
 
 
-def check_rbac(label: str, objs: list[dict], operator_kind: str, lease: str | None) -> None:
-    """The rendered RBAC against deploy/rbac.yaml; `lease`: the Lease the Deployment elects on."""
+def check_rbac(label: str, objs: list[dict], operator_kind: str, lease: str | None,
+               secrets_in: list[str] | str, credentials: list[str] | None) -> None:
+    """The rendered RBAC against deploy/rbac.yaml; `lease`: the Lease the Deployment elects on;
+    `secrets_in`: the namespaces where the transfer Secrets are granted ("*": cluster-wide);
+    `credentials`: the Secrets the credentials Role names in the release namespace (None: no Role)."""
     reference = docs_of((ROOT / "deploy" / "rbac.yaml").read_text())
     operator = one(objs, operator_kind, RELEASE)
-    check(rules(operator) == rules(one(reference, "ClusterRole")), f"{label}: operator rules differ from deploy/rbac.yaml")
-    credentials = one(objs, "Role", f"{RELEASE}-credentials")
-    check(credentials["metadata"]["namespace"] == NAMESPACE, f"{label}: credentials Role outside the release namespace")
-    plain = [dict(r, resourceNames=[]) for r in credentials["rules"]]
-    check(rules({"rules": plain}) == rules(one(reference, "Role", f"{RELEASE}-credentials")),
-          f"{label}: credentials rules differ from deploy/rbac.yaml")
+    check(rules(operator) == rules(one(reference, "ClusterRole", RELEASE)), f"{label}: operator rules differ from deploy/rbac.yaml")
     account = one(objs, "Deployment")["spec"]["template"]["spec"]["serviceAccountName"]
+    subjects = [{"kind": "ServiceAccount", "name": account, "namespace": NAMESPACE}]
+
+    # Secrets only in the transfer Secrets and the credentials roles.
+    for role in (o for o in objs if o["kind"] in ("Role", "ClusterRole")):
+        for rule in role["rules"]:
+            if "" in rule.get("apiGroups", []) and {"secrets", "*"} & set(rule["resources"]):
+                check(role["metadata"]["name"] in (TRANSFER_SECRETS, CREDENTIALS),
+                      f"{label}: {role['kind']} {role['metadata']['name']} grants Secrets")
+
+    # The transfer Secrets: the rules of deploy/rbac.yaml, bound exactly where served.
+    roles = [o for o in objs if o["kind"] in ("Role", "ClusterRole") and o["metadata"]["name"] == TRANSFER_SECRETS]
+    bindings = [o for o in objs if o["kind"] in ("RoleBinding", "ClusterRoleBinding")
+                and o["metadata"]["name"] == TRANSFER_SECRETS]
+    if not secrets_in:
+        check(not roles and not bindings, f"{label}: transfer Secrets granted although no namespace is served")
+    else:
+        check(len(roles) == 1 and rules(roles[0]) == rules(one(reference, "ClusterRole", TRANSFER_SECRETS)),
+              f"{label}: transfer Secrets rules differ from deploy/rbac.yaml")
+        cluster_wide = [b for b in bindings if b["kind"] == "ClusterRoleBinding"]
+        where = "*" if cluster_wide else sorted(b["metadata"]["namespace"] for b in bindings)
+        check(where == (secrets_in if secrets_in == "*" else sorted(secrets_in)),
+              f"{label}: transfer Secrets granted in {where}, the configuration serves {secrets_in}")
+        check(not (cluster_wide and len(bindings) > 1), f"{label}: transfer Secrets bound cluster-wide and per namespace")
+        for b in bindings:
+            check(b["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": roles[0]["kind"], "name": TRANSFER_SECRETS}
+                  and b["subjects"] == subjects, f"{label}: {b['kind']} {TRANSFER_SECRETS} does not bind its role to the operator")
+
+    # The credentials: get by name in the release namespace.
+    creds = [o for o in objs if o["kind"] == "Role" and o["metadata"]["name"] == CREDENTIALS]
+    if credentials is None:
+        check(not creds, f"{label}: a credentials Role without secretRefs")
+    else:
+        role = one(objs, "Role", CREDENTIALS)
+        check(role["metadata"]["namespace"] == NAMESPACE, f"{label}: credentials Role outside the release namespace")
+        plain = [dict(r, resourceNames=[]) for r in role["rules"]]
+        reference_plain = [dict(r, resourceNames=[]) for r in one(reference, "Role", CREDENTIALS)["rules"]]
+        check(rules({"rules": plain}) == rules({"rules": reference_plain}), f"{label}: credentials rules differ from deploy/rbac.yaml")
+        named = [r.get("resourceNames") for r in role["rules"]]
+        check(named == [credentials], f"{label}: the credentials Role names {named}, expected {credentials}")
+        binding = one(objs, "RoleBinding", CREDENTIALS)
+        check(binding["metadata"]["namespace"] == NAMESPACE and binding["subjects"] == subjects
+              and binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": CREDENTIALS},
+              f"{label}: the credentials RoleBinding does not bind the Role to the operator's account")
+
     leader = [o for o in objs if o["kind"] in ("Role", "RoleBinding") and o["metadata"]["name"] == LEASE_ROLE]
     lease_rules = [r for o in objs if o["kind"] in ("Role", "ClusterRole") for r in o["rules"]
                    if "coordination.k8s.io" in r.get("apiGroups", [])]
@@ -273,10 +367,14 @@ def check_deployment(label: str, objs: list[dict], values: dict) -> dict:
                     f"--lease-duration-seconds={le.get('durationSeconds', 15)}",
                     f"--lease-grace-seconds={le.get('graceSeconds', 5)}"]
         check(lease_args == expected, f"{label}: Lease args {lease_args}, expected {expected}")
-        # A new pod stands by next to the old ones; it must never take a replica away first.
         strategy = dep["spec"]["strategy"]
-        check(strategy["type"] == "RollingUpdate" and strategy["rollingUpdate"]["maxUnavailable"] == 0,
-              f"{label}: with leader election the rollout should start the new pod first: {strategy}")
+        if le.get("allowLeaseRename"):
+            # Pods on the old Lease and on the new one must never run side by side.
+            check(strategy["type"] == "Recreate", f"{label}: a Lease rename rolls out next to the old leader: {strategy}")
+        else:
+            # A new pod stands by next to the old ones; it must never take a replica away first.
+            check(strategy["type"] == "RollingUpdate" and strategy["rollingUpdate"]["maxUnavailable"] == 0,
+                  f"{label}: with leader election the rollout should start the new pod first: {strategy}")
     else:
         check(replicas == 1, f"{label}: several replicas without leader election")
         check(not lease_args, f"{label}: Lease args without leader election: {lease_args}")
@@ -353,7 +451,7 @@ def main() -> int:
     objs = render({})
     check_lint("defaults", {})
     check_valid("defaults", objs)
-    check_rbac("defaults", objs, "ClusterRole", lease_of(objs))
+    check_rbac("defaults", objs, "ClusterRole", lease_of(objs), [NAMESPACE], DEFAULT_CREDENTIALS)
     c = check_deployment("defaults", objs, {})
     check(lease_of(objs) == RELEASE, "defaults: leader election is not on, on the Lease deploy/rbac.yaml names")
     check(not any(a.startswith("--watch-namespace") for a in c["args"]), "defaults: --watch-namespace set")
@@ -369,21 +467,22 @@ def main() -> int:
         source = yaml.safe_load((ROOT / "crds" / f"{crd['metadata']['name']}.yaml").read_text())
         check(crd["metadata"]["annotations"].get("helm.sh/resource-policy") == "keep", f"CRD {crd['metadata']['name']} not kept")
         check(crd["spec"] == source["spec"], f"CRD {crd['metadata']['name']}: rendered spec differs from crds/")
-    aggregated = {o["metadata"]["name"]: o["metadata"]["labels"] for o in objs if o["kind"] == "ClusterRole"}
-    check(aggregated.get(f"{RELEASE}-edit", {}).get("rbac.authorization.k8s.io/aggregate-to-edit") == "true", "no edit aggregation")
-    check(aggregated.get(f"{RELEASE}-view", {}).get("rbac.authorization.k8s.io/aggregate-to-view") == "true", "no view aggregation")
+    aggregated = [o["metadata"]["name"] for o in objs if o["kind"] == "ClusterRole"
+                  and any(k.startswith("rbac.authorization.k8s.io/aggregate-to-") for k in o["metadata"]["labels"])]
+    check(not aggregated, f"defaults: aggregated to the built-in roles: {aggregated}")
 
-    # Everything on: the release namespace only, optional objects, narrowed credentials.
+    # Everything on: the release namespace only, optional objects, the aggregated roles.
     objs = render(EVERYTHING)
     check_lint("everything", EVERYTHING)
     check_valid("everything", objs)
-    check_rbac("everything", objs, "Role", lease_of(objs))
+    check_rbac("everything", objs, "Role", lease_of(objs), [NAMESPACE], DEFAULT_CREDENTIALS)
     c = check_deployment("everything", objs, EVERYTHING)
     check(f"--watch-namespace={NAMESPACE}" in c["args"], "everything: --watch-namespace is not the release namespace")
     check(c["image"] == f"mqtt-dsp-operator@{EVERYTHING['image']['digest']}", "everything: digest not used")
-    check(not any(o["kind"] in ("ClusterRoleBinding",) for o in objs), "single namespace: a ClusterRoleBinding rendered")
-    credentials = one(objs, "Role", f"{RELEASE}-credentials")
-    check(credentials["rules"][0].get("resourceNames") == EVERYTHING["rbac"]["credentialSecretNames"], "resourceNames not set")
+    check(not any(o["kind"] == "ClusterRoleBinding" for o in objs), "single namespace: a ClusterRoleBinding rendered")
+    aggregated = {o["metadata"]["name"]: o["metadata"]["labels"] for o in objs if o["kind"] == "ClusterRole"}
+    check(aggregated.get(f"{RELEASE}-edit", {}).get("rbac.authorization.k8s.io/aggregate-to-edit") == "true", "no edit aggregation")
+    check(aggregated.get(f"{RELEASE}-view", {}).get("rbac.authorization.k8s.io/aggregate-to-view") == "true", "no view aggregation")
     service, monitor = one(objs, "Service"), one(objs, "ServiceMonitor")
     check(monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items(),
           "ServiceMonitor does not select the Service")
@@ -407,16 +506,50 @@ def main() -> int:
           "watchNamespace: --watch-namespace")
     check(not any(o["kind"] in ("CustomResourceDefinition", "ServiceAccount", "ClusterRole") for o in objs),
           "other-namespace: CRDs, ServiceAccount or ClusterRoles rendered although switched off")
+    # The profiles serve the release namespace only, not the watched one: no Secret written there.
+    check(not any(o["metadata"]["name"] == TRANSFER_SECRETS for o in objs),
+          "other-namespace: transfer Secrets granted in a namespace the configuration does not serve")
     lease_binding = one(objs, "RoleBinding", LEASE_ROLE)
     check(lease_binding["metadata"]["namespace"] == NAMESPACE
           and lease_binding["subjects"] == [{"kind": "ServiceAccount", "name": "operator", "namespace": NAMESPACE}],
           "watchNamespace: the Lease stays in the release namespace, bound to the operator's account")
 
+    # Another namespace watched, and served: the transfer Secrets there, by a Role.
+    objs = render(OTHER_NAMESPACE_SERVED)
+    check_lint("other-namespace-served", OTHER_NAMESPACE_SERVED)
+    check_valid("other-namespace-served", objs)
+    role = one(objs, "Role", TRANSFER_SECRETS)
+    check(role["metadata"]["namespace"] == "dataspace" and one(objs, "RoleBinding", TRANSFER_SECRETS)["metadata"]["namespace"] == "dataspace",
+          "other-namespace-served: the transfer Secrets Role is not in the watched namespace")
+    check(not any(o["kind"].startswith("Cluster") for o in objs), "other-namespace-served: cluster-wide RBAC rendered")
+
+    # Two tenant namespaces; the release namespace serves none.
+    objs = render(TENANTS)
+    check_lint("tenants", TENANTS)
+    check_valid("tenants", objs)
+    check_rbac("tenants", objs, "ClusterRole", lease_of(objs), ["team-a", "team-b"], TENANTS["rbac"]["credentialSecretNames"])
+    check_deployment("tenants", objs, TENANTS)
+
+    # Every namespace served, Secret writes cluster-wide on purpose.
+    objs = render(CLUSTER_WIDE)
+    check_lint("cluster-wide", CLUSTER_WIDE)
+    check_valid("cluster-wide", objs)
+    check_rbac("cluster-wide", objs, "ClusterRole", lease_of(objs), "*", DEFAULT_CREDENTIALS)
+    check_deployment("cluster-wide", objs, CLUSTER_WIDE)
+
+    # A Lease rename allowed: Recreate.
+    objs = render(LEASE_RENAME)
+    check_lint("lease-rename", LEASE_RENAME)
+    check_valid("lease-rename", objs)
+    check_rbac("lease-rename", objs, "ClusterRole", lease_of(objs), [NAMESPACE], DEFAULT_CREDENTIALS)
+    check_deployment("lease-rename", objs, LEASE_RENAME)
+    check(lease_of(objs) == "renamed", "lease-rename: not electing on the new Lease")
+
     # Several replicas with leader election.
     objs = render(REPLICAS)
     check_lint("replicas", REPLICAS)
     check_valid("replicas", objs)
-    check_rbac("replicas", objs, "ClusterRole", lease_of(objs))
+    check_rbac("replicas", objs, "ClusterRole", lease_of(objs), [NAMESPACE], DEFAULT_CREDENTIALS)
     check(lease_of(objs) == REPLICAS["leaderElection"]["leaseName"], "replicas: not electing on leaderElection.leaseName")
     check_deployment("replicas", objs, REPLICAS)
     pdb = one(objs, "PodDisruptionBudget")["spec"]
@@ -434,7 +567,7 @@ def main() -> int:
     objs = render(NO_LEADER_ELECTION)
     check_lint("no-leader-election", NO_LEADER_ELECTION)
     check_valid("no-leader-election", objs)
-    check_rbac("no-leader-election", objs, "ClusterRole", lease_of(objs))
+    check_rbac("no-leader-election", objs, "ClusterRole", lease_of(objs), [NAMESPACE], DEFAULT_CREDENTIALS)
     check(lease_of(objs) is None, "no-leader-election: leader election on")
     check_deployment("no-leader-election", objs, NO_LEADER_ELECTION)
 
@@ -459,7 +592,7 @@ def main() -> int:
     for failure in failures:
         print(f"FAIL {failure}", file=sys.stderr)
     print(f"chart-check: {passed} checks passed, {len(failures)} failed "
-          f"(lint, 5 renders validated against Kubernetes {', '.join(KUBE_VERSIONS)}; ServiceMonitor checked by hand)")
+          f"(lint, 9 renders validated against Kubernetes {', '.join(KUBE_VERSIONS)}; ServiceMonitor checked by hand)")
     return 1 if failures else 0
 
 

@@ -18,9 +18,10 @@
 //! installed: `kubectl apply -f crds/`) with that kubeconfig's rights. Otherwise it uses the
 //! control plane this test binary starts (once), where the controllers run as the operator's
 //! ServiceAccount under exactly the RBAC of `deploy/rbac.yaml` (with the RoleBinding it asks for
-//! in each served namespace, here the stack's), and the test under the administrator's client. Either way each stack has a fresh namespace, and
-//! [`DevStack::teardown`] leaves the cluster as it found it: resources deleted while the operator
-//! runs (so its finalizer does the cleanup), then the operator stopped, then the namespace removed.
+//! in each served namespace, here the stack's), and the test under the administrator's client.
+//! Either way each stack has a fresh namespace, and [`DevStack::teardown`] leaves the cluster as
+//! it found it: resources deleted while the operator runs (so its finalizer does the cleanup),
+//! then the operator stopped, then the namespace removed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

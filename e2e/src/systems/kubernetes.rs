@@ -9,7 +9,11 @@
 //!   Pods stay Pending.
 //! - At start the CRDs of `crds/` and the RBAC of `deploy/rbac.yaml` (ServiceAccount
 //!   `mqtt-dsp-operator` in namespace [`OPERATOR_NAMESPACE`]) are applied, so that
-//!   [`ControlPlane::operator_client`] is the operator under exactly the rules we ship.
+//!   [`ControlPlane::operator_client`] is the operator under exactly the rules we ship. Those
+//!   grant the MqttTransfers' Secrets in no namespace: [`ControlPlane::serve_namespace`] adds the
+//!   RoleBinding an administrator adds per namespace the configuration serves, and
+//!   [`ControlPlane::test_namespace`] does so for every namespace it makes
+//!   ([`ControlPlane::unserved_namespace`] makes one without it).
 //!
 //! One control plane runs per test binary ([`shared`]); tests isolate themselves by namespace.
 
@@ -20,7 +24,9 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -37,6 +43,9 @@ pub const OPERATOR_SERVICE_ACCOUNT: &str = "mqtt-dsp-operator";
 pub const OPERATOR_USER: &str = "system:serviceaccount:mqtt-dsp-operator:mqtt-dsp-operator";
 /// Label on every namespace a test makes, so the suite can check none is left behind.
 pub const TEST_NAMESPACE_LABEL: &str = "e2e.dsp-mqtt.io/test-namespace";
+/// deploy/rbac.yaml's ClusterRole for the MqttTransfers' DataAddress Secrets, which it binds
+/// nowhere: a RoleBinding of this name to it in each namespace the operator serves.
+pub const TRANSFER_SECRETS_ROLE: &str = "mqtt-dsp-operator-transfer-secrets";
 
 /// The Kubernetes version built by `e2e/systems/kubernetes/install.sh` (from its go.mod).
 pub fn version() -> String {
@@ -411,11 +420,80 @@ impl ControlPlane {
         client_from_yaml(&yaml).await.expect("the operator's kubeconfig")
     }
 
-    /// Creates a fresh namespace for one test, labelled [`TEST_NAMESPACE_LABEL`].
+    /// Creates a fresh namespace for one test, labelled [`TEST_NAMESPACE_LABEL`], that the
+    /// operator serves: it may write MqttTransfer Secrets there ([`ControlPlane::serve_namespace`]).
     pub async fn test_namespace(&self, prefix: &str) -> String {
+        let name = self.unserved_namespace(prefix).await;
+        self.serve_namespace(&name).await;
+        name
+    }
+
+    /// Creates a fresh namespace for one test, labelled [`TEST_NAMESPACE_LABEL`], in which the
+    /// operator may write no Secret (as deploy/rbac.yaml alone leaves every namespace).
+    pub async fn unserved_namespace(&self, prefix: &str) -> String {
         let name = format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..10]);
         apply_namespace(&self.admin_client().await, &name, true).await.expect("test namespace");
         name
+    }
+
+    /// What an administrator following deploy/rbac.yaml does for each namespace the operator's
+    /// configuration serves: a RoleBinding there to the ClusterRole [`TRANSFER_SECRETS_ROLE`]
+    /// for the operator's ServiceAccount, so it may get, create, update and delete the
+    /// MqttTransfers' Secrets in that namespace (and in no other).
+    pub async fn serve_namespace(&self, namespace: &str) {
+        let binding = RoleBinding {
+            metadata: kube::api::ObjectMeta {
+                name: Some(TRANSFER_SECRETS_ROLE.into()),
+                namespace: Some(namespace.into()),
+                ..Default::default()
+            },
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "ClusterRole".into(),
+                name: TRANSFER_SECRETS_ROLE.into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: OPERATOR_SERVICE_ACCOUNT.into(),
+                namespace: Some(OPERATOR_NAMESPACE.into()),
+                ..Default::default()
+            }]),
+        };
+        let admin = self.admin_client().await;
+        Api::<RoleBinding>::namespaced(admin.clone(), namespace)
+            .patch(TRANSFER_SECRETS_ROLE, &PatchParams::apply("e2e").force(), &Patch::Apply(&binding))
+            .await
+            .unwrap_or_else(|e| panic!("RoleBinding {TRANSFER_SECRETS_ROLE} in namespace {namespace}: {e}"));
+        // The authorizer sees a new binding through its informer, a moment later: wait for it
+        // (the API server's own answer, a SubjectAccessReview), so the next write is not refused.
+        let review = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: Some(OPERATOR_USER.into()),
+                resource_attributes: Some(ResourceAttributes {
+                    namespace: Some(namespace.into()),
+                    verb: Some("create".into()),
+                    resource: Some("secrets".into()),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let answer = Api::<SubjectAccessReview>::all(admin.clone())
+                .create(&PostParams::default(), &review)
+                .await
+                .unwrap_or_else(|e| panic!("SubjectAccessReview: {e}"));
+            if answer.status.is_some_and(|s| s.allowed) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "RoleBinding {TRANSFER_SECRETS_ROLE} in {namespace} not effective in 10 s"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// The test namespaces that still exist (terminating ones included).
