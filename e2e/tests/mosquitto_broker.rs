@@ -189,3 +189,43 @@ async fn the_user_of_another_resource_is_foreign_too() {
     let mut c = consumer("consumer-o", broker().mqtts_url()).await.unwrap();
     assert!(c.subscribe("o/1").await);
 }
+
+/// A client and role marked before markers named the installation are adopted: the next ensure
+/// rewrites both markers into this installation's (the consumer keeps its password and access);
+/// another installation's objects of the same resource are foreign.
+#[tokio::test]
+async fn the_old_marker_is_adopted_once_and_another_installations_is_foreign() {
+    let admin = admin(ADMIN_PASSWORD);
+    let legacy = "dsp-mqtt.io/managed-by=mqtt-dsp-operator dsp-mqtt.io/owner=MqttTransfer/dataspace/consumer-l";
+    let commands = serde_json::json!({"commands": [
+        {"command": "createRole", "rolename": "consumer-l", "textdescription": legacy,
+         "acls": [{"acltype": "subscribePattern", "topic": "l/#", "allow": true}]},
+        {"command": "createClient", "username": "consumer-l", "password": password_of("consumer-l"),
+         "textdescription": legacy, "roles": [{"rolename": "consumer-l"}]},
+    ]});
+    let operator = Consumer::connect(&options(broker().mqtts_url(), "admin", ADMIN_PASSWORD)).await.unwrap();
+    assert!(operator.publish("$CONTROL/dynamic-security/v1", commands.to_string().as_bytes()).await);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !dynsec_state().contains("\"consumer-l\"") {
+        assert!(tokio::time::Instant::now() < deadline, "the legacy client was never created");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let mut staging = grant("consumer-l", &["l/#"], true);
+    staging.owner.installation = "staging".into();
+    let e = admin.ensure_user(&grant("consumer-l", &["l/#"], true)).await;
+    assert_eq!(e.unwrap(), Outcome::Updated, "adopted: the markers are rewritten");
+    let ours = "dsp-mqtt.io/managed-by=mqtt-dsp-operator/test dsp-mqtt.io/owner=MqttTransfer/dataspace/consumer-l";
+    assert_eq!(broker().dynsec_client("consumer-l").unwrap()["textdescription"], ours);
+    assert_eq!(broker().dynsec_role("consumer-l").unwrap()["textdescription"], ours);
+    assert_eq!(admin.ensure_user(&grant("consumer-l", &["l/#"], true)).await.unwrap(), Outcome::Unchanged);
+    let mut c = consumer("consumer-l", broker().mqtts_url()).await.expect("the password is kept");
+    assert!(c.subscribe("l/1").await);
+
+    let before = dynsec_state();
+    let e = admin.ensure_user(&staging).await.unwrap_err();
+    assert!(matches!(e, BackendError::Foreign { .. }), "{e}");
+    let e = admin.remove_user("consumer-l", &staging.owner).await.unwrap_err();
+    assert!(matches!(e, BackendError::Foreign { .. }), "{e}");
+    assert_eq!(dynsec_state(), before, "another installation changed nothing");
+}

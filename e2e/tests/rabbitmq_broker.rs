@@ -162,3 +162,41 @@ async fn the_user_of_another_resource_is_foreign_too() {
     let mut c = consumer("consumer-o", broker().mqtts_url()).await.unwrap();
     assert!(c.subscribe("o/1").await);
 }
+
+/// A user tagged before markers named the installation is adopted: the next ensure rewrites its
+/// tags into this installation's and keeps its password; another installation's user of the
+/// same resource is foreign.
+#[tokio::test]
+async fn the_old_marker_is_adopted_once_and_another_installations_is_foreign() {
+    let b = broker();
+    let http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(b.ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    let user = format!("{}/api/users/consumer-l", b.management_url());
+    let legacy = "mqtt-dsp-operator,dsp-mqtt.io/owner=MqttTransfer/dataspace/consumer-l";
+    let body = serde_json::json!({"password": password_of("consumer-l"), "tags": legacy});
+    let put = http.put(&user).basic_auth(ADMIN_USER, Some(ADMIN_PASSWORD)).json(&body).send().await.unwrap();
+    assert!(put.status().is_success(), "{}", put.status());
+
+    let admin = admin(ADMIN_PASSWORD);
+    admin.ensure_user(&grant("consumer-l", &["l/#"], true)).await.expect("adopted");
+    let stored: serde_json::Value =
+        http.get(&user).basic_auth(ADMIN_USER, Some(ADMIN_PASSWORD)).send().await.unwrap().json().await.unwrap();
+    let tags = match &stored["tags"] {
+        serde_json::Value::String(s) => s.split(',').map(str::to_owned).collect::<Vec<_>>(),
+        list => list.as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_owned()).collect(),
+    };
+    assert!(tags.contains(&"mqtt-dsp-operator/test".to_owned()), "rewritten: {tags:?}");
+    assert!(!tags.contains(&"mqtt-dsp-operator".to_owned()), "the old marker is gone: {tags:?}");
+    assert_eq!(admin.ensure_user(&grant("consumer-l", &["l/#"], true)).await.unwrap(), Outcome::Unchanged);
+    let mut c = consumer("consumer-l", b.mqtts_url()).await.expect("the password is kept");
+    assert!(c.subscribe("l/1").await);
+
+    let mut staging = grant("consumer-l", &["l/#"], true);
+    staging.owner.installation = "staging".into();
+    let e = admin.ensure_user(&staging).await.unwrap_err();
+    assert!(matches!(e, BackendError::Foreign { .. }), "{e}");
+    let e = admin.remove_user("consumer-l", &staging.owner).await.unwrap_err();
+    assert!(matches!(e, BackendError::Foreign { .. }), "{e}");
+}

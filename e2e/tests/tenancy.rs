@@ -129,3 +129,135 @@ async fn a_namespace_or_topic_outside_the_profiles_rules_is_not_allowed_and_noth
     }
     stack.teardown().await;
 }
+
+/// Every external object of asset `asset` and transfer `transfer` in the stack's backends, by
+/// name, as the backends store them (`None`: absent).
+async fn objects(stack: &DevStack, assets: &[&str], transfers: &[&str]) -> BTreeMap<String, Option<String>> {
+    let ns = &stack.namespace;
+    let mut out = BTreeMap::new();
+    for name in assets {
+        let id = format!("{ns}-{name}");
+        let user = format!("dsp-mqtt-{ns}-{name}");
+        out.insert(format!("connector asset {id}"), stack.edc.asset(&id).await.map(|o| format!("{o:?}")));
+        let policy = format!("{id}-access-policy");
+        // Not the policy's `@id`: EDC 0.15 makes up a new one for every read.
+        let stored = stack.edc.policy(&policy).await;
+        let stored = stored.map(|o| format!("{:?}", (o.id, o.policy, o.private_properties, o.created_at)));
+        out.insert(format!("connector policy {policy}"), stored);
+        let cd = format!("{id}-contract-definition");
+        let stored = stack.edc.contract_definition(&cd).await.map(|o| format!("{o:?}"));
+        out.insert(format!("connector contract definition {cd}"), stored);
+        let key = format!("{VAULT_FOLDER}/{user}-secret");
+        out.insert(format!("secret {key}"), stack.vault.secret(&key).await.map(|o| format!("{o:?}")));
+        out.insert(format!("Mosquitto user {user}"), stack.mosquitto.dynsec_client(&user).map(|o| o.to_string()));
+        out.insert(format!("identity client {user}"), stack.keycloak.client(&user).await.map(|o| format!("{o:?}")));
+    }
+    for name in transfers {
+        let user = format!("dsp-mqtt-transfer-{ns}-{name}");
+        out.insert(format!("Mosquitto user {user}"), stack.mosquitto.dynsec_client(&user).map(|o| o.to_string()));
+        out.insert(format!("Mosquitto role {user}"), stack.mosquitto.dynsec_role(&user).map(|o| o.to_string()));
+        out.insert(format!("identity client {user}"), stack.keycloak.client(&user).await.map(|o| format!("{o:?}")));
+    }
+    out
+}
+
+/// The names of the objects that differ between two snapshots (values are not printed: they
+/// hold passwords and client secrets).
+fn changed(before: &BTreeMap<String, Option<String>>, after: &BTreeMap<String, Option<String>>) -> Vec<String> {
+    before.iter().filter(|(k, v)| after.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect()
+}
+
+/// Two installations (say staging and production) on one cluster share one Mosquitto, one
+/// Keycloak realm, one EDC and one Vault mount. Installation A provisions an offer and two
+/// transfers (usrpw on Mosquitto, oauth2 on RabbitMQ with Keycloak). Installation B then sees the
+/// same resources (same namespace and names, as a second cluster would): every object it meets is
+/// A's, so B refuses with `Foreign`, changes nothing, and when the resources are deleted under B it
+/// deletes nothing of A's. A, started again, finds everything as it left it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_installation_sharing_the_backends_never_adopts_changes_or_deletes_the_firsts_objects() {
+    let mut stack = DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }).await;
+    let ns = stack.namespace.clone();
+    let assets: Api<MqttAsset> = stack.api();
+    let transfers: Api<MqttTransfer> = stack.api();
+    let mut usrpw = asset("line-1", "default", "factory/line-1/#");
+    usrpw.spec.endpoint.endpoint_type = mqtt_dsp_operator::api::EndpointType::MqttTls;
+    let mut oauth2 = asset("line-2", "default", "factory/line-2/#");
+    oauth2.spec.broker = Some("rabbitmq".into());
+    oauth2.spec.auth.mode = mqtt_dsp_operator::api::AuthMode::Oauth2;
+    oauth2.spec.endpoint.endpoint_type = mqtt_dsp_operator::api::EndpointType::MqttTls;
+    for a in [&usrpw, &oauth2] {
+        assets.create(&PostParams::default(), a).await.unwrap();
+    }
+    for (t, a) in [("t-1", "line-1"), ("t-2", "line-2")] {
+        let transfer: MqttTransfer = serde_json::from_value(json!({
+            "apiVersion": "dsp-mqtt.io/v1alpha1",
+            "kind": "MqttTransfer",
+            "metadata": {"name": t},
+            "spec": {"assetRef": {"name": a}, "consumer": {"participantId": "did:web:consumer-a.example.com"}},
+        }))
+        .unwrap();
+        transfers.create(&PostParams::default(), &transfer).await.unwrap();
+    }
+    let is_ready = |c: Option<&Vec<Condition>>| ready(c).is_some_and(|(s, _, _)| s == "True");
+    for name in ["line-1", "line-2"] {
+        wait_for(&assets, name, WITHIN, "Ready", |a| is_ready(a.status.as_ref().map(|s| &s.conditions))).await;
+    }
+    for name in ["t-1", "t-2"] {
+        wait_for(&transfers, name, WITHIN, "Ready", |t| is_ready(t.status.as_ref().map(|s| &s.conditions))).await;
+    }
+    let first = stack.config.installation().to_owned();
+    let theirs = objects(&stack, &["line-1", "line-2"], &["t-1", "t-2"]).await;
+    let present: Vec<&String> = theirs.iter().filter(|(_, v)| v.is_some()).map(|(k, _)| k).collect();
+    // Each asset: asset, policy, contract definition, secret, and its user (usrpw, Mosquitto) or
+    // client (oauth2, Keycloak); the transfers: user and role (usrpw), client (oauth2).
+    assert_eq!(present.len(), 13, "installation A's objects: {present:?}");
+
+    // Installation B: same cluster, same backends, another installation name.
+    stack.stop_controllers().await;
+    stack.config.installation = "staging.mqtt-dsp-operator".into();
+    stack.restart_controllers().await;
+    let foreign = |c: Option<&Vec<Condition>>| ready(c).is_some_and(|(s, r, _)| s == "False" && r == "Foreign");
+    for name in ["line-1", "line-2"] {
+        let a = wait_for(&assets, name, WITHIN, "Foreign", |a| foreign(a.status.as_ref().map(|s| &s.conditions))).await;
+        let message = ready(a.status.as_ref().map(|s| &s.conditions)).unwrap().2;
+        assert!(message.contains("by another operator installation"), "{name}: {message}");
+    }
+    // Give B's transfers time to act on their assets' refusal, then compare.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let after = objects(&stack, &["line-1", "line-2"], &["t-1", "t-2"]).await;
+    assert_eq!(changed(&theirs, &after), Vec::<String>::new(), "installation B changed A's objects");
+
+    // Deleted under B: the finalizers go, A's objects stay.
+    for name in ["t-1", "t-2"] {
+        transfers.delete(name, &Default::default()).await.unwrap();
+    }
+    for name in ["line-1", "line-2"] {
+        assets.delete(name, &Default::default()).await.unwrap();
+    }
+    for name in ["t-1", "t-2"] {
+        e2e::stack::wait_gone(&transfers, name, WITHIN).await;
+    }
+    for name in ["line-1", "line-2"] {
+        e2e::stack::wait_gone(&assets, name, WITHIN).await;
+    }
+    let after = objects(&stack, &["line-1", "line-2"], &["t-1", "t-2"]).await;
+    assert_eq!(changed(&theirs, &after), Vec::<String>::new(), "installation B deleted or changed A's objects");
+    eprintln!("installation B left all {} objects of installation A ({first}) untouched", present.len());
+
+    // A's objects are A's to remove: the backends, as A, find and delete each one.
+    let a_owner = |kind: &str, name: &str| mqtt_dsp_operator::backends::Owner {
+        installation: first.clone(),
+        ..stack.owner(kind, name)
+    };
+    let broker = &stack.backends.brokers["default"];
+    for t in ["t-1"] {
+        let user = format!("dsp-mqtt-transfer-{ns}-{t}");
+        let removed = broker.remove_user(&user, &a_owner("MqttTransfer", t)).await.unwrap();
+        assert_eq!(removed, mqtt_dsp_operator::backends::Outcome::Deleted, "{user} is A's");
+    }
+    let idp = &stack.backends.identity_providers["default"];
+    let client = format!("dsp-mqtt-transfer-{ns}-t-2");
+    let removed = idp.delete_client(&client, &a_owner("MqttTransfer", "t-2")).await.unwrap();
+    assert_eq!(removed, mqtt_dsp_operator::backends::Outcome::Deleted, "{client} is A's");
+    stack.teardown().await;
+}

@@ -305,6 +305,7 @@ e2e::both!(
     foreign_secret_is_neither_overwritten_read_nor_deleted,
     foreign_secret_without_a_live_version_is_still_foreign,
     secret_of_another_resource_is_foreign,
+    the_old_marker_is_adopted_once_and_another_installations_is_foreign,
     marker_left_by_an_interrupted_create_is_completed,
     paths_follow_mount_folder_and_alias,
     kubernetes_login_failures_before_any_token_review_are_reported,
@@ -464,6 +465,27 @@ async fn secret_of_another_resource_is_foreign(target: Target) {
     let e = client.delete_secret(&at("shared-alias"), &owner()).await.unwrap_err();
     assert!(matches!(e, BackendError::Foreign { .. }), "{e:?}");
     assert_eq!(s.stored("edc/shared-alias").await.unwrap().content(), Some("line-2's"));
+}
+
+async fn the_old_marker_is_adopted_once_and_another_installations_is_foreign(target: Target) {
+    let s = Stack::start(target).await;
+    let client = s.client();
+    let legacy = BTreeMap::from([
+        (OWNER_KEY.to_owned(), "mqtt-dsp-operator".to_owned()),
+        (OWNER_RESOURCE_KEY.to_owned(), owner().marker()),
+    ]);
+    s.plant("edc/old", Some(content("v1")), Some(legacy)).await;
+    // Same value: the marker alone is rewritten (a write, once).
+    assert_eq!(client.ensure_secret(&at("old"), &secret("v1"), &owner()).await.unwrap(), Outcome::Updated);
+    assert_eq!(s.stored("edc/old").await.unwrap().custom_metadata, our_marker(&owner()));
+    assert_eq!(client.ensure_secret(&at("old"), &secret("v1"), &owner()).await.unwrap(), Outcome::Unchanged);
+    // To another installation the key is foreign.
+    let staging = Owner { installation: "staging".into(), ..owner() };
+    let e = client.ensure_secret(&at("old"), &secret("v2"), &staging).await.unwrap_err();
+    assert!(matches!(e, BackendError::Foreign { .. }), "{e:?}");
+    let e = client.delete_secret(&at("old"), &staging).await.unwrap_err();
+    assert!(matches!(e, BackendError::Foreign { .. }), "{e:?}");
+    assert_eq!(s.stored("edc/old").await.unwrap().content(), Some("v1"));
 }
 
 async fn marker_left_by_an_interrupted_create_is_completed(target: Target) {

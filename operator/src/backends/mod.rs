@@ -163,7 +163,7 @@ pub enum BackendError {
     },
     /// The object exists but was not created by the operator; it is left untouched.
     #[error(
-        "{system}: {object} exists but does not carry this resource's ownership marker; refusing to {operation} it (created by someone else or for another resource: rename the resource or remove the other object)"
+        "{system}: {object} exists but does not carry this resource's ownership marker; refusing to {operation} it (created by someone else, for another resource or by another operator installation: rename the resource or remove the other object)"
     )]
     Foreign {
         /// Which system.
@@ -308,6 +308,28 @@ impl BackendError {
             BackendError::Protocol { .. } => "Protocol",
             BackendError::Unsupported { .. } => "Unsupported",
             BackendError::Credential(_) => "Credential",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_installation_manages_its_own_marker_and_adopts_the_old_one_only() {
+        let owner = Owner {
+            installation: "prod.mqtt-dsp-operator".into(),
+            kind: "MqttAsset".into(),
+            namespace: "factory".into(),
+            name: "line-1".into(),
+        };
+        assert_eq!(owner.managed_by(), "mqtt-dsp-operator/prod.mqtt-dsp-operator");
+        assert!(owner.is_managed_by("mqtt-dsp-operator/prod.mqtt-dsp-operator"));
+        assert!(owner.is_managed_by(OWNER_VALUE), "written before markers named the installation");
+        for other in ["mqtt-dsp-operator/staging.mqtt-dsp-operator", "mqtt-dsp-operator/prod", "mqtt-dsp-operator/", ""]
+        {
+            assert!(!owner.is_managed_by(other), "{other:?}");
         }
     }
 }

@@ -279,6 +279,12 @@ impl MosquittoClient {
         let current: BTreeSet<Acl> =
             role.get("acls").and_then(Value::as_array).into_iter().flatten().filter_map(Acl::from_json).collect();
         let mut wrote = false;
+        if role.get("textdescription").and_then(Value::as_str) != Some(marker(owner).as_str()) {
+            // Adopted from the marker without an installation: rewritten into this one's.
+            let modify = json!({"command": "modifyRole", "rolename": rolename, "textdescription": marker(owner)});
+            self.must("update", &object, modify).await?;
+            wrote = true;
+        }
         for acl in current.difference(desired) {
             let remove =
                 json!({"command": "removeRoleACL", "rolename": rolename, "acltype": acl.acltype, "topic": acl.topic});
@@ -332,6 +338,13 @@ impl MosquittoClient {
             return Ok(Outcome::Created);
         };
         let mut wrote = role_wrote;
+        if client.get("textdescription").and_then(Value::as_str) != Some(marker(&grant.owner).as_str()) {
+            // Adopted from the marker without an installation: rewritten into this one's.
+            let modify =
+                json!({"command": "modifyClient", "username": username, "textdescription": marker(&grant.owner)});
+            self.must("update", &object, modify).await?;
+            wrote = true;
+        }
         let has_role = client
             .get("roles")
             .and_then(Value::as_array)
@@ -618,6 +631,10 @@ mod tests {
             name: "u".into(),
         };
         assert!(is_ours(&json!({"textdescription": marker(&owner)}), Some(&owner)));
+        let staging = Owner { installation: "staging".into(), ..owner.clone() };
+        assert!(!is_ours(&json!({"textdescription": marker(&staging)}), Some(&owner)), "another installation's");
+        let legacy = "dsp-mqtt.io/managed-by=mqtt-dsp-operator dsp-mqtt.io/owner=MqttTransfer/ns/t";
+        assert!(is_ours(&json!({"textdescription": legacy}), Some(&owner)), "the form without an installation");
         assert!(is_ours(&json!({"textdescription": marker(&owner)}), None));
         assert!(!is_ours(&json!({"textdescription": marker(&owner)}), Some(&other)));
         assert!(!is_ours(&json!({"textdescription": "someone else's"}), None));

@@ -212,6 +212,16 @@ impl Broker for RabbitmqClient {
             };
         }
         let created = match existing {
+            Some(user) if !tag_list(&user).contains(&grant.owner.managed_by()) => {
+                // Adopted from the marker without an installation: the tags are rewritten into
+                // this installation's, keeping the password (its hash, as RabbitMQ answered it).
+                let mut body = json!({"tags": tags(&grant.owner)});
+                for field in ["password_hash", "hashing_algorithm"] {
+                    body[field] = user.get(field).cloned().unwrap_or(Value::Null);
+                }
+                self.call(Method::PUT, &["users", username], Some(&body), "update", &object).await?;
+                false
+            }
             Some(_) => false,
             None => {
                 // The user is created once with its password; a resync never rewrites it (the
@@ -302,14 +312,18 @@ fn tags(owner: &Owner) -> String {
 /// Whether the user carries our marker and the owning resource's (the user of another
 /// MqttTransfer is as foreign as a hand-made one).
 fn is_ours(user: &Value, owner: &Owner) -> bool {
-    // 3.10 answers tags as a comma-separated string, later versions as a list.
-    let tags: Vec<String> = match user.get("tags") {
+    let tags = tag_list(user);
+    let resource = format!("{OWNER_RESOURCE_KEY}={}", owner.marker());
+    tags.iter().any(|t| owner.is_managed_by(t)) && tags.contains(&resource)
+}
+
+/// A user's tags: 3.10 answers them as a comma-separated string, later versions as a list.
+fn tag_list(user: &Value) -> Vec<String> {
+    match user.get("tags") {
         Some(Value::String(s)) => s.split(',').map(|t| t.trim().to_owned()).collect(),
         Some(Value::Array(list)) => list.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect(),
         _ => Vec::new(),
-    };
-    let resource = format!("{OWNER_RESOURCE_KEY}={}", owner.marker());
-    tags.iter().any(|t| owner.is_managed_by(t)) && tags.contains(&resource)
+    }
 }
 
 fn same_fields(want: &Value, have: &Value, fields: &[&str]) -> bool {
@@ -465,6 +479,11 @@ mod tests {
             &owner
         ));
         assert!(!is_ours(&json!({"tags": tags(&owner)}), &other));
+        assert_eq!(tags(&owner), "mqtt-dsp-operator/test,dsp-mqtt.io/owner=MqttTransfer/ns/t");
+        // Another installation's user of the same resource is not ours; the form without an
+        // installation (above, as a list) is adopted.
+        let staging = Owner { installation: "staging".into(), ..owner.clone() };
+        assert!(!is_ours(&json!({"tags": tags(&staging)}), &owner));
         assert!(!is_ours(&json!({"tags": "mqtt-dsp-operator"}), &owner));
         assert!(!is_ours(&json!({"tags": "administrator"}), &owner));
         assert!(!is_ours(&json!({}), &owner));

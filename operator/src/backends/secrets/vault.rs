@@ -581,8 +581,14 @@ impl SecretStore for VaultClient {
                     if !is_ours(&custom_metadata, owner) {
                         return Err(self.foreign("overwrite", at));
                     }
+                    let remarked = custom_metadata.get(OWNER_KEY) != Some(&owner.managed_by());
+                    if remarked {
+                        // Adopted from the marker without an installation: rewritten into this
+                        // installation's.
+                        self.mark(at, owner).await?;
+                    }
                     if data.len() == 1 && data.get(CONTENT_KEY).and_then(Value::as_str) == Some(value.expose_secret()) {
-                        return Ok(Outcome::Unchanged);
+                        return Ok(if remarked { Outcome::Updated } else { Outcome::Unchanged });
                     }
                     (version, Outcome::Updated)
                 }
