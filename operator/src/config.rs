@@ -52,6 +52,26 @@ pub struct Allowed {
     /// is taken as written (the operator's namespace is not added).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub namespaces: Option<Vec<String>>,
+    /// Whether an asset in a namespace the profile serves may choose the external name this profile
+    /// governs (connector: `spec.assetId`; identity provider, or broker in `usrpw` mode:
+    /// `spec.auth.clientId`; secret store: `spec.auth.secretAlias`). Absent: any name in the
+    /// operator's own namespace, `prefixed` in every other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen_names: Option<ChosenNames>,
+}
+
+/// Whether a resource may choose an external name itself (`spec.assetId`, `spec.auth.clientId`,
+/// `spec.auth.secretAlias`) instead of the generated one, which always starts with its namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ChosenNames {
+    /// Only names that start with `<namespace>.`, so one namespace can never take a name that
+    /// another namespace's resource would get or choose.
+    Prefixed,
+    /// None: the spec field is refused; names are generated.
+    Refused,
+    /// Any name: for a profile that one trusted team uses.
+    Any,
 }
 
 /// Which namespaces may use a connector profile, and what their assets may publish.
@@ -69,6 +89,12 @@ pub struct ConnectorAllowed {
     /// every participant sees). Absent: only in the operator's own namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_offers: Option<bool>,
+    /// Whether an asset in a namespace the profile serves may choose the external name this profile
+    /// governs (connector: `spec.assetId`; identity provider, or broker in `usrpw` mode:
+    /// `spec.auth.clientId`; secret store: `spec.auth.secretAlias`). Absent: any name in the
+    /// operator's own namespace, `prefixed` in every other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen_names: Option<ChosenNames>,
 }
 
 /// Which namespaces may use a broker profile, and which topics their assets may offer.
@@ -84,6 +110,12 @@ pub struct BrokerAllowed {
     /// namespace, none in any other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic_prefixes: Option<Vec<String>>,
+    /// Whether an asset in a namespace the profile serves may choose the external name this profile
+    /// governs (connector: `spec.assetId`; identity provider, or broker in `usrpw` mode:
+    /// `spec.auth.clientId`; secret store: `spec.auth.secretAlias`). Absent: any name in the
+    /// operator's own namespace, `prefixed` in every other.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen_names: Option<ChosenNames>,
 }
 
 /// The placeholder in [`BrokerAllowed::topic_prefixes`].
@@ -1112,6 +1144,21 @@ brokers:
         assert_eq!((connector.raw_odrl, connector.open_offers), (None, None));
         assert_eq!(config.brokers["bare"].allowed, None);
         assert_eq!(config.operator_namespace, "", "not read from the file: the operator sets it");
+    }
+
+    #[test]
+    fn the_installation_is_read_checked_and_defaults_to_the_operators_namespace() {
+        const BROKER: &str = "brokers:\n  default:\n    type: mosquitto\n    adminUrl: mqtts://m:8883\n    adminUsername: a\n    adminPassword: {env: P}\n    publicUrls: {mqtt-tls: \"mqtts://m:8883\"}\n";
+        let mut config = Config::parse(BROKER).unwrap();
+        assert_eq!(config.installation(), "default", "nothing known yet");
+        config.operator_namespace = "mqtt-system".into();
+        assert_eq!(config.installation(), "mqtt-system");
+        let config = Config::parse(&format!("installation: prod.mqtt-dsp-operator\n{BROKER}")).unwrap();
+        assert_eq!(config.installation(), "prod.mqtt-dsp-operator");
+        for bad in ["Prod", "a b", "a,b", "a/b", "-a", "a#", "\"\""] {
+            let problems = Config::parse(&format!("installation: {bad}\n{BROKER}")).unwrap_err();
+            assert_eq!(problems[0].path, "installation", "{bad}: {problems:?}");
+        }
     }
 
     #[test]

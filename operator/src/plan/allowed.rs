@@ -12,7 +12,7 @@ use url::Url;
 use super::asset::AssetProfiles;
 use super::{PlanError, topics};
 use crate::api::MqttAsset;
-use crate::config::{Config, NAMESPACE_PLACEHOLDER};
+use crate::config::{ChosenNames, Config, NAMESPACE_PLACEHOLDER};
 
 /// Checks an asset against the `allowed` blocks of the profiles it resolved to.
 pub fn check(asset: &MqttAsset, profiles: &AssetProfiles, config: &Config) -> Result<(), PlanError> {
@@ -100,6 +100,53 @@ pub fn check(asset: &MqttAsset, profiles: &AssetProfiles, config: &Config) -> Re
         None => {}
     }
 
+    // Names the spec chooses itself.
+    let auth = &asset.spec.auth;
+    let client_rule = match &profiles.identity_provider {
+        Some(idp) => {
+            let rule = config.identity_providers[idp].allowed.as_ref().and_then(|a| a.chosen_names);
+            ("identity provider", idp.as_str(), rule)
+        }
+        None => ("broker", profiles.broker.as_str(), broker_allowed.chosen_names),
+    };
+    let store_rule = store.allowed.as_ref().and_then(|a| a.chosen_names);
+    let chosen = [
+        (
+            "spec.assetId",
+            asset.spec.asset_id.as_ref(),
+            ("connector", profiles.connector.as_str(), connector_allowed.chosen_names),
+        ),
+        ("spec.auth.clientId", auth.client_id.as_ref(), client_rule),
+        (
+            "spec.auth.secretAlias",
+            auth.secret_alias.as_ref(),
+            ("secret store", profiles.secret_store.as_str(), store_rule),
+        ),
+    ];
+    for (field, name, (kind, profile, rule)) in chosen {
+        let Some(name) = name else { continue };
+        let effective = rule.unwrap_or(if namespace == own { ChosenNames::Any } else { ChosenNames::Prefixed });
+        let written = match rule {
+            Some(r) => format!("allowed.chosenNames: {}", chosen_names(r)),
+            None => format!("allowed.chosenNames is not set: prefixed outside the operator's namespace \"{own}\""),
+        };
+        let prefix = format!("{namespace}.");
+        match effective {
+            ChosenNames::Any => {}
+            ChosenNames::Prefixed if name.starts_with(&prefix) && name.len() > prefix.len() => {}
+            ChosenNames::Prefixed => {
+                return Err(not_allowed(format!(
+                    "{field} \"{name}\" does not start with \"{prefix}\", the prefix {kind} profile \"{profile}\" requires of names chosen in namespace \"{namespace}\" ({written}); name it \"{prefix}…\" or remove {field} to use the generated name"
+                )));
+            }
+            ChosenNames::Refused => {
+                return Err(not_allowed(format!(
+                    "{field}: {kind} profile \"{profile}\" does not let namespace \"{namespace}\" choose names ({written}); remove {field} to use the generated name"
+                )));
+            }
+        }
+    }
+
     // Policies.
     let grant = |flag: Option<bool>| flag.unwrap_or(namespace == own);
     let rule = |name: &str, flag: Option<bool>| match flag {
@@ -128,6 +175,14 @@ pub fn check(asset: &MqttAsset, profiles: &AssetProfiles, config: &Config) -> Re
         )));
     }
     Ok(())
+}
+
+fn chosen_names(rule: ChosenNames) -> &'static str {
+    match rule {
+        ChosenNames::Prefixed => "prefixed",
+        ChosenNames::Refused => "refused",
+        ChosenNames::Any => "any",
+    }
 }
 
 fn not_allowed(detail: String) -> PlanError {
@@ -277,6 +332,60 @@ brokers:
         assert!(e.contains("identityProviders.default.allowed.namespaces"), "{e}");
         a.metadata.namespace = Some("team-a".into());
         check_asset(&a, &cfg).unwrap();
+    }
+
+    #[test]
+    fn names_a_spec_chooses_are_prefixed_with_the_namespace_outside_the_operators_own() {
+        let cfg = config(OPEN, BROKER_OPEN, BROKER_OPEN);
+        // Another namespace: only `<namespace>.` names (the generated ones are always fine).
+        let mut a = asset_in("team-b");
+        check_asset(&a, &cfg).expect("generated names");
+        a.spec.asset_id = Some("team-a-line-1".into());
+        let e = refusal(&a, &cfg);
+        assert!(
+            e.starts_with(
+                "spec.assetId \"team-a-line-1\" does not start with \"team-b.\", the prefix connector profile \"default\" requires of names chosen in namespace \"team-b\" (allowed.chosenNames is not set: prefixed outside the operator's namespace \"mqtt-system\")"
+            ),
+            "{e}"
+        );
+        a.spec.asset_id = Some("team-b.line-1".into());
+        check_asset(&a, &cfg).unwrap();
+        a.spec.asset_id = Some("team-b.".into());
+        assert!(refusal(&a, &cfg).contains("spec.assetId"), "the prefix alone is no name");
+        a.spec.asset_id = None;
+        // usrpw: the client id is the broker username, governed by the broker profile.
+        a.spec.auth.client_id = Some("dsp-mqtt-team-a-line-1".into());
+        let e = refusal(&a, &cfg);
+        assert!(e.starts_with("spec.auth.clientId \"dsp-mqtt-team-a-line-1\""), "{e}");
+        assert!(e.contains("broker profile \"default\""), "{e}");
+        a.spec.auth.client_id = None;
+        a.spec.auth.secret_alias = Some("team-a.stolen".into());
+        assert!(refusal(&a, &cfg).contains("secret store profile \"default\""));
+        // The operator's own namespace chooses freely by default (single-team installs).
+        let mut own = asset_in("mqtt-system");
+        own.spec.asset_id = Some("urn:uuid:0b5d".into());
+        own.spec.auth.client_id = Some("line-1".into());
+        check_asset(&own, &cfg).unwrap();
+    }
+
+    #[test]
+    fn chosen_names_refused_or_any_as_the_profile_says() {
+        let refused = config(r#"{namespaces: ["*"], openOffers: true, chosenNames: refused}"#, BROKER_OPEN, "");
+        let mut a = asset_in("mqtt-system");
+        a.spec.asset_id = Some("mqtt-system.line-1".into());
+        let e = refusal(&a, &refused);
+        assert!(e.starts_with("spec.assetId: connector profile \"default\" does not let namespace \"mqtt-system\" choose names (allowed.chosenNames: refused)"), "{e}");
+        let any = config(OPEN, r##"{namespaces: ["*"], topicPrefixes: ["#"], chosenNames: any}"##, "");
+        let mut b = asset_in("team-b");
+        b.spec.auth.client_id = Some("whatever".into());
+        check_asset(&b, &any).expect("any name");
+        // oauth2: the identity provider's rule governs the client id, not the broker's.
+        b.spec.broker = Some("tenants".into());
+        b.spec.auth.mode = AuthMode::Oauth2;
+        b.metadata.namespace = Some("team-a".into());
+        let cfg = config(OPEN, BROKER_OPEN, r##"{namespaces: ["*"], topicPrefixes: ["#"], chosenNames: any}"##);
+        let e = refusal(&b, &cfg);
+        assert!(e.contains("identity provider profile \"default\""), "{e}");
     }
 
     #[test]

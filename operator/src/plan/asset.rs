@@ -121,7 +121,8 @@ pub fn asset_id(asset: &MqttAsset) -> String {
 /// The asset identity's name (client id / broker username).
 pub fn client_id(asset: &MqttAsset) -> String {
     let (namespace, name) = namespace_name(asset);
-    asset.spec.auth.client_id.clone().unwrap_or_else(|| format!("dsp-mqtt-{namespace}-{name}"))
+    let generated = || super::bounded(format!("dsp-mqtt-{namespace}-{name}"), super::MAX_IDENTITY_LEN);
+    asset.spec.auth.client_id.clone().unwrap_or_else(generated)
 }
 
 /// The secret alias the connector resolves.

@@ -162,6 +162,28 @@ impl PlanError {
     }
 }
 
+/// The longest identity name (client id, broker username) the operator generates: Keycloak keeps
+/// a client's service-account user as `service-account-<clientId>` in a 255-character column.
+pub const MAX_IDENTITY_LEN: usize = 255 - "service-account-".len();
+
+/// A generated name cut to `max` characters: when longer, its first characters, `-` and 16 hex
+/// digits of the SHA-256 of the whole name, so that two long names stay apart and the same input
+/// always gives the same name. Generated names are never refused for their length.
+pub fn bounded(name: String, max: usize) -> String {
+    use sha2::{Digest, Sha256};
+    const HASH: usize = 16;
+    if name.len() <= max {
+        return name;
+    }
+    let digest = format!("{:x}", Sha256::digest(name.as_bytes()));
+    // Generated names are ASCII (namespace and resource names are DNS names).
+    let mut keep = max - HASH - 1;
+    while !name.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    format!("{}-{}", &name[..keep], &digest[..HASH])
+}
+
 /// Profile name a spec field resolves to.
 pub fn profile_name(chosen: Option<&String>) -> &str {
     chosen.map(String::as_str).unwrap_or("default")

@@ -99,7 +99,7 @@ pub struct TransferPlan {
 pub fn identity(transfer: &MqttTransfer) -> String {
     let namespace = transfer.metadata.namespace.as_deref().unwrap_or_default();
     let name = transfer.metadata.name.as_deref().unwrap_or_default();
-    format!("dsp-mqtt-transfer-{namespace}-{name}")
+    super::bounded(format!("dsp-mqtt-transfer-{namespace}-{name}"), super::MAX_IDENTITY_LEN)
 }
 
 /// The ownership marker of a transfer.
@@ -383,6 +383,23 @@ secretStores:
             audience: "rabbitmq".into(),
             claims: vec![HardcodedClaim { name: "s".into(), value: json!(["x"]) }],
         }
+    }
+
+    #[test]
+    fn a_long_identity_is_cut_to_keycloaks_limit_with_a_hash_never_refused() {
+        let mut t = transfer();
+        t.metadata.namespace = Some("n".repeat(63));
+        t.metadata.name = Some("t".repeat(253));
+        let long = identity(&t);
+        assert_eq!(long.len(), 255 - "service-account-".len(), "{long}");
+        assert!(long.starts_with(&format!("dsp-mqtt-transfer-{}-ttt", "n".repeat(63))), "{long}");
+        assert_eq!(identity(&t), long, "deterministic");
+        t.metadata.name = Some(format!("{}u", "t".repeat(252)));
+        let other = identity(&t);
+        assert_eq!(other.len(), long.len());
+        assert_ne!(other, long, "two long names that share their start stay apart");
+        t.metadata.name = Some("t-1".into());
+        assert_eq!(identity(&t), format!("dsp-mqtt-transfer-{}-t-1", "n".repeat(63)), "short names are kept whole");
     }
 
     fn transfer() -> MqttTransfer {
