@@ -476,11 +476,30 @@ async fn a_resync_with_nothing_changed_writes_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oauth2_suspension_on_rabbitmq_closes_live_sessions_and_stops_new_tokens() {
+    oauth2_suspension_on_rabbitmq_cuts_off(None).await;
+}
+
+/// The MQTT username is the consumer's to choose. For the operator to cut off a consumer that
+/// connects under another name, the broker must list the session under what it authenticated
+/// (the token's client or subject), or end it when the token expires. RabbitMQ 3.10 (Debian 12's)
+/// does neither: this test fails there (the session is listed under the chosen name), and a
+/// session whose 4 s token expired still received messages 13 s later. Kept, ignored, as the
+/// check for a broker that can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "RabbitMQ 3.10 lists an oauth2 MQTT session under the CONNECT username and never ends it at token expiry: README, Limitations"]
+async fn oauth2_on_rabbitmq_a_consumer_under_a_username_of_its_choosing_is_cut_off_too() {
+    oauth2_suspension_on_rabbitmq_cuts_off(Some("someone-else-entirely")).await;
+}
+
+async fn oauth2_suspension_on_rabbitmq_cuts_off(username: Option<&str>) {
     let stack = DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }).await;
     let a = rabbitmq_oauth2_asset();
     with_ready_asset(&stack, &a).await;
     create_active(&stack, &transfer("t-a", to("consumer-a"))).await;
-    let from = from_secret(&stack, "t-a").await;
+    let mut from = from_secret(&stack, "t-a").await;
+    if let Some(username) = username {
+        from.options.username = username.into();
+    }
     let mut c = Consumer::connect(&from.options).await.expect("the JWT opens RabbitMQ");
     assert!(c.subscribe("factory/line-1/#").await);
     // RabbitMQ lists a connection (which is how the operator finds it to close it) only after
@@ -502,6 +521,8 @@ async fn oauth2_suspension_on_rabbitmq_closes_live_sessions_and_stops_new_tokens
         if connections.as_array().unwrap().iter().any(|c| c["user"] == json!(identity)) {
             break;
         }
+        let chosen = connections.as_array().unwrap().iter().find(|c| username.is_some_and(|u| c["user"] == json!(u)));
+        assert!(chosen.is_none(), "RabbitMQ lists the session under the username the consumer chose: {chosen:?}");
         assert!(tokio::time::Instant::now() < deadline, "RabbitMQ never listed the connection: {connections}");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
