@@ -413,8 +413,10 @@ def check_deployment(label: str, objs: list[dict], values: dict) -> dict:
     config_map = one(objs, "ConfigMap")
     check(mount["mountPath"] == "/etc/mqtt-dsp-operator" and volume["configMap"]["name"] == config_map["metadata"]["name"],
           f"{label}: the config is not mounted at /etc/mqtt-dsp-operator/config.yaml")
-    expected_config = values.get("config", yaml.safe_load((CHART / "values.yaml").read_text())["config"])
-    check(yaml.safe_load(config_map["data"]["config.yaml"]) == expected_config, f"{label}: ConfigMap is not `config` verbatim")
+    expected_config = dict(values.get("config", yaml.safe_load((CHART / "values.yaml").read_text())["config"]))
+    # `installation` defaults to <release namespace>.<release name> (the ownership markers' name).
+    expected_config.setdefault("installation", f"{NAMESPACE}.{RELEASE}")
+    check(yaml.safe_load(config_map["data"]["config.yaml"]) == expected_config, f"{label}: ConfigMap is not `config` (with `installation`)")
     return c
 
 
