@@ -261,3 +261,37 @@ async fn a_second_installation_sharing_the_backends_never_adopts_changes_or_dele
     assert_eq!(removed, mqtt_dsp_operator::backends::Outcome::Deleted, "{client} is A's");
     stack.teardown().await;
 }
+
+/// A transfer in a namespace the configuration does not serve (no Secret rights there, as the
+/// chart leaves it) is refused, and deleting it — or its namespace — is not blocked by the
+/// operator's cleanup finalizer: it cannot have written a Secret there, so a refused Secret read
+/// means there is nothing of ours to remove.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transfer_in_a_namespace_not_served_can_be_deleted() {
+    let mut stack = DevStack::start(StackOptions::default()).await;
+    let e2e::stack::Cluster::Local(plane) = stack.cluster else {
+        eprintln!("skipped: needs the test control plane (KUBECONFIG points at another cluster)");
+        return;
+    };
+    let namespace = plane.unserved_namespace("unserved").await;
+    // The stack's controllers watch its namespace; these watch the unserved one.
+    stack.stop_controllers().await;
+    let mut settings = StackOptions::default().settings;
+    settings.namespace = Some(namespace.clone());
+    stack.start_controllers(settings);
+    let transfers: Api<MqttTransfer> = Api::namespaced(stack.client.clone(), &namespace);
+    let t: MqttTransfer = serde_json::from_value(json!({
+        "apiVersion": "dsp-mqtt.io/v1alpha1",
+        "kind": "MqttTransfer",
+        "metadata": {"name": "t-unserved"},
+        "spec": {"assetRef": {"name": "line-1"}, "consumer": {"participantId": "did:web:consumer-a.example.com"}},
+    }))
+    .unwrap();
+    transfers.create(&PostParams::default(), &t).await.unwrap();
+    // The operator takes it in hand (finalizer and status), then lets it go when deleted.
+    wait_for(&transfers, "t-unserved", WITHIN, "a status", |t| t.status.is_some()).await;
+    transfers.delete("t-unserved", &Default::default()).await.unwrap();
+    e2e::stack::wait_gone(&transfers, "t-unserved", WITHIN).await;
+    plane.delete_namespace(&namespace, WITHIN).await.expect("the namespace goes");
+    stack.teardown().await;
+}

@@ -663,7 +663,17 @@ async fn revoke_objects(
         .map(|r| r.name.clone())
         .unwrap_or_else(|| t.spec.secret_name.clone().unwrap_or_else(|| t.name_any()));
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &owner.namespace);
-    if let Some(existing) = secrets_api.get_opt(&name).await.map_err(|e| (Some(Step::Credentials), Error::Kube(e)))?
+    let existing = match secrets_api.get_opt(&name).await {
+        // Not allowed to read Secrets here: a namespace the configuration does not serve (the
+        // chart grants Secret access only where it does), so the operator never wrote one. A
+        // Secret from when it was served has the transfer as owner and goes with it.
+        Err(kube::Error::Api(s)) if s.code == 403 => {
+            debug!(namespace = %owner.namespace, "no Secret access in this namespace: no DataAddress Secret of ours there");
+            None
+        }
+        other => other.map_err(|e| (Some(Step::Credentials), Error::Kube(e)))?,
+    };
+    if let Some(existing) = existing
         && check_ours(&existing, t).is_ok()
     {
         match secrets_api.delete(&name, &DeleteParams::default()).await {
