@@ -48,12 +48,7 @@ fn ready_reason(a: &MqttAsset) -> Option<(String, String, String)> {
 }
 
 fn owner(stack: &DevStack, name: &str) -> Owner {
-    Owner {
-        installation: "test".into(),
-        kind: "MqttAsset".into(),
-        namespace: stack.namespace.clone(),
-        name: name.into(),
-    }
+    stack.owner("MqttAsset", name)
 }
 
 async fn create(stack: &DevStack, asset: &MqttAsset) -> MqttAsset {
