@@ -159,40 +159,8 @@ impl Stack {
         // Keycloak made it: the double registers its own, here the test does.
         e2e::logs::register_secret(secret["value"].as_str().unwrap_or_default());
         let (_, user) = self.admin(Method::GET, &format!("clients/{id}/service-account-user"), None).await;
-        let strings = |v: &Value| -> BTreeMap<String, String> {
-            v.as_object()
-                .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
-                .unwrap_or_default()
-        };
-        let flag = |k: &str| rep[k].as_bool().unwrap_or(false);
-        Some(StoredClient {
-            id,
-            client_id: client_id.to_owned(),
-            description: rep["description"].as_str().map(str::to_owned),
-            enabled: flag("enabled"),
-            public_client: flag("publicClient"),
-            service_accounts_enabled: flag("serviceAccountsEnabled"),
-            standard_flow_enabled: flag("standardFlowEnabled"),
-            implicit_flow_enabled: flag("implicitFlowEnabled"),
-            direct_access_grants_enabled: flag("directAccessGrantsEnabled"),
-            client_authenticator_type: rep["clientAuthenticatorType"].as_str().unwrap_or_default().to_owned(),
-            secret: secret["value"].as_str().unwrap_or_default().to_owned(),
-            attributes: strings(&rep["attributes"]),
-            protocol_mappers: rep["protocolMappers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|m| StoredMapper {
-                    id: m["id"].as_str().unwrap_or_default().to_owned(),
-                    name: m["name"].as_str().unwrap_or_default().to_owned(),
-                    protocol: m["protocol"].as_str().unwrap_or_default().to_owned(),
-                    protocol_mapper: m["protocolMapper"].as_str().unwrap_or_default().to_owned(),
-                    config: strings(&m["config"]),
-                })
-                .collect(),
-            service_account_user_id: user["id"].as_str().unwrap_or_default().to_owned(),
-            can_manage_clients: false,
-        })
+        let secret = secret["value"].as_str().unwrap_or_default().to_owned();
+        Some(StoredClient::from_representation(&rep, secret, user["id"].as_str().unwrap_or_default().to_owned()))
     }
 
     /// Changes a client behind the operator's back, as an administrator would.

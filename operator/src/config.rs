@@ -89,10 +89,7 @@ pub struct ConnectorAllowed {
     /// every participant sees). Absent: only in the operator's own namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub open_offers: Option<bool>,
-    /// Whether an asset in a namespace the profile serves may choose the external name this profile
-    /// governs (connector: `spec.assetId`; identity provider, or broker in `usrpw` mode:
-    /// `spec.auth.clientId`; secret store: `spec.auth.secretAlias`). Absent: any name in the
-    /// operator's own namespace, `prefixed` in every other.
+    /// As [`Allowed::chosen_names`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chosen_names: Option<ChosenNames>,
 }
@@ -110,10 +107,7 @@ pub struct BrokerAllowed {
     /// namespace, none in any other.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub topic_prefixes: Option<Vec<String>>,
-    /// Whether an asset in a namespace the profile serves may choose the external name this profile
-    /// governs (connector: `spec.assetId`; identity provider, or broker in `usrpw` mode:
-    /// `spec.auth.clientId`; secret store: `spec.auth.secretAlias`). Absent: any name in the
-    /// operator's own namespace, `prefixed` in every other.
+    /// As [`Allowed::chosen_names`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chosen_names: Option<ChosenNames>,
 }

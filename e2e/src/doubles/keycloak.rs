@@ -120,6 +120,41 @@ pub struct StoredClient {
 }
 
 impl StoredClient {
+    /// A real Keycloak's client representation (Admin API) with its secret and service-account
+    /// user id, in the shape the double stores, so that tests compare both alike.
+    pub fn from_representation(representation: &Value, secret: String, service_account_user_id: String) -> Self {
+        let text = |v: &Value| v.as_str().unwrap_or_default().to_owned();
+        let flag = |k: &str| representation[k].as_bool().unwrap_or(false);
+        Self {
+            id: text(&representation["id"]),
+            client_id: text(&representation["clientId"]),
+            description: representation["description"].as_str().map(str::to_owned),
+            enabled: flag("enabled"),
+            public_client: flag("publicClient"),
+            service_accounts_enabled: flag("serviceAccountsEnabled"),
+            standard_flow_enabled: flag("standardFlowEnabled"),
+            implicit_flow_enabled: flag("implicitFlowEnabled"),
+            direct_access_grants_enabled: flag("directAccessGrantsEnabled"),
+            client_authenticator_type: text(&representation["clientAuthenticatorType"]),
+            secret,
+            attributes: strings(&representation["attributes"]),
+            protocol_mappers: representation["protocolMappers"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|m| StoredMapper {
+                    id: text(&m["id"]),
+                    name: text(&m["name"]),
+                    protocol: text(&m["protocol"]),
+                    protocol_mapper: text(&m["protocolMapper"]),
+                    config: strings(&m["config"]),
+                })
+                .collect(),
+            service_account_user_id,
+            can_manage_clients: false,
+        }
+    }
+
     /// A confidential service-account client with a fresh id and secret.
     fn new(client_id: &str) -> Self {
         Self {
@@ -185,6 +220,13 @@ impl StoredClient {
         }
         rep
     }
+}
+
+/// The string values of a JSON object (Keycloak's attributes and mapper configurations).
+fn strings(v: &Value) -> BTreeMap<String, String> {
+    v.as_object()
+        .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
+        .unwrap_or_default()
 }
 
 /// A protocol mapper as the double stores it.

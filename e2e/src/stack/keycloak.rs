@@ -8,8 +8,6 @@
 //! [`StoredClient`], filled from the client representation, its secret and its service-account
 //! user; logins are Keycloak's own `CLIENT_LOGIN` events of the realm.
 
-use std::collections::BTreeMap;
-
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -143,7 +141,7 @@ impl StackKeycloak {
 
     /// A client representation with its secret and service-account user, as the double stores it.
     async fn stored(&self, representation: &Value) -> StoredClient {
-        let id = representation["id"].as_str().unwrap_or_default().to_owned();
+        let id = representation["id"].as_str().unwrap_or_default();
         let secret = match self.admin(Method::GET, &format!("clients/{id}/client-secret"), None).await {
             (200, secret) => secret["value"].as_str().unwrap_or_default().to_owned(),
             _ => String::new(),
@@ -154,43 +152,7 @@ impl StackKeycloak {
             (200, user) => user["id"].as_str().unwrap_or_default().to_owned(),
             _ => String::new(),
         };
-        let strings = |v: &Value| -> BTreeMap<String, String> {
-            v.as_object()
-                .map(|o| o.iter().filter_map(|(k, v)| Some((k.clone(), v.as_str()?.to_owned()))).collect())
-                .unwrap_or_default()
-        };
-        let flag = |k: &str| representation[k].as_bool().unwrap_or(false);
-        StoredClient {
-            id,
-            client_id: representation["clientId"].as_str().unwrap_or_default().to_owned(),
-            description: representation["description"].as_str().map(str::to_owned),
-            enabled: flag("enabled"),
-            public_client: flag("publicClient"),
-            service_accounts_enabled: flag("serviceAccountsEnabled"),
-            standard_flow_enabled: flag("standardFlowEnabled"),
-            implicit_flow_enabled: flag("implicitFlowEnabled"),
-            direct_access_grants_enabled: flag("directAccessGrantsEnabled"),
-            client_authenticator_type: representation["clientAuthenticatorType"]
-                .as_str()
-                .unwrap_or_default()
-                .to_owned(),
-            secret,
-            attributes: strings(&representation["attributes"]),
-            protocol_mappers: representation["protocolMappers"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .map(|m| StoredMapper {
-                    id: m["id"].as_str().unwrap_or_default().to_owned(),
-                    name: m["name"].as_str().unwrap_or_default().to_owned(),
-                    protocol: m["protocol"].as_str().unwrap_or_default().to_owned(),
-                    protocol_mapper: m["protocolMapper"].as_str().unwrap_or_default().to_owned(),
-                    config: strings(&m["config"]),
-                })
-                .collect(),
-            service_account_user_id: user,
-            can_manage_clients: false,
-        }
+        StoredClient::from_representation(representation, secret, user)
     }
 }
 

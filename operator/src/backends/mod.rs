@@ -72,8 +72,7 @@ impl Owner {
     /// Whether a value of [`OWNER_KEY`] is this installation's: its own form, or the form without
     /// an installation (adopted; the next write rewrites it). Another installation's is not.
     pub fn is_managed_by(&self, value: &str) -> bool {
-        value == OWNER_VALUE
-            || value.strip_prefix(OWNER_VALUE).and_then(|v| v.strip_prefix('/')) == Some(&self.installation)
+        value == OWNER_VALUE || value == self.managed_by()
     }
 }
 

@@ -624,12 +624,7 @@ mod tests {
             namespace: "ns".into(),
             name: "t".into(),
         };
-        let other = Owner {
-            installation: "test".into(),
-            kind: "MqttTransfer".into(),
-            namespace: "ns".into(),
-            name: "u".into(),
-        };
+        let other = Owner { name: "u".into(), ..owner.clone() };
         assert!(is_ours(&json!({"textdescription": marker(&owner)}), Some(&owner)));
         let staging = Owner { installation: "staging".into(), ..owner.clone() };
         assert!(!is_ours(&json!({"textdescription": marker(&staging)}), Some(&owner)), "another installation's");

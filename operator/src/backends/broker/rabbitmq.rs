@@ -467,12 +467,7 @@ mod tests {
             namespace: "ns".into(),
             name: "t".into(),
         };
-        let other = Owner {
-            installation: "test".into(),
-            kind: "MqttTransfer".into(),
-            namespace: "ns".into(),
-            name: "u".into(),
-        };
+        let other = Owner { name: "u".into(), ..owner.clone() };
         assert!(is_ours(&json!({"tags": tags(&owner)}), &owner));
         assert!(is_ours(
             &json!({"tags": ["management", "mqtt-dsp-operator", "dsp-mqtt.io/owner=MqttTransfer/ns/t"]}),
