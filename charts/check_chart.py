@@ -48,6 +48,8 @@ def tenants_config(namespaces: list[str]) -> dict:
     """The default configuration with every profile serving `namespaces` (not the release namespace)."""
     config = copy.deepcopy(DEFAULT_CONFIG)
     for section, profiles in config.items():
+        if section == "refresh":
+            continue
         for profile in profiles.values():
             profile["allowed"] = {"namespaces": list(namespaces)}
             if section == "brokers":
@@ -72,7 +74,10 @@ EVERYTHING = {
     "extraEnv": [{"name": "EDC_API_KEY", "valueFrom": {"secretKeyRef": {"name": "edc", "key": "api-key"}}}],
     "extraVolumes": [{"name": "ca", "secret": {"secretName": "backend-ca"}}],
     "extraVolumeMounts": [{"name": "ca", "mountPath": "/etc/ssl/backends", "readOnly": True}],
+    "refresh": {"tlsSecretName": "refresh-tls", "ingress": {"enabled": True, "className": "nginx",
+                "tls": [{"hosts": ["mqtt-dsp.example.com"], "secretName": "refresh-public-tls"}]}},
 }
+EVERYTHING["networkPolicy"]["refreshFrom"] = [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "ingress"}}}]
 # Another namespace watched, no CRDs, no aggregated roles, an existing ServiceAccount.
 OTHER_NAMESPACE = {
     "watchNamespace": "dataspace",
@@ -215,7 +220,9 @@ def check_sources() -> None:
     example = yaml.safe_load((ROOT / "examples" / "operator-config.yaml").read_text())
     # The example opens every profile to every namespace (`allowed`); the chart's defaults leave
     # `allowed` out, so a fresh install serves its own namespace only (docs/configuration.md).
-    for section in example.values():
+    for key, section in example.items():
+        if key == "refresh":
+            continue
         for profile in section.values():
             profile.pop("allowed", None)
     check(values["config"] == example,
@@ -398,7 +405,7 @@ def check_deployment(label: str, objs: list[dict], values: dict) -> dict:
           f"{label}: resource requests/limits")
     check(pod.get("automountServiceAccountToken") is True, f"{label}: the pod needs its token for the API")
     check(pod.get("terminationGracePeriodSeconds", 0) > 0, f"{label}: terminationGracePeriodSeconds")
-    (port,) = c["ports"]
+    (port,) = [p for p in c["ports"] if p["name"] == "http"]
     check(f"--listen=0.0.0.0:{port['containerPort']}" in c["args"], f"{label}: the probes' port is not --listen's")
     for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):
         check(c[probe]["httpGet"] == {"path": path, "port": port["name"]}, f"{label}: {probe} is not {path}")
@@ -427,6 +434,34 @@ def lease_of(objs: list[dict]) -> str | None:
         return None
     names = [a.removeprefix("--lease-name=") for a in args if a.startswith("--lease-name=")]
     return names[0] if len(names) == 1 else RELEASE
+
+
+def check_refresh(objs: list[dict], values: dict) -> None:
+    """The refresh endpoint of config.refresh: container port, Service, TLS mount, Ingress at the
+    public URL's host and path, NetworkPolicy rule."""
+    config = yaml.safe_load(one(objs, "ConfigMap")["data"]["config.yaml"])
+    check(config["refresh"]["publicUrl"] == "https://mqtt-dsp.example.com/refresh", "refresh: not in the ConfigMap")
+    pod = one(objs, "Deployment")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    check(ports.get("refresh") == 8443, f"refresh: container port {ports}")
+    service = one(objs, "Service", f"{RELEASE}-refresh")
+    check([(p["port"], p["targetPort"]) for p in service["spec"]["ports"]] == [(443, "refresh")], "refresh: Service ports")
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v.get("secret", {}).get("secretName") for v in pod["volumes"]}
+    check(mounts.get("refresh-tls") == "/var/run/mqtt-dsp-operator/refresh-tls"
+          and volumes.get("refresh-tls") == values["refresh"]["tlsSecretName"]
+          and config["refresh"]["tls"]["certFile"].startswith(mounts.get("refresh-tls", "-") + "/"),
+          "refresh: the TLS Secret is not mounted where config.refresh.tls reads it")
+    ingress = one(objs, "Ingress", f"{RELEASE}-refresh")
+    rule = ingress["spec"]["rules"][0]
+    check(rule["host"] == "mqtt-dsp.example.com" and rule["http"]["paths"][0]["path"] == "/refresh"
+          and rule["http"]["paths"][0]["backend"]["service"]["name"] == f"{RELEASE}-refresh",
+          f"refresh: Ingress rule {rule}")
+    rules = one(objs, "NetworkPolicy")["spec"]["ingress"]
+    refresh_rules = [r for r in rules if r["ports"][0]["port"] == "refresh"]
+    check(len(refresh_rules) == 1 and refresh_rules[0].get("from") == values["networkPolicy"]["refreshFrom"],
+          f"refresh: NetworkPolicy rules {rules}")
 
 
 def check_template_refusals() -> None:
@@ -485,7 +520,7 @@ def main() -> int:
     aggregated = {o["metadata"]["name"]: o["metadata"]["labels"] for o in objs if o["kind"] == "ClusterRole"}
     check(aggregated.get(f"{RELEASE}-edit", {}).get("rbac.authorization.k8s.io/aggregate-to-edit") == "true", "no edit aggregation")
     check(aggregated.get(f"{RELEASE}-view", {}).get("rbac.authorization.k8s.io/aggregate-to-view") == "true", "no view aggregation")
-    service, monitor = one(objs, "Service"), one(objs, "ServiceMonitor")
+    service, monitor = one(objs, "Service", RELEASE), one(objs, "ServiceMonitor")
     check(monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items(),
           "ServiceMonitor does not select the Service")
     check(monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
@@ -493,6 +528,7 @@ def main() -> int:
     check(monitor["metadata"]["labels"].get("release") == "prometheus", "ServiceMonitor labels not applied")
     policy = one(objs, "NetworkPolicy")
     check(policy["spec"]["policyTypes"] == ["Ingress", "Egress"], "NetworkPolicy policyTypes")
+    check_refresh(objs, EVERYTHING)
     check(one(objs, "PodDisruptionBudget")["spec"].get("maxUnavailable") == 1, "PDB would block drains")
 
     # Another namespace watched.

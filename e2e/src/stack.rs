@@ -83,6 +83,10 @@ pub struct StackOptions {
     /// `brokers.default`…; a profile not named gets the permissive block of
     /// [`operator_config_yaml_for`] (every namespace, every topic, raw ODRL and open offers).
     pub allowed: BTreeMap<String, String>,
+    /// Extra keys of the `refresh` section (YAML lines indented by two spaces, e.g.
+    /// `  consumerAuth: {mode: bearerJwt, jwksFile: /x}`); the stack always serves the refresh
+    /// endpoint over TLS on a loopback port of its own.
+    pub refresh_extra: String,
 }
 
 impl Default for StackOptions {
@@ -100,6 +104,7 @@ impl Default for StackOptions {
                 instance: "e2e".into(),
             },
             allowed: BTreeMap::new(),
+            refresh_extra: String::new(),
         }
     }
 }
@@ -139,10 +144,14 @@ pub struct DevStack {
     pub metrics: Arc<Metrics>,
     /// Backends as the operator built them (tests may use them to inspect or tamper).
     pub backends: Arc<Backends>,
+    /// The refresh endpoint's public URL (`https://127.0.0.1:<port>/refresh`), served in this
+    /// process with a certificate of the stack's CA.
+    pub refresh_url: String,
     settings: Settings,
     allowed: BTreeMap<String, String>,
     stop: watch::Sender<bool>,
     controllers: Option<tokio::task::JoinHandle<()>>,
+    refresh_stop: watch::Sender<bool>,
     _dir: tempfile::TempDir,
 }
 
@@ -220,7 +229,12 @@ impl DevStack {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut targets = config_targets(&edc, &edc_fx, &keycloak, &vault, &mosquitto, rabbitmq.as_ref());
         targets.allowed = options.allowed.clone();
-        let yaml = operator_config_yaml_for(dir.path(), &ca, &targets);
+        let refresh_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let refresh_addr = refresh_listener.local_addr().expect("bound");
+        let refresh_url = format!("https://{refresh_addr}/refresh");
+        let mut yaml = operator_config_yaml_for(dir.path(), &ca, &targets);
+        let listen = refresh_addr.to_string();
+        yaml.push_str(&refresh_section(dir.path(), &ca, &refresh_url, &listen, &options.refresh_extra));
         let mut config = Config::parse(&yaml).unwrap_or_else(|p| panic!("dev-stack configuration: {p:#?}"));
         // The stack's namespace stands for the operator's own (as for the backends' Secrets).
         config.operator_namespace = namespace.clone();
@@ -229,6 +243,24 @@ impl DevStack {
         let metrics = Arc::new(Metrics::default());
 
         let (stop, _) = watch::channel(false);
+        let (refresh_stop, _) = watch::channel(false);
+        {
+            use mqtt_dsp_operator::refresh::{consumer_auth::ConsumerVerifier, server, service::Refresher};
+            let settings = config.refresh.clone().expect("the stack configures the refresh endpoint");
+            let ctx = Arc::new(Context::new(
+                operator_client.clone(),
+                Arc::new(config.clone()),
+                backends.clone(),
+                options.settings.clone(),
+                metrics.clone(),
+            ));
+            let verifier = ConsumerVerifier::new(&settings.consumer_auth).unwrap_or_else(|e| panic!("{e}"));
+            let router = server::router(&settings, Refresher::new(ctx, verifier), metrics.clone());
+            let stop = refresh_stop.subscribe();
+            tokio::spawn(async move {
+                let _ = server::serve(refresh_listener, router, settings.tls.as_ref(), stop).await;
+            });
+        }
         let mut stack = DevStack {
             ca,
             cluster,
@@ -245,10 +277,12 @@ impl DevStack {
             config,
             metrics,
             backends,
+            refresh_url,
             settings: options.settings.clone(),
             allowed: options.allowed.clone(),
             stop,
             controllers: None,
+            refresh_stop,
             _dir: dir,
         };
         stack.settings.namespace = Some(stack.namespace.clone());
@@ -449,6 +483,7 @@ async fn strip_finalizers(client: &kube::Client, namespace: &str) {
 impl Drop for DevStack {
     fn drop(&mut self) {
         self.stop.send_replace(true);
+        self.refresh_stop.send_replace(true);
         if let Some(task) = self.controllers.take() {
             task.abort();
         }
@@ -725,6 +760,20 @@ brokers:
         ));
     }
     yaml
+}
+
+/// The `refresh` section: `public_url` served on `listen` with a certificate of `ca` (written
+/// into `dir`), plus `extra` lines.
+pub fn refresh_section(dir: &std::path::Path, ca: &TestCa, public_url: &str, listen: &str, extra: &str) -> String {
+    let cert = ca.server_cert(&["127.0.0.1", "localhost"]);
+    let (cert_file, key_file) = (dir.join("refresh.crt"), dir.join("refresh.key"));
+    std::fs::write(&cert_file, &cert.cert_pem).expect("write");
+    std::fs::write(&key_file, &cert.key_pem).expect("write");
+    format!(
+        "refresh:\n  publicUrl: {public_url}\n  listen: \"{listen}\"\n  tls: {{certFile: {}, keyFile: {}}}\n{extra}",
+        cert_file.display(),
+        key_file.display()
+    )
 }
 
 /// Waits until `name` satisfies `pred` (polling every 100 ms); panics with the last state after

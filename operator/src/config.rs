@@ -41,6 +41,109 @@ pub struct Config {
     /// chart sets `<release namespace>.<release name>`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub installation: String,
+    /// The operator's own refresh endpoint (top-level `refresh`). Absent: `oauth2` transfers
+    /// carry no refresh token (the operator renews the token in the Secret itself).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshSettings>,
+}
+
+/// The refresh endpoint a consumer sends its refresh token to (ADR 012's `refreshEndpoint`),
+/// served by the operator on a listener of its own.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefreshSettings {
+    /// What goes into `dsp-mqtt:refreshEndpoint`: the URL consumers reach (an Ingress, a
+    /// LoadBalancer Service, …). `https` only. The endpoint answers on this URL's path and on the
+    /// same path with `/token` appended (the Tractus-X client appends it).
+    pub public_url: Url,
+    /// Address the listener binds. Default `0.0.0.0:8443`.
+    #[serde(default = "default_refresh_listen")]
+    pub listen: std::net::SocketAddr,
+    /// Certificate and key (PEM files) the listener serves TLS with. Absent: plain HTTP, for a
+    /// listener behind a TLS-terminating Ingress or mesh (the public URL is `https` either way).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<ListenerTls>,
+    /// How a refresh request authenticates beyond the refresh token.
+    #[serde(default)]
+    pub consumer_auth: ConsumerAuth,
+    /// Rate limits.
+    #[serde(default)]
+    pub rate_limit: RefreshRateLimit,
+}
+
+/// A listener's certificate and key, read from files (a mounted `kubernetes.io/tls` Secret).
+/// Read again when the files change, so a renewed certificate is served without a restart.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ListenerTls {
+    /// Certificate chain, PEM.
+    pub cert_file: PathBuf,
+    /// Private key, PEM.
+    pub key_file: PathBuf,
+}
+
+/// What a refresh request must carry besides the refresh token.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ConsumerAuth {
+    /// `refreshToken` (default, ADR 012: the refresh token alone) or `bearerJwt` (the Tractus-X
+    /// refresh profile: also `Authorization: Bearer <JWT>` signed by the consumer, verified
+    /// against [`ConsumerAuth::jwks_url`] or [`ConsumerAuth::jwks_file`], `iss` = `sub` = the
+    /// transfer's consumer participant id).
+    #[serde(default)]
+    pub mode: ConsumerAuthMode,
+    /// Where the consumers' public keys are (a JWKS document over `https`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_url: Option<Url>,
+    /// Or a JWKS file (a mounted ConfigMap).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_file: Option<PathBuf>,
+    /// PEM CA bundle to trust (only) for [`ConsumerAuth::jwks_url`]; default: the system roots.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_ca_file: Option<PathBuf>,
+    /// Accepted `aud` values of the bearer JWT (this provider's id or DID). Empty: `aud` is not
+    /// checked.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub audiences: Vec<String>,
+}
+
+/// See [`ConsumerAuth::mode`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum ConsumerAuthMode {
+    /// The refresh token alone (ADR 012).
+    #[default]
+    RefreshToken,
+    /// The refresh token and a bearer JWT signed by the consumer (Tractus-X).
+    BearerJwt,
+}
+
+/// Requests per minute before `429 Too Many Requests` (with `Retry-After`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefreshRateLimit {
+    /// Per transfer (a refresh token's transfer). Default 30.
+    #[serde(default = "default_per_transfer")]
+    pub per_transfer_per_minute: u32,
+    /// Per client address (the TCP peer: behind an Ingress, the Ingress). Default 600.
+    #[serde(default = "default_per_address")]
+    pub per_address_per_minute: u32,
+}
+
+impl Default for RefreshRateLimit {
+    fn default() -> Self {
+        Self { per_transfer_per_minute: default_per_transfer(), per_address_per_minute: default_per_address() }
+    }
+}
+
+fn default_refresh_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([0, 0, 0, 0], 8443))
+}
+fn default_per_transfer() -> u32 {
+    30
+}
+fn default_per_address() -> u32 {
+    600
 }
 
 /// Which namespaces may use a profile (identity providers, secret stores). Absent: only the
@@ -600,7 +703,8 @@ impl Config {
                 message: "expected a mapping with connectors, identityProviders, secretStores, brokers".into(),
             }]);
         };
-        const SECTIONS: [&str; 5] = ["installation", "connectors", "identityProviders", "secretStores", "brokers"];
+        const SECTIONS: [&str; 6] =
+            ["installation", "connectors", "identityProviders", "secretStores", "brokers", "refresh"];
         for key in root.keys() {
             let name = key.as_str().unwrap_or("<non-string key>");
             if !SECTIONS.contains(&name) {
@@ -631,6 +735,7 @@ impl Config {
             brokers: section(root, "brokers", &mut problems),
             operator_namespace: String::new(),
             installation,
+            refresh: refresh_section(root, &mut problems),
         };
         config.validate(&mut problems);
         if config.connectors.is_empty() && config.brokers.is_empty() && problems.is_empty() {
@@ -781,6 +886,51 @@ impl Config {
             }
         }
     }
+}
+
+/// The `refresh` section, checked.
+fn refresh_section(root: &serde_yaml::Mapping, problems: &mut Vec<ConfigProblem>) -> Option<RefreshSettings> {
+    let value = root.get("refresh").filter(|v| !v.is_null())?;
+    let settings: RefreshSettings = match serde_path_to_error::deserialize(value.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            let inner = e.path().to_string();
+            let path = if inner == "." { "refresh".to_owned() } else { format!("refresh.{inner}") };
+            problems.push(ConfigProblem { path, message: e.into_inner().to_string() });
+            return None;
+        }
+    };
+    let mut push = |path: String, message: String| problems.push(ConfigProblem { path, message });
+    check_url(&mut push, "refresh.publicUrl", &settings.public_url, &["https"]);
+    if settings.public_url.query().is_some() || settings.public_url.fragment().is_some() {
+        push("refresh.publicUrl".into(), "must not have a query or fragment".into());
+    }
+    let auth = &settings.consumer_auth;
+    match (auth.mode, &auth.jwks_url, &auth.jwks_file) {
+        (ConsumerAuthMode::BearerJwt, Some(url), None) => {
+            check_url(&mut push, "refresh.consumerAuth.jwksUrl", url, &["https"])
+        }
+        (ConsumerAuthMode::BearerJwt, None, Some(_)) => {}
+        (ConsumerAuthMode::BearerJwt, _, _) => push(
+            "refresh.consumerAuth".into(),
+            "mode bearerJwt needs exactly one of jwksUrl or jwksFile (the consumers' public keys)".into(),
+        ),
+        (ConsumerAuthMode::RefreshToken, None, None) => {}
+        (ConsumerAuthMode::RefreshToken, _, _) => push(
+            "refresh.consumerAuth".into(),
+            "jwksUrl and jwksFile are only read in mode bearerJwt; set mode: bearerJwt or remove them".into(),
+        ),
+    }
+    let limits = &settings.rate_limit;
+    for (name, value) in [
+        ("perTransferPerMinute", limits.per_transfer_per_minute),
+        ("perAddressPerMinute", limits.per_address_per_minute),
+    ] {
+        if value == 0 {
+            push(format!("refresh.rateLimit.{name}"), "must be at least 1".into());
+        }
+    }
+    Some(settings)
 }
 
 /// Deserialises every profile of one section on its own, so that one broken profile does not

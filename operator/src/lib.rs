@@ -12,6 +12,7 @@ pub mod crd;
 pub mod credentials;
 pub mod metrics;
 pub mod plan;
+pub mod refresh;
 pub mod run;
 pub mod server;
 pub mod status;

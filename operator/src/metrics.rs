@@ -61,6 +61,15 @@ pub struct BackendCallLabels {
     pub outcome: String,
 }
 
+/// Labels of `mqtt_dsp_operator_refreshes`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefreshLabels {
+    /// `ok`, or the RFC 6749 error code of the refusal (`invalid_request`, `invalid_grant`,
+    /// `unsupported_grant_type`, `invalid_client`, `slow_down` for 429,
+    /// `temporarily_unavailable`).
+    pub result: String,
+}
+
 /// Labels of `mqtt_dsp_operator_resources`.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReadyLabels {
@@ -114,6 +123,10 @@ pub struct Metrics {
     /// 1 while this replica holds the leader Lease (or leader election is off and it runs the
     /// controllers), 0 while it stands by.
     pub leader: Gauge,
+    /// Requests to the refresh endpoint by result.
+    pub refreshes: Family<RefreshLabels, Counter>,
+    /// Time to answer a refresh request (successful or not).
+    pub refresh_seconds: Histogram,
     collectors: Mutex<HashMap<&'static str, Collector>>,
 }
 
@@ -152,6 +165,14 @@ impl Default for Metrics {
             "1 while this replica runs the controllers (holds the leader Lease)",
             leader.clone(),
         );
+        let refreshes = Family::<RefreshLabels, Counter>::default();
+        registry.register(
+            "refreshes",
+            "Requests to the refresh endpoint by result (ok or the RFC 6749 error code)",
+            refreshes.clone(),
+        );
+        let refresh_seconds = Histogram::new(exponential_buckets(0.001, 2.0, 14));
+        registry.register("refresh_seconds", "Time to answer a refresh request", refresh_seconds.clone());
         Self {
             registry,
             build_info,
@@ -162,12 +183,20 @@ impl Default for Metrics {
             token_expiry,
             resources,
             leader,
+            refreshes,
+            refresh_seconds,
             collectors: Mutex::default(),
         }
     }
 }
 
 impl Metrics {
+    /// Records one answered refresh request.
+    pub fn observe_refresh(&self, result: &str, took: std::time::Duration) {
+        self.refreshes.get_or_create(&RefreshLabels { result: result.into() }).inc();
+        self.refresh_seconds.observe(took.as_secs_f64());
+    }
+
     /// Records one reconcile.
     pub fn observe_reconcile(&self, kind: &str, took: std::time::Duration, error: Option<&str>) {
         let labels = ReconcileLabels { kind: kind.into(), result: error.unwrap_or("ok").into() };

@@ -89,6 +89,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The refresh endpoint cannot be set up (its TLS files, the consumers' keys).
+    #[error("cannot set up the refresh endpoint: {0}")]
+    Refresh(String),
     /// The endpoints' server failed.
     #[error("the health/metrics server failed")]
     Serve(#[source] std::io::Error),
@@ -124,7 +127,7 @@ impl RunError {
     /// (2 is clap's usage error).
     pub fn exit_code(&self) -> i32 {
         match self {
-            RunError::Config(_) | RunError::Backends(_) => 3,
+            RunError::Config(_) | RunError::Backends(_) | RunError::Refresh(_) => 3,
             RunError::CrdsMissing { .. } => 4,
             _ => 1,
         }
@@ -184,6 +187,12 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let ctx = Arc::new(Context::new(client.clone(), Arc::new(config), Arc::new(backends), options.settings, metrics));
+
+    // The refresh endpoint serves on every replica, standbys included: it needs no controller.
+    let _refresh = match ctx.config.refresh.clone() {
+        Some(settings) => Some(start_refresh(&settings, ctx.clone(), stop_tx.subscribe()).await?),
+        None => None,
+    };
 
     // Leader election: stand by until this replica holds the Lease.
     let mut election = None;
@@ -289,6 +298,34 @@ async fn stop_server(
             Ok(())
         }
     }
+}
+
+/// Binds and serves the refresh endpoint until `stop`.
+async fn start_refresh(
+    settings: &crate::config::RefreshSettings,
+    ctx: Arc<Context>,
+    stop: watch::Receiver<bool>,
+) -> Result<tokio::task::JoinHandle<()>, RunError> {
+    use crate::refresh::{consumer_auth::ConsumerVerifier, server, service::Refresher};
+    let verifier = ConsumerVerifier::new(&settings.consumer_auth).map_err(RunError::Refresh)?;
+    let router = server::router(settings, Refresher::new(ctx.clone(), verifier), ctx.metrics.clone());
+    let listener = server::bind(settings.listen).await?;
+    let tls = settings.tls.clone();
+    // Load the certificate now, so that a broken one stops the start with a clear error.
+    if let Some(tls) = &tls {
+        server::check_tls(tls).map_err(|e| RunError::Refresh(e.to_string()))?;
+    }
+    info!(
+        "serving the refresh endpoint on {} ({}), public URL {}",
+        settings.listen,
+        if tls.is_some() { "TLS" } else { "plain HTTP behind a TLS-terminating proxy" },
+        settings.public_url
+    );
+    Ok(tokio::spawn(async move {
+        if let Err(e) = server::serve(listener, router, tls.as_ref(), stop).await {
+            warn!("the refresh endpoint stopped: {e}");
+        }
+    }))
 }
 
 /// Eight random lowercase letters and digits: two replicas with the same pod name (a local run

@@ -988,6 +988,17 @@ impl Stack {
             }
             p["caBundle"] = ca.clone();
         }
+        if config.get("refresh").is_some_and(|r| !r.is_null()) {
+            // The refresh endpoint on a loopback port of its own, with a certificate of the
+            // stack's CA.
+            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+            let cert = self.ca.server_cert(&["127.0.0.1", "localhost"]);
+            let (cert_file, key_file) = (file("refresh.crt", &cert.cert_pem)?, file("refresh.key", &cert.key_pem)?);
+            let r = &mut config["refresh"];
+            r["publicUrl"] = json!(format!("https://127.0.0.1:{port}/refresh"));
+            r["listen"] = json!(format!("127.0.0.1:{port}"));
+            r["tls"] = json!({"certFile": cert_file["file"], "keyFile": key_file["file"]});
+        }
         Ok(config)
     }
 
@@ -1521,6 +1532,46 @@ async fn consume(client: &kube::Client, stack: &Stack, transfer: &Doc) -> Result
     if text != payload {
         return Err("the consumer received something other than what the provider sent".into());
     }
+    let text = |key: &str| address.get(key).and_then(Value::as_str);
+    if let (Some(endpoint), Some(refresh_token)) = (text("dsp-mqtt:refreshEndpoint"), text("dsp-mqtt:refreshToken")) {
+        refresh_and_reconnect(stack, &from, &filter, endpoint, refresh_token).await?;
+    }
+    Ok(())
+}
+
+/// ADR 012's refresh: only the refresh token to the DataAddress' `refreshEndpoint`, a new JWT
+/// back, and the broker takes it.
+async fn refresh_and_reconnect(
+    stack: &Stack,
+    from: &FromSecret,
+    filter: &str,
+    endpoint: &str,
+    refresh_token: &str,
+) -> Result<(), Failure> {
+    let ca = reqwest::Certificate::from_pem(stack.ca.cert_pem().as_bytes())?;
+    let http = reqwest::Client::builder().tls_certs_only([ca]).build()?;
+    let response =
+        http.post(endpoint).form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token)]).send().await?;
+    let status = response.status();
+    let answer: Value = response.json().await.unwrap_or(Value::Null);
+    let (Some(jwt), Some(next)) = (answer["access_token"].as_str(), answer["refresh_token"].as_str()) else {
+        return Err(format!("the refresh endpoint answered {status}: {answer}").into());
+    };
+    secret(jwt);
+    secret(next);
+    indent(&format!(
+        "consumer: POST {endpoint} with grant_type=refresh_token and its refresh token only: {status}, a new JWT \
+         for {} s and the next refresh token",
+        answer["expires_in"]
+    ));
+    let mut again =
+        Consumer::connect(&e2e::consumer::ConsumerOptions { password: jwt.to_owned(), ..from.options.clone() })
+            .await
+            .map_err(|e| format!("the refreshed JWT was refused: {e:?}"))?;
+    if !again.subscribe(filter).await {
+        return Err(format!("the refreshed JWT may not subscribe to {filter}").into());
+    }
+    indent(&format!("consumer: reconnected with the refreshed JWT and subscribed to {filter}"));
     Ok(())
 }
 

@@ -49,6 +49,7 @@ use crate::backends::identity::ClientDefinition;
 use crate::backends::secrets::SecretLocation;
 use crate::backends::{BackendError, ExposeSecret, Outcome, SecretString, System, random_password};
 use crate::plan::transfer::{self as transfer_plan, Access, Cause, Credentials, TransferPlan};
+use crate::refresh;
 use crate::status::{self, Status};
 
 /// The transfer's steps, in order.
@@ -373,8 +374,9 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
                     (
                         Credentials::Token {
                             access_token: tokens.access_token,
-                            refresh_token: tokens.refresh_token,
+                            refresh_token: None,
                             expires_in: tokens.expires_in,
+                            expires_at,
                         },
                         Some(expires_at),
                         sub,
@@ -383,12 +385,21 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
             }
         }
     };
+    // The operator's refresh token: kept while the Secret's rotation state stands (the consumer
+    // may have rotated it through the endpoint since), made afresh with fresh credentials.
+    let (mut credentials, rotation) = (credentials, refresh_rotation(&plan, existing.as_ref(), resuming));
+    if let (Credentials::Token { refresh_token, .. }, RotationWrite::Keep(token) | RotationWrite::Set(token, _)) =
+        (&mut credentials, &rotation)
+    {
+        *refresh_token = Some(token.clone());
+    }
     let full = transfer_plan::data_address(&plan, Some(&credentials));
     let grant = match plan.mode {
         AuthMode::Oauth2 => grant.as_deref(),
         AuthMode::Usrpw => None,
     };
-    write_secret(&secrets_api, t, &plan.secret_name, &transfer_plan::secret_data(&full), grant, existing.as_ref())
+    let data = transfer_plan::secret_data(&full);
+    write_secret(&secrets_api, t, &plan.secret_name, &data, grant, &rotation, existing.as_ref())
         .await
         .map_err(|e| (Some(Step::Credentials), e))?;
     walk.tracker.step_ok(Step::Credentials, &format!("Secret {} holds the DataAddress", plan.secret_name));
@@ -477,12 +488,47 @@ fn reusable_token(
     Some((
         Credentials::Token {
             access_token: SecretString::from(access_token),
-            refresh_token: text("refreshToken").map(SecretString::from),
+            refresh_token: None,
             expires_in,
+            expires_at,
         },
         Some(expires_at),
         sub,
     ))
+}
+
+/// What happens to the refresh-token rotation state on the transfer's Secret.
+enum RotationWrite {
+    /// The Secret's refresh token and digests stay (the token is the Secret's copy).
+    Keep(SecretString),
+    /// A new refresh token: its digest replaces every earlier one.
+    Set(SecretString, String),
+    /// No refresh token (no endpoint configured, `usrpw`, or access cut off).
+    Remove,
+}
+
+/// The refresh token of an `oauth2` transfer when the refresh endpoint is configured: the one
+/// in the Secret while its rotation state is there (the consumer may have rotated to a newer
+/// one through the endpoint: only digests are stored, and a fresh token would lock it out),
+/// else a new one; resuming after a suspension always makes a new one.
+fn refresh_rotation(plan: &TransferPlan, existing: Option<&Secret>, resuming: bool) -> RotationWrite {
+    if plan.mode != AuthMode::Oauth2 || plan.refresh_endpoint.is_none() {
+        return RotationWrite::Remove;
+    }
+    let kept = existing.filter(|_| !resuming).and_then(|s| {
+        let state = s.metadata.annotations.as_ref()?.get(refresh::ROTATION_ANNOTATION)?;
+        refresh::Rotation::parse(state)?;
+        let token = String::from_utf8(s.data.as_ref()?.get("refreshToken")?.0.clone()).ok()?;
+        refresh::locate(&SecretString::from(token.clone()))?;
+        Some(SecretString::from(token))
+    });
+    match kept {
+        Some(token) => RotationWrite::Keep(token),
+        None => {
+            let (token, digest) = refresh::mint(&plan.owner.namespace, &plan.owner.name);
+            RotationWrite::Set(token, refresh::Rotation::new(digest).render())
+        }
+    }
 }
 
 /// The `sub` of a JWT (no verification: it is the identity provider's token we just received,
@@ -544,7 +590,8 @@ async fn suspend(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut 
         check_ours(existing, t).map_err(|e| (Some(Step::Credentials), e))?;
     }
     let without = transfer_plan::data_address(&plan, None);
-    write_secret(&secrets_api, t, &plan.secret_name, &transfer_plan::secret_data(&without), None, existing.as_ref())
+    let data = transfer_plan::secret_data(&without);
+    write_secret(&secrets_api, t, &plan.secret_name, &data, None, &RotationWrite::Remove, existing.as_ref())
         .await
         .map_err(|e| (Some(Step::Credentials), e))?;
     walk.tracker
@@ -858,6 +905,7 @@ async fn write_secret(
     name: &str,
     data: &BTreeMap<String, String>,
     grant: Option<&str>,
+    rotation: &RotationWrite,
     existing: Option<&Secret>,
 ) -> Result<Outcome, Error> {
     let data: BTreeMap<String, ByteString> =
@@ -872,6 +920,13 @@ async fn write_secret(
         Some(grant) => annotations.insert(TOKEN_GRANT_ANNOTATION.to_owned(), grant.to_owned()),
         None => annotations.remove(TOKEN_GRANT_ANNOTATION),
     };
+    match rotation {
+        RotationWrite::Keep(_) => {}
+        RotationWrite::Set(_, state) => {
+            drop(annotations.insert(refresh::ROTATION_ANNOTATION.to_owned(), state.clone()))
+        }
+        RotationWrite::Remove => drop(annotations.remove(refresh::ROTATION_ANNOTATION)),
+    }
     let annotations = (!annotations.is_empty()).then_some(annotations);
     match existing {
         Some(existing)

@@ -89,8 +89,8 @@ pub struct TransferPlan {
     pub base_url: String,
     /// `mqttEndpointType` as the asset's connector spells it.
     pub endpoint_type: String,
-    /// Token endpoint (`oauth2`).
-    pub token_url: Option<String>,
+    /// The operator's refresh endpoint (`oauth2`, when `refresh` is configured).
+    pub refresh_endpoint: Option<String>,
     /// Audience of the consumer's tokens (`oauth2`).
     pub audience: Option<String>,
 }
@@ -150,7 +150,7 @@ pub fn plan(
         })?,
     };
     let mode = asset.spec.auth.mode;
-    let (client, token_url) = match mode {
+    let (client, refresh_endpoint) = match mode {
         AuthMode::Oauth2 => {
             let idp = &config.identity_providers[profiles.identity_provider.as_ref().expect("resolved for oauth2")];
             let lifetime = transfer
@@ -168,12 +168,15 @@ pub fn plan(
                 ),
                 enabled: true,
                 access_token_lifespan_seconds: Some(lifetime),
-                refresh_tokens_for_client_credentials: true,
+                // Refresh tokens are the operator's own (see `refresh`): a Keycloak one would be
+                // useless to the consumer (the client is confidential) and costs a stored user
+                // session per grant.
+                refresh_tokens_for_client_credentials: false,
                 audience: token.map(|t| t.audience.clone()),
                 claims: token.map(|t| t.claims.clone()).unwrap_or_default(),
                 owner: owner.clone(),
             };
-            (Some(client), Some(idp.effective_token_url().to_string()))
+            (Some(client), config.refresh.as_ref().map(|r| r.public_url.to_string()))
         }
         AuthMode::Usrpw => (None, None),
     };
@@ -189,7 +192,7 @@ pub fn plan(
         client,
         topics,
         base_url,
-        token_url,
+        refresh_endpoint,
     })
 }
 
@@ -222,10 +225,13 @@ pub enum Credentials {
     Token {
         /// The access token (`dsp-mqtt:authorization`).
         access_token: SecretString,
-        /// Refresh token, when the identity provider issued one.
+        /// The operator's refresh token for this transfer, when the refresh endpoint is
+        /// configured.
         refresh_token: Option<SecretString>,
         /// Seconds the access token lives (`dsp-mqtt:expiresIn`).
         expires_in: u64,
+        /// When it expires (Unix seconds; `dsp-mqtt:expiresAt`, RFC 3339).
+        expires_at: i64,
     },
     /// A broker username and password.
     Password {
@@ -252,6 +258,9 @@ pub mod keys {
     pub const EXPIRES_IN: &str = "dsp-mqtt:expiresIn";
     /// Audience of refreshed tokens.
     pub const REFRESH_AUDIENCE: &str = "dsp-mqtt:refreshAudience";
+    /// When the access token expires, RFC 3339 (our extension: `expiresIn` alone is misread
+    /// when the DataAddress is read later than it was issued).
+    pub const EXPIRES_AT: &str = "dsp-mqtt:expiresAt";
     /// Broker username (`usrpw`; the reference connector's name, and in `oauth2` mode the name to
     /// connect with).
     pub const USERNAME: &str = "dsp-mqtt:username";
@@ -284,18 +293,21 @@ pub fn data_address(plan: &TransferPlan, credentials: Option<&Credentials>) -> M
     da.insert(keys::USERNAME.into(), json!(plan.identity));
     match plan.mode {
         AuthMode::Oauth2 => {
-            if let Some(url) = &plan.token_url {
+            if let Some(url) = &plan.refresh_endpoint {
                 da.insert(keys::REFRESH_ENDPOINT.into(), json!(url));
+                if let Some(audience) = &plan.audience {
+                    da.insert(keys::REFRESH_AUDIENCE.into(), json!(audience));
+                }
             }
-            if let Some(audience) = &plan.audience {
-                da.insert(keys::REFRESH_AUDIENCE.into(), json!(audience));
-            }
-            if let Some(Credentials::Token { access_token, refresh_token, expires_in }) = credentials {
+            if let Some(Credentials::Token { access_token, refresh_token, expires_in, expires_at }) = credentials {
                 da.insert(keys::AUTHORIZATION.into(), json!(access_token.expose_secret()));
-                if let Some(refresh) = refresh_token {
+                if let Some(refresh) = refresh_token.as_ref().filter(|_| plan.refresh_endpoint.is_some()) {
                     da.insert(keys::REFRESH_TOKEN.into(), json!(refresh.expose_secret()));
                 }
                 da.insert(keys::EXPIRES_IN.into(), json!(expires_in.to_string()));
+                if let Ok(at) = k8s_openapi::jiff::Timestamp::from_second(*expires_at) {
+                    da.insert(keys::EXPIRES_AT.into(), json!(at.to_string()));
+                }
             }
         }
         AuthMode::Usrpw => {
@@ -338,6 +350,8 @@ mod tests {
     fn config() -> Config {
         Config::parse(
             r#"
+refresh:
+  publicUrl: https://mqtt-dsp.example.com/refresh
 connectors:
   default:
     managementUrl: https://edc.example.com/management
@@ -485,13 +499,13 @@ secretStores:
     }
 
     #[test]
-    fn oauth2_plan_has_a_refreshable_client_with_the_lifetime_and_broker_audience() {
+    fn oauth2_plan_has_a_client_without_keycloak_refresh_tokens_and_points_at_our_refresh_endpoint() {
         let mut t = transfer();
         t.spec.token_lifetime_seconds = Some(120);
         let p = plan(&t, &asset(AuthMode::Oauth2), &config(), Some(&token())).unwrap();
         let client = p.client.as_ref().unwrap();
         assert_eq!(client.client_id, "dsp-mqtt-transfer-dataspace-line-1-consumer-a");
-        assert!(client.refresh_tokens_for_client_credentials);
+        assert!(!client.refresh_tokens_for_client_credentials, "the refresh token is the operator's own");
         assert_eq!(client.access_token_lifespan_seconds, Some(120));
         assert_eq!(client.audience.as_deref(), Some("rabbitmq"));
         assert_eq!(
@@ -499,10 +513,11 @@ secretStores:
             SecretLocation { folder: Some("edc".into()), alias: format!("{}-secret", client.client_id) }
         );
         assert_eq!(p.secret_name, "line-1-consumer-a");
-        assert_eq!(
-            p.token_url.as_deref(),
-            Some("https://kc.example.com/realms/dataspace/protocol/openid-connect/token")
-        );
+        assert_eq!(p.refresh_endpoint.as_deref(), Some("https://mqtt-dsp.example.com/refresh"));
+        let mut without = config();
+        without.refresh = None;
+        let p = plan(&t, &asset(AuthMode::Oauth2), &without, Some(&token())).unwrap();
+        assert_eq!(p.refresh_endpoint, None, "no refresh endpoint configured: none in the DataAddress");
         let default_lifetime = plan(&transfer(), &asset(AuthMode::Oauth2), &config(), Some(&token())).unwrap();
         assert_eq!(default_lifetime.client.unwrap().access_token_lifespan_seconds, Some(300));
     }
@@ -514,8 +529,9 @@ secretStores:
         let p = plan(&transfer(), &asset(AuthMode::Oauth2), &config(), Some(&token())).unwrap();
         let credentials = Credentials::Token {
             access_token: "eyJ.access".into(),
-            refresh_token: Some("eyJ.refresh".into()),
+            refresh_token: Some("v1.abc.def".into()),
             expires_in: 300,
+            expires_at: 1_800_000_000,
         };
         let da = Value::Object(data_address(&p, Some(&credentials)));
         let golden = json!({
@@ -526,9 +542,10 @@ secretStores:
             "mqttEndpointType": "mqtt-wss",
             "dsp-mqtt:topic": "factory/line-1/#",
             "dsp-mqtt:authorization": "eyJ.access",
-            "dsp-mqtt:refreshToken": "eyJ.refresh",
-            "dsp-mqtt:refreshEndpoint": "https://kc.example.com/realms/dataspace/protocol/openid-connect/token",
+            "dsp-mqtt:refreshToken": "v1.abc.def",
+            "dsp-mqtt:refreshEndpoint": "https://mqtt-dsp.example.com/refresh",
             "dsp-mqtt:expiresIn": "300",
+            "dsp-mqtt:expiresAt": "2027-01-15T08:00:00Z",
             "dsp-mqtt:refreshAudience": "rabbitmq",
             "dsp-mqtt:username": "dsp-mqtt-transfer-dataspace-line-1-consumer-a",
         });

@@ -1,0 +1,273 @@
+//! Serves the refresh endpoint: `POST <publicUrl path>` and `POST <publicUrl path>/token`, on a
+//! listener of its own (TLS when configured), with per-address rate limits and a bounded body.
+//! Answers are RFC 6749 §5.1 token responses or §5.2 errors, always `Cache-Control: no-store`.
+
+use std::net::{IpAddr, SocketAddr};
+use std::num::NonZeroU32;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant, SystemTime};
+
+use axum::Router;
+use axum::extract::{Extension, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use governor::clock::{Clock, DefaultClock};
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use secrecy::ExposeSecret;
+use serde_json::json;
+use tokio::sync::watch;
+use tracing::{debug, info, warn};
+
+use super::service::Refresher;
+use super::{MAX_BODY_BYTES, OAuthError, parse_request};
+use crate::config::{ListenerTls, RefreshSettings};
+use crate::metrics::Metrics;
+
+/// The client's address (the TCP peer), set per connection.
+#[derive(Clone, Copy, Debug)]
+pub struct Peer(pub SocketAddr);
+
+struct Endpoint {
+    refresher: Refresher,
+    metrics: Arc<Metrics>,
+    per_address: DefaultKeyedRateLimiter<IpAddr>,
+    per_transfer: DefaultKeyedRateLimiter<(String, String)>,
+    paths: [String; 2],
+}
+
+/// The endpoint's router (tests drive it directly; [`serve`] adds the peer address).
+pub fn router(settings: &RefreshSettings, refresher: Refresher, metrics: Arc<Metrics>) -> Router {
+    let per_minute = |n: u32| Quota::per_minute(NonZeroU32::new(n).unwrap_or(NonZeroU32::MIN));
+    let base = settings.public_url.path().trim_end_matches('/').to_owned();
+    let endpoint = Arc::new(Endpoint {
+        refresher,
+        metrics,
+        per_address: RateLimiter::keyed(per_minute(settings.rate_limit.per_address_per_minute)),
+        per_transfer: RateLimiter::keyed(per_minute(settings.rate_limit.per_transfer_per_minute)),
+        paths: [if base.is_empty() { "/".to_owned() } else { base.clone() }, format!("{base}/token")],
+    });
+    // Forget idle keys now and then, so the limiters' memory follows the active clients only.
+    let weak = Arc::downgrade(&endpoint);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            let Some(endpoint) = weak.upgrade() else { break };
+            endpoint.per_address.retain_recent();
+            endpoint.per_transfer.retain_recent();
+        }
+    });
+    Router::new().fallback(handle).with_state(endpoint)
+}
+
+async fn handle(State(endpoint): State<Arc<Endpoint>>, peer: Option<Extension<Peer>>, request: Request) -> Response {
+    let started = Instant::now();
+    let path = request.uri().path();
+    if !endpoint.paths.iter().any(|p| p == path) {
+        return (StatusCode::NOT_FOUND, "not found\n").into_response();
+    }
+    if request.method() != Method::POST {
+        let mut response = error_response(&OAuthError::invalid_request("use POST"));
+        *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    let outcome = answer(&endpoint, peer.map(|Extension(Peer(addr))| addr.ip()), request).await;
+    let result = match &outcome {
+        Ok(_) => "ok",
+        Err(e) => e.reason(),
+    };
+    endpoint.metrics.observe_refresh(result, started.elapsed());
+    match outcome {
+        Ok(response) => response,
+        Err(e) => {
+            debug!(result, status = e.status, "refresh refused: {}", e.description);
+            error_response(&e)
+        }
+    }
+}
+
+async fn answer(endpoint: &Endpoint, ip: Option<IpAddr>, request: Request) -> Result<Response, OAuthError> {
+    if let Some(ip) = ip {
+        limit(&endpoint.per_address, &ip)?;
+    }
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, MAX_BODY_BYTES).await.map_err(|_| OAuthError::too_large())?;
+    let header = |name: header::HeaderName| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let refresh = parse_request(parts.uri.query(), header(header::CONTENT_TYPE), &body)?;
+    // Per transfer, counted once the token matched: a stranger who knows a transfer's name cannot
+    // use up its consumer's budget.
+    let gate = |transfer: &(String, String)| limit(&endpoint.per_transfer, transfer);
+    let issued = endpoint.refresher.refresh(&refresh, header(header::AUTHORIZATION), gate).await?;
+    let body = json!({
+        "access_token": issued.access_token.expose_secret(),
+        "token_type": "Bearer",
+        "expires_in": issued.expires_in,
+        "refresh_token": issued.refresh_token.expose_secret(),
+    });
+    Ok(([(header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")], axum::Json(body)).into_response())
+}
+
+fn limit<K: std::hash::Hash + Eq + Clone>(limiter: &DefaultKeyedRateLimiter<K>, key: &K) -> Result<(), OAuthError> {
+    limiter.check_key(key).map_err(|not_until| {
+        let wait = not_until.wait_time_from(DefaultClock::default().now());
+        OAuthError::too_many_requests(wait.as_secs() + u64::from(wait.subsec_nanos() > 0))
+    })
+}
+
+/// The RFC 6749 §5.2 error body, with `WWW-Authenticate` on 401 and `Retry-After` on 429.
+pub fn error_response(e: &OAuthError) -> Response {
+    let status = StatusCode::from_u16(e.status).unwrap_or(StatusCode::BAD_REQUEST);
+    let mut response = (
+        status,
+        [(header::CACHE_CONTROL, "no-store"), (header::PRAGMA, "no-cache")],
+        axum::Json(json!({"error": e.code, "error_description": e.description})),
+    )
+        .into_response();
+    let headers = response.headers_mut();
+    if e.status == 401 {
+        headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    }
+    if let Some(seconds) = e.retry_after {
+        headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+    }
+    response
+}
+
+/// Serves `router` on `listener` until `stop` turns true: TLS with the configured certificate
+/// (read again when its files change) or plain HTTP behind a TLS-terminating proxy.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    router: Router,
+    tls: Option<&ListenerTls>,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let acceptor = match tls {
+        Some(tls) => {
+            let resolver = Arc::new(ReloadingCert::load(tls)?);
+            let watcher = Arc::downgrade(&resolver);
+            tokio::spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(30));
+                loop {
+                    tick.tick().await;
+                    let Some(resolver) = watcher.upgrade() else { break };
+                    resolver.reload_if_changed();
+                }
+            });
+            let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(resolver);
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
+        }
+        None => None,
+    };
+    loop {
+        let (tcp, addr) = tokio::select! {
+            _ = async { drop(stop.wait_for(|s| *s).await) } => return Ok(()),
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors and the like: wait, do not spin.
+                    warn!("refresh endpoint: accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let service = hyper_util::service::TowerToHyperService::new(router.clone().layer(Extension(Peer(addr))));
+        let acceptor = acceptor.clone();
+        tokio::spawn(async move {
+            let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+            // A client that sends its headers slowly does not hold a connection open for long.
+            builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
+            match acceptor {
+                Some(acceptor) => {
+                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
+                        return;
+                    };
+                    let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service).await;
+                }
+                None => {
+                    let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service).await;
+                }
+            }
+        });
+    }
+}
+
+/// Reads the certificate and key once (a start-up check).
+pub fn check_tls(tls: &ListenerTls) -> std::io::Result<()> {
+    read_certified_key(&tls.cert_file, &tls.key_file).map(|_| ())
+}
+
+/// The listener's certificate, read again when its files change (cert-manager renews the
+/// mounted Secret in place).
+#[derive(Debug)]
+struct ReloadingCert {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+    current: RwLock<(Arc<CertifiedKey>, Option<SystemTime>)>,
+}
+
+impl ReloadingCert {
+    fn load(tls: &ListenerTls) -> std::io::Result<Self> {
+        let key = read_certified_key(&tls.cert_file, &tls.key_file)?;
+        let stamp = stamp(&tls.cert_file, &tls.key_file);
+        Ok(Self {
+            cert_file: tls.cert_file.clone(),
+            key_file: tls.key_file.clone(),
+            current: RwLock::new((Arc::new(key), stamp)),
+        })
+    }
+
+    fn reload_if_changed(&self) {
+        let now = stamp(&self.cert_file, &self.key_file);
+        if now.is_none() || self.current.read().expect("not poisoned").1 == now {
+            return;
+        }
+        match read_certified_key(&self.cert_file, &self.key_file) {
+            Ok(key) => {
+                *self.current.write().expect("not poisoned") = (Arc::new(key), now);
+                info!("refresh endpoint: serving the renewed certificate from {}", self.cert_file.display());
+            }
+            // Half-written files during a renewal: the next tick reads them whole.
+            Err(e) => warn!("refresh endpoint: keeping the current certificate: {e}"),
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current.read().expect("not poisoned").0.clone())
+    }
+}
+
+/// The later of the two files' modification times.
+fn stamp(cert: &std::path::Path, key: &std::path::Path) -> Option<SystemTime> {
+    let modified = |p: &std::path::Path| std::fs::metadata(p).and_then(|m| m.modified()).ok();
+    Some(modified(cert)?.max(modified(key)?))
+}
+
+fn read_certified_key(cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<CertifiedKey> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
+    let certs = CertificateDer::pem_file_iter(cert)
+        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+        .map_err(|e| invalid(format!("{}: no PEM certificate chain: {e}", cert.display())))?;
+    if certs.is_empty() {
+        return Err(invalid(format!("{}: no certificate in it", cert.display())));
+    }
+    let key_der = PrivateKeyDer::from_pem_file(key)
+        .map_err(|e| invalid(format!("{}: no PEM private key: {e}", key.display())))?;
+    let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
+        .map_err(|e| invalid(format!("{}: unsupported private key: {e}", key.display())))?;
+    Ok(CertifiedKey::new(certs, signing))
+}
+
+/// Binds the endpoint's address, with an error that names it.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, crate::run::RunError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| crate::run::RunError::Bind { addr, source })
+}
