@@ -48,9 +48,10 @@ run: build ## Run the operator against the current kube-context with examples/op
 
 BENCH_OUT := target/bench/transfers.md
 
-bench: systems ## MqttTransfer provisioning benchmark (release build, operator as its own process; a few minutes), results in target/bench/transfers.md
-	$(CARGO) build --release --locked -p mqtt-dsp-operator -p e2e --bin mqtt-dsp-operator --bin bench-transfers
+bench: systems ## Benchmarks (release build; a few minutes): MqttTransfer provisioning (operator as its own process) in target/bench/transfers.md, the refresh endpoint in target/bench/refresh.md
+	$(CARGO) build --release --locked -p mqtt-dsp-operator -p e2e --bin mqtt-dsp-operator --bin bench-transfers --bin bench-refresh
 	target/release/bench-transfers --operator target/release/mqtt-dsp-operator --out $(BENCH_OUT)
+	target/release/bench-refresh --out target/bench/refresh.md
 
 demo: systems ## The operator end to end in one command: real Kubernetes, Keycloak, EDC and brokers, operator as its own process, examples/ applied with kubectl, a live message through the issued DataAddress (DEMO_ARGS=--doubles for the Keycloak/EDC doubles; --help)
 	@# --test demo: features resolve as in `make test` (dev-dependencies included), so the two share artifacts.

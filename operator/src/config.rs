@@ -1100,6 +1100,40 @@ mod tests {
     }
 
     #[test]
+    fn the_refresh_section_is_checked_and_every_problem_named() {
+        let config = Config::parse(EXAMPLE).unwrap();
+        let refresh = config.refresh.expect("the example serves the refresh endpoint");
+        assert_eq!(refresh.public_url.as_str(), "https://mqtt-dsp.example.com/refresh");
+        assert_eq!(refresh.listen.to_string(), "0.0.0.0:8443");
+        assert_eq!(refresh.consumer_auth.mode, ConsumerAuthMode::RefreshToken);
+        assert_eq!(refresh.rate_limit, RefreshRateLimit::default());
+
+        // The example without its refresh section (it precedes `connectors:`), and another one.
+        let rest = EXAMPLE.split_once("\nconnectors:").map(|(_, r)| format!("connectors:{r}")).unwrap();
+        let with = |section: &str| match Config::parse(&format!("{section}\n{rest}")) {
+            Ok(_) => Vec::new(),
+            Err(problems) => problems.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        };
+        assert!(with("refresh: {publicUrl: 'https://x.example.com/r'}").is_empty());
+        let p = with("refresh: {publicUrl: 'http://x.example.com/r'}");
+        assert!(p.iter().any(|p| p.starts_with("refresh.publicUrl: scheme must be https")), "{p:?}");
+        let p = with("refresh: {publicUrl: 'https://x.example.com/r?a=b', consumerAuth: {mode: bearerJwt}}");
+        assert!(p.iter().any(|p| p.contains("must not have a query")), "{p:?}");
+        assert!(p.iter().any(|p| p.contains("needs exactly one of jwksUrl or jwksFile")), "{p:?}");
+        let p = with("refresh: {publicUrl: 'https://x.example.com/r', consumerAuth: {jwksFile: /k.json}}");
+        assert!(p.iter().any(|p| p.contains("only read in mode bearerJwt")), "{p:?}");
+        let p = with("refresh: {publicUrl: 'https://x.example.com/r', rateLimit: {perTransferPerMinute: 0}}");
+        assert!(p.iter().any(|p| p.starts_with("refresh.rateLimit.perTransferPerMinute: must be at least 1")), "{p:?}");
+        let p = with("refresh: {publicUrl: 'https://x.example.com/r', listen: nowhere}");
+        assert!(p.iter().any(|p| p.starts_with("refresh.listen")), "{p:?}");
+        let p = with("refresh: {publicUrl: 'https://x.example.com/r', tsl: {}}");
+        assert!(p.iter().any(|p| p.contains("unknown field `tsl`")), "{p:?}");
+        let bearer = "refresh: {publicUrl: 'https://x.example.com/r', \
+                      consumerAuth: {mode: bearerJwt, jwksUrl: 'https://k.example.com/jwks'}}";
+        assert!(with(bearer).is_empty());
+    }
+
+    #[test]
     fn profiles_reaching_one_backend_are_the_same_target() {
         let mut config = Config::parse(EXAMPLE).unwrap();
         // Another name for the same RabbitMQ, published under another URL: the same broker.

@@ -6,7 +6,9 @@
 //! identity provider with the transfer's client. Rotating before issuing means a failed issue
 //! leaves the presented token valid: the consumer just retries.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
@@ -16,6 +18,7 @@ use tracing::warn;
 use super::consumer_auth::ConsumerVerifier;
 use super::{OAuthError, ROTATION_ANNOTATION, RefreshRequest, Rotation, digest, locate, mint};
 use crate::api::{AuthMode, MqttAsset, MqttTransfer, TransferPhase, TransferState};
+use crate::backends::BackendError;
 use crate::controller::Context;
 use crate::plan::transfer as transfer_plan;
 
@@ -38,16 +41,21 @@ const UNKNOWN: &str = "the refresh token is unknown, retired or revoked";
 /// or a controller write in the same moment).
 const ATTEMPTS: usize = 4;
 
+/// How long a transfer client's secret is reused before it is read from the identity provider
+/// again (each read costs two admin calls; a rejected secret is read again at once).
+const CLIENT_SECRET_TTL: Duration = Duration::from_secs(300);
+
 /// The refresh logic, shared by every request.
 pub struct Refresher {
     ctx: Arc<Context>,
     verifier: Option<ConsumerVerifier>,
+    client_secrets: Mutex<HashMap<String, (Instant, SecretString)>>,
 }
 
 impl Refresher {
     /// A refresher over the operator's cluster client, configuration and backends.
     pub fn new(ctx: Arc<Context>, verifier: Option<ConsumerVerifier>) -> Self {
-        Self { ctx, verifier }
+        Self { ctx, verifier, client_secrets: Mutex::default() }
     }
 
     /// Handles one well-formed request; `authorization` is the request's `Authorization` header;
@@ -159,8 +167,33 @@ impl Refresher {
         let (Some(client), Some(idp)) = (&plan.client, &clients.identity) else {
             return Err(refuse("no identity-provider client in the plan"));
         };
-        let secret = idp.client_secret(&client.client_id, &plan.owner).await.map_err(|e| refuse(&e.to_string()))?;
-        let tokens = idp.issue_token(&client.client_id, &secret).await.map_err(|e| refuse(&e.to_string()))?;
+        let cached = {
+            let cache = self.client_secrets.lock().expect("not poisoned");
+            cache.get(&client.client_id).filter(|(at, _)| at.elapsed() < CLIENT_SECRET_TTL).map(|(_, s)| s.clone())
+        };
+        let fetch = || async {
+            let secret = idp.client_secret(&client.client_id, &plan.owner).await.map_err(|e| refuse(&e.to_string()))?;
+            let mut cache = self.client_secrets.lock().expect("not poisoned");
+            // Bounded: entries of transfers gone or idle for a TTL go first.
+            if cache.len() >= 10_000 {
+                cache.retain(|_, (at, _)| at.elapsed() < CLIENT_SECRET_TTL);
+            }
+            cache.insert(client.client_id.clone(), (Instant::now(), secret.clone()));
+            Ok::<_, OAuthError>(secret)
+        };
+        let (secret, was_cached) = match cached {
+            Some(secret) => (secret, true),
+            None => (fetch().await?, false),
+        };
+        let tokens = match idp.issue_token(&client.client_id, &secret).await {
+            Ok(tokens) => tokens,
+            // A cached secret the identity provider no longer takes (regenerated): read it again.
+            Err(BackendError::Rejected { .. }) if was_cached => {
+                let secret = fetch().await?;
+                idp.issue_token(&client.client_id, &secret).await.map_err(|e| refuse(&e.to_string()))?
+            }
+            Err(e) => return Err(refuse(&e.to_string())),
+        };
         Ok((tokens.access_token, tokens.expires_in))
     }
 }
