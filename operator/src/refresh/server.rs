@@ -271,3 +271,83 @@ fn read_certified_key(cert: &std::path::Path, key: &std::path::Path) -> std::io:
 pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, crate::run::RunError> {
     tokio::net::TcpListener::bind(addr).await.map_err(|source| crate::run::RunError::Bind { addr, source })
 }
+
+#[cfg(test)]
+mod tests {
+    //! The request shapes refused before the cluster is asked (the rest: e2e/tests/refresh.rs).
+    use super::*;
+    use tower::ServiceExt;
+
+    fn endpoint(per_address: u32) -> Router {
+        crate::install_crypto_provider();
+        let yaml = format!(
+            "publicUrl: https://mqtt-dsp.example.com/refresh\nrateLimit: {{perAddressPerMinute: {per_address}}}"
+        );
+        let settings: RefreshSettings = serde_yaml::from_str(&yaml).unwrap();
+        // A client of a cluster that is never reached: every request here is refused first.
+        let kube = kube::Client::try_from(kube::Config::new("https://127.0.0.1:9".parse().unwrap())).unwrap();
+        let config = Arc::new(crate::config::Config { refresh: Some(settings.clone()), ..Default::default() });
+        let ctx = Arc::new(crate::controller::Context::new(
+            kube,
+            config,
+            Arc::default(),
+            crate::controller::Settings::default(),
+            Arc::new(Metrics::default()),
+        ));
+        let metrics = ctx.metrics.clone();
+        router(&settings, Refresher::new(ctx, None), metrics).layer(Extension(Peer(([10, 0, 0, 1], 40000).into())))
+    }
+
+    async fn send(router: &Router, method: &str, uri: &str, body: &str) -> (StatusCode, axum::http::HeaderMap, String) {
+        let request = axum::http::Request::builder()
+            .method(method)
+            .uri(uri)
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .body(axum::body::Body::from(body.to_owned()))
+            .unwrap();
+        let response = router.clone().oneshot(request).await.unwrap();
+        let (status, headers) = (response.status(), response.headers().clone());
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16).await.unwrap();
+        (status, headers, String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn only_post_on_the_public_path_and_its_token_suffix() {
+        let router = endpoint(100);
+        let (status, headers, _) = send(&router, "GET", "/refresh", "").await;
+        assert_eq!(
+            (status, headers.get(header::ALLOW).unwrap().to_str().unwrap()),
+            (StatusCode::METHOD_NOT_ALLOWED, "POST")
+        );
+        assert_eq!(send(&router, "POST", "/elsewhere", "").await.0, StatusCode::NOT_FOUND);
+        for path in ["/refresh", "/refresh/token"] {
+            let (status, headers, body) = send(&router, "POST", path, "grant_type=password").await;
+            assert_eq!(status, StatusCode::BAD_REQUEST, "{path}");
+            assert_eq!(headers.get(header::CACHE_CONTROL).unwrap(), "no-store");
+            let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+            assert_eq!(body["error"], "unsupported_grant_type");
+        }
+    }
+
+    #[tokio::test]
+    async fn an_oversized_body_is_refused_unread() {
+        let router = endpoint(100);
+        let body = format!("grant_type=refresh_token&refresh_token={}", "a".repeat(MAX_BODY_BYTES));
+        let (status, _, text) = send(&router, "POST", "/refresh", &body).await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(text.contains("\"invalid_request\"") && !text.contains("aaaa"), "{text}");
+    }
+
+    #[tokio::test]
+    async fn a_client_address_over_its_limit_gets_429_with_retry_after() {
+        let router = endpoint(2);
+        for _ in 0..2 {
+            assert_eq!(send(&router, "POST", "/refresh", "grant_type=x").await.0, StatusCode::BAD_REQUEST);
+        }
+        let (status, headers, body) = send(&router, "POST", "/refresh", "grant_type=x").await;
+        assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = headers.get(header::RETRY_AFTER).unwrap().to_str().unwrap().parse().unwrap();
+        assert!((1..=60).contains(&retry), "{retry}");
+        assert!(body.contains("slow_down"), "{body}");
+    }
+}
