@@ -252,6 +252,49 @@ async fn run(options: Options) -> Result<(), Failure> {
         floor += task.await?;
     }
     let floor_rate = floor as f64 / floor_started.elapsed().as_secs_f64();
+
+    // The Kubernetes side alone: the four requests of a refresh (transfer, Secret, asset read;
+    // Secret replaced), same concurrency, with the operator's client.
+    progress("the Kubernetes requests of a refresh alone, same concurrency");
+    let operator = match &stack.cluster {
+        Cluster::Local(plane) => plane.operator_client().await,
+        Cluster::Kubeconfig => return Err("the benchmark needs the local control plane".into()),
+    };
+    let kube_deadline = Instant::now() + Duration::from_secs(options.seconds.min(10));
+    let kube_started = Instant::now();
+    let mut kube_tasks = Vec::new();
+    for i in 0..n {
+        let (transfers, assets, secrets): (Api<MqttTransfer>, Api<MqttAsset>, Api<Secret>) = (
+            Api::namespaced(operator.clone(), &stack.namespace),
+            Api::namespaced(operator.clone(), &stack.namespace),
+            Api::namespaced(operator.clone(), &stack.namespace),
+        );
+        kube_tasks.push(tokio::spawn(async move {
+            let (name, mut count) = (format!("t-{i}"), 0u64);
+            while Instant::now() < kube_deadline {
+                let ok = async {
+                    transfers.get(&name).await?;
+                    let mut secret = secrets.get(&name).await?;
+                    assets.get("line-1").await?;
+                    secret
+                        .metadata
+                        .annotations
+                        .get_or_insert_with(Default::default)
+                        .insert("bench.dsp-mqtt.io/touched".into(), count.to_string());
+                    secrets.replace(&name, &PostParams::default(), &secret).await?;
+                    Ok::<_, kube::Error>(())
+                }
+                .await;
+                count += u64::from(ok.is_ok());
+            }
+            count
+        }));
+    }
+    let mut kube_done = 0;
+    for task in kube_tasks {
+        kube_done += task.await?;
+    }
+    let kube_rate = kube_done as f64 / kube_started.elapsed().as_secs_f64();
     endpoint.stop.send_replace(true);
 
     let rate = done as f64 / elapsed.as_secs_f64();
@@ -265,7 +308,8 @@ async fn run(options: Options) -> Result<(), Failure> {
          | latency p50 / p90 / p99 / max | {} / {} / {} / {} |\n\
          | endpoint thread CPU | {cpu:.2} s of {:.1} s ({:.0} % of one core) |\n\
          | refreshes per CPU-second of the endpoint | {:.0} |\n\
-         | identity provider alone (client_credentials grants per second, same concurrency) | {floor_rate:.1} |\n",
+         | identity provider alone (client_credentials grants per second, same concurrency) | {floor_rate:.1} |\n\
+         | Kubernetes alone (a refresh's 3 reads and 1 Secret replace, per second, same concurrency) | {kube_rate:.1} |\n",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         n,
         options.seconds,
