@@ -41,6 +41,9 @@ pub struct Config {
     /// chart sets `<release namespace>.<release name>`.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub installation: String,
+    /// The operator as the connectors' MQTT data plane (Data Plane Signaling); absent: it is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_plane: Option<crate::dataplane::DataPlaneConfig>,
 }
 
 /// Which namespaces may use a profile (identity providers, secret stores). Absent: only the
@@ -600,7 +603,8 @@ impl Config {
                 message: "expected a mapping with connectors, identityProviders, secretStores, brokers".into(),
             }]);
         };
-        const SECTIONS: [&str; 5] = ["installation", "connectors", "identityProviders", "secretStores", "brokers"];
+        const SECTIONS: [&str; 6] =
+            ["installation", "connectors", "identityProviders", "secretStores", "brokers", "dataPlane"];
         for key in root.keys() {
             let name = key.as_str().unwrap_or("<non-string key>");
             if !SECTIONS.contains(&name) {
@@ -631,8 +635,12 @@ impl Config {
             brokers: section(root, "brokers", &mut problems),
             operator_namespace: String::new(),
             installation,
+            data_plane: crate::dataplane::config::parse_section(root.get("dataPlane"), &mut problems),
         };
         config.validate(&mut problems);
+        if let Some(dp) = &config.data_plane {
+            crate::dataplane::config::validate(dp, &config.connectors, &mut problems);
+        }
         if config.connectors.is_empty() && config.brokers.is_empty() && problems.is_empty() {
             problems.push(ConfigProblem {
                 path: String::new(),

@@ -89,6 +89,9 @@ pub enum RunError {
         #[source]
         source: std::io::Error,
     },
+    /// The data plane (Data Plane Signaling endpoint) could not start.
+    #[error(transparent)]
+    DataPlane(#[from] crate::dataplane::DataPlaneError),
     /// The endpoints' server failed.
     #[error("the health/metrics server failed")]
     Serve(#[source] std::io::Error),
@@ -184,6 +187,15 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let ctx = Arc::new(Context::new(client.clone(), Arc::new(config), Arc::new(backends), options.settings, metrics));
+    // The data plane runs on standby replicas too: it only reads assets and writes MqttTransfers,
+    // which the leader's controllers then reconcile.
+    let watch_namespace = ctx.settings.namespace.clone();
+    if let Some(addr) =
+        crate::dataplane::start(client.clone(), ctx.config.clone(), &namespace, watch_namespace, stop_tx.subscribe())
+            .await?
+    {
+        info!("serving Data Plane Signaling on {addr}");
+    }
 
     // Leader election: stand by until this replica holds the Lease.
     let mut election = None;
