@@ -153,10 +153,20 @@ impl Flows {
         let namespace = asset.metadata.namespace.clone().unwrap_or_default();
         let asset_name = asset.metadata.name.clone().unwrap_or_default();
         let api: Api<MqttTransfer> = Api::namespaced(self.client.clone(), &namespace);
+        let candidate = self.new_transfer(message, &asset_name, connector);
+        // The controller would refuse a consumer outside the asset's policy too, but only after
+        // the transfer exists: refusing here keeps a bad start from creating anything. (The
+        // reason names no other participant.)
+        crate::plan::transfer::check_consumer(&candidate, &asset).map_err(|_| Refusal {
+            status: 403,
+            reason: format!(
+                "participant {} is not permitted by dataset {}'s policy",
+                message.participant_id, message.dataset_id
+            ),
+        })?;
         let existing = match self.find_transfer(&message.process_id).await? {
             Some(t) => Some(t),
-            None => match api.create(&PostParams::default(), &self.new_transfer(message, &asset_name, connector)).await
-            {
+            None => match api.create(&PostParams::default(), &candidate).await {
                 Ok(t) => {
                     info!(
                         namespace,

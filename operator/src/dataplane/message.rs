@@ -151,13 +151,11 @@ pub fn parse_start(body: &[u8]) -> Result<StartMessage, Refusal> {
     if members.contains_key("transferTypeResponseChannel") {
         return Err(Refusal::bad_request("a response channel is not supported by the MQTT data plane"));
     }
-    if let Some(source) = members.get("sourceDataAddress").and_then(Value::as_object) {
-        let source = edc_members(source);
-        if let Some(kind) = source.get("type").and_then(string_value)
-            && kind != SOURCE_TYPE
-        {
-            return Err(Refusal::bad_request(format!("source type {kind} is not served here (only {SOURCE_TYPE})")));
-        }
+    if let Some(source) = members.get("sourceDataAddress").and_then(Value::as_object)
+        && let Some(kind) = source_type(source)
+        && kind != SOURCE_TYPE
+    {
+        return Err(Refusal::bad_request(format!("source type {kind} is not served here (only {SOURCE_TYPE})")));
     }
     let callback_address = match members.get("callbackAddress") {
         None => None,
@@ -180,34 +178,78 @@ pub fn parse_start(body: &[u8]) -> Result<StartMessage, Refusal> {
     })
 }
 
-/// The EDR the control plane passes on to the consumer: the transfer's DataAddress (as in its
-/// Secret) with `type` set (EDC refuses a DataAddress without one) and `endpoint` = the broker URL.
-/// Values that are not strings (a list of topics) become their JSON text: EDC's DSP transformer
-/// turns each property into an `endpointProperty` and fails on a list.
-pub fn edr(data_address: &Map<String, Value>) -> Map<String, Value> {
-    let mut out = Map::new();
-    for (key, value) in data_address {
-        let value = match value {
-            Value::String(_) => value.clone(),
-            _ if key.starts_with('@') => value.clone(),
-            other => Value::String(other.to_string()),
-        };
-        out.insert(key.clone(), value);
+/// The DSP 0.8 namespace EDC 0.15's signaling client reads DataAddresses in (`dspace:`).
+pub const DSPACE_NAMESPACE: &str = "https://w3id.org/dspace/v0.8/";
+
+/// The source DataAddress's type: EDC 0.15 sends DataAddresses in the DSP 0.8 form
+/// (`dspace:endpointType`, `dspace:endpointProperties`); an EDC-shaped one has `type`.
+fn source_type(source: &Map<String, Value>) -> Option<&str> {
+    let dspace = ["dspace:endpointType".to_owned(), format!("{DSPACE_NAMESPACE}endpointType")];
+    let edc = ["type".to_owned(), "edc:type".to_owned(), format!("{EDC_NAMESPACE}type")];
+    dspace.iter().chain(edc.iter()).find_map(|k| source.get(k)).and_then(string_value)
+}
+
+/// A DataAddress key as an IRI: `dsp-mqtt:x` in the ADR 012 namespace, a bare key in EDC's.
+fn property_name(key: &str) -> String {
+    match key.strip_prefix("dsp-mqtt:") {
+        Some(local) => format!("{}{local}", crate::plan::transfer::DSP_MQTT_NAMESPACE),
+        None if key.contains(':') => key.to_owned(),
+        None => format!("{EDC_NAMESPACE}{key}"),
     }
-    out.insert("type".into(), json!(SOURCE_TYPE));
-    if let Some(base) = data_address.get("dsp-mqtt:baseUrl").cloned() {
-        out.entry("endpoint").or_insert(base);
+}
+
+/// The EDR the control plane passes on to the consumer: the transfer's DataAddress (as in its
+/// Secret), in the DSP 0.8 form EDC 0.15's signaling client reads (it parses a start answer's
+/// `dataAddress` with its DSP transformer and fails on an EDC-shaped one: no
+/// `dspace:endpointType`). `endpointType` is `Mqtt`, every property an `EndpointProperty` named
+/// by its IRI, with an `endpoint` (the broker URL) added. Values that are not strings (a list of
+/// topics) become their JSON text: EDC turns each property into a string again on its way to
+/// the consumer and fails on a list.
+pub fn edr(data_address: &Map<String, Value>) -> Value {
+    let mut properties = Vec::new();
+    let mut push = |name: String, value: &Value| {
+        let value = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        properties.push(json!({"@type": "dspace:EndpointProperty", "dspace:name": name, "dspace:value": value}));
+    };
+    for (key, value) in data_address {
+        if key.starts_with('@') || key == "type" {
+            continue;
+        }
+        push(property_name(key), value);
+    }
+    if let Some(base) = data_address.get("dsp-mqtt:baseUrl")
+        && !data_address.contains_key("endpoint")
+    {
+        push(format!("{EDC_NAMESPACE}endpoint"), base);
+    }
+    json!({
+        "@type": "dspace:DataAddress",
+        "dspace:endpointType": SOURCE_TYPE,
+        "dspace:endpointProperties": properties,
+    })
+}
+
+/// The EDR's properties by name (the reverse of [`edr`], for tests and diagnostics).
+pub fn edr_properties(edr: &Value) -> Map<String, Value> {
+    let mut out = Map::new();
+    for p in edr["dspace:endpointProperties"].as_array().into_iter().flatten() {
+        if let (Some(name), Some(value)) = (p["dspace:name"].as_str(), p.get("dspace:value")) {
+            out.insert(name.to_owned(), value.clone());
+        }
     }
     out
 }
 
 /// The answer to a start: a `DataFlowResponseMessage` carrying the EDR.
-pub fn start_response(edr: Map<String, Value>) -> Value {
+pub fn start_response(edr: Value) -> Value {
     json!({
-        "@context": {"@vocab": EDC_NAMESPACE},
+        "@context": {"@vocab": EDC_NAMESPACE, "dspace": DSPACE_NAMESPACE},
         "@type": "DataFlowResponseMessage",
         "provisioning": false,
-        "dataAddress": Value::Object(edr),
+        "dataAddress": edr,
     })
 }
 
@@ -319,22 +361,38 @@ mod tests {
     }
 
     #[test]
-    fn the_edr_has_a_type_an_endpoint_and_only_string_properties() {
+    fn the_edr_is_a_dsp_data_address_with_iri_names_and_string_values() {
         let da = json!({
-            "@context": {"dsp-mqtt": "https://w3id.org/dsp-mqtt/v1/", "@vocab": EDC_NAMESPACE},
+            "@context": {"dsp-mqtt": crate::plan::transfer::DSP_MQTT_NAMESPACE, "@vocab": EDC_NAMESPACE},
             "@type": "DataAddress",
+            "mqttEndpointType": "mqtt-tls",
             "dsp-mqtt:baseUrl": "mqtts://broker:8883",
             "dsp-mqtt:topics": ["a/#", "b/#"],
             "dsp-mqtt:password": "pw",
         });
         let edr = edr(da.as_object().unwrap());
-        assert_eq!(edr["type"], "Mqtt");
-        assert_eq!(edr["endpoint"], "mqtts://broker:8883");
-        assert_eq!(edr["dsp-mqtt:topics"], r#"["a/#","b/#"]"#);
-        assert_eq!(edr["@context"], da["@context"]);
+        assert_eq!(edr["dspace:endpointType"], "Mqtt");
+        let props = edr_properties(&edr);
+        let mqtt = crate::plan::transfer::DSP_MQTT_NAMESPACE;
+        assert_eq!(props[&format!("{EDC_NAMESPACE}endpoint")], "mqtts://broker:8883");
+        assert_eq!(props[&format!("{mqtt}baseUrl")], "mqtts://broker:8883");
+        assert_eq!(props[&format!("{mqtt}topics")], r#"["a/#","b/#"]"#);
+        assert_eq!(props[&format!("{mqtt}password")], "pw");
+        assert_eq!(props[&format!("{EDC_NAMESPACE}mqttEndpointType")], "mqtt-tls");
+        assert_eq!(props.len(), 5, "no JSON-LD keyword becomes a property: {props:?}");
         let response = start_response(edr);
         assert_eq!(response["@type"], "DataFlowResponseMessage");
-        assert_eq!(response["dataAddress"]["dsp-mqtt:password"], "pw");
+        assert_eq!(response["@context"]["dspace"], DSPACE_NAMESPACE);
+    }
+
+    #[test]
+    fn the_source_type_is_read_in_the_dsp_form_edc_sends() {
+        let mut v = start();
+        v["sourceDataAddress"] = json!({"@type": "dspace:DataAddress", "dspace:endpointType": "HttpData",
+            "dspace:endpointProperties": []});
+        assert!(parse(&v).unwrap_err().reason.contains("HttpData"));
+        v["sourceDataAddress"]["dspace:endpointType"] = json!("Mqtt");
+        assert!(parse(&v).is_ok());
     }
 
     #[test]
