@@ -26,6 +26,7 @@ use mqtt_dsp_operator::api::{
     AssetAuth, AssetPolicy, AuthMode, Endpoint, EndpointType, MqttAsset, MqttAssetSpec, MqttTransfer, PolicyRule,
     TransferPhase,
 };
+use mqtt_dsp_operator::dataplane::callback;
 use mqtt_dsp_operator::dataplane::flows::{self, Flows};
 use mqtt_dsp_operator::dataplane::registration::{Outcome, Target, registered_url};
 use mqtt_dsp_operator::dataplane::{self, DataPlane};
@@ -240,6 +241,13 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
     let ca = stack.ca.clone();
     let provider = stack.edc.edc;
     let dp = start_data_plane(&stack).await;
+    let (reporter_stop, reporter_stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(mqtt_dsp_operator::dataplane::callback::report_ends(
+        stack.operator_client.clone(),
+        None,
+        http(&ca),
+        reporter_stopped,
+    ));
 
     // Registration: the first check registers, EDC then checks /check and marks it AVAILABLE;
     // from then on the check leaves it alone.
@@ -516,7 +524,37 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
     })
     .await;
 
-    // 7. And terminates: revoked for good.
+    // 7. The consumer resumes through its connector: EDC 0.15 starts the same process again,
+    // which resumes the same MqttTransfer with fresh credentials.
+    events.0.lock().unwrap().clear();
+    let (status, body) =
+        management(&ca, consumer, Method::POST, &format!("/v3/transferprocesses/{consumer_tp}/resume"), None).await;
+    assert!(status == 204 || status == 200, "resume: {status} {body}");
+    wait_for(&transfers, &name, WITHIN, "Active again", |t| {
+        t.status
+            .as_ref()
+            .is_some_and(|s| s.phase == Some(TransferPhase::Active) && s.observed_generation == t.metadata.generation)
+    })
+    .await;
+    let resumed_edr = poll("a started event with fresh credentials", WITHIN, || {
+        let events = events.clone();
+        async move {
+            let all = events.0.lock().unwrap().clone();
+            all.into_iter().find(|e| find(e, "password").is_some()).ok_or_else(|| "no event yet".to_owned())
+        }
+    })
+    .await;
+    let fresh = text_of(find(&resumed_edr, "password")).unwrap();
+    e2e::logs::register_secret(&fresh);
+    assert_ne!(fresh, password, "resuming issues fresh credentials");
+    let fresh_options = consumer_options(base_url.clone(), &ca.cert_pem(), &username, &fresh);
+    let mut client = Consumer::connect(&fresh_options).await.unwrap_or_else(|e| panic!("connect after resume: {e:?}"));
+    assert!(client.subscribe("factory/line-1/#").await);
+    assert!(receives(&mut client, &device, topic, "22.0").await, "a live message after resuming");
+    assert_refused(&options, "the credentials from before the suspension").await;
+    assert_eq!(transfers.list(&ListParams::default()).await.unwrap().items.len(), 1, "resumed, not recreated");
+
+    // 8. And terminates: revoked for good.
     let (status, body) = management(
         &ca,
         consumer,
@@ -530,11 +568,56 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
         t.status.as_ref().is_some_and(|s| s.phase == Some(TransferPhase::Terminated))
     })
     .await;
-    assert_refused(&options, "reconnecting after termination").await;
+    assert!(client.wait_disconnected(Duration::from_secs(5)).await.is_some(), "the live session is closed");
+    assert_refused(&fresh_options, "reconnecting after termination").await;
     let state: Value =
         signal(Method::GET, &format!("/{provider_process}/state")).send().await.unwrap().json().await.unwrap();
     assert_eq!(state["state"], "TERMINATED");
 
+    // The control plane terminated it itself: nothing is reported back.
+    let terminated = transfers.get(&name).await.unwrap();
+    assert!(!terminated.metadata.annotations.unwrap().contains_key(callback::REPORTED_ANNOTATION));
+
+    // 9. The provider ends a flow itself: a second transfer on the agreement, then
+    // `kubectl delete mqt`: the consumer's transfer process leaves STARTED.
+    let second = json!({
+        "@context": {"@vocab": EDC_NAMESPACE},
+        "@type": "TransferRequest",
+        "counterPartyAddress": provider.dsp_url(),
+        "protocol": DSP_PROTOCOL,
+        "contractId": agreement_id,
+        "assetId": asset_id,
+        "transferType": "Mqtt-PULL",
+    });
+    let (status, created) = management(&ca, consumer, Method::POST, "/v3/transferprocesses", Some(second)).await;
+    assert_eq!(status, 200, "{created}");
+    let second_tp = created["@id"].as_str().unwrap().to_owned();
+    poll("the second transfer STARTED", WITHIN, || {
+        let (ca, id) = (ca.clone(), second_tp.clone());
+        async move {
+            match consumer_transfer_state(&ca, consumer, &id).await.as_str() {
+                "STARTED" => Ok(()),
+                other => Err(other.to_owned()),
+            }
+        }
+    })
+    .await;
+    let (_, ctp) = management(&ca, consumer, Method::GET, &format!("/v3/transferprocesses/{second_tp}"), None).await;
+    let second_name = flows::transfer_name(&text_of(find(&ctp, "correlationId")).unwrap());
+    assert_ne!(second_name, name, "a transfer of its own");
+    transfers.delete(&second_name, &Default::default()).await.unwrap();
+    poll("the consumer's transfer process leaves STARTED", WITHIN, || {
+        let (ca, id) = (ca.clone(), second_tp.clone());
+        async move {
+            match consumer_transfer_state(&ca, consumer, &id).await.as_str() {
+                "TERMINATED" => Ok(()),
+                other => Err(other.to_owned()),
+            }
+        }
+    })
+    .await;
+
+    reporter_stop.send_replace(true);
     callback_task.abort();
     drop(dp);
     stack.teardown().await;

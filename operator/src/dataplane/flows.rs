@@ -280,8 +280,14 @@ impl Flows {
         }
     }
 
+    /// Sets `spec.state`, marking it as the control plane's wish (so that the end is not
+    /// reported back to it, see [`super::callback`]).
     async fn set_state(&self, api: &Api<MqttTransfer>, name: &str, state: TransferState) -> Result<(), Refusal> {
-        api.patch(name, &PatchParams::default(), &Patch::Merge(json!({"spec": {"state": state}})))
+        let patch = json!({
+            "metadata": {"annotations": {super::callback::REQUESTED_ANNOTATION: state}},
+            "spec": {"state": state},
+        });
+        api.patch(name, &PatchParams::default(), &Patch::Merge(patch))
             .await
             .map(drop)
             .map_err(|e| internal("setting the MqttTransfer's state", e))

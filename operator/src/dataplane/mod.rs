@@ -11,6 +11,7 @@
 //! The listener is its own (TLS only, own port): the control plane is its only client, and a
 //! NetworkPolicy can admit the connector alone.
 
+pub mod callback;
 pub mod config;
 pub mod flows;
 pub mod message;
@@ -363,10 +364,15 @@ pub async fn start(
         max_body_bytes: dp_config.max_body_bytes,
     });
     let mut stop = shutdown.clone();
-    tokio::spawn(serve_tls(listener, tls, router(dp), async move {
+    tokio::spawn(serve_tls(listener, tls, router(dp.clone()), async move {
         let _ = stop.wait_for(|s| *s).await;
     }));
     info!(%addr, "data plane: serving Data Plane Signaling (legacy) over TLS");
+    // Callbacks go to the control planes' control APIs: trust what their registrations trust.
+    let callback_http = registration::callback_client(&config, &dp_config, &client, operator_namespace)
+        .await
+        .map_err(DataPlaneError::Invalid)?;
+    tokio::spawn(callback::report_ends(client.clone(), dp.flows.namespace.clone(), callback_http, shutdown.clone()));
     for (connector, registration) in &dp_config.registrations {
         let target = registration::Target::from_config(
             &config,

@@ -173,6 +173,36 @@ impl Target {
     }
 }
 
+/// The client for callbacks to the control planes: trusts the CA bundles of every registration
+/// (or of its connector profile); the system roots when none is configured.
+pub async fn callback_client(
+    config: &crate::config::Config,
+    dp: &DataPlaneConfig,
+    client: &kube::Client,
+    namespace: &str,
+) -> Result<reqwest::Client, String> {
+    let mut pem = String::new();
+    for (connector, registration) in &dp.registrations {
+        let ca =
+            registration.ca_bundle.as_ref().or(config.connectors.get(connector).and_then(|c| c.ca_bundle.as_ref()));
+        if let Some(ca) = ca {
+            let bundle = crate::credentials::resolve(ca, Some(client), namespace)
+                .await
+                .map_err(|e| format!("registrations.{connector}.caBundle: {e}"))?;
+            pem.push_str(bundle.expose_secret());
+            pem.push('\n');
+        }
+    }
+    crate::backends::http::client(
+        crate::backends::System::Connector,
+        &crate::backends::http::HttpSettings {
+            timeout: Duration::from_secs(10),
+            ca_bundle_pem: (!pem.is_empty()).then_some(pem),
+        },
+    )
+    .map_err(|e| e.to_string())
+}
+
 /// A member however EDC compacted its key (bare, `edc:`, or the IRI).
 fn member<'a>(object: &'a Value, name: &str) -> &'a Value {
     for key in [name.to_owned(), format!("edc:{name}"), format!("{EDC_NAMESPACE}{name}")] {
