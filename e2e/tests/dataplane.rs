@@ -39,6 +39,10 @@ const CONSUMER_NAME: &str = "dp-consumer";
 const CONSUMER_ID: &str = "did:web:consumer.example.com";
 const WITHIN: Duration = Duration::from_secs(60);
 
+/// The tests of this binary share the provider EDC, which chooses at random among the AVAILABLE
+/// data planes for `Mqtt`: one at a time, so each test's transfers reach its own data plane.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// The data plane serving in this process, registered with the provider.
 struct RunningDataPlane {
     /// `https://127.0.0.1:<port>` (what the provider calls, below it `/default/<token>`).
@@ -237,6 +241,7 @@ async fn receives(consumer: &mut Consumer, device: &Consumer, topic: &str, paylo
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as_data_plane() {
+    let _serial = ONE_AT_A_TIME.lock().await;
     let (stack, consumer) = tokio::join!(DevStack::start(StackOptions::default()), consumer_edc());
     let ca = stack.ca.clone();
     let provider = stack.edc.edc;
@@ -619,6 +624,90 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
 
     reporter_stop.send_replace(true);
     callback_task.abort();
+    // Leave the shared provider without this test's data plane.
+    let _ = http(&ca).delete(format!("{}/{}", dp.target.endpoint, dp.target.id)).send().await;
     drop(dp);
+    stack.teardown().await;
+}
+
+/// What `mqtt-dsp-operator run` starts for a `dataPlane` section: credentials read from files,
+/// the TLS listener with the configured certificate, the registration loop (which registers with
+/// the provider's control API and stays current), the availability check passing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_configured_data_plane_registers_itself_and_serves_over_tls() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let stack = DevStack::start(StackOptions::default()).await;
+    let ca = stack.ca.clone();
+    let provider = stack.edc.edc;
+    let dir = tempfile::tempdir().unwrap();
+    let cert = ca.server_cert(&[]);
+    let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+    e2e::logs::register_secret(&token);
+    std::fs::write(dir.path().join("tls.crt"), &cert.cert_pem).unwrap();
+    std::fs::write(dir.path().join("tls.key"), &cert.key_pem).unwrap();
+    std::fs::write(dir.path().join("token"), format!("{token}\n")).unwrap();
+    std::fs::write(dir.path().join("ca.crt"), ca.cert_pem()).unwrap();
+    // The port is chosen by the OS: the public URL is known only once bound, so bind first to
+    // learn a free port, release it, and configure it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let id = format!("mqtt-dsp-operator-{}", stack.namespace);
+    let section = format!(
+        "listen: 127.0.0.1:{port}\npublicUrl: https://127.0.0.1:{port}/\n\
+         tls: {{certificate: {{file: {d}/tls.crt}}, key: {{file: {d}/tls.key}}}}\ntoken: {{file: {d}/token}}\n\
+         registrations:\n  default: {{controlUrl: \"{control}\", dataPlaneId: {id}, caBundle: {{file: {d}/ca.crt}}, checkPeriodSeconds: 5}}\n",
+        d = dir.path().display(),
+        control = provider.control_url,
+    );
+    let mut problems = Vec::new();
+    let value: serde_yaml::Value = serde_yaml::from_str(&section).unwrap();
+    let parsed = mqtt_dsp_operator::dataplane::config::parse_section(Some(&value), &mut problems);
+    assert!(problems.is_empty(), "{problems:?}");
+    let mut config = stack.config.clone();
+    config.data_plane = parsed;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let addr = dataplane::start(stack.operator_client.clone(), Arc::new(config), &stack.namespace, None, stopped)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
+        .expect("a data plane is configured");
+    assert_eq!(addr.port(), port);
+
+    // Served over TLS with the configured certificate (verified against the CA), token required.
+    let r = http(&ca).get(format!("https://127.0.0.1:{port}/default/{token}/check")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    let r = http(&ca).get(format!("https://127.0.0.1:{port}/default/check")).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401);
+
+    // The registration loop registered it, and EDC's availability check passed.
+    let instance = poll("registered and AVAILABLE", Duration::from_secs(90), || {
+        let (ca, url) = (ca.clone(), format!("{}/v1/dataplanes/{id}", provider.control_url));
+        async move {
+            let r = http(&ca).get(&url).send().await.map_err(|e| e.to_string())?;
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            match text_of(find(&v, "state")).as_deref() {
+                Some("AVAILABLE") => Ok(v),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+    assert_eq!(
+        text_of(find(&instance, "url")).as_deref(),
+        Some(format!("https://127.0.0.1:{port}/default/{token}").as_str())
+    );
+    // Removed behind its back: the loop (every 5 s here) registers it again.
+    let r = http(&ca).delete(format!("{}/v1/dataplanes/{id}", provider.control_url)).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 204);
+    poll("registered again", Duration::from_secs(30), || {
+        let (ca, url) = (ca.clone(), format!("{}/v1/dataplanes/{id}", provider.control_url));
+        async move {
+            let r = http(&ca).get(&url).send().await.map_err(|e| e.to_string())?;
+            if r.status().is_success() { Ok(()) } else { Err(r.status().to_string()) }
+        }
+    })
+    .await;
+
+    stop.send_replace(true);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _ = http(&ca).delete(format!("{}/v1/dataplanes/{id}", provider.control_url)).send().await;
     stack.teardown().await;
 }
