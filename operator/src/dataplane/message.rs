@@ -401,3 +401,136 @@ mod tests {
         assert_eq!(body, json!([{"message": "unknown dataset x", "type": "ObjectNotFound"}]));
     }
 }
+
+/// Property tests: the parser is total (never panics, any input gets an answer), accepts exactly
+/// the well-formed starts, and every accepted id satisfies what the cluster side relies on.
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+    use serde_json::{Map, Value, json};
+
+    use super::*;
+
+    fn any_json() -> impl Strategy<Value = Value> {
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            ".{0,40}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 6, |inner| {
+            prop_oneof![
+                prop::collection::vec(inner.clone(), 0..4).prop_map(Value::Array),
+                prop::collection::btree_map(".{0,12}", inner, 0..4)
+                    .prop_map(|m| Value::Object(m.into_iter().collect::<Map<_, _>>())),
+            ]
+        })
+    }
+
+    fn id() -> impl Strategy<Value = String> {
+        // Mostly plausible ids, sometimes anything (control characters, empty, huge).
+        prop_oneof![
+            8 => "[A-Za-z0-9:._/-]{1,60}",
+            1 => ".{0,300}",
+            1 => Just(String::new()),
+        ]
+    }
+
+    fn message(fields: [(String, Value); 6]) -> Value {
+        let mut m = Map::new();
+        m.insert("@type".into(), json!("DataFlowStartMessage"));
+        for (k, v) in fields {
+            m.insert(k, v);
+        }
+        Value::Object(m)
+    }
+
+    fn valid(s: &str, max: usize) -> bool {
+        !s.trim().is_empty() && s.len() <= max && !s.chars().any(char::is_control)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+        #[test]
+        fn any_bytes_get_an_answer(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(r) = parse_start(&bytes) {
+                prop_assert_eq!(r.status, 400);
+                prop_assert!(!r.reason.is_empty());
+            }
+        }
+
+        #[test]
+        fn any_json_gets_an_answer(v in any_json()) {
+            let _ = parse_start(v.to_string().as_bytes());
+        }
+
+        #[test]
+        fn exactly_the_well_formed_starts_are_accepted(
+            process in id(), dataset in id(), agreement in id(), participant in id(),
+            flow in prop_oneof![Just("PULL".to_owned()), Just("PUSH".to_owned()), "[A-Z]{0,5}"],
+            dest in prop_oneof![Just("Mqtt".to_owned()), Just("HttpData".to_owned()), ".{0,8}"],
+            prefixed in any::<bool>(),
+        ) {
+            let key = |k: &str| if prefixed { format!("edc:{k}") } else { k.to_owned() };
+            let v = message([
+                (key("processId"), json!(process)),
+                (key("datasetId"), json!(dataset)),
+                (key("agreementId"), json!(agreement)),
+                (key("participantId"), json!(participant)),
+                (key("flowType"), json!(flow)),
+                (key("transferTypeDestination"), json!(dest)),
+            ]);
+            let well_formed = valid(&process, MAX_ID_LEN) && valid(&dataset, MAX_ID_LEN)
+                && valid(&agreement, MAX_ID_LEN) && valid(&participant, MAX_PARTICIPANT_LEN)
+                && flow == "PULL" && dest == "Mqtt";
+            match parse_start(v.to_string().as_bytes()) {
+                Ok(m) => {
+                    prop_assert!(well_formed, "accepted {v}");
+                    prop_assert_eq!(m.process_id, process);
+                    prop_assert_eq!(m.dataset_id, dataset);
+                    prop_assert_eq!(m.agreement_id, agreement);
+                    prop_assert_eq!(m.participant_id, participant);
+                }
+                Err(r) => {
+                    prop_assert!(!well_formed, "refused a well-formed start: {}", r.reason);
+                    prop_assert_eq!(r.status, 400);
+                }
+            }
+        }
+
+        #[test]
+        fn a_field_of_any_shape_is_read_or_refused(field in 0usize..4, value in any_json()) {
+            let names = ["processId", "datasetId", "agreementId", "participantId"];
+            let mut v = json!({"@type": "DataFlowStartMessage", "processId": "p", "datasetId": "d",
+                "agreementId": "a", "participantId": "did:web:c", "flowType": "PULL",
+                "transferTypeDestination": "Mqtt"});
+            v[names[field]] = value.clone();
+            if let Ok(m) = parse_start(v.to_string().as_bytes()) {
+                let read = [m.process_id, m.dataset_id, m.agreement_id, m.participant_id];
+                prop_assert!(valid(&read[field], MAX_PARTICIPANT_LEN));
+            }
+        }
+
+        #[test]
+        fn every_edr_property_is_a_named_string(
+            entries in prop::collection::btree_map(
+                prop_oneof!["(@|dsp-mqtt:)?[a-zA-Z]{1,10}", Just("dsp-mqtt:baseUrl".to_owned()), Just("endpoint".to_owned())],
+                any_json(),
+                0..8,
+            )
+        ) {
+            let da: Map<String, Value> = entries.into_iter().collect();
+            let edr = edr(&da);
+            prop_assert_eq!(&edr["dspace:endpointType"], "Mqtt");
+            for p in edr["dspace:endpointProperties"].as_array().unwrap() {
+                let name = p["dspace:name"].as_str().unwrap();
+                prop_assert!(name.starts_with("https://"), "{}", name);
+                prop_assert!(p["dspace:value"].is_string());
+            }
+            let keywords = da.keys().filter(|k| k.starts_with('@') || k.as_str() == "type").count();
+            let endpoint_added = usize::from(da.contains_key("dsp-mqtt:baseUrl") && !da.contains_key("endpoint"));
+            prop_assert_eq!(edr_properties(&edr).len(), da.len() - keywords + endpoint_added);
+        }
+    }
+}
