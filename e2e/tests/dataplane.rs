@@ -59,6 +59,10 @@ impl Drop for RunningDataPlane {
 }
 
 async fn start_data_plane(stack: &DevStack) -> RunningDataPlane {
+    start_data_plane_with(stack, Duration::from_secs(20)).await
+}
+
+async fn start_data_plane_with(stack: &DevStack, start_timeout: Duration) -> RunningDataPlane {
     let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
     e2e::logs::register_secret(&token);
     let dp = Arc::new(DataPlane {
@@ -66,7 +70,7 @@ async fn start_data_plane(stack: &DevStack) -> RunningDataPlane {
             client: stack.operator_client.clone(),
             config: Arc::new(stack.config.clone()),
             namespace: None,
-            start_timeout: Duration::from_secs(20),
+            start_timeout,
             poll: Duration::from_millis(100),
         },
         connectors: vec!["default".into()],
@@ -709,5 +713,238 @@ async fn the_configured_data_plane_registers_itself_and_serves_over_tls() {
     stop.send_replace(true);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let _ = http(&ca).delete(format!("{}/v1/dataplanes/{id}", provider.control_url)).send().await;
+    stack.teardown().await;
+}
+
+/// Registers the data plane and waits until the provider marks it AVAILABLE.
+async fn registered_and_available(dp: &RunningDataPlane) {
+    dp.target.ensure().await.expect("registering with the provider");
+    let target = dp.target.clone();
+    poll("the data plane AVAILABLE in the provider", Duration::from_secs(90), || {
+        let target = target.clone();
+        async move {
+            match target.ensure().await {
+                Ok(Outcome::Current(state)) if state == "AVAILABLE" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await;
+}
+
+/// The consumer negotiates the provider's offer of `asset_id`; returns its agreement id.
+async fn negotiate(ca: &TestCa, consumer: &Edc, provider: &Edc, asset_id: &str) -> String {
+    let request = json!({
+        "@context": {"@vocab": EDC_NAMESPACE},
+        "@type": "CatalogRequest",
+        "counterPartyAddress": provider.dsp_url(),
+        "counterPartyId": provider.participant_id,
+        "protocol": DSP_PROTOCOL,
+        "querySpec": {"filterExpression": [{"operandLeft": format!("{EDC_NAMESPACE}id"), "operator": "=", "operandRight": asset_id}]},
+    });
+    let (status, catalog) = management(ca, consumer, Method::POST, "/v3/catalog/request", Some(request)).await;
+    assert_eq!(status, 200, "{catalog}");
+    let dataset =
+        as_list(find(&catalog, "dataset")).into_iter().next().unwrap_or_else(|| panic!("{asset_id} in {catalog}"));
+    let mut policy = as_list(find(&dataset, "hasPolicy")).into_iter().next().expect("an offer");
+    policy["@context"] = json!("http://www.w3.org/ns/odrl.jsonld");
+    policy["assigner"] = json!(provider.participant_id);
+    policy["assignee"] = json!(CONSUMER_ID);
+    policy["target"] = json!(asset_id);
+    let negotiation = json!({
+        "@context": {"@vocab": EDC_NAMESPACE, "edc": EDC_NAMESPACE},
+        "@type": "ContractRequest",
+        "counterPartyAddress": provider.dsp_url(),
+        "protocol": DSP_PROTOCOL,
+        "policy": policy,
+    });
+    let (status, started) = management(ca, consumer, Method::POST, "/v3/contractnegotiations", Some(negotiation)).await;
+    assert_eq!(status, 200, "{started}");
+    let id = started["@id"].as_str().unwrap().to_owned();
+    poll("an agreement", WITHIN, || {
+        let (ca, id) = (ca.clone(), id.clone());
+        async move {
+            let (_, n) = management(&ca, consumer, Method::GET, &format!("/v3/contractnegotiations/{id}"), None).await;
+            match (text_of(find(&n, "state")).as_deref(), text_of(find(&n, "contractAgreementId"))) {
+                (Some("FINALIZED"), Some(agreement)) => Ok(agreement),
+                (Some("TERMINATED"), _) => panic!("the negotiation was terminated: {n}"),
+                _ => Err(n.to_string()),
+            }
+        }
+    })
+    .await
+}
+
+/// An oauth2 offer on RabbitMQ over WSS: the EDR the consumer's connector receives is exactly the
+/// transfer Secret's DataAddress (JWT, refresh token and endpoint, expiry), and a real MQTT
+/// client connects with the JWT over WSS and receives a live message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oauth2_edr_for_rabbitmq_over_wss_passes_through_the_real_connectors_unchanged() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (stack, consumer) =
+        tokio::join!(DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }), consumer_edc());
+    let ca = stack.ca.clone();
+    let provider = stack.edc.edc;
+    let dp = start_data_plane(&stack).await;
+    registered_and_available(&dp).await;
+
+    let mut asset = offer("line-2");
+    asset.spec.broker = Some("rabbitmq".into());
+    asset.spec.auth.mode = AuthMode::Oauth2;
+    asset.spec.endpoint.endpoint_type = EndpointType::MqttWss;
+    let assets: Api<MqttAsset> = stack.api();
+    assets.create(&PostParams::default(), &asset).await.unwrap();
+    wait_for(&assets, "line-2", WITHIN, "Ready", asset_ready).await;
+    let asset_id = format!("{}-line-2", stack.namespace);
+    let agreement = negotiate(&ca, consumer, provider, &asset_id).await;
+
+    let events = Events::default();
+    let router = axum::Router::new().route("/events", axum::routing::post(receive_event)).with_state(events.clone());
+    let (callback_addr, callback_task) = e2e::tls::serve_https(router, &ca).await.unwrap();
+    let request = json!({
+        "@context": {"@vocab": EDC_NAMESPACE},
+        "@type": "TransferRequest",
+        "counterPartyAddress": provider.dsp_url(),
+        "protocol": DSP_PROTOCOL,
+        "contractId": agreement,
+        "assetId": asset_id,
+        "transferType": "Mqtt-PULL",
+        "callbackAddresses": [{"transactional": false, "uri": format!("https://{callback_addr}/events"), "events": ["transfer.process.started"]}],
+    });
+    let (status, created) = management(&ca, consumer, Method::POST, "/v3/transferprocesses", Some(request)).await;
+    assert_eq!(status, 200, "{created}");
+    let edr = poll("the started event with the EDR", WITHIN, || {
+        let events = events.clone();
+        async move {
+            let all = events.0.lock().unwrap().clone();
+            all.into_iter().find(|e| find(e, "authorization").is_some()).ok_or_else(|| "no event yet".to_owned())
+        }
+    })
+    .await;
+
+    // The EDR is the transfer Secret's DataAddress, key by key.
+    let transfers: Api<MqttTransfer> = stack.api();
+    let ours =
+        transfers.list(&ListParams::default().labels(&format!("{}=signaling", flows::MANAGED_LABEL))).await.unwrap();
+    assert_eq!(ours.items.len(), 1);
+    let secret_name = ours.items[0].metadata.name.clone().unwrap();
+    let secret = stack.api::<k8s_openapi::api::core::v1::Secret>().get(&secret_name).await.unwrap();
+    let da: serde_json::Map<String, Value> =
+        serde_json::from_slice(&secret.data.unwrap()["dataAddress.json"].0).unwrap();
+    let mut compared = Vec::new();
+    for (key, value) in da.iter().filter(|(k, _)| !k.starts_with('@')) {
+        let local = key.strip_prefix("dsp-mqtt:").unwrap_or(key);
+        let expected = match value {
+            Value::String(s) => s.clone(),
+            other => other.to_string(),
+        };
+        let got = text_of(find(&edr, local));
+        assert_eq!(got.as_deref(), Some(expected.as_str()), "{key} in the EDR the consumer's connector received");
+        compared.push(local.to_owned());
+    }
+    for key in ["authorization", "refreshToken", "refreshEndpoint", "expiresIn", "baseUrl"] {
+        assert!(compared.iter().any(|k| k == key), "{key} among the compared keys {compared:?}");
+    }
+
+    let jwt = text_of(find(&edr, "authorization")).unwrap();
+    e2e::logs::register_secret(&jwt);
+    e2e::logs::register_secret(&text_of(find(&edr, "refreshToken")).unwrap());
+    assert_eq!(jwt.split('.').count(), 3, "a JWT");
+    let rabbit = stack.rabbitmq.as_ref().unwrap();
+    let base_url = text_of(find(&edr, "baseUrl")).unwrap();
+    assert_eq!(base_url, rabbit.wss_url());
+    let username = text_of(find(&edr, "username")).unwrap();
+    let options = consumer_options(base_url, &ca.cert_pem(), &username, &jwt);
+    let mut client = Consumer::connect(&options).await.unwrap_or_else(|e| panic!("connect with the JWT: {e:?}"));
+    assert!(client.subscribe("factory/line-2/#").await, "subscription granted");
+    let device = Consumer::connect(&consumer_options(
+        rabbit.mqtts_url(),
+        &ca.cert_pem(),
+        e2e::brokers::rabbitmq::ADMIN_USER,
+        e2e::brokers::rabbitmq::ADMIN_PASSWORD,
+    ))
+    .await
+    .expect("the provider's device connects to RabbitMQ");
+    assert!(receives(&mut client, &device, "factory/line-2/temperature", "7.5").await, "a live message over WSS");
+
+    callback_task.abort();
+    let _ = http(&ca).delete(format!("{}/{}", dp.target.endpoint, dp.target.id)).send().await;
+    drop(dp);
+    stack.teardown().await;
+}
+
+/// The operator restarts in the middle of a start: the first attempt created the MqttTransfer
+/// but answered before it was Ready (no controller ran); the control plane's retry reaches the
+/// restarted operator, which finds that transfer, answers with its credentials and creates
+/// nothing more; a further retry gets the same credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_start_interrupted_by_an_operator_restart_neither_loses_the_transfer_nor_issues_credentials_twice() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let mut stack = DevStack::start(StackOptions::default()).await;
+    let ca = stack.ca.clone();
+    let assets: Api<MqttAsset> = stack.api();
+    assets.create(&PostParams::default(), &offer("line-1")).await.unwrap();
+    wait_for(&assets, "line-1", WITHIN, "Ready", asset_ready).await;
+    let asset_id = format!("{}-line-1", stack.namespace);
+    let start = json!({
+        "@context": {"@vocab": EDC_NAMESPACE},
+        "@type": "DataFlowStartMessage",
+        "processId": format!("process-{}", uuid::Uuid::new_v4()),
+        "datasetId": asset_id,
+        "agreementId": "agreement-1",
+        "participantId": CONSUMER_ID,
+        "flowType": "PULL",
+        "transferTypeDestination": "Mqtt",
+        "callbackAddress": stack.edc.edc.control_url,
+    });
+    let transfers: Api<MqttTransfer> = stack.api();
+
+    // The operator's controllers are down (it is restarting): the start times out, retryable.
+    stack.stop_controllers().await;
+    let first = start_data_plane_with(&stack, Duration::from_secs(3)).await;
+    let url = |dp: &RunningDataPlane| format!("{}/default/{}/start", dp.base, dp.token);
+    let r = http(&ca).post(url(&first)).json(&start).send().await.unwrap();
+    let (code, body) = (r.status().as_u16(), r.text().await.unwrap());
+    assert_eq!(code, 503, "not Ready within the bound: {body}");
+    assert!(body.contains("retry"), "{body}");
+    assert_eq!(transfers.list(&ListParams::default()).await.unwrap().items.len(), 1, "the transfer exists");
+    drop(first);
+
+    // The restarted operator: new controllers, a new data plane instance.
+    stack.restart_controllers().await;
+    let second = start_data_plane(&stack).await;
+    let answer: Value = http(&ca).post(url(&second)).json(&start).send().await.unwrap().json().await.unwrap();
+    let password_key = format!("{}password", mqtt_dsp_operator::plan::transfer::DSP_MQTT_NAMESPACE);
+    let edr = mqtt_dsp_operator::dataplane::message::edr_properties(&answer["dataAddress"]);
+    let password = edr
+        .get(&password_key)
+        .and_then(Value::as_str)
+        .unwrap_or_else(|| panic!("credentials: {}", answer["@type"]))
+        .to_owned();
+    e2e::logs::register_secret(&password);
+    assert_eq!(transfers.list(&ListParams::default()).await.unwrap().items.len(), 1, "nothing created twice");
+    let again: Value = http(&ca).post(url(&second)).json(&start).send().await.unwrap().json().await.unwrap();
+    let again = mqtt_dsp_operator::dataplane::message::edr_properties(&again["dataAddress"]);
+    assert_eq!(again.get(&password_key).and_then(Value::as_str), Some(password.as_str()), "the same credentials");
+
+    // And they work.
+    let base =
+        edr[&format!("{}baseUrl", mqtt_dsp_operator::plan::transfer::DSP_MQTT_NAMESPACE)].as_str().unwrap().to_owned();
+    let username =
+        edr[&format!("{}username", mqtt_dsp_operator::plan::transfer::DSP_MQTT_NAMESPACE)].as_str().unwrap().to_owned();
+    let mut client = Consumer::connect(&consumer_options(base, &ca.cert_pem(), &username, &password))
+        .await
+        .unwrap_or_else(|e| panic!("{e:?}"));
+    assert!(client.subscribe("factory/line-1/#").await);
+    let device = Consumer::connect(&consumer_options(
+        stack.mosquitto.mqtts_url(),
+        &ca.cert_pem(),
+        "publisher",
+        PUBLISHER_PASSWORD,
+    ))
+    .await
+    .unwrap();
+    assert!(receives(&mut client, &device, "factory/line-1/pressure", "1.2").await);
+    drop(second);
     stack.teardown().await;
 }
