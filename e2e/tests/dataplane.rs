@@ -71,7 +71,7 @@ async fn start_data_plane_with(stack: &DevStack, start_timeout: Duration) -> Run
             config: Arc::new(stack.config.clone()),
             namespace: None,
             start_timeout,
-            poll: Duration::from_millis(100),
+            poll: Duration::from_secs(1),
         },
         connectors: vec!["default".into()],
         token: SecretString::from(token.clone()),
@@ -946,5 +946,86 @@ async fn a_start_interrupted_by_an_operator_restart_neither_loses_the_transfer_n
     .unwrap();
     assert!(receives(&mut client, &device, "factory/line-1/pressure", "1.2").await);
     drop(second);
+    stack.teardown().await;
+}
+
+/// Start-to-EDR latency through the real control planes: the consumer's connector requests 100
+/// transfers on one agreement at once; each one's latency runs from its transfer request to the
+/// `transfer.process.started` event with the EDR at the consumer. Prints p50/p99 and the data
+/// plane's share (the provider's start calls, from the operator's log is not needed: the
+/// MqttTransfers' creation-to-Ready). Ignored by default (a benchmark, not a check):
+/// `cargo test -p e2e --test dataplane -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_100_concurrent_starts_through_the_real_control_plane() {
+    const N: usize = 100;
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let (stack, consumer) = tokio::join!(DevStack::start(StackOptions::default()), consumer_edc());
+    let ca = stack.ca.clone();
+    let provider = stack.edc.edc;
+    let dp = start_data_plane(&stack).await;
+    registered_and_available(&dp).await;
+    let assets: Api<MqttAsset> = stack.api();
+    assets.create(&PostParams::default(), &offer("line-1")).await.unwrap();
+    wait_for(&assets, "line-1", WITHIN, "Ready", asset_ready).await;
+    let asset_id = format!("{}-line-1", stack.namespace);
+    let agreement = negotiate(&ca, consumer, provider, &asset_id).await;
+
+    #[derive(Clone, Default)]
+    struct Arrivals(Arc<Mutex<std::collections::HashMap<String, std::time::Instant>>>);
+    async fn arrived(State(a): State<Arrivals>, Json(body): Json<Value>) -> axum::http::StatusCode {
+        if let Some(id) = text_of(find(&body, "transferProcessId")) {
+            a.0.lock().unwrap().entry(id).or_insert_with(std::time::Instant::now);
+        }
+        axum::http::StatusCode::NO_CONTENT
+    }
+    let arrivals = Arrivals::default();
+    let router = axum::Router::new().route("/events", axum::routing::post(arrived)).with_state(arrivals.clone());
+    let (callback_addr, callback_task) = e2e::tls::serve_https(router, &ca).await.unwrap();
+    let started = std::time::Instant::now();
+    let requests = (0..N).map(|_| {
+        let (ca, agreement, asset_id) = (ca.clone(), agreement.clone(), asset_id.clone());
+        async move {
+            let request = json!({
+                "@context": {"@vocab": EDC_NAMESPACE},
+                "@type": "TransferRequest",
+                "counterPartyAddress": provider.dsp_url(),
+                "protocol": DSP_PROTOCOL,
+                "contractId": agreement,
+                "assetId": asset_id,
+                "transferType": "Mqtt-PULL",
+                "callbackAddresses": [{"transactional": false, "uri": format!("https://{callback_addr}/events"), "events": ["transfer.process.started"]}],
+            });
+            let sent = std::time::Instant::now();
+            let (status, created) = management(&ca, consumer, Method::POST, "/v3/transferprocesses", Some(request)).await;
+            assert_eq!(status, 200, "{created}");
+            (created["@id"].as_str().unwrap().to_owned(), sent)
+        }
+    });
+    let sent: Vec<(String, std::time::Instant)> = futures::future::join_all(requests).await;
+    poll("every transfer's EDR at the consumer", Duration::from_secs(300), || {
+        let arrivals = arrivals.clone();
+        async move {
+            let n = arrivals.0.lock().unwrap().len();
+            if n >= N { Ok(()) } else { Err(format!("{n} of {N}")) }
+        }
+    })
+    .await;
+    let total = started.elapsed();
+    let arrived = arrivals.0.lock().unwrap().clone();
+    let mut latencies: Vec<Duration> = sent.iter().map(|(id, at)| arrived[id].duration_since(*at)).collect();
+    latencies.sort();
+    let p = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1];
+    println!(
+        "{N} concurrent Mqtt-PULL starts through EDC 0.15.1 (consumer → provider → operator → consumer): \
+         p50 {:?}, p99 {:?}, max {:?}, all EDRs after {:?}",
+        p(0.50),
+        p(0.99),
+        latencies[latencies.len() - 1],
+        total
+    );
+    callback_task.abort();
+    let _ = http(&ca).delete(format!("{}/{}", dp.target.endpoint, dp.target.id)).send().await;
+    drop(dp);
     stack.teardown().await;
 }

@@ -47,7 +47,7 @@ pub struct Flows {
     pub namespace: Option<String>,
     /// How long a start waits for Ready.
     pub start_timeout: Duration,
-    /// How often to look at a transfer while waiting.
+    /// Longest wait between two reads of a transfer while waiting (a watch wakes it earlier).
     pub poll: Duration,
 }
 
@@ -324,7 +324,17 @@ impl Flows {
                     ),
                 });
             }
-            tokio::time::sleep(self.poll).await;
+            // Woken by a watch as soon as the controller writes the status (polling alone would
+            // add half an interval to every start); `poll` bounds the wait if the watch stalls.
+            let settled = move |t: Option<&MqttTransfer>| {
+                t.is_none_or(|t| settled_in(t, phase) || settled_in(t, TransferPhase::Failed))
+            };
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let _ = tokio::time::timeout(
+                self.poll.min(left),
+                kube::runtime::wait::await_condition(api.clone(), name, settled),
+            )
+            .await;
         }
     }
 

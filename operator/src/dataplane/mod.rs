@@ -356,7 +356,7 @@ pub async fn start(
             config: config.clone(),
             namespace: watch_namespace,
             start_timeout: std::time::Duration::from_secs(dp_config.start_timeout_seconds),
-            poll: std::time::Duration::from_millis(200),
+            poll: std::time::Duration::from_secs(1),
         },
         connectors: dp_config.registrations.keys().cloned().collect(),
         token: token.clone(),
