@@ -37,6 +37,8 @@ use serde_json::{Value, json};
 const EDC_NAMESPACE: &str = "https://w3id.org/edc/v0.0.1/ns/";
 const CONSUMER_NAME: &str = "dp-consumer";
 const CONSUMER_ID: &str = "did:web:consumer.example.com";
+const CONSUMER_B_NAME: &str = "dp-consumer-b";
+const CONSUMER_B_ID: &str = "did:web:consumer-b.example.com";
 const WITHIN: Duration = Duration::from_secs(60);
 
 /// The tests of this binary share the provider EDC, which chooses at random among the AVAILABLE
@@ -104,9 +106,13 @@ fn http(ca: &TestCa) -> reqwest::Client {
 }
 
 async fn consumer_edc() -> &'static Edc {
-    tokio::task::spawn_blocking(|| {
-        let mut options = EdcOptions::named(CONSUMER_NAME);
-        options.participant_id = CONSUMER_ID.into();
+    consumer_edc_named(CONSUMER_NAME, CONSUMER_ID).await
+}
+
+async fn consumer_edc_named(name: &'static str, participant_id: &'static str) -> &'static Edc {
+    tokio::task::spawn_blocking(move || {
+        let mut options = EdcOptions::named(name);
+        options.participant_id = participant_id.into();
         edc::shared(&[options])
     })
     .await
@@ -323,7 +329,7 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
     // Without an assignee the agreement's policy has none, and EDC 0.15.1's control plane fails
     // the data flow start with a NullPointerException (the start message's participantId is
     // the agreement policy's assignee).
-    policy["assignee"] = json!(CONSUMER_ID);
+    policy["assignee"] = json!(consumer.participant_id);
     policy["target"] = json!(asset_id);
     let negotiation = json!({
         "@context": {"@vocab": EDC_NAMESPACE, "edc": EDC_NAMESPACE},
@@ -779,10 +785,13 @@ async fn negotiate(ca: &TestCa, consumer: &Edc, provider: &Edc, asset_id: &str) 
 /// transfer Secret's DataAddress (JWT, refresh token and endpoint, expiry), and a real MQTT
 /// client connects with the JWT over WSS and receives a live message.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_oauth2_edr_for_rabbitmq_over_wss_passes_through_the_real_connectors_unchanged() {
+async fn oauth2_edrs_for_rabbitmq_over_wss_pass_through_the_real_connectors_one_identity_per_consumer() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let (stack, consumer) =
-        tokio::join!(DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }), consumer_edc());
+    let (stack, consumer, consumer_b) = tokio::join!(
+        DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }),
+        consumer_edc(),
+        consumer_edc_named(CONSUMER_B_NAME, CONSUMER_B_ID)
+    );
     let ca = stack.ca.clone();
     let provider = stack.edc.edc;
     let dp = start_data_plane(&stack).await;
@@ -792,6 +801,7 @@ async fn an_oauth2_edr_for_rabbitmq_over_wss_passes_through_the_real_connectors_
     asset.spec.broker = Some("rabbitmq".into());
     asset.spec.auth.mode = AuthMode::Oauth2;
     asset.spec.endpoint.endpoint_type = EndpointType::MqttWss;
+    asset.spec.policy.access.participant_ids = Some(vec![CONSUMER_ID.into(), CONSUMER_B_ID.into()]);
     let assets: Api<MqttAsset> = stack.api();
     assets.create(&PostParams::default(), &asset).await.unwrap();
     wait_for(&assets, "line-2", WITHIN, "Ready", asset_ready).await;
@@ -866,6 +876,50 @@ async fn an_oauth2_edr_for_rabbitmq_over_wss_passes_through_the_real_connectors_
     .await
     .expect("the provider's device connects to RabbitMQ");
     assert!(receives(&mut client, &device, "factory/line-2/temperature", "7.5").await, "a live message over WSS");
+
+    // A second consumer (another connector, another participant) gets credentials of its own:
+    // another MqttTransfer, another identity, another JWT; both receive.
+    let agreement_b = negotiate(&ca, consumer_b, provider, &asset_id).await;
+    let request = json!({
+        "@context": {"@vocab": EDC_NAMESPACE},
+        "@type": "TransferRequest",
+        "counterPartyAddress": provider.dsp_url(),
+        "protocol": DSP_PROTOCOL,
+        "contractId": agreement_b,
+        "assetId": asset_id,
+        "transferType": "Mqtt-PULL",
+        "callbackAddresses": [{"transactional": false, "uri": format!("https://{callback_addr}/events"), "events": ["transfer.process.started"]}],
+    });
+    let (status, created) = management(&ca, consumer_b, Method::POST, "/v3/transferprocesses", Some(request)).await;
+    assert_eq!(status, 200, "{created}");
+    let tp_b = created["@id"].as_str().unwrap().to_owned();
+    let edr_b = poll("consumer B's EDR", WITHIN, || {
+        let (events, tp_b) = (events.clone(), tp_b.clone());
+        async move {
+            let all = events.0.lock().unwrap().clone();
+            all.into_iter()
+                .find(|e| text_of(find(e, "transferProcessId")).as_deref() == Some(tp_b.as_str()))
+                .ok_or_else(|| "no event yet".to_owned())
+        }
+    })
+    .await;
+    let jwt_b = text_of(find(&edr_b, "authorization")).expect("a JWT for consumer B");
+    e2e::logs::register_secret(&jwt_b);
+    let username_b = text_of(find(&edr_b, "username")).unwrap();
+    assert_ne!(jwt_b, jwt, "consumer B's own token");
+    assert_ne!(username_b, username, "consumer B's own identity");
+    let ours = transfers.list(&ListParams::default()).await.unwrap();
+    let mut consumers: Vec<String> = ours.items.iter().map(|t| t.spec.consumer.participant_id.clone()).collect();
+    consumers.sort();
+    assert_eq!(consumers, [CONSUMER_B_ID, CONSUMER_ID], "one MqttTransfer per consumer's transfer");
+    let options_b = consumer_options(text_of(find(&edr_b, "baseUrl")).unwrap(), &ca.cert_pem(), &username_b, &jwt_b);
+    let mut client_b = Consumer::connect(&options_b).await.unwrap_or_else(|e| panic!("consumer B connects: {e:?}"));
+    assert!(client_b.subscribe("factory/line-2/#").await);
+    assert!(device.publish("factory/line-2/temperature", b"8.0").await);
+    for (who, c) in [("A", &mut client), ("B", &mut client_b)] {
+        let got = c.next_message(Duration::from_secs(3)).await;
+        assert_eq!(got, Some(("factory/line-2/temperature".to_owned(), b"8.0".to_vec())), "consumer {who} receives");
+    }
 
     callback_task.abort();
     let _ = http(&ca).delete(format!("{}/{}", dp.target.endpoint, dp.target.id)).send().await;
