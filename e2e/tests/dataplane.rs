@@ -492,6 +492,11 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
     let r = signal(Method::POST, "/start").json(&stranger).send().await.unwrap();
     let (code, body) = (r.status().as_u16(), r.text().await.unwrap());
     assert_eq!(code, 403, "a participant the asset's policy does not list: {body}");
+    // The same process id with another agreement (or of another dataset) is someone else's flow.
+    let mut hijack = start.clone();
+    hijack["agreementId"] = json!("another-agreement");
+    let r = signal(Method::POST, "/start").json(&hijack).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 409, "{}", r.text().await.unwrap());
     let huge = "x".repeat(200 * 1024);
     assert_eq!(signal(Method::POST, "/start").body(huge).send().await.unwrap().status().as_u16(), 413);
     let r = http(&ca).post(format!("{}/default/start", dp.base)).json(&start).send().await.unwrap();
