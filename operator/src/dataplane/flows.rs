@@ -209,6 +209,12 @@ impl Flows {
                     reason: format!("process {} was started with another agreement or participant", message.process_id),
                 });
             }
+            if t.metadata.deletion_timestamp.is_some() {
+                return Err(Refusal {
+                    status: 409,
+                    reason: format!("process {} is being deleted by the provider", message.process_id),
+                });
+            }
             match t.spec.state.unwrap_or_default() {
                 TransferState::Started => {}
                 TransferState::Suspended => {
