@@ -363,6 +363,10 @@ impl Flows {
     /// plane refused never made a transfer, and the control plane terminates it anyway).
     pub async fn terminate(&self, process_id: &str) -> Result<(), Refusal> {
         let Some(t) = self.find_transfer(process_id).await? else { return Ok(()) };
+        if t.metadata.deletion_timestamp.is_some() {
+            // The provider deleted it: the controller's finalizer revokes everything.
+            return Ok(());
+        }
         let (api, name) = self.api_of(&t);
         if !t.spec.state.unwrap_or_default().is_final() {
             self.set_state(&api, &name, TransferState::Terminated).await?;
