@@ -70,5 +70,6 @@ E2E_LOG := $(CURDIR)/target/e2e-logs/tracing.log
 e2e: systems ## The user stories as scenarios (docs/e2e.md): against the KUBECONFIG cluster when set, else the dev stack
 	rm -rf target/e2e-logs && mkdir -p target/e2e-logs
 	MQTT_DSP_TEST_LOG=$(E2E_LOG) $(CARGO) test -p e2e --locked --test scenarios
+	MQTT_DSP_TEST_LOG=$(E2E_LOG) $(CARGO) test -p e2e --locked --test dataplane
 	MQTT_DSP_TEST_LOG=$(E2E_LOG) $(CARGO) test -p mqtt-dsp-operator --locked --test leader_election
 	e2e/check-log-secrets.sh $(E2E_LOG)

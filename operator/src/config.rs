@@ -45,6 +45,9 @@ pub struct Config {
     /// carry no refresh token (the operator renews the token in the Secret itself).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub refresh: Option<RefreshSettings>,
+    /// The operator as the connectors' MQTT data plane (Data Plane Signaling); absent: it is none.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_plane: Option<crate::dataplane::DataPlaneConfig>,
 }
 
 /// The refresh endpoint a consumer sends its refresh token to (ADR 012's `refreshEndpoint`),
@@ -703,8 +706,8 @@ impl Config {
                 message: "expected a mapping with connectors, identityProviders, secretStores, brokers".into(),
             }]);
         };
-        const SECTIONS: [&str; 6] =
-            ["installation", "connectors", "identityProviders", "secretStores", "brokers", "refresh"];
+        const SECTIONS: [&str; 7] =
+            ["installation", "connectors", "identityProviders", "secretStores", "brokers", "refresh", "dataPlane"];
         for key in root.keys() {
             let name = key.as_str().unwrap_or("<non-string key>");
             if !SECTIONS.contains(&name) {
@@ -736,8 +739,12 @@ impl Config {
             operator_namespace: String::new(),
             installation,
             refresh: refresh_section(root, &mut problems),
+            data_plane: crate::dataplane::config::parse_section(root.get("dataPlane"), &mut problems),
         };
         config.validate(&mut problems);
+        if let Some(dp) = &config.data_plane {
+            crate::dataplane::config::validate(dp, &config.connectors, &mut problems);
+        }
         if config.connectors.is_empty() && config.brokers.is_empty() && problems.is_empty() {
             problems.push(ConfigProblem {
                 path: String::new(),

@@ -10,6 +10,7 @@ pub mod config;
 pub mod controller;
 pub mod crd;
 pub mod credentials;
+pub mod dataplane;
 pub mod metrics;
 pub mod plan;
 pub mod refresh;

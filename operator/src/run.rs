@@ -92,6 +92,9 @@ pub enum RunError {
     /// The refresh endpoint cannot be set up (its TLS files, the consumers' keys).
     #[error("cannot set up the refresh endpoint: {0}")]
     Refresh(String),
+    /// The data plane (Data Plane Signaling endpoint) could not start.
+    #[error(transparent)]
+    DataPlane(#[from] crate::dataplane::DataPlaneError),
     /// The endpoints' server failed.
     #[error("the health/metrics server failed")]
     Serve(#[source] std::io::Error),
@@ -187,6 +190,15 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let shutdown = shutdown_signal();
     tokio::pin!(shutdown);
     let ctx = Arc::new(Context::new(client.clone(), Arc::new(config), Arc::new(backends), options.settings, metrics));
+    // The data plane runs on standby replicas too: it only reads assets and writes MqttTransfers,
+    // which the leader's controllers then reconcile.
+    let watch_namespace = ctx.settings.namespace.clone();
+    if let Some(addr) =
+        crate::dataplane::start(client.clone(), ctx.config.clone(), &namespace, watch_namespace, stop_tx.subscribe())
+            .await?
+    {
+        info!("serving Data Plane Signaling on {addr}");
+    }
 
     // The refresh endpoint serves on every replica, standbys included: it needs no controller.
     let _refresh = match ctx.config.refresh.clone() {

@@ -1,0 +1,468 @@
+//! The operator as an EDC data plane for `Mqtt` / `Mqtt-PULL` (legacy Data Plane Signaling, EDC
+//! 0.15–0.17): a control plane that routes a transfer here gets, for every DSP transfer process,
+//! an MqttTransfer of its own, and the consumer gets that transfer's credentials as the EDR.
+//!
+//! Endpoints, below `<publicUrl>/<connector profile>/<token>` (what [`registration`] registers):
+//! `POST /start`, `POST /{processId}/suspend`, `POST /{processId}/terminate`,
+//! `GET /{processId}/state`, `GET /check`. The token may instead come as
+//! `Authorization: Bearer <token>` or `X-Api-Key` (then below `<publicUrl>/<connector profile>`).
+//! The connector profile in the path limits a control plane to the assets of its own profile.
+//!
+//! The listener is its own (TLS only, own port): the control plane is its only client, and a
+//! NetworkPolicy can admit the connector alone.
+
+pub mod callback;
+pub mod config;
+pub mod flows;
+pub mod message;
+pub mod registration;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::{HeaderMap, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use secrecy::{ExposeSecret, SecretString};
+use serde_json::Value;
+use tracing::{debug, info, warn};
+
+pub use config::DataPlaneConfig;
+use flows::Flows;
+use message::Refusal;
+
+/// The signaling endpoint's state.
+pub struct DataPlane {
+    /// The cluster side.
+    pub flows: Flows,
+    /// Connector profiles served (the first path segment).
+    pub connectors: Vec<String>,
+    /// The shared token.
+    pub token: SecretString,
+    /// Path prefix of the public URL (stripped when present, so the endpoint works behind a
+    /// path-routing ingress and directly).
+    pub path_prefix: String,
+    /// Largest body accepted.
+    pub max_body_bytes: usize,
+}
+
+/// Compares without an early exit, so the time taken does not tell how much of a guess was right.
+fn same_secret(given: &[u8], expected: &[u8]) -> bool {
+    if given.len() != expected.len() {
+        return false;
+    }
+    given.iter().zip(expected).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+fn json_response(status: StatusCode, body: Value) -> Response {
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn refusal(r: Refusal) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, r.body())
+}
+
+fn header_token(headers: &HeaderMap) -> Option<&[u8]> {
+    if let Some(v) = headers.get(header::AUTHORIZATION) {
+        return v.as_bytes().strip_prefix(b"Bearer ");
+    }
+    headers.get("x-api-key").map(|v| v.as_bytes())
+}
+
+/// The route a request names, after the connector segment and the authentication.
+#[derive(Debug, PartialEq, Eq)]
+enum Route {
+    Start,
+    Check,
+    Suspend(String),
+    Terminate(String),
+    State(String),
+}
+
+fn route(method: &Method, rest: &[String]) -> Option<Route> {
+    match (method, rest) {
+        (&Method::POST, [s]) if s == "start" => Some(Route::Start),
+        (&Method::GET, [s]) if s == "check" => Some(Route::Check),
+        (&Method::POST, [id, s]) if s == "suspend" => Some(Route::Suspend(id.clone())),
+        (&Method::POST, [id, s]) if s == "terminate" => Some(Route::Terminate(id.clone())),
+        (&Method::GET, [id, s]) if s == "state" => Some(Route::State(id.clone())),
+        _ => None,
+    }
+}
+
+impl DataPlane {
+    /// Splits the path into the connector profile and the rest, authenticating the request.
+    /// Never logs or echoes the path (it holds the token).
+    fn authenticate(&self, uri: &Uri, headers: &HeaderMap) -> Result<(String, Vec<String>), Refusal> {
+        let path = uri.path();
+        let path = path.strip_prefix(self.path_prefix.as_str()).filter(|p| p.starts_with('/')).unwrap_or(path);
+        let mut segments = Vec::new();
+        for s in path.split('/').filter(|s| !s.is_empty()) {
+            let decoded = percent_encoding::percent_decode_str(s)
+                .decode_utf8()
+                .map_err(|_| Refusal::bad_request("the path is not UTF-8"))?;
+            segments.push(decoded.into_owned());
+        }
+        let not_found = || Refusal { status: 404, reason: "no such endpoint".into() };
+        let (connector, rest) = segments.split_first().ok_or_else(not_found)?;
+        if !self.connectors.contains(connector) {
+            // The same answer as a wrong token would get: the connector names are no secret, but
+            // a probe learns nothing either way.
+            return Err(Refusal { status: 401, reason: "not authenticated".into() });
+        }
+        let expected = self.token.expose_secret().as_bytes();
+        if let Some((first, after)) = rest.split_first()
+            && same_secret(first.as_bytes(), expected)
+        {
+            return Ok((connector.clone(), after.to_vec()));
+        }
+        match header_token(headers) {
+            Some(given) if same_secret(given, expected) => Ok((connector.clone(), rest.to_vec())),
+            _ => Err(Refusal { status: 401, reason: "not authenticated".into() }),
+        }
+    }
+}
+
+async fn handle(
+    State(dp): State<Arc<DataPlane>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let (connector, rest) = match dp.authenticate(&uri, &headers) {
+        Ok(found) => found,
+        Err(r) => {
+            debug!(%method, status = r.status, "data plane: refused an unauthenticated request");
+            return refusal(r);
+        }
+    };
+    let Some(route) = route(&method, &rest) else {
+        return refusal(Refusal { status: 404, reason: format!("no {method} endpoint here") });
+    };
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > dp.max_body_bytes) {
+        return refusal(Refusal {
+            status: 413,
+            reason: format!("the body is larger than {} bytes", dp.max_body_bytes),
+        });
+    }
+    let body = match axum::body::to_bytes(body, dp.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return refusal(Refusal {
+                status: 413,
+                reason: format!("the body is larger than {} bytes", dp.max_body_bytes),
+            });
+        }
+    };
+    match route {
+        Route::Check => json_response(StatusCode::OK, serde_json::json!({})),
+        Route::Start => {
+            let message = match message::parse_start(&body) {
+                Ok(m) => m,
+                Err(r) => {
+                    info!(connector, reason = r.reason, "data plane: refused a start");
+                    return refusal(r);
+                }
+            };
+            let started = std::time::Instant::now();
+            match dp.flows.start(&message, &connector).await {
+                Ok(data_address) => {
+                    info!(
+                        connector,
+                        process = message.process_id,
+                        dataset = message.dataset_id,
+                        ms = started.elapsed().as_millis() as u64,
+                        "data plane: data flow started"
+                    );
+                    json_response(StatusCode::OK, message::start_response(message::edr(&data_address)))
+                }
+                Err(r) => {
+                    info!(connector, process = message.process_id, reason = r.reason, "data plane: start failed");
+                    refusal(r)
+                }
+            }
+        }
+        Route::Suspend(id) => match check_path_id(&id) {
+            Err(r) => refusal(r),
+            Ok(()) => match dp.flows.suspend(&id).await {
+                Ok(()) => {
+                    info!(connector, process = id, "data plane: data flow suspended");
+                    StatusCode::NO_CONTENT.into_response()
+                }
+                Err(r) => refusal(r),
+            },
+        },
+        Route::Terminate(id) => match check_path_id(&id) {
+            Err(r) => refusal(r),
+            Ok(()) => match dp.flows.terminate(&id).await {
+                Ok(()) => {
+                    info!(connector, process = id, "data plane: data flow terminated");
+                    StatusCode::NO_CONTENT.into_response()
+                }
+                Err(r) => refusal(r),
+            },
+        },
+        Route::State(id) => match check_path_id(&id) {
+            Err(r) => refusal(r),
+            Ok(()) => match dp.flows.state(&id).await {
+                Ok(state) => json_response(StatusCode::OK, message::state_response(&id, state)),
+                Err(r) => refusal(r),
+            },
+        },
+    }
+}
+
+fn check_path_id(id: &str) -> Result<(), Refusal> {
+    message::check_id("processId", id, message::MAX_ID_LEN)
+}
+
+/// The router (tests drive it directly, or serve it on a test certificate).
+pub fn router(dp: Arc<DataPlane>) -> Router {
+    Router::new().fallback(handle).with_state(dp)
+}
+
+/// A rustls server configuration from PEM certificate chain and key.
+pub fn server_tls(cert_pem: &str, key_pem: &str) -> Result<Arc<rustls::ServerConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let certs = CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the certificate is not PEM: {e}"))?;
+    if certs.is_empty() {
+        return Err("the certificate file holds no certificate".into());
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes())
+        .map_err(|e| format!("the key is not a PEM private key: {e}"))?;
+    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .map_err(|e| format!("the certificate and key do not fit: {e}"))?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves `router` over TLS on `listener` until `shutdown` resolves.
+pub async fn serve_tls(
+    listener: tokio::net::TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    tokio::pin!(shutdown);
+    loop {
+        let (tcp, peer) = tokio::select! {
+            _ = &mut shutdown => return,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    warn!("data plane: accept failed: {e}");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let acceptor = acceptor.clone();
+        let router = router.clone();
+        tokio::spawn(async move {
+            // A handshake that does not finish in 10 s holds a task for nothing.
+            let tls = match tokio::time::timeout(std::time::Duration::from_secs(10), acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    debug!(%peer, "data plane: TLS handshake failed: {e}");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let service = hyper_util::service::TowerToHyperService::new(router);
+            let _ = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                .await;
+        });
+    }
+}
+
+/// Why the data plane could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DataPlaneError {
+    /// A credential (token, certificate, key) could not be read.
+    #[error("dataPlane.{what}: {source}")]
+    Credential {
+        /// Which.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: crate::credentials::CredentialError,
+    },
+    /// The TLS material is unusable, or the token too short.
+    #[error("dataPlane: {0}")]
+    Invalid(String),
+    /// The listen address could not be bound.
+    #[error("dataPlane.listen: cannot listen on {addr}")]
+    Bind {
+        /// The address.
+        addr: SocketAddr,
+        /// What the OS said.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Starts the signaling endpoint and the registration loops; they end when `shutdown` flips to
+/// true. Returns the bound address.
+pub async fn start(
+    client: kube::Client,
+    config: Arc<crate::config::Config>,
+    operator_namespace: &str,
+    watch_namespace: Option<String>,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+) -> Result<Option<SocketAddr>, DataPlaneError> {
+    let Some(dp_config) = config.data_plane.clone() else { return Ok(None) };
+    let read = |what: &'static str, c: crate::config::CredentialRef| {
+        let client = client.clone();
+        let ns = operator_namespace.to_owned();
+        async move {
+            crate::credentials::resolve(&c, Some(&client), &ns)
+                .await
+                .map_err(|source| DataPlaneError::Credential { what, source })
+        }
+    };
+    let token = read("token", dp_config.token.clone()).await?;
+    if token.expose_secret().len() < 32
+        || !token.expose_secret().bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err(DataPlaneError::Invalid(
+            "the token must be at least 32 characters of A-Z, a-z, 0-9, '-' and '_' (it is a URL path segment)".into(),
+        ));
+    }
+    let cert = read("tls.certificate", dp_config.tls.certificate.clone()).await?;
+    let key = read("tls.key", dp_config.tls.key.clone()).await?;
+    let tls = server_tls(cert.expose_secret(), key.expose_secret()).map_err(DataPlaneError::Invalid)?;
+    let listener = tokio::net::TcpListener::bind(dp_config.listen)
+        .await
+        .map_err(|source| DataPlaneError::Bind { addr: dp_config.listen, source })?;
+    let addr = listener.local_addr().unwrap_or(dp_config.listen);
+    let dp = Arc::new(DataPlane {
+        flows: Flows {
+            client: client.clone(),
+            config: config.clone(),
+            namespace: watch_namespace,
+            start_timeout: std::time::Duration::from_secs(dp_config.start_timeout_seconds),
+            poll: std::time::Duration::from_secs(1),
+        },
+        connectors: dp_config.registrations.keys().cloned().collect(),
+        token: token.clone(),
+        path_prefix: dp_config.public_url.path().trim_end_matches('/').to_owned(),
+        max_body_bytes: dp_config.max_body_bytes,
+    });
+    let mut stop = shutdown.clone();
+    tokio::spawn(serve_tls(listener, tls, router(dp.clone()), async move {
+        let _ = stop.wait_for(|s| *s).await;
+    }));
+    info!(%addr, "data plane: serving Data Plane Signaling (legacy) over TLS");
+    // Callbacks go to the control planes' control APIs: trust what their registrations trust.
+    let callback_http = registration::callback_client(&config, &dp_config, &client, operator_namespace)
+        .await
+        .map_err(DataPlaneError::Invalid)?;
+    tokio::spawn(callback::report_ends(client.clone(), dp.flows.namespace.clone(), callback_http, shutdown.clone()));
+    for (connector, registration) in &dp_config.registrations {
+        let target = registration::Target::from_config(
+            &config,
+            &dp_config,
+            connector,
+            registration,
+            &token,
+            &client,
+            operator_namespace,
+        )
+        .await
+        .map_err(DataPlaneError::Invalid)?;
+        tokio::spawn(registration::keep_registered(target, shutdown.clone()));
+    }
+    Ok(Some(addr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dp() -> DataPlane {
+        DataPlane {
+            flows: Flows {
+                client: kube::Client::try_from(kube::Config::new("https://127.0.0.1:1".parse().unwrap())).unwrap(),
+                config: Arc::new(crate::config::Config::default()),
+                namespace: None,
+                start_timeout: std::time::Duration::from_secs(1),
+                poll: std::time::Duration::from_millis(10),
+            },
+            connectors: vec!["default".into()],
+            token: SecretString::from("t0ken-0123456789-0123456789-0123456789"),
+            path_prefix: "/signaling".into(),
+            max_body_bytes: 1024,
+        }
+    }
+
+    async fn call(method: Method, path: &str, headers: &[(&str, &str)], body: Vec<u8>) -> (StatusCode, String) {
+        use tower::ServiceExt;
+        crate::install_crypto_provider();
+        let mut request = axum::http::Request::builder().method(method).uri(path);
+        for (k, v) in headers {
+            request = request.header(*k, *v);
+        }
+        let response = router(Arc::new(dp())).oneshot(request.body(Body::from(body)).unwrap()).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, String::from_utf8_lossy(&body).into_owned())
+    }
+
+    const TOKEN: &str = "t0ken-0123456789-0123456789-0123456789";
+
+    #[tokio::test]
+    async fn check_answers_with_the_token_in_the_path_or_a_header_only() {
+        let (s, _) = call(Method::GET, &format!("/signaling/default/{TOKEN}/check"), &[], vec![]).await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = call(Method::GET, &format!("/default/{TOKEN}/check"), &[], vec![]).await;
+        assert_eq!(s, StatusCode::OK, "without the ingress prefix too");
+        let (s, _) =
+            call(Method::GET, "/signaling/default/check", &[("authorization", &format!("Bearer {TOKEN}"))], vec![])
+                .await;
+        assert_eq!(s, StatusCode::OK);
+        let (s, _) = call(Method::GET, "/signaling/default/check", &[("x-api-key", TOKEN)], vec![]).await;
+        assert_eq!(s, StatusCode::OK);
+        for path in ["/signaling/default/check", "/signaling/default/wrong-token/check", "/signaling/other/x/check"] {
+            let (s, body) = call(Method::GET, path, &[], vec![]).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{path}");
+            assert!(!body.contains(TOKEN));
+        }
+        let (s, _) = call(Method::GET, "/signaling/default/check", &[("x-api-key", "t0ken")], vec![]).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "a prefix of the token");
+    }
+
+    #[tokio::test]
+    async fn bad_starts_are_refused_before_the_cluster_is_asked() {
+        // The cluster client points nowhere: a refusal that needed it would be a 503.
+        let start = format!("/default/{TOKEN}/start");
+        let (s, body) = call(Method::POST, &start, &[], b"{not json".to_vec()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert!(body.contains("not JSON"), "{body}");
+        let (s, body) = call(Method::POST, &start, &[], vec![b' '; 2048]).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+        let wrong = serde_json::json!({"@type": "DataFlowStartMessage", "processId": "p", "datasetId": "d",
+            "agreementId": "a", "participantId": "did:web:c", "flowType": "PUSH", "transferTypeDestination": "HttpData"});
+        let (s, body) = call(Method::POST, &start, &[], wrong.to_string().into_bytes()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST);
+        assert!(body.contains("Mqtt-PULL"), "{body}");
+        let (s, _) = call(Method::GET, &start, &[], vec![]).await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _) = call(Method::POST, &format!("/default/{TOKEN}/a%0Ab/terminate"), &[], vec![]).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "a control character in the process id");
+    }
+}
