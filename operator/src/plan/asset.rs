@@ -196,12 +196,18 @@ pub fn plan(asset: &MqttAsset, config: &Config, token: Option<&TokenRequirements
     if let [topic] = spec.topics.as_slice() {
         data_address.insert("dsp-mqtt:topic".into(), json!(topic));
     }
+    // With the operator as this connector's data plane, the connector never builds an EDR from
+    // the asset (each transfer gets its own credentials from the data plane): the asset's
+    // dataAddress is only the source address, without references to the asset's credentials.
+    let source_only = config.data_plane.as_ref().is_some_and(|d| d.registrations.contains_key(&profiles.connector));
     let identity = match spec.auth.mode {
         AuthMode::Oauth2 => {
             let idp = &config.identity_providers[profiles.identity_provider.as_ref().expect("resolved for oauth2")];
-            data_address.insert("oauth2:tokenUrl".into(), json!(idp.effective_token_url().to_string()));
-            data_address.insert("oauth2:clientId".into(), json!(client_id));
-            data_address.insert("oauth2:clientSecretKeyAlias".into(), json!(secret.alias));
+            if !source_only {
+                data_address.insert("oauth2:tokenUrl".into(), json!(idp.effective_token_url().to_string()));
+                data_address.insert("oauth2:clientId".into(), json!(client_id));
+                data_address.insert("oauth2:clientSecretKeyAlias".into(), json!(secret.alias));
+            }
             AssetIdentity::Oauth2 {
                 client: ClientDefinition {
                     client_id: client_id.clone(),
@@ -216,8 +222,10 @@ pub fn plan(asset: &MqttAsset, config: &Config, token: Option<&TokenRequirements
             }
         }
         AuthMode::Usrpw => {
-            data_address.insert("username".into(), json!(client_id));
-            data_address.insert("passwordAlias".into(), json!(secret.alias));
+            if !source_only {
+                data_address.insert("username".into(), json!(client_id));
+                data_address.insert("passwordAlias".into(), json!(secret.alias));
+            }
             AssetIdentity::Usrpw { username: client_id.clone(), topics: spec.topics.clone() }
         }
     };
@@ -369,6 +377,27 @@ brokers:
             audience: "rabbitmq".into(),
             claims: vec![HardcodedClaim { name: "dsp_mqtt_scopes".into(), value: json!("rabbitmq.read:*/*/x") }],
         }
+    }
+
+    #[test]
+    fn with_the_operator_as_the_connectors_data_plane_the_asset_is_only_the_source_address() {
+        let data_plane = "dataPlane:\n  listen: 0.0.0.0:8643\n  publicUrl: https://op.example.com:8643/signaling\n  \
+                          tls: {certificate: {file: /t.crt}, key: {file: /t.key}}\n  token: {env: DP_TOKEN}\n  \
+                          registrations:\n    default: {controlUrl: \"https://edc.example.com:9191/control\"}\n";
+        for asset in [MqttAsset::test(), oauth2_on_rabbit()] {
+            let with = plan(&asset, &config(data_plane), Some(&token())).unwrap();
+            let da = &with.asset.data_address;
+            assert_eq!(
+                da.keys().map(String::as_str).collect::<Vec<_>>(),
+                ["baseUrl", "dsp-mqtt:topic", "mqttEndpointType", "type"]
+            );
+            let without = plan(&asset, &config(""), Some(&token())).unwrap();
+            assert!(without.asset.data_address.len() > da.len(), "the connector's own extension needs the references");
+        }
+        // Another connector profile, not registered: unchanged.
+        let mut fx = MqttAsset::test();
+        fx.spec.connector = Some("fx".into());
+        assert!(plan(&fx, &config(data_plane), None).unwrap().asset.data_address.contains_key("passwordAlias"));
     }
 
     #[test]
