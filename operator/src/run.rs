@@ -126,11 +126,15 @@ pub enum RunError {
 }
 
 impl RunError {
-    /// Process exit code: 3 for a bad configuration, 4 for missing CRDs, 1 otherwise
+    /// Process exit code: 3 for a bad configuration (also unreadable credentials or TLS files of
+    /// the refresh endpoint and the data plane), 4 for missing CRDs, 1 otherwise
     /// (2 is clap's usage error).
     pub fn exit_code(&self) -> i32 {
         match self {
             RunError::Config(_) | RunError::Backends(_) | RunError::Refresh(_) => 3,
+            RunError::DataPlane(
+                crate::dataplane::DataPlaneError::Credential { .. } | crate::dataplane::DataPlaneError::Invalid(_),
+            ) => 3,
             RunError::CrdsMissing { .. } => 4,
             _ => 1,
         }
