@@ -60,3 +60,30 @@ pub fn example_config_secrets(namespace: &str) -> Vec<k8s_openapi::api::core::v1
     })
     .collect()
 }
+
+/// An operator configuration (YAML) with its `refresh` section, if any, made to run here: the
+/// listener on a free loopback port, TLS with a certificate of `ca` written into `dir` (the
+/// example's and the chart's point at a mounted Secret). Returns the configuration and the
+/// endpoint's public URL.
+pub fn localize_refresh(yaml: &str, dir: &std::path::Path, ca: &crate::tls::TestCa) -> (String, Option<String>) {
+    let mut config: serde_yaml::Value = serde_yaml::from_str(yaml).expect("the configuration is YAML");
+    let Some(refresh) = config.get_mut("refresh").and_then(serde_yaml::Value::as_mapping_mut) else {
+        return (yaml.to_owned(), None);
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("bound").port();
+    let cert = ca.server_cert(&["127.0.0.1", "localhost"]);
+    let (cert_file, key_file) = (dir.join("refresh.crt"), dir.join("refresh.key"));
+    std::fs::write(&cert_file, &cert.cert_pem).expect("write");
+    std::fs::write(&key_file, &cert.key_pem).expect("write");
+    let url = format!("https://127.0.0.1:{port}/refresh");
+    let set = |refresh: &mut serde_yaml::Mapping, key: &str, value: serde_yaml::Value| {
+        refresh.insert(serde_yaml::Value::from(key), value);
+    };
+    set(refresh, "publicUrl", url.clone().into());
+    set(refresh, "listen", format!("127.0.0.1:{port}").into());
+    let mut tls = serde_yaml::Mapping::new();
+    tls.insert("certFile".into(), cert_file.display().to_string().into());
+    tls.insert("keyFile".into(), key_file.display().to_string().into());
+    set(refresh, "tls", tls.into());
+    (serde_yaml::to_string(&config).expect("YAML"), Some(url))
+}

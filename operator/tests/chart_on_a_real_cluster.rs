@@ -216,7 +216,12 @@ async fn the_chart_installs_runs_upgrades_and_uninstalls_on_a_real_api_server() 
         .get(&format!("{fullname}-config"))
         .await
         .unwrap();
-    std::fs::write(&config, &config_map.data.unwrap()["config.yaml"]).unwrap();
+    let (rendered, _) = e2e::fixtures::localize_refresh(
+        &config_map.data.unwrap()["config.yaml"],
+        dir.path(),
+        &e2e::tls::TestCa::shared(),
+    );
+    std::fs::write(&config, rendered).unwrap();
     let secrets: Api<Secret> = Api::namespaced(admin.clone(), RELEASE_NAMESPACE);
     for secret in e2e::fixtures::example_config_secrets(RELEASE_NAMESPACE) {
         secrets.create(&PostParams::default(), &secret).await.unwrap();

@@ -16,9 +16,15 @@ use mqtt_dsp_operator::api::MqttAsset;
 
 const BIN: &str = env!("CARGO_BIN_EXE_mqtt-dsp-operator");
 
+/// The example configuration, its refresh endpoint on a free loopback port with a certificate of
+/// the shared test CA.
 fn config_file(dir: &Path) -> std::path::PathBuf {
     let path = dir.join("config.yaml");
-    std::fs::copy(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/operator-config.yaml"), &path).unwrap();
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/operator-config.yaml"))
+            .unwrap();
+    let (config, _) = e2e::fixtures::localize_refresh(&example, dir, &e2e::tls::TestCa::shared());
+    std::fs::write(&path, config).unwrap();
     path
 }
 
@@ -161,11 +167,17 @@ async fn run_with_the_crds_becomes_ready_and_stops_cleanly_on_sigterm() {
     let (server, kubeconfig) = cluster(dir.path(), true).await;
     let port = free_port();
     let (collector, received) = otlp_collector().await;
+    let config = config_file(dir.path());
+    let refresh_url: String = serde_yaml::from_str::<serde_yaml::Value>(&std::fs::read_to_string(&config).unwrap())
+        .unwrap()["refresh"]["publicUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
     let mut child = operator(Some(&kubeconfig))
         .args(["run", "--listen", &format!("127.0.0.1:{port}"), "--log-format", "json"])
         .args(["--otlp-endpoint", &format!("http://{collector}")])
         .arg("--config")
-        .arg(config_file(dir.path()))
+        .arg(&config)
         .stderr(Stdio::piped())
         .spawn()
         .map(KillOnDrop)
@@ -183,6 +195,12 @@ async fn run_with_the_crds_becomes_ready_and_stops_cleanly_on_sigterm() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert!(ready.contains("[+] crds"), "{ready}");
+    // The example's refresh endpoint is served (TLS, the RFC 6749 error for a wrong grant).
+    let ca = reqwest::Certificate::from_pem(e2e::tls::TestCa::shared().cert_pem().as_bytes()).unwrap();
+    let tls = reqwest::Client::builder().tls_certs_only([ca]).build().unwrap();
+    let answer = tls.post(&refresh_url).form(&[("grant_type", "password")]).send().await.unwrap();
+    assert_eq!(answer.status(), 400);
+    assert_eq!(answer.json::<serde_json::Value>().await.unwrap()["error"], "unsupported_grant_type");
     let metrics = http.get(format!("http://127.0.0.1:{port}/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("mqtt_dsp_operator_build_info"), "{metrics}");
 
