@@ -61,6 +61,16 @@ pub fn example_config_secrets(namespace: &str) -> Vec<k8s_openapi::api::core::v1
     .collect()
 }
 
+/// A loopback certificate of `ca` (`127.0.0.1`, `localhost`) and its key, written into `dir` as
+/// `refresh.crt` and `refresh.key`: the files a refresh listener serves TLS with here.
+pub fn refresh_tls_files(dir: &std::path::Path, ca: &crate::tls::TestCa) -> (std::path::PathBuf, std::path::PathBuf) {
+    let cert = ca.server_cert(&["127.0.0.1", "localhost"]);
+    let (cert_file, key_file) = (dir.join("refresh.crt"), dir.join("refresh.key"));
+    std::fs::write(&cert_file, &cert.cert_pem).expect("write");
+    std::fs::write(&key_file, &cert.key_pem).expect("write");
+    (cert_file, key_file)
+}
+
 /// An operator configuration (YAML) with its `refresh` section, if any, made to run here: the
 /// listener on a free loopback port, TLS with a certificate of `ca` written into `dir` (the
 /// example's and the chart's point at a mounted Secret). Returns the configuration and the
@@ -70,11 +80,8 @@ pub fn localize_refresh(yaml: &str, dir: &std::path::Path, ca: &crate::tls::Test
     let Some(refresh) = config.get_mut("refresh").and_then(serde_yaml::Value::as_mapping_mut) else {
         return (yaml.to_owned(), None);
     };
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("a port").local_addr().expect("bound").port();
-    let cert = ca.server_cert(&["127.0.0.1", "localhost"]);
-    let (cert_file, key_file) = (dir.join("refresh.crt"), dir.join("refresh.key"));
-    std::fs::write(&cert_file, &cert.cert_pem).expect("write");
-    std::fs::write(&key_file, &cert.key_pem).expect("write");
+    let port = crate::brokers::free_port();
+    let (cert_file, key_file) = refresh_tls_files(dir, ca);
     let url = format!("https://127.0.0.1:{port}/refresh");
     let set = |refresh: &mut serde_yaml::Mapping, key: &str, value: serde_yaml::Value| {
         refresh.insert(serde_yaml::Value::from(key), value);

@@ -24,6 +24,7 @@ pub mod fixtures;
 pub mod inventory;
 pub mod logs;
 pub mod stack;
+pub mod stats;
 pub mod systems;
 pub mod tls;
 

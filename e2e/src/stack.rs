@@ -258,7 +258,8 @@ impl DevStack {
             let router = server::router(&settings, Refresher::new(ctx, verifier), metrics.clone());
             let stop = refresh_stop.subscribe();
             tokio::spawn(async move {
-                let _ = server::serve(refresh_listener, router, settings.tls.as_ref(), stop).await;
+                let tls = settings.tls.as_ref().map(|t| server::tls_config(t).expect("the stack's certificate"));
+                server::serve(refresh_listener, router, tls, stop).await;
             });
         }
         let mut stack = DevStack {
@@ -765,10 +766,7 @@ brokers:
 /// The `refresh` section: `public_url` served on `listen` with a certificate of `ca` (written
 /// into `dir`), plus `extra` lines.
 pub fn refresh_section(dir: &std::path::Path, ca: &TestCa, public_url: &str, listen: &str, extra: &str) -> String {
-    let cert = ca.server_cert(&["127.0.0.1", "localhost"]);
-    let (cert_file, key_file) = (dir.join("refresh.crt"), dir.join("refresh.key"));
-    std::fs::write(&cert_file, &cert.cert_pem).expect("write");
-    std::fs::write(&key_file, &cert.key_pem).expect("write");
+    let (cert_file, key_file) = crate::fixtures::refresh_tls_files(dir, ca);
     format!(
         "refresh:\n  publicUrl: {public_url}\n  listen: \"{listen}\"\n  tls: {{certFile: {}, keyFile: {}}}\n{extra}",
         cert_file.display(),

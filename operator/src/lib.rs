@@ -11,6 +11,7 @@ pub mod controller;
 pub mod crd;
 pub mod credentials;
 pub mod dataplane;
+pub mod listener;
 pub mod metrics;
 pub mod plan;
 pub mod refresh;

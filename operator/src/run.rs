@@ -326,22 +326,16 @@ async fn start_refresh(
     let verifier = ConsumerVerifier::new(&settings.consumer_auth).map_err(RunError::Refresh)?;
     let router = server::router(settings, Refresher::new(ctx.clone(), verifier), ctx.metrics.clone());
     let listener = server::bind(settings.listen).await?;
-    let tls = settings.tls.clone();
-    // Load the certificate now, so that a broken one stops the start with a clear error.
-    if let Some(tls) = &tls {
-        server::check_tls(tls).map_err(|e| RunError::Refresh(e.to_string()))?;
-    }
+    // The certificate is read now, so that a broken one stops the start with a clear error.
+    let tls =
+        settings.tls.as_ref().map(server::tls_config).transpose().map_err(|e| RunError::Refresh(e.to_string()))?;
     info!(
         "serving the refresh endpoint on {} ({}), public URL {}",
         settings.listen,
         if tls.is_some() { "TLS" } else { "plain HTTP behind a TLS-terminating proxy" },
         settings.public_url
     );
-    Ok(tokio::spawn(async move {
-        if let Err(e) = server::serve(listener, router, tls.as_ref(), stop).await {
-            warn!("the refresh endpoint stopped: {e}");
-        }
-    }))
+    Ok(tokio::spawn(server::serve(listener, router, tls, stop)))
 }
 
 /// Eight random lowercase letters and digits: two replicas with the same pod name (a local run

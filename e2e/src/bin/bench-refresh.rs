@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e::stack::{Cluster, DevStack, StackOptions, condition, wait_for};
+use e2e::stats::{ms, percentile};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use mqtt_dsp_operator::api::{MqttAsset, MqttTransfer};
@@ -115,7 +116,8 @@ fn start_endpoint(stack: &DevStack) -> Result<Endpoint, Failure> {
                 .and_then(|p| p.file_name()?.to_str()?.parse::<u32>().ok())
                 .unwrap_or(0);
             ready_tx.send((addr, tid)).expect("the bench waits");
-            let _ = server::serve(listener, router, settings.tls.as_ref(), stop_rx).await;
+            let tls = settings.tls.as_ref().map(|t| server::tls_config(t).expect("the stack's certificate"));
+            server::serve(listener, router, tls, stop_rx).await;
         });
     });
     let (addr, tid) = ready_rx.recv_timeout(Duration::from_secs(30))?;
@@ -129,18 +131,6 @@ fn thread_cpu_seconds(tid: u32) -> f64 {
     // After the command: state is field 3, utime 14 and stime 15 (1-based over the whole line).
     let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
     (ticks(14) + ticks(15)) / 100.0
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
 async fn run(options: Options) -> Result<(), Failure> {

@@ -29,6 +29,7 @@ use e2e::doubles::edc::{self, EdcConfig, Flavour};
 use e2e::doubles::{LoggedRequest, RequestLog, keycloak, vault};
 use e2e::fixtures::consumer_options;
 use e2e::stack::{KEYCLOAK_OPERATOR_SECRET, REALM, VAULT_FOLDER, VAULT_TOKEN, operator_config_yaml};
+use e2e::stats::{ms, percentile};
 use e2e::systems::kubernetes::{self, ControlPlane, OPERATOR_USER};
 use e2e::tls::TestCa;
 use futures::{StreamExt, TryStreamExt};
@@ -455,18 +456,6 @@ fn asset_ready(a: &MqttAsset) -> bool {
 }
 
 // --- statistics -----------------------------------------------------------------------------
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
-    sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.1} ms", d.as_secs_f64() * 1000.0)
-}
 
 fn per(n: u64, count: usize) -> String {
     format!("{:.2}", n as f64 / count.max(1) as f64)

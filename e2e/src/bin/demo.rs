@@ -988,18 +988,9 @@ impl Stack {
             }
             p["caBundle"] = ca.clone();
         }
-        if config.get("refresh").is_some_and(|r| !r.is_null()) {
-            // The refresh endpoint on a loopback port of its own, with a certificate of the
-            // stack's CA.
-            let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-            let cert = self.ca.server_cert(&["127.0.0.1", "localhost"]);
-            let (cert_file, key_file) = (file("refresh.crt", &cert.cert_pem)?, file("refresh.key", &cert.key_pem)?);
-            let r = &mut config["refresh"];
-            r["publicUrl"] = json!(format!("https://127.0.0.1:{port}/refresh"));
-            r["listen"] = json!(format!("127.0.0.1:{port}"));
-            r["tls"] = json!({"certFile": cert_file["file"], "keyFile": key_file["file"]});
-        }
-        Ok(config)
+        // The refresh endpoint on a loopback port of its own, with a certificate of the stack's CA.
+        let (config, _) = e2e::fixtures::localize_refresh(&serde_yaml::to_string(&config)?, self.dir.path(), &self.ca);
+        Ok(serde_yaml::from_str(&config)?)
     }
 
     /// The provider's publisher on the broker behind `url` (the DataAddress' `baseUrl`).

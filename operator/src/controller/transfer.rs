@@ -357,7 +357,7 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
     }
     let status = t.status.clone().unwrap_or_default();
     let grant = plan.client.as_ref().map(token_grant);
-    let (credentials, expires_at, broker_user) = match plan.mode {
+    let (mut credentials, expires_at, broker_user) = match plan.mode {
         AuthMode::Usrpw => (Credentials::Password { password: secret.clone() }, None, Some(plan.identity.clone())),
         AuthMode::Oauth2 => {
             let lifetime = i64::from(plan.client.as_ref().and_then(|c| c.access_token_lifespan_seconds).unwrap_or(300));
@@ -387,7 +387,7 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
     };
     // The operator's refresh token: kept while the Secret's rotation state stands (the consumer
     // may have rotated it through the endpoint since), made afresh with fresh credentials.
-    let (mut credentials, rotation) = (credentials, refresh_rotation(&plan, existing.as_ref(), resuming));
+    let rotation = refresh_rotation(&plan, existing.as_ref(), resuming);
     if let (Credentials::Token { refresh_token, .. }, RotationWrite::Keep(token) | RotationWrite::Set(token, _)) =
         (&mut credentials, &rotation)
     {

@@ -301,7 +301,7 @@ pub fn data_address(plan: &TransferPlan, credentials: Option<&Credentials>) -> M
             }
             if let Some(Credentials::Token { access_token, refresh_token, expires_in, expires_at }) = credentials {
                 da.insert(keys::AUTHORIZATION.into(), json!(access_token.expose_secret()));
-                if let Some(refresh) = refresh_token.as_ref().filter(|_| plan.refresh_endpoint.is_some()) {
+                if let Some(refresh) = refresh_token {
                     da.insert(keys::REFRESH_TOKEN.into(), json!(refresh.expose_secret()));
                 }
                 da.insert(keys::EXPIRES_IN.into(), json!(expires_in.to_string()));

@@ -4,7 +4,6 @@
 //! the transfer's consumer participant id, `aud` one of the configured audiences when any are.
 
 use std::path::PathBuf;
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::{Jwk, JwkSet};
@@ -30,8 +29,14 @@ pub struct ConsumerVerifier {
     source: Source,
     audiences: Vec<String>,
     http: reqwest::Client,
-    keys: tokio::sync::Mutex<Option<(Instant, JwkSet)>>,
-    last_miss: Mutex<Option<Instant>>,
+    keys: tokio::sync::Mutex<Keys>,
+}
+
+/// The keys as last read, and when a JWT last named a key id they lacked.
+#[derive(Default)]
+struct Keys {
+    read: Option<(Instant, JwkSet)>,
+    last_miss: Option<Instant>,
 }
 
 impl std::fmt::Debug for ConsumerVerifier {
@@ -67,13 +72,7 @@ impl ConsumerVerifier {
             builder = builder.tls_certs_only(certs);
         }
         let http = builder.build().map_err(|e| format!("cannot build the JWKS client: {e}"))?;
-        Ok(Some(Self {
-            source,
-            audiences: auth.audiences.clone(),
-            http,
-            keys: tokio::sync::Mutex::new(None),
-            last_miss: Mutex::new(None),
-        }))
+        Ok(Some(Self { source, audiences: auth.audiences.clone(), http, keys: tokio::sync::Mutex::default() }))
     }
 
     /// Checks the `Authorization` header of a refresh of `participant`'s transfer.
@@ -139,25 +138,20 @@ impl ConsumerVerifier {
                     .collect(),
             }
         };
-        let mut cached = self.keys.lock().await;
-        let fresh = cached.as_ref().is_some_and(|(at, _)| at.elapsed() < KEYS_TTL);
-        if fresh {
-            let found = pick(&cached.as_ref().expect("fresh").1);
-            let may_retry = {
-                let mut last = self.last_miss.lock().expect("not poisoned");
-                let ok = last.is_none_or(|t| t.elapsed() >= UNKNOWN_KID_RETRY);
-                if found.is_empty() && ok {
-                    *last = Some(Instant::now());
-                }
-                ok
-            };
-            if !found.is_empty() || !may_retry {
+        let mut keys = self.keys.lock().await;
+        if let Some((at, set)) = &keys.read
+            && at.elapsed() < KEYS_TTL
+        {
+            let found = pick(set);
+            let may_reread = keys.last_miss.is_none_or(|t| t.elapsed() >= UNKNOWN_KID_RETRY);
+            if !found.is_empty() || !may_reread {
                 return Ok(found);
             }
+            keys.last_miss = Some(Instant::now());
         }
         let set = self.load().await?;
         let found = pick(&set);
-        *cached = Some((Instant::now(), set));
+        keys.read = Some((Instant::now(), set));
         Ok(found)
     }
 

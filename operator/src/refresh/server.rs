@@ -24,11 +24,8 @@ use tracing::{debug, info, warn};
 use super::service::Refresher;
 use super::{MAX_BODY_BYTES, OAuthError, parse_request};
 use crate::config::{ListenerTls, RefreshSettings};
+use crate::listener::Peer;
 use crate::metrics::Metrics;
-
-/// The client's address (the TCP peer), set per connection.
-#[derive(Clone, Copy, Debug)]
-pub struct Peer(pub SocketAddr);
 
 struct Endpoint {
     refresher: Refresher,
@@ -137,69 +134,36 @@ pub fn error_response(e: &OAuthError) -> Response {
     response
 }
 
-/// Serves `router` on `listener` until `stop` turns true: TLS with the configured certificate
-/// (read again when its files change) or plain HTTP behind a TLS-terminating proxy.
+/// The listener's TLS configuration: the configured certificate, read again when its files
+/// change. Fails when the files cannot be read now (a start-up error, not a served one).
+pub fn tls_config(tls: &ListenerTls) -> std::io::Result<Arc<rustls::ServerConfig>> {
+    let resolver = Arc::new(ReloadingCert::load(tls)?);
+    let watcher = Arc::downgrade(&resolver);
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(30));
+        loop {
+            tick.tick().await;
+            let Some(resolver) = watcher.upgrade() else { break };
+            resolver.reload_if_changed();
+        }
+    });
+    let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Serves `router` on `listener` until `stop` turns true: TLS with `tls` (see [`tls_config`]) or
+/// plain HTTP behind a TLS-terminating proxy.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     router: Router,
-    tls: Option<&ListenerTls>,
+    tls: Option<Arc<rustls::ServerConfig>>,
     mut stop: watch::Receiver<bool>,
-) -> std::io::Result<()> {
-    let acceptor = match tls {
-        Some(tls) => {
-            let resolver = Arc::new(ReloadingCert::load(tls)?);
-            let watcher = Arc::downgrade(&resolver);
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(Duration::from_secs(30));
-                loop {
-                    tick.tick().await;
-                    let Some(resolver) = watcher.upgrade() else { break };
-                    resolver.reload_if_changed();
-                }
-            });
-            let mut config = rustls::ServerConfig::builder().with_no_client_auth().with_cert_resolver(resolver);
-            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-            Some(tokio_rustls::TlsAcceptor::from(Arc::new(config)))
-        }
-        None => None,
+) {
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
     };
-    loop {
-        let (tcp, addr) = tokio::select! {
-            _ = async { drop(stop.wait_for(|s| *s).await) } => return Ok(()),
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait, do not spin.
-                    warn!("refresh endpoint: accept failed: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        let service = hyper_util::service::TowerToHyperService::new(router.clone().layer(Extension(Peer(addr))));
-        let acceptor = acceptor.clone();
-        tokio::spawn(async move {
-            let mut builder = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-            // A client that sends its headers slowly does not hold a connection open for long.
-            builder.http1().timer(hyper_util::rt::TokioTimer::new()).header_read_timeout(Duration::from_secs(10));
-            match acceptor {
-                Some(acceptor) => {
-                    let Ok(Ok(tls)) = tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await else {
-                        return;
-                    };
-                    let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(tls), service).await;
-                }
-                None => {
-                    let _ = builder.serve_connection(hyper_util::rt::TokioIo::new(tcp), service).await;
-                }
-            }
-        });
-    }
-}
-
-/// Reads the certificate and key once (a start-up check).
-pub fn check_tls(tls: &ListenerTls) -> std::io::Result<()> {
-    read_certified_key(&tls.cert_file, &tls.key_file).map(|_| ())
+    crate::listener::serve("refresh endpoint", listener, router, tls, stopped).await
 }
 
 /// The listener's certificate, read again when its files change (cert-manager renews the
@@ -251,17 +215,13 @@ fn stamp(cert: &std::path::Path, key: &std::path::Path) -> Option<SystemTime> {
 }
 
 fn read_certified_key(cert: &std::path::Path, key: &std::path::Path) -> std::io::Result<CertifiedKey> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     let invalid = |what: String| std::io::Error::new(std::io::ErrorKind::InvalidData, what);
-    let certs = CertificateDer::pem_file_iter(cert)
-        .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-        .map_err(|e| invalid(format!("{}: no PEM certificate chain: {e}", cert.display())))?;
-    if certs.is_empty() {
-        return Err(invalid(format!("{}: no certificate in it", cert.display())));
-    }
-    let key_der = PrivateKeyDer::from_pem_file(key)
-        .map_err(|e| invalid(format!("{}: no PEM private key: {e}", key.display())))?;
+    let read = |path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    };
+    let (cert_pem, key_pem) = (read(cert)?, read(key)?);
+    let (certs, key_der) = crate::listener::pem_chain_and_key(&cert_pem, &key_pem)
+        .map_err(|e| invalid(format!("{} / {}: {e}", cert.display(), key.display())))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| invalid(format!("{}: unsupported private key: {e}", key.display())))?;
     Ok(CertifiedKey::new(certs, signing))
