@@ -644,6 +644,18 @@ impl Config {
         })
     }
 
+    /// Whether two profiles of `section` reach the same backend (the converge step's notion
+    /// of "the same object").
+    pub fn same_backend(&self, section: crate::plan::objects::Section, a: &str, b: &str) -> bool {
+        use crate::plan::objects::Section;
+        match section {
+            Section::Connectors => self.same_connector(a, b),
+            Section::IdentityProviders => self.same_identity_provider(a, b),
+            Section::SecretStores => self.same_secret_store(a, b),
+            Section::Brokers => self.same_broker(a, b),
+        }
+    }
+
     /// Same broker: the same admin API and, for RabbitMQ, the same vhost and exchange; the
     /// public URLs may differ. A RabbitMQ user is one per broker but holds permissions per vhost
     /// and topic permissions per exchange: between two of them the old user is removed as if the

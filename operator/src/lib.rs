@@ -8,6 +8,7 @@ pub mod api;
 pub mod backends;
 pub mod config;
 pub mod controller;
+pub mod converge;
 pub mod crd;
 pub mod credentials;
 pub mod dataplane;

@@ -17,6 +17,22 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tracing::{debug, warn};
 
+/// An address that could not be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {addr}")]
+pub struct BindError {
+    /// The address.
+    pub addr: SocketAddr,
+    /// What the OS said.
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Binds `addr`, with an error that names it.
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, BindError> {
+    tokio::net::TcpListener::bind(addr).await.map_err(|source| BindError { addr, source })
+}
+
 /// The client's address (the TCP peer), set per connection.
 #[derive(Clone, Copy, Debug)]
 pub struct Peer(pub SocketAddr);

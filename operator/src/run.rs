@@ -80,15 +80,9 @@ pub enum RunError {
     /// A profile's client could not be set up (e.g. its credential cannot be read).
     #[error(transparent)]
     Backends(#[from] crate::backends::registry::BuildError),
-    /// The endpoints' address could not be bound.
-    #[error("cannot listen on {addr}")]
-    Bind {
-        /// The address.
-        addr: SocketAddr,
-        /// What the OS said.
-        #[source]
-        source: std::io::Error,
-    },
+    /// An endpoint's address could not be bound.
+    #[error(transparent)]
+    Bind(#[from] crate::listener::BindError),
     /// The refresh endpoint cannot be set up (its TLS files, the consumers' keys).
     #[error("cannot set up the refresh endpoint: {0}")]
     Refresh(String),
@@ -184,7 +178,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     info!("a client for every configured profile is set up");
 
     let metrics = Arc::new(Metrics::default());
-    let listener = server::bind(options.listen).await?;
+    let listener = crate::listener::bind(options.listen).await?;
     info!("serving /healthz, /readyz and /metrics on {}", options.listen);
     let (stop_tx, mut stop_rx) = watch::channel(false);
     let server_task = tokio::spawn(server::serve(listener, metrics.clone(), readiness_rx, async move {
@@ -325,7 +319,7 @@ async fn start_refresh(
     use crate::refresh::{consumer_auth::ConsumerVerifier, server, service::Refresher};
     let verifier = ConsumerVerifier::new(&settings.consumer_auth).map_err(RunError::Refresh)?;
     let router = server::router(settings, Refresher::new(ctx.clone(), verifier), ctx.metrics.clone());
-    let listener = server::bind(settings.listen).await?;
+    let listener = crate::listener::bind(settings.listen).await?;
     // The certificate is read now, so that a broken one stops the start with a clear error.
     let tls =
         settings.tls.as_ref().map(server::tls_config).transpose().map_err(|e| RunError::Refresh(e.to_string()))?;

@@ -1,7 +1,6 @@
 //! The operator's own HTTP endpoints: `/healthz` (liveness), `/readyz` (readiness) and
 //! `/metrics` (Prometheus).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -107,11 +106,6 @@ pub async fn serve(
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     axum::serve(listener, router(metrics, readiness)).with_graceful_shutdown(shutdown).await
-}
-
-/// Binds the endpoints' address, with an error that names it.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, crate::run::RunError> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|source| crate::run::RunError::Bind { addr, source })
 }
 
 #[cfg(test)]

@@ -6,40 +6,39 @@
 //! no longer wants → status. Each step sets its own condition; `Ready` is `True` only when all
 //! are. The first failing step stops the walk; later steps are `Unknown` / `Blocked`.
 //!
-//! Cleanup (`deletionPolicy: Delete`): connector (contract definition, policies, asset) →
-//! broker user → secret → identity client, for both the names recorded in status and the names
-//! the current spec plans. Objects not carrying our marker are left alone (an Event says so).
-//! A refusal that retrying cannot fix (an asset still referenced by a contract agreement) is
-//! retried `cleanup_attempts` times, `cleanup_retry` apart, then the object is left in place, an
-//! Event names it, and the finalizer is released. `Retain` releases the finalizer at once.
+//! Every make and remove goes through one converge step (`crate::converge`): the plan's objects
+//! are made in order, then the objects status recorded that the plan no longer wants are removed.
+//!
+//! Cleanup is the same step with nothing wanted, for both the names recorded in status and the
+//! names the current spec plans (`deletionPolicy: Retain` keeps everything; refusals are retried
+//! within the cleanup-attempt budget, decision 16).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::{Api, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event as KubeEvent, EventType};
 use kube::runtime::finalizer::{Event, finalizer};
 use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
-use tracing::{Instrument, debug, info, warn};
+use tracing::{Instrument, debug, warn};
 
 use super::{
-    AtStep, Context, Error, FINALIZER, LeftInPlace, Step, Tracker, is_paused, profile_client, publish_changes,
-    publish_left_in_place, secret_object,
+    AtStep, Context, Error, FINALIZER, Step, Tracker, conclude_deletion, failed_step, is_paused, publish_changes,
+    removal_result,
 };
 use crate::api::{
     AuthMode, BrokerRefs, ConnectorRefs, DeletionPolicy, IdentityRefs, MqttAsset, MqttAssetStatus, SecretRefs,
 };
 use crate::backends::broker::{Broker, UserGrant};
-use crate::backends::connector::{Connector, OfferIds};
 use crate::backends::identity::IdentityProvider;
-use crate::backends::secrets::{SecretLocation, SecretStore};
-use crate::backends::{BackendError, Outcome, SecretString, System, random_password};
+use crate::backends::secrets::SecretStore;
+use crate::backends::{Outcome, SecretString, random_password};
+use crate::converge::{Converge, Spec};
 use crate::plan::PlanError;
 use crate::plan::asset::{self as asset_plan, AssetIdentity, AssetPlan};
+use crate::plan::objects;
 use crate::status::{self, RECONCILED, Status};
 
 /// Runs the MqttAsset controller until `shutdown` resolves.
@@ -103,7 +102,6 @@ fn error_policy(asset: Arc<MqttAsset>, error: &Error, ctx: Arc<Context>) -> Acti
 
 /// The backends an asset's profiles point at.
 pub(crate) struct Clients {
-    pub(crate) connector: Arc<dyn Connector>,
     pub(crate) identity: Option<Arc<dyn IdentityProvider>>,
     pub(crate) secrets: Arc<dyn SecretStore>,
     pub(crate) broker: Arc<dyn Broker>,
@@ -125,10 +123,9 @@ fn keys<T: ?Sized>(map: &BTreeMap<String, Arc<T>>) -> Vec<String> {
 
 fn clients(ctx: &Context, profiles: &asset_plan::AssetProfiles) -> Result<Clients, PlanError> {
     let b = &ctx.backends;
-    let connector = b
-        .connectors
+    // The connector's client is the converge step's; a missing profile is a plan error here.
+    b.connectors
         .get(&profiles.connector)
-        .cloned()
         .ok_or_else(|| missing("spec.connector", "connectors", &profiles.connector, keys(&b.connectors)))?;
     let secrets =
         b.secret_stores.get(&profiles.secret_store).cloned().ok_or_else(|| {
@@ -146,12 +143,7 @@ fn clients(ctx: &Context, profiles: &asset_plan::AssetProfiles) -> Result<Client
             })?),
             None => None,
         };
-    Ok(Clients { connector, identity, secrets, broker })
-}
-
-/// Counts a backend write for the metrics.
-fn count(ctx: &Context, system: System, outcome: Outcome) {
-    ctx.metrics.count_backend_write(system.as_str(), outcome);
+    Ok(Clients { identity, secrets, broker })
 }
 
 /// What the walk through the steps produced.
@@ -220,13 +212,13 @@ async fn provision(asset: &MqttAsset, ctx: &Context, walk: &mut Walk) -> Result<
     };
     let plan = asset_plan::plan(asset, &ctx.config, token.as_ref()).map_err(|e| (None, e.into()))?;
     let owner = &plan.owner;
-    let broker_system = clients.broker.system();
+    let recorded = asset.status.as_ref().map(objects::asset_recorded).unwrap_or_default();
+    let mut step = Converge::new(ctx.reach(), owner, recorded);
 
     // Identity.
-    let (secret, fresh_password) = match (&plan.identity, &clients.identity) {
-        (AssetIdentity::Oauth2 { client }, Some(idp)) => {
-            let outcome = idp.ensure_client(client).await.at(Step::Identity).map_err(|e| (Some(Step::Identity), e))?;
-            count(ctx, System::Identity, outcome);
+    let (secret, fresh_password) = match (&plan.identity, &clients.identity, &profiles.identity_provider) {
+        (AssetIdentity::Oauth2 { client }, Some(idp), Some(profile)) => {
+            step.make(profile, Spec::IdentityClient(client)).await.map_err(failed_step)?;
             let secret = idp
                 .client_secret(&client.client_id, owner)
                 .await
@@ -235,7 +227,7 @@ async fn provision(asset: &MqttAsset, ctx: &Context, walk: &mut Walk) -> Result<
             walk.step_ok(Step::Identity, &format!("client {} is in place", client.client_id));
             (secret, false)
         }
-        (AssetIdentity::Usrpw { username, .. }, _) => {
+        (AssetIdentity::Usrpw { username, .. }, _, _) => {
             let stored = clients
                 .secrets
                 .read_secret(&plan.secret, owner)
@@ -248,39 +240,34 @@ async fn provision(asset: &MqttAsset, ctx: &Context, walk: &mut Walk) -> Result<
                 None => (random_password(), true),
             }
         }
-        (AssetIdentity::Oauth2 { .. }, None) => unreachable!("resolve_profiles gives oauth2 an identity provider"),
+        (AssetIdentity::Oauth2 { .. }, _, _) => unreachable!("resolve_profiles gives oauth2 an identity provider"),
     };
 
     // Secret store and broker. A fresh password (the store had none) goes to the broker first:
     // if that fails, the store still has none and the next attempt starts over, so the store
     // never holds a password the broker does not accept.
     if fresh_password {
-        broker_step(ctx, &clients, &plan, &secret, true, walk).await?;
-        secret_step(ctx, &clients, &plan, &secret, walk).await?;
+        broker_step(ctx, &mut step, &clients, &plan, &secret, true, walk).await?;
+        secret_step(&mut step, &clients, &plan, &secret, walk).await?;
     } else {
-        secret_step(ctx, &clients, &plan, &secret, walk).await?;
-        broker_step(ctx, &clients, &plan, &secret, false, walk).await?;
+        secret_step(&mut step, &clients, &plan, &secret, walk).await?;
+        broker_step(ctx, &mut step, &clients, &plan, &secret, false, walk).await?;
     }
 
     // Connector.
-    let connector = async {
-        let mut outcomes = vec![clients.connector.ensure_asset(&plan.asset).await?];
-        for policy in &plan.policies {
-            outcomes.push(clients.connector.ensure_policy(policy).await?);
-        }
-        outcomes.push(clients.connector.ensure_contract_definition(&plan.contract_definition).await?);
-        Ok::<_, BackendError>(outcomes)
-    };
-    for outcome in connector.await.at(Step::Connector).map_err(|e| (Some(Step::Connector), e))? {
-        count(ctx, System::Connector, outcome);
+    let connector = &plan.profiles.connector;
+    step.make(connector, Spec::ConnectorAsset(&plan.asset)).await.map_err(failed_step)?;
+    for policy in &plan.policies {
+        step.make(connector, Spec::Policy(policy)).await.map_err(failed_step)?;
     }
+    step.make(connector, Spec::ContractDefinition(&plan.contract_definition)).await.map_err(failed_step)?;
     walk.step_ok(
         Step::Connector,
         &format!("asset {} is offered under contract definition {}", plan.asset.id, plan.contract_definition.id),
     );
 
-    // What a previous spec created and this one no longer wants, newest dependants first.
-    remove_stale(asset, &plan, &clients, ctx).await?;
+    // What a previous spec created and this one no longer wants, dependants first.
+    removal_result(ctx, &asset.object_ref(&()), step.finish().await).await?;
 
     let status = &mut walk.status;
     status.connector = Some(connector_refs(&plan));
@@ -291,7 +278,7 @@ async fn provision(asset: &MqttAsset, ctx: &Context, walk: &mut Walk) -> Result<
         alias: Some(plan.secret.alias.clone()),
         path: Some(clients.secrets.path(&plan.secret)),
     });
-    status.broker = Some(broker_refs(&plan, broker_system));
+    status.broker = Some(broker_refs(&plan, clients.broker.as_ref()));
     status.data_address = Some(plan.asset.data_address.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
     walk.set(
         status::READY,
@@ -322,207 +309,25 @@ fn identity_refs(plan: &AssetPlan) -> Option<IdentityRefs> {
     }
 }
 
-fn broker_refs(plan: &AssetPlan, system: System) -> BrokerRefs {
+fn broker_refs(plan: &AssetPlan, broker: &dyn Broker) -> BrokerRefs {
+    let profile = Some(plan.profiles.broker.clone());
     match &plan.identity {
-        AssetIdentity::Usrpw { username, .. } => BrokerRefs {
-            profile: Some(plan.profiles.broker.clone()),
-            user: Some(username.clone()),
-            // Mosquitto grants through a role of the same name; the others attach ACLs to the user.
-            role: (system == System::Mosquitto).then(|| username.clone()),
-        },
-        AssetIdentity::Oauth2 { .. } => {
-            BrokerRefs { profile: Some(plan.profiles.broker.clone()), user: None, role: None }
+        AssetIdentity::Usrpw { username, .. } => {
+            BrokerRefs { profile, user: Some(username.clone()), role: broker.role_of(username) }
         }
-    }
-}
-
-fn step_of(system: System) -> Step {
-    match system {
-        System::Connector => Step::Connector,
-        System::Identity => Step::Identity,
-        System::SecretStore => Step::Secret,
-        System::Mosquitto | System::Rabbitmq | System::Emqx => Step::Broker,
-    }
-}
-
-fn offer_ids(refs: &ConnectorRefs) -> Option<OfferIds> {
-    let mut policy_ids: Vec<String> =
-        [&refs.access_policy_id, &refs.contract_policy_id].into_iter().flatten().cloned().collect();
-    policy_ids.dedup();
-    Some(OfferIds {
-        contract_definition_id: refs.contract_definition_id.clone()?,
-        policy_ids,
-        asset_id: refs.asset_id.clone()?,
-    })
-}
-
-/// Deletes what the recorded status names and the plan no longer does. Another profile that
-/// reaches the same backend is no move: the object of the same name is the one just made.
-async fn remove_stale(
-    asset: &MqttAsset,
-    plan: &AssetPlan,
-    clients: &Clients,
-    ctx: &Context,
-) -> Result<(), (Option<Step>, Error)> {
-    let reference = asset.object_ref(&());
-    let mut left = LeftInPlace::default();
-    let result = remove_stale_objects(asset, plan, clients, ctx, &reference, &mut left).await;
-    // Named even when a later step fails: an Event does not depend on the retry.
-    publish_left_in_place(ctx, &reference, &left).await;
-    result
-}
-
-async fn remove_stale_objects(
-    asset: &MqttAsset,
-    plan: &AssetPlan,
-    clients: &Clients,
-    ctx: &Context,
-    reference: &ObjectReference,
-    left: &mut LeftInPlace,
-) -> Result<(), (Option<Step>, Error)> {
-    let Some(old) = asset.status.clone() else { return Ok(()) };
-    let owner = &plan.owner;
-
-    if let Some(old_refs) = old.connector.as_ref()
-        && let Some(old_ids) = offer_ids(old_refs)
-    {
-        // The same connector under another profile name counts as the same.
-        let same_profile =
-            old_refs.profile.as_deref().is_some_and(|p| ctx.config.same_connector(p, &plan.profiles.connector));
-        let new_ids = plan.offer_ids();
-        let connector = if same_profile {
-            Some(clients.connector.clone())
-        } else {
-            profile_client(
-                &ctx.backends.connectors,
-                old_refs.profile.as_deref(),
-                "connectors",
-                &offer_object(&old_ids),
-                left,
-            )
-        };
-        if let Some(connector) = connector {
-            let result = async {
-                if !same_profile || old_ids.contract_definition_id != new_ids.contract_definition_id {
-                    count(
-                        ctx,
-                        System::Connector,
-                        connector.delete_contract_definition(&old_ids.contract_definition_id, owner).await?,
-                    );
-                }
-                for id in old_ids.policy_ids.iter().filter(|id| !same_profile || !new_ids.policy_ids.contains(id)) {
-                    count(ctx, System::Connector, connector.delete_policy(id, owner).await?);
-                }
-                if !same_profile || old_ids.asset_id != new_ids.asset_id {
-                    count(ctx, System::Connector, connector.delete_asset(&old_ids.asset_id, owner).await?);
-                }
-                Ok(())
-            };
-            stale_result(reference, result.await, Step::Connector)?;
-        }
-    }
-
-    if let Some(old_refs) = old.broker.as_ref()
-        && let Some(user) = old_refs.user.as_deref()
-    {
-        let new = broker_refs(plan, clients.broker.system());
-        let same_broker = old_refs.profile.as_deref().is_some_and(|p| ctx.config.same_broker(p, &plan.profiles.broker));
-        if (new.user.as_deref() != Some(user) || !same_broker)
-            && let Some(broker) = profile_client(
-                &ctx.backends.brokers,
-                old_refs.profile.as_deref(),
-                "brokers",
-                &format!("broker user {user}"),
-                left,
-            )
-        {
-            let result = broker.remove_user(user, owner).await.map(|o| count(ctx, broker.system(), o));
-            stale_result(reference, result, Step::Broker)?;
-        }
-    }
-
-    if let Some(old_refs) = old.secret.as_ref()
-        && let Some(alias) = old_refs.alias.clone()
-    {
-        let old_at = SecretLocation { folder: old_refs.folder.clone(), alias };
-        let same_store =
-            old_refs.profile.as_deref().is_some_and(|p| ctx.config.same_secret_store(p, &plan.profiles.secret_store));
-        if (old_at != plan.secret || !same_store)
-            && let Some(store) = profile_client(
-                &ctx.backends.secret_stores,
-                old_refs.profile.as_deref(),
-                "secretStores",
-                &secret_object(old_refs.path.as_deref(), &old_at),
-                left,
-            )
-        {
-            let result = store.delete_secret(&old_at, owner).await.map(|o| count(ctx, System::SecretStore, o));
-            stale_result(reference, result, Step::Secret)?;
-        }
-    }
-
-    if let Some(old_refs) = old.identity.as_ref()
-        && let Some(client_id) = old_refs.client_id.as_deref()
-        && !identity_refs(plan).is_some_and(|new| {
-            new.client_id.as_deref() == Some(client_id)
-                && matches!((old_refs.profile.as_deref(), new.profile.as_deref()),
-                    (Some(a), Some(b)) if ctx.config.same_identity_provider(a, b))
-        })
-        && let Some(idp) = profile_client(
-            &ctx.backends.identity_providers,
-            old_refs.profile.as_deref(),
-            "identityProviders",
-            &format!("identity client {client_id}"),
-            left,
-        )
-    {
-        let result = idp.delete_client(client_id, owner).await.map(|o| count(ctx, System::Identity, o));
-        stale_result(reference, result, Step::Identity)?;
-    }
-    Ok(())
-}
-
-/// How an Event names an offer in the connector.
-fn offer_object(ids: &OfferIds) -> String {
-    format!(
-        "connector asset {}, policy definitions {}, contract definition {}",
-        ids.asset_id,
-        ids.policy_ids.join(" "),
-        ids.contract_definition_id
-    )
-}
-
-/// A stale object that turns out not to be ours is left alone; other failures stop the walk.
-fn stale_result(
-    reference: &ObjectReference,
-    result: Result<(), BackendError>,
-    step: Step,
-) -> Result<(), (Option<Step>, Error)> {
-    match result {
-        Ok(()) => Ok(()),
-        Err(e @ BackendError::Foreign { .. }) => {
-            warn!(object = ?reference.name, "{e}");
-            Ok(())
-        }
-        Err(source) => Err((Some(step), Error::Backend { step, source })),
+        AssetIdentity::Oauth2 { .. } => BrokerRefs { profile, user: None, role: None },
     }
 }
 
 /// Puts the identity's secret into the secret store.
 async fn secret_step(
-    ctx: &Context,
+    step: &mut Converge<'_>,
     clients: &Clients,
     plan: &AssetPlan,
     secret: &SecretString,
     walk: &mut Walk,
 ) -> Result<(), (Option<Step>, Error)> {
-    let outcome = clients
-        .secrets
-        .ensure_secret(&plan.secret, secret, &plan.owner)
-        .await
-        .at(Step::Secret)
-        .map_err(|e| (Some(Step::Secret), e))?;
-    count(ctx, System::SecretStore, outcome);
+    step.make(&plan.profiles.secret_store, Spec::Secret(&plan.secret, secret)).await.map_err(failed_step)?;
     walk.step_ok(Step::Secret, &format!("secret at {}", clients.secrets.path(&plan.secret)));
     Ok(())
 }
@@ -530,6 +335,7 @@ async fn secret_step(
 /// Puts the broker user (usrpw) in place; with a fresh password, an existing user gets it too.
 async fn broker_step(
     ctx: &Context,
+    step: &mut Converge<'_>,
     clients: &Clients,
     plan: &AssetPlan,
     secret: &SecretString,
@@ -547,9 +353,7 @@ async fn broker_step(
                 enabled: true,
                 owner: owner.clone(),
             };
-            let outcome =
-                clients.broker.ensure_user(&grant).await.at(Step::Broker).map_err(|e| (Some(Step::Broker), e))?;
-            count(ctx, broker_system, outcome);
+            let outcome = step.make(&plan.profiles.broker, Spec::BrokerUser(&grant)).await.map_err(failed_step)?;
             if fresh_password && outcome != Outcome::Created {
                 // The secret store had lost the password of an existing user: the user gets the
                 // new one, so that what the connector resolves works.
@@ -559,7 +363,7 @@ async fn broker_step(
                     .await
                     .at(Step::Broker)
                     .map_err(|e| (Some(Step::Broker), e))?;
-                count(ctx, broker_system, outcome);
+                ctx.metrics.count_backend_write(broker_system.as_str(), outcome);
             }
             walk.step_ok(Step::Broker, &format!("user {username} may read {} topic filter(s)", topics.len()));
         }
@@ -585,223 +389,25 @@ async fn write_status(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context, wa
     Ok(())
 }
 
-/// Deletion.
+/// Deletion: the converge step with nothing wanted, over what status recorded and what the
+/// spec plans now (when it can be planned).
 async fn cleanup(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context) -> Result<Action, Error> {
-    let reference = asset.object_ref(&());
-    if asset.spec.deletion_policy.unwrap_or_default() == DeletionPolicy::Retain {
-        info!(asset = %key(asset), "deletionPolicy Retain: leaving every external object in place");
-        ctx.publish(
-            &reference,
-            KubeEvent {
-                type_: EventType::Normal,
-                reason: "Retained".into(),
-                note: Some(
-                    "deletionPolicy is Retain: connector, identity, secret and broker objects are left in place".into(),
-                ),
-                action: "Delete".into(),
-                secondary: None,
-            },
-        )
-        .await;
-        return Ok(Action::await_change());
-    }
-
-    if let Some(wait) = ctx.cleanup_wait(&key(asset)) {
-        return Err(Error::CleanupPending { retry: wait, attempts: 0 });
-    }
     let owner = asset_plan::owner(asset, &ctx.config);
-    let old = asset.status.clone().unwrap_or_default();
-    // What the spec plans now (when it can be planned) and what status recorded.
-    let plan = asset_plan::resolve_profiles(&asset.spec, &ctx.config)
+    let mut recorded = asset.status.as_ref().map(objects::asset_recorded).unwrap_or_default();
+    if let Some(plan) = asset_plan::resolve_profiles(&asset.spec, &ctx.config)
         .ok()
-        .and_then(|_| asset_plan::plan(asset, &ctx.config, None).ok());
-
-    let mut refused: Vec<(String, BackendError)> = Vec::new();
-    let mut foreign: Vec<String> = Vec::new();
-    // Left where a profile recorded in status is gone. A retried walk names them again: status
-    // keeps its records until the finalizer goes.
-    let mut left = LeftInPlace::default();
-    let mut handle = |system: System, what: String, result: Result<Outcome, BackendError>| -> Result<(), Error> {
-        match result {
-            Ok(outcome) => {
-                count(ctx, system, outcome);
-                Ok(())
-            }
-            Err(e @ BackendError::Foreign { .. }) => {
-                foreign.push(format!("{what}: {e}"));
-                Ok(())
-            }
-            Err(e) if e.is_retryable() => Err(Error::Backend { step: step_of(system), source: e }),
-            Err(e) => {
-                refused.push((what, e));
-                Ok(())
-            }
-        }
-    };
-
-    // Connector: contract definitions first, then policies, then assets.
-    let mut offers: Vec<(Option<String>, OfferIds)> = Vec::new();
-    if let Some(refs) = &old.connector
-        && let Some(ids) = offer_ids(refs)
+        .and_then(|_| asset_plan::plan(asset, &ctx.config, None).ok())
     {
-        offers.push((refs.profile.clone(), ids));
+        objects::asset_objects(&plan).into_iter().for_each(|r| objects::add(&mut recorded, r));
     }
-    if let Some(plan) = &plan {
-        let entry = (Some(plan.profiles.connector.clone()), plan.offer_ids());
-        if !offers.contains(&entry) {
-            offers.push(entry);
-        }
-    }
-    for (profile, ids) in &offers {
-        let Some(connector) =
-            profile_client(&ctx.backends.connectors, profile.as_deref(), "connectors", &offer_object(ids), &mut left)
-        else {
-            continue;
-        };
-        let cd = connector.delete_contract_definition(&ids.contract_definition_id, &owner).await;
-        handle(System::Connector, format!("contract definition {}", ids.contract_definition_id), cd)?;
-        for id in &ids.policy_ids {
-            let r = connector.delete_policy(id, &owner).await;
-            handle(System::Connector, format!("policy definition {id}"), r)?;
-        }
-        let r = connector.delete_asset(&ids.asset_id, &owner).await;
-        handle(System::Connector, format!("asset {}", ids.asset_id), r)?;
-    }
-
-    // Broker users.
-    let mut users: Vec<(Option<String>, String)> = Vec::new();
-    if let Some(BrokerRefs { profile, user: Some(user), .. }) = &old.broker {
-        users.push((profile.clone(), user.clone()));
-    }
-    if let Some(plan) = &plan
-        && let AssetIdentity::Usrpw { username, .. } = &plan.identity
-    {
-        let entry = (Some(plan.profiles.broker.clone()), username.clone());
-        if !users.contains(&entry) {
-            users.push(entry);
-        }
-    }
-    for (profile, user) in &users {
-        let what = format!("broker user {user}");
-        let Some(broker) = profile_client(&ctx.backends.brokers, profile.as_deref(), "brokers", &what, &mut left)
-        else {
-            continue;
-        };
-        let r = broker.remove_user(user, &owner).await;
-        handle(broker.system(), format!("broker user {user}"), r)?;
-    }
-
-    // Secrets.
-    let mut secrets: Vec<(Option<String>, SecretLocation, Option<String>)> = Vec::new();
-    if let Some(SecretRefs { profile, folder, alias: Some(alias), path }) = &old.secret {
-        secrets.push((profile.clone(), SecretLocation { folder: folder.clone(), alias: alias.clone() }, path.clone()));
-    }
-    if let Some(plan) = &plan {
-        let profile = Some(plan.profiles.secret_store.clone());
-        if !secrets.iter().any(|(p, at, _)| *p == profile && *at == plan.secret) {
-            secrets.push((profile, plan.secret.clone(), None));
-        }
-    }
-    for (profile, at, path) in &secrets {
-        let what = secret_object(path.as_deref(), at);
-        let Some(store) =
-            profile_client(&ctx.backends.secret_stores, profile.as_deref(), "secretStores", &what, &mut left)
-        else {
-            continue;
-        };
-        let r = store.delete_secret(at, &owner).await;
-        handle(System::SecretStore, format!("secret {}", store.path(at)), r)?;
-    }
-
-    // Identity clients.
-    let mut identities: Vec<(Option<String>, String)> = Vec::new();
-    if let Some(IdentityRefs { profile, client_id: Some(id) }) = &old.identity {
-        identities.push((profile.clone(), id.clone()));
-    }
-    if let Some(plan) = &plan
-        && let AssetIdentity::Oauth2 { client } = &plan.identity
-    {
-        let entry = (plan.profiles.identity_provider.clone(), client.client_id.clone());
-        if !identities.contains(&entry) {
-            identities.push(entry);
-        }
-    }
-    for (profile, id) in &identities {
-        let what = format!("identity client {id}");
-        let Some(idp) =
-            profile_client(&ctx.backends.identity_providers, profile.as_deref(), "identityProviders", &what, &mut left)
-        else {
-            continue;
-        };
-        let r = idp.delete_client(id, &owner).await;
-        handle(System::Identity, format!("identity client {id}"), r)?;
-    }
-
-    publish_left_in_place(ctx, &reference, &left).await;
-    for f in &foreign {
-        ctx.publish(
-            &reference,
-            KubeEvent {
-                type_: EventType::Warning,
-                reason: "Foreign".into(),
-                note: Some(status::bounded(&format!("left in place, not ours: {f}"))),
-                action: "Delete".into(),
-                secondary: None,
-            },
-        )
-        .await;
-    }
-    if refused.is_empty() {
-        info!(asset = %key(asset), "external objects removed");
-        return Ok(Action::await_change());
-    }
-
-    // Attempts are counted in memory: writing them to status would trigger the next attempt at
-    // once instead of after `cleanup_retry` (a restart starts the count again; still bounded).
-    let attempts = ctx.cleanup_attempt(&key(asset));
-    let summary = refused.iter().map(|(what, e)| format!("{what}: {e}")).collect::<Vec<_>>().join("; ");
-    let reason = refused[0].1.reason();
-    if attempts >= ctx.settings.cleanup_attempts {
-        warn!(asset = %key(asset), attempts, "giving up on cleanup of refused objects: {summary}");
-        ctx.forget_cleanup(&key(asset));
-        ctx.publish(
-            &reference,
-            KubeEvent {
-                type_: EventType::Warning,
-                reason: "CleanupAbandoned".into(),
-                note: Some(status::bounded(&format!(
-                    "left in place after {attempts} attempt(s), remove by hand if needed: {summary}"
-                ))),
-                action: "Delete".into(),
-                secondary: None,
-            },
-        )
-        .await;
-        return Ok(Action::await_change());
-    }
-    let mut walk = Walk::new(asset);
-    walk.set(
-        status::READY,
-        Status::False,
-        reason,
-        &format!(
-            "deletion refused: {summary}; tried {} times, {:?} apart, then these objects are left in place",
-            ctx.settings.cleanup_attempts, ctx.settings.cleanup_retry
-        ),
-    );
-    write_status(asset, api, ctx, walk).await?;
-    ctx.publish(
-        &reference,
-        KubeEvent {
-            type_: EventType::Warning,
-            reason: reason.into(),
-            note: Some(status::bounded(&format!("deletion attempt {attempts}: {summary}"))),
-            action: "Delete".into(),
-            secondary: None,
-        },
-    )
-    .await;
-    // The finalizer helper releases the finalizer on Ok: keep it with an error whose retry
-    // delay is the cleanup interval (not the exponential backoff).
-    Err(Error::CleanupPending { retry: ctx.settings.cleanup_retry, attempts })
+    let retain = asset.spec.deletion_policy.unwrap_or_default() == DeletionPolicy::Retain;
+    let deletion = ctx.delete(&key(asset), &owner, recorded, retain).await;
+    conclude_deletion(ctx, &asset.object_ref(&()), &key(asset), deletion, |reason, message| {
+        Box::pin(async move {
+            let mut walk = Walk::new(asset);
+            walk.set(status::READY, Status::False, reason, &message);
+            write_status(asset, api, ctx, walk).await
+        })
+    })
+    .await
 }

@@ -13,9 +13,11 @@
 //! - at most `max_concurrent_reconciles` (default 32) reconciles of one kind run at once.
 
 pub mod asset;
+mod conditions;
+mod removal;
 pub mod transfer;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,16 +25,20 @@ use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::Client;
 use kube::runtime::controller::{self, Action};
-use kube::runtime::events::{Event as KubeEvent, EventType, Recorder, Reporter};
+use kube::runtime::events::{Event as KubeEvent, Recorder, Reporter};
 use tracing::warn;
 
-use crate::backends::BackendError;
 use crate::backends::registry::Backends;
-use crate::backends::secrets::SecretLocation;
+use crate::backends::{BackendError, Outcome, Owner, System};
 use crate::config::Config;
+use crate::converge::{self, DeletePolicy, Deletion, Reach};
 use crate::metrics::Metrics;
 use crate::plan::PlanError;
-use crate::status::{self, Status};
+use crate::plan::objects::ExternalRef;
+use crate::status;
+
+pub(crate) use conditions::{Tracker, publish_changes};
+pub(crate) use removal::{conclude_deletion, failed_step, removal_result};
 
 /// The finalizer our controllers put on resources.
 pub const FINALIZER: &str = "dsp-mqtt.io/cleanup";
@@ -113,7 +119,10 @@ pub struct Context {
     /// Metrics.
     pub metrics: Arc<Metrics>,
     failures: Mutex<HashMap<String, u32>>,
-    cleanup_last: Mutex<HashMap<String, std::time::Instant>>,
+    /// Deletion's attempts at refused objects.
+    budget: converge::Budget,
+    same_backend: Box<converge::SameBackend>,
+    on_write: Box<dyn Fn(System, Outcome) + Send + Sync>,
     /// How many kinds' caches have synced (the readiness check waits for all of them).
     synced: tokio::sync::watch::Sender<usize>,
 }
@@ -128,6 +137,8 @@ impl Context {
         metrics: Arc<Metrics>,
     ) -> Self {
         let reporter = Reporter { controller: REPORTER.into(), instance: Some(settings.instance.clone()) };
+        let same = config.clone();
+        let counted = metrics.clone();
         Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
@@ -136,7 +147,9 @@ impl Context {
             settings,
             metrics,
             failures: Mutex::default(),
-            cleanup_last: Mutex::default(),
+            budget: converge::Budget::default(),
+            same_backend: Box::new(move |section, a, b| same.same_backend(section, a, b)),
+            on_write: Box::new(move |system, outcome| counted.count_backend_write(system.as_str(), outcome)),
             synced: tokio::sync::watch::channel(0).0,
         }
     }
@@ -198,26 +211,16 @@ impl Context {
         jitter(exp.min(self.settings.backoff_max), 0.2)
     }
 
-    /// How long to wait before the next deletion attempt of `key` (a reconcile triggered by our
-    /// own status write must not count as the next attempt).
-    fn cleanup_wait(&self, key: &str) -> Option<Duration> {
-        let last = *self.cleanup_last.lock().expect("not poisoned").get(key)?;
-        self.settings.cleanup_retry.checked_sub(last.elapsed()).filter(|d| !d.is_zero())
+    /// What the converge step reaches.
+    pub(crate) fn reach(&self) -> Reach<'_> {
+        Reach { backends: &self.backends, same_backend: &*self.same_backend, on_write: &*self.on_write }
     }
 
-    /// Counts one more refused deletion attempt of `key` and returns the count.
-    fn cleanup_attempt(&self, key: &str) -> u32 {
-        self.cleanup_last.lock().expect("not poisoned").insert(key.to_owned(), std::time::Instant::now());
-        let mut failures = self.failures.lock().expect("not poisoned");
-        let n = failures.entry(format!("cleanup:{key}")).or_default();
-        *n += 1;
-        *n
-    }
-
-    /// Forgets `key`'s deletion attempts.
-    fn forget_cleanup(&self, key: &str) {
-        self.cleanup_last.lock().expect("not poisoned").remove(key);
-        self.failures.lock().expect("not poisoned").remove(&format!("cleanup:{key}"));
+    /// Deletes `recorded` for `owner` under `policy`'s retention and the attempt budget.
+    pub(crate) async fn delete(&self, key: &str, owner: &Owner, recorded: Vec<ExternalRef>, retain: bool) -> Deletion {
+        let policy =
+            DeletePolicy { retain, attempts: self.settings.cleanup_attempts, retry: self.settings.cleanup_retry };
+        converge::delete(self.reach(), owner, recorded, policy, &self.budget, key).await
     }
 
     /// Forgets `key`'s failures after a success.
@@ -376,227 +379,6 @@ impl Error {
     }
 }
 
-/// One condition change, for its Event.
-pub(crate) struct Change {
-    type_: String,
-    status: Status,
-    reason: String,
-    message: String,
-}
-
-/// Conditions being computed for one reconcile: keeps the stored ones, records what changed.
-pub(crate) struct Tracker {
-    conditions: Vec<Condition>,
-    /// The stored conditions: changes are judged against them, not against what an earlier
-    /// step of the same reconcile set (a step set True then False in one pass is no flip).
-    original: Vec<Condition>,
-    changed: Vec<Change>,
-    generation: Option<i64>,
-    steps: &'static [Step],
-}
-
-impl Tracker {
-    /// Starts from the stored conditions of an object at `generation` with these steps.
-    pub(crate) fn new(conditions: Vec<Condition>, generation: Option<i64>, steps: &'static [Step]) -> Self {
-        Self { original: conditions.clone(), conditions, changed: Vec::new(), generation, steps }
-    }
-
-    /// Sets one condition.
-    pub(crate) fn set(&mut self, type_: &str, s: Status, reason: &str, message: &str) {
-        let message = status::bounded(message);
-        status::set(&mut self.conditions, type_, s, reason, &message, self.generation);
-        // The transition time moves only when the status differs from the stored one.
-        if let Some(stored) = self.original.iter().find(|c| c.type_ == type_)
-            && let Some(c) = self.conditions.iter_mut().find(|c| c.type_ == type_)
-            && stored.status == c.status
-        {
-            c.last_transition_time = stored.last_transition_time.clone();
-        }
-    }
-
-    /// A step holds.
-    pub(crate) fn step_ok(&mut self, step: Step, message: &str) {
-        self.set(step.condition(), Status::True, status::RECONCILED, message);
-    }
-
-    /// Records a failure at `failed` (or before any step), blocks the steps after it and sets
-    /// `Ready=False` with the error's reason.
-    pub(crate) fn fail(&mut self, failed: Option<Step>, error: &Error) {
-        let message = error.to_string();
-        let after: Vec<Step> = match failed {
-            Some(step) => {
-                self.set(step.condition(), Status::False, error.reason(), &message);
-                self.steps.iter().skip_while(|s| **s != step).skip(1).copied().collect()
-            }
-            None => self.steps.to_vec(),
-        };
-        let blocked = match failed {
-            Some(f) => format!("waiting for the {f} step"),
-            None => "waiting for a valid spec".to_owned(),
-        };
-        for step in after {
-            self.set(step.condition(), Status::Unknown, status::BLOCKED, &blocked);
-        }
-        self.set(status::READY, Status::False, error.reason(), &message);
-    }
-
-    /// Marks the resource paused (or not): a `Paused` condition while the annotation is set,
-    /// none otherwise. Returns whether it is paused.
-    pub(crate) fn paused(&mut self, paused: bool) -> bool {
-        if paused {
-            self.set(
-                status::PAUSED,
-                Status::True,
-                "Paused",
-                &format!("annotation {PAUSED_ANNOTATION}=true: the operator leaves every backend as it is; remove the annotation to resume"),
-            );
-        } else if let Some(i) = self.conditions.iter().position(|c| c.type_ == status::PAUSED) {
-            let removed = self.conditions.remove(i);
-            self.original.retain(|c| c.type_ != status::PAUSED);
-            self.changed.push(Change {
-                type_: status::READY.into(),
-                status: Status::Unknown,
-                reason: "Resumed".into(),
-                message: format!(
-                    "annotation {PAUSED_ANNOTATION} removed: reconciling again (was: {})",
-                    removed.message
-                ),
-            });
-        }
-        paused
-    }
-
-    /// Derives kstatus' `Reconciling` / `Stalled` from `Ready`: a retried failure is
-    /// `Reconciling`, any other `Ready=False` is `Stalled`, and neither is there otherwise — so
-    /// that Flux, `kstatus` and `kubectl wait` tell "still working" from "stuck".
-    fn kstatus(&mut self) {
-        let ready = self.conditions.iter().find(|c| c.type_ == status::READY).cloned();
-        let (set, clear) = match &ready {
-            Some(r) if r.status == "False" && status::RETRIED_REASONS.contains(&r.reason.as_str()) => {
-                (Some(status::RECONCILING), status::STALLED)
-            }
-            Some(r) if r.status == "False" => (Some(status::STALLED), status::RECONCILING),
-            _ => (None, status::STALLED),
-        };
-        self.conditions.retain(|c| c.type_ != clear && (set.is_some() || c.type_ != status::RECONCILING));
-        if let (Some(type_), Some(r)) = (set, ready) {
-            self.set(type_, Status::True, &r.reason, &r.message);
-        }
-    }
-
-    /// Hands the conditions over and returns the changes.
-    pub(crate) fn finish(mut self, into: &mut Vec<Condition>) -> Vec<Change> {
-        self.kstatus();
-        let mut changed = self.changed;
-        for c in &self.conditions {
-            let same = self
-                .original
-                .iter()
-                .any(|o| o.type_ == c.type_ && o.status == c.status && o.reason == c.reason && o.message == c.message);
-            if !same {
-                let status = match c.status.as_str() {
-                    "True" => Status::True,
-                    "False" => Status::False,
-                    _ => Status::Unknown,
-                };
-                changed.push(Change {
-                    type_: c.type_.clone(),
-                    status,
-                    reason: c.reason.clone(),
-                    message: c.message.clone(),
-                });
-            }
-        }
-        *into = self.conditions;
-        changed
-    }
-}
-
-/// An Event for every change of `Ready` and every condition that turned `False`.
-pub(crate) async fn publish_changes(ctx: &Context, reference: &ObjectReference, changes: Vec<Change>) {
-    for c in changes {
-        let mirrors_ready = c.type_ == status::RECONCILING || c.type_ == status::STALLED;
-        if mirrors_ready || (c.type_ != status::READY && c.type_ != status::PAUSED && c.status != Status::False) {
-            continue;
-        }
-        let type_ = if c.status == Status::False { EventType::Warning } else { EventType::Normal };
-        let note = Some(format!("{}: {}", c.type_, c.message));
-        ctx.publish(
-            reference,
-            KubeEvent { type_, reason: c.reason, note, action: "Reconcile".into(), secondary: None },
-        )
-        .await;
-    }
-}
-
-/// Objects left in place because the profile status recorded them under is no longer
-/// configured: per profile (`section.name`), what was there.
-#[derive(Debug, Default)]
-pub(crate) struct LeftInPlace(BTreeMap<String, Vec<String>>);
-
-impl LeftInPlace {
-    fn note(&mut self, profile: String, object: String) {
-        let objects = self.0.entry(profile).or_default();
-        if !objects.contains(&object) {
-            objects.push(object);
-        }
-    }
-}
-
-/// The client of a profile recorded in status; a profile the configuration no longer has is
-/// noted in `left` with the object (`what`, a name, never a secret) that stays there.
-pub(crate) fn profile_client<T: ?Sized>(
-    map: &BTreeMap<String, Arc<T>>,
-    profile: Option<&str>,
-    section: &str,
-    what: &str,
-    left: &mut LeftInPlace,
-) -> Option<Arc<T>> {
-    let found = profile.and_then(|p| map.get(p)).cloned();
-    if found.is_none() {
-        warn!(profile = ?profile, section, object = what, "a profile recorded in status is no longer configured; its object is left in place");
-        left.note(format!("{section}.{}", profile.unwrap_or("<none>")), what.to_owned());
-    }
-    found
-}
-
-/// How an Event names a secret-store entry: by its path when status recorded one, else by its
-/// alias (and folder).
-pub(crate) fn secret_object(path: Option<&str>, at: &SecretLocation) -> String {
-    match (path, &at.folder) {
-        (Some(path), _) => format!("secret {path}"),
-        (None, Some(folder)) => format!("secret alias {} in folder {folder}", at.alias),
-        (None, None) => format!("secret alias {}", at.alias),
-    }
-}
-
-/// One Warning Event naming the profiles the configuration no longer has and the objects left
-/// there. Status forgets them once the resource moves on or goes, so this Event is the only
-/// record: restoring the profile later removes nothing.
-pub(crate) async fn publish_left_in_place(ctx: &Context, reference: &ObjectReference, left: &LeftInPlace) {
-    if left.0.is_empty() {
-        return;
-    }
-    let listed: Vec<String> =
-        left.0.iter().map(|(profile, objects)| format!("{profile} ({})", objects.join(", "))).collect();
-    let note = format!(
-        "the configuration no longer has {}: these objects are left in place; unless a profile still \
-         configured reaches the same backend (the operator then handles them through it), remove them by hand",
-        listed.join("; ")
-    );
-    ctx.publish(
-        reference,
-        KubeEvent {
-            type_: EventType::Warning,
-            reason: "ProfileRemoved".into(),
-            note: Some(status::bounded(&note)),
-            action: "Reconcile".into(),
-            secondary: None,
-        },
-    )
-    .await;
-}
-
 /// Attaches the step to a backend error.
 pub(crate) trait AtStep<T> {
     fn at(self, step: Step) -> Result<T, Error>;
@@ -640,34 +422,6 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn types(t: &Tracker) -> Vec<(String, String, String)> {
-        t.conditions.iter().map(|c| (c.type_.clone(), c.status.clone(), c.reason.clone())).collect()
-    }
-
-    #[test]
-    fn kstatus_conditions_follow_ready() {
-        let refusal = Error::Plan(PlanError::NoEndpointUrl { endpoint_type: "mqtt-tls", broker: "default".into() });
-        let mut t = Tracker::new(Vec::new(), Some(1), &[Step::Broker]);
-        t.fail(Some(Step::Broker), &refusal);
-        t.kstatus();
-        let got = types(&t);
-        assert!(got.contains(&("Stalled".into(), "True".into(), refusal.reason().into())), "{got:?}");
-        assert!(!got.iter().any(|c| c.0 == "Reconciling"), "{got:?}");
-
-        let retried = Error::Kube(kube::Error::LinesCodecMaxLineLengthExceeded);
-        assert!(retried.is_retryable());
-        t.fail(Some(Step::Broker), &retried);
-        t.kstatus();
-        let got = types(&t);
-        assert!(got.contains(&("Reconciling".into(), "True".into(), "KubernetesApi".into())), "{got:?}");
-        assert!(!got.iter().any(|c| c.0 == "Stalled"), "{got:?}");
-
-        t.step_ok(Step::Broker, "ok");
-        t.set(status::READY, Status::True, status::RECONCILED, "ok");
-        t.kstatus();
-        assert!(!types(&t).iter().any(|c| c.0 == "Stalled" || c.0 == "Reconciling"), "{:?}", types(&t));
-    }
 
     #[test]
     fn the_retried_reasons_are_exactly_the_retryable_errors() {

@@ -9,6 +9,7 @@
 
 pub mod allowed;
 pub mod asset;
+pub mod objects;
 pub mod properties;
 pub mod topics;
 pub mod transfer;

@@ -2,7 +2,7 @@
 //! listener of its own (TLS when configured), with per-address rate limits and a bounded body.
 //! Answers are RFC 6749 §5.1 token responses or §5.2 errors, always `Cache-Control: no-store`.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -225,11 +225,6 @@ fn read_certified_key(cert: &std::path::Path, key: &std::path::Path) -> std::io:
     let signing = rustls::crypto::ring::sign::any_supported_type(&key_der)
         .map_err(|e| invalid(format!("{}: unsupported private key: {e}", key.display())))?;
     Ok(CertifiedKey::new(certs, signing))
-}
-
-/// Binds the endpoint's address, with an error that names it.
-pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener, crate::run::RunError> {
-    tokio::net::TcpListener::bind(addr).await.map_err(|source| crate::run::RunError::Bind { addr, source })
 }
 
 #[cfg(test)]

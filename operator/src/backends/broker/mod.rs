@@ -57,6 +57,19 @@ pub trait Broker: Send + Sync {
     async fn remove_user(&self, username: &str, owner: &Owner) -> Result<Outcome, BackendError>;
     /// Closes every live session of an identity (a usrpw user, or an oauth2 token's subject).
     async fn disconnect(&self, identity: &str) -> Result<u32, BackendError>;
+    /// The role through which the broker grants a user its topics, when it has roles
+    /// (Mosquitto's dynamic security: a role of the user's name); recorded in status.
+    fn role_of(&self, _username: &str) -> Option<String> {
+        None
+    }
+    /// The names a transfer's `oauth2` sessions may carry at this broker: the MQTT username the
+    /// DataAddress gives (RabbitMQ lists connections under it) and the token's subject (brokers
+    /// that take the identity from the token).
+    fn session_names(&self, username: &str, subject: Option<&str>) -> Vec<String> {
+        let mut names = vec![username.to_owned()];
+        names.extend(subject.filter(|s| *s != username).map(str::to_owned));
+        names
+    }
     /// oauth2 mode: what a token must carry to read `topics`.
     /// [`BackendError::Unsupported`] for brokers that cannot check JWTs (Mosquitto).
     fn token_requirements(&self, topics: &[String]) -> Result<TokenRequirements, BackendError>;

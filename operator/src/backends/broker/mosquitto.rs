@@ -382,6 +382,11 @@ impl Broker for MosquittoClient {
         SYSTEM
     }
 
+    fn role_of(&self, username: &str) -> Option<String> {
+        // ensure_user grants through a role of the user's name.
+        Some(username.to_owned())
+    }
+
     fn supports(&self, mode: AuthMode) -> bool {
         mode == AuthMode::Usrpw
     }
