@@ -846,3 +846,57 @@ async fn no_more_reconciles_run_at_once_than_the_bound() {
     );
     stack.teardown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_asset_of_a_connector_the_operator_becomes_the_data_plane_of_drops_its_own_identity_and_back() {
+    // With the operator as the connector's data plane (issue 15), every transfer gets its own
+    // identity and the connector never resolves the asset's: the asset's broker user and Vault
+    // secret are removed by the converge step, its connector dataAddress is the source only;
+    // leaving that mode makes them again.
+    let mut stack = DevStack::start(StackOptions::default()).await;
+    let name = "line-1";
+    create(&stack, &asset(name, usrpw_spec())).await;
+    let ns = stack.namespace.clone();
+    let (asset_id, user) = (format!("{ns}-{name}"), format!("dsp-mqtt-{ns}-{name}"));
+    let key = format!("{VAULT_FOLDER}/dsp-mqtt-{ns}-{name}-secret");
+    assert!(stack.mosquitto.dynsec_client(&user).is_some() && stack.vault.secret(&key).await.is_some());
+
+    stack.stop_controllers().await;
+    let data_plane = "listen: 127.0.0.1:0\npublicUrl: https://operator.example.com:8643\n\
+                      tls: {certificate: {file: /unused.crt}, key: {file: /unused.key}}\ntoken: {env: UNUSED}\n\
+                      registrations:\n  default: {controlUrl: \"https://edc.example.com:9191/control\"}\n";
+    stack.config.data_plane = Some(serde_yaml::from_str(data_plane).unwrap());
+    stack.restart_controllers().await;
+    let api: Api<MqttAsset> = stack.api();
+    let without = wait_for(&api, name, READY_WITHIN, "without an identity of its own", |a| {
+        is_ready(a) && a.status.as_ref().is_some_and(|s| s.secret.is_none())
+    })
+    .await;
+    let status = without.status.unwrap();
+    assert!(status.identity.is_none() && status.broker.is_some_and(|b| b.user.is_none()));
+    assert!(stack.mosquitto.dynsec_client(&user).is_none(), "the asset's broker user is gone");
+    assert!(stack.mosquitto.dynsec_role(&user).is_none(), "and its role");
+    assert!(stack.vault.secret(&key).await.is_none(), "the asset's Vault secret is gone");
+    let da = stack.edc.asset(&asset_id).await.expect("still offered").data_address;
+    assert!(!da.contains_key("username") && !da.contains_key("passwordAlias"), "the source address only: {da:?}");
+    assert_eq!(da["baseUrl"], stack.mosquitto.mqtts_url());
+
+    stack.stop_controllers().await;
+    stack.config.data_plane = None;
+    stack.restart_controllers().await;
+    wait_for(&api, name, READY_WITHIN, "its identity again", |a| {
+        is_ready(a) && a.status.as_ref().is_some_and(|s| s.secret.is_some())
+    })
+    .await;
+    assert!(stack.mosquitto.dynsec_client(&user).is_some() && stack.vault.secret(&key).await.is_some());
+    let password = vault_password(&stack, &format!("dsp-mqtt-{ns}-{name}-secret")).await;
+    e2e::logs::register_secret(&password);
+    Consumer::connect(&consumer_options(stack.mosquitto.mqtts_url(), &stack.ca.cert_pem(), &user, &password))
+        .await
+        .expect("the asset identity made again connects with its new password");
+    assert_eq!(
+        stack.edc.asset(&asset_id).await.unwrap().data_address["passwordAlias"],
+        format!("dsp-mqtt-{ns}-{name}-secret")
+    );
+    stack.teardown().await;
+}

@@ -240,6 +240,18 @@ async fn provision(asset: &MqttAsset, ctx: &Context, walk: &mut Walk) -> Result<
                 None => (random_password(), true),
             }
         }
+        (AssetIdentity::PerTransfer, _, _) => {
+            // The operator is this connector's data plane: each transfer gets its own identity,
+            // and what an earlier mode made for the asset goes with the converge step's removal.
+            let none = format!(
+                "none of the asset's own: the operator is connector \"{}\"'s data plane, each transfer gets its own identity",
+                plan.profiles.connector
+            );
+            for s in [Step::Identity, Step::Secret, Step::Broker] {
+                walk.step_ok(s, &none);
+            }
+            return offer(ctx, asset, &clients, &plan, step, walk).await;
+        }
         (AssetIdentity::Oauth2 { .. }, _, _) => unreachable!("resolve_profiles gives oauth2 an identity provider"),
     };
 
@@ -254,7 +266,18 @@ async fn provision(asset: &MqttAsset, ctx: &Context, walk: &mut Walk) -> Result<
         broker_step(ctx, &mut step, &clients, &plan, &secret, false, walk).await?;
     }
 
-    // Connector.
+    offer(ctx, asset, &clients, &plan, step, walk).await
+}
+
+/// The connector's objects, the removal of what is no longer wanted, and status.
+async fn offer(
+    ctx: &Context,
+    asset: &MqttAsset,
+    clients: &Clients,
+    plan: &AssetPlan,
+    mut step: Converge<'_>,
+    walk: &mut Walk,
+) -> Result<(), (Option<Step>, Error)> {
     let connector = &plan.profiles.connector;
     step.make(connector, Spec::ConnectorAsset(&plan.asset)).await.map_err(failed_step)?;
     for policy in &plan.policies {
@@ -270,15 +293,15 @@ async fn provision(asset: &MqttAsset, ctx: &Context, walk: &mut Walk) -> Result<
     removal_result(ctx, &asset.object_ref(&()), step.finish().await).await?;
 
     let status = &mut walk.status;
-    status.connector = Some(connector_refs(&plan));
-    status.identity = identity_refs(&plan);
-    status.secret = Some(SecretRefs {
+    status.connector = Some(connector_refs(plan));
+    status.identity = identity_refs(plan);
+    status.secret = (plan.identity != AssetIdentity::PerTransfer).then(|| SecretRefs {
         profile: Some(plan.profiles.secret_store.clone()),
         folder: plan.secret.folder.clone(),
         alias: Some(plan.secret.alias.clone()),
         path: Some(clients.secrets.path(&plan.secret)),
     });
-    status.broker = Some(broker_refs(&plan, clients.broker.as_ref()));
+    status.broker = Some(broker_refs(plan, clients.broker.as_ref()));
     status.data_address = Some(plan.asset.data_address.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
     walk.set(
         status::READY,
@@ -305,7 +328,7 @@ fn identity_refs(plan: &AssetPlan) -> Option<IdentityRefs> {
             profile: plan.profiles.identity_provider.clone(),
             client_id: Some(client.client_id.clone()),
         }),
-        AssetIdentity::Usrpw { .. } => None,
+        AssetIdentity::Usrpw { .. } | AssetIdentity::PerTransfer => None,
     }
 }
 
@@ -315,7 +338,7 @@ fn broker_refs(plan: &AssetPlan, broker: &dyn Broker) -> BrokerRefs {
         AssetIdentity::Usrpw { username, .. } => {
             BrokerRefs { profile, user: Some(username.clone()), role: broker.role_of(username) }
         }
-        AssetIdentity::Oauth2 { .. } => BrokerRefs { profile, user: None, role: None },
+        AssetIdentity::Oauth2 { .. } | AssetIdentity::PerTransfer => BrokerRefs { profile, user: None, role: None },
     }
 }
 
@@ -367,6 +390,7 @@ async fn broker_step(
             }
             walk.step_ok(Step::Broker, &format!("user {username} may read {} topic filter(s)", topics.len()));
         }
+        AssetIdentity::PerTransfer => {}
         AssetIdentity::Oauth2 { .. } => walk.step_ok(
             Step::Broker,
             &format!("{broker_system} accepts the identity provider's tokens; they carry the topic permissions"),

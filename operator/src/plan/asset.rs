@@ -56,6 +56,9 @@ pub enum AssetIdentity {
         /// Topic filters it may read.
         topics: Vec<String>,
     },
+    /// None of its own: the operator is the connector's data plane and each transfer gets its
+    /// own identity, so nothing resolves an asset identity (decision 27).
+    PerTransfer,
 }
 
 /// Everything an asset should be, backend by backend.
@@ -89,11 +92,12 @@ impl AssetPlan {
         }
     }
 
-    /// The identity's name: client id or broker username.
-    pub fn identity_name(&self) -> &str {
+    /// The identity's name: client id or broker username (none in data-plane mode).
+    pub fn identity_name(&self) -> Option<&str> {
         match &self.identity {
-            AssetIdentity::Oauth2 { client } => &client.client_id,
-            AssetIdentity::Usrpw { username, .. } => username,
+            AssetIdentity::Oauth2 { client } => Some(&client.client_id),
+            AssetIdentity::Usrpw { username, .. } => Some(username),
+            AssetIdentity::PerTransfer => None,
         }
     }
 }
@@ -201,13 +205,12 @@ pub fn plan(asset: &MqttAsset, config: &Config, token: Option<&TokenRequirements
     // dataAddress is only the source address, without references to the asset's credentials.
     let source_only = config.data_plane.as_ref().is_some_and(|d| d.registrations.contains_key(&profiles.connector));
     let identity = match spec.auth.mode {
+        _ if source_only => AssetIdentity::PerTransfer,
         AuthMode::Oauth2 => {
             let idp = &config.identity_providers[profiles.identity_provider.as_ref().expect("resolved for oauth2")];
-            if !source_only {
-                data_address.insert("oauth2:tokenUrl".into(), json!(idp.effective_token_url().to_string()));
-                data_address.insert("oauth2:clientId".into(), json!(client_id));
-                data_address.insert("oauth2:clientSecretKeyAlias".into(), json!(secret.alias));
-            }
+            data_address.insert("oauth2:tokenUrl".into(), json!(idp.effective_token_url().to_string()));
+            data_address.insert("oauth2:clientId".into(), json!(client_id));
+            data_address.insert("oauth2:clientSecretKeyAlias".into(), json!(secret.alias));
             AssetIdentity::Oauth2 {
                 client: ClientDefinition {
                     client_id: client_id.clone(),
@@ -222,10 +225,8 @@ pub fn plan(asset: &MqttAsset, config: &Config, token: Option<&TokenRequirements
             }
         }
         AuthMode::Usrpw => {
-            if !source_only {
-                data_address.insert("username".into(), json!(client_id));
-                data_address.insert("passwordAlias".into(), json!(secret.alias));
-            }
+            data_address.insert("username".into(), json!(client_id));
+            data_address.insert("passwordAlias".into(), json!(secret.alias));
             AssetIdentity::Usrpw { username: client_id.clone(), topics: spec.topics.clone() }
         }
     };
@@ -391,8 +392,15 @@ brokers:
                 da.keys().map(String::as_str).collect::<Vec<_>>(),
                 ["baseUrl", "dsp-mqtt:topic", "mqttEndpointType", "type"]
             );
+            assert_eq!(with.identity, AssetIdentity::PerTransfer, "no identity of the asset's own");
+            let wanted = crate::plan::objects::asset_objects(&with);
+            assert!(
+                wanted.iter().all(|r| r.kind.section() == crate::plan::objects::Section::Connectors),
+                "only the connector's objects: {wanted:?}"
+            );
             let without = plan(&asset, &config(""), Some(&token())).unwrap();
             assert!(without.asset.data_address.len() > da.len(), "the connector's own extension needs the references");
+            assert_ne!(without.identity, AssetIdentity::PerTransfer);
         }
         // Another connector profile, not registered: unchanged.
         let mut fx = MqttAsset::test();
@@ -404,7 +412,7 @@ brokers:
     fn usrpw_asset_names_and_data_address() {
         let plan = plan(&MqttAsset::test(), &config(""), None).unwrap();
         assert_eq!(plan.asset.id, "dataspace-line-1");
-        assert_eq!(plan.identity_name(), "dsp-mqtt-dataspace-line-1");
+        assert_eq!(plan.identity_name(), Some("dsp-mqtt-dataspace-line-1"));
         assert_eq!(
             plan.secret,
             SecretLocation { folder: Some("edc".into()), alias: "dsp-mqtt-dataspace-line-1-secret".into() }

@@ -133,8 +133,11 @@ pub fn asset_objects(plan: &AssetPlan) -> Vec<ExternalRef> {
             }
         }
         AssetIdentity::Usrpw { username, .. } => out.push(ExternalRef::new(Kind::BrokerUser, &p.broker, username)),
+        AssetIdentity::PerTransfer => {}
     }
-    out.push(ExternalRef::secret(&p.secret_store, &plan.secret));
+    if plan.identity != AssetIdentity::PerTransfer {
+        out.push(ExternalRef::secret(&p.secret_store, &plan.secret));
+    }
     out.push(ExternalRef::new(Kind::ConnectorAsset, &p.connector, &plan.asset.id));
     for policy in &plan.policies {
         add(&mut out, ExternalRef::new(Kind::Policy, &p.connector, &policy.id));
