@@ -10,6 +10,7 @@
 //!   EMQX and the reference connector, which cannot run here; one contract suite runs against
 //!   double and real system alike;
 //! - [`consumer`]: a test MQTT client;
+//! - [`dataspace`]: a consumer's connector: catalog, negotiation, a `Mqtt-PULL` transfer, its EDR;
 //! - [`stack`]: all of it together with an operator configuration and the controllers running;
 //! - [`inventory`]: every object the operator can have left in the stack's backends;
 //! - [`tls`]: the run's CA and an HTTPS server;
@@ -19,6 +20,7 @@
 
 pub mod brokers;
 pub mod consumer;
+pub mod dataspace;
 pub mod doubles;
 pub mod fixtures;
 pub mod inventory;

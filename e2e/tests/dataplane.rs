@@ -17,6 +17,7 @@ use axum::Json;
 use axum::extract::State;
 use e2e::brokers::mosquitto::PUBLISHER_PASSWORD;
 use e2e::consumer::{ConnectError, Consumer, ConsumerOptions};
+use e2e::dataspace::{self, ConsumerConnector, EDC_NAMESPACE, Events, as_list, find, http, text_of};
 use e2e::fixtures::consumer_options;
 use e2e::stack::{DevStack, StackOptions, condition, wait_for};
 use e2e::systems::edc::{self, DSP_PROTOCOL, Edc, EdcOptions};
@@ -34,7 +35,6 @@ use reqwest::Method;
 use secrecy::SecretString;
 use serde_json::{Value, json};
 
-const EDC_NAMESPACE: &str = "https://w3id.org/edc/v0.0.1/ns/";
 const CONSUMER_NAME: &str = "dp-consumer";
 const CONSUMER_ID: &str = "did:web:consumer.example.com";
 const CONSUMER_B_NAME: &str = "dp-consumer-b";
@@ -100,11 +100,6 @@ async fn start_data_plane_with(stack: &DevStack, start_timeout: Duration) -> Run
     RunningDataPlane { base, token, target, stop }
 }
 
-fn http(ca: &TestCa) -> reqwest::Client {
-    let ca = reqwest::Certificate::from_pem(ca.cert_pem().as_bytes()).unwrap();
-    reqwest::Client::builder().tls_certs_only([ca]).timeout(Duration::from_secs(60)).build().unwrap()
-}
-
 async fn consumer_edc() -> &'static Edc {
     consumer_edc_named(CONSUMER_NAME, CONSUMER_ID).await
 }
@@ -122,49 +117,7 @@ async fn consumer_edc_named(name: &'static str, participant_id: &'static str) ->
 }
 
 async fn management(ca: &TestCa, edc: &Edc, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let mut request =
-        http(ca).request(method, format!("{}{path}", edc.management_url)).header("X-Api-Key", &edc.api_key);
-    if let Some(body) = body {
-        request = request.json(&body);
-    }
-    let response = request.send().await.unwrap_or_else(|e| panic!("{path}: {e}"));
-    let status = response.status().as_u16();
-    let text = response.text().await.unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-/// The value of the first key anywhere in `v` whose local name (after the last `/`, `:` or `#`)
-/// is `name`: EDC prefixes, expands or leaves keys bare depending on the path they took.
-fn find<'a>(v: &'a Value, name: &str) -> Option<&'a Value> {
-    match v {
-        Value::Object(o) => {
-            for (k, value) in o {
-                if k == name || k.rsplit(['/', ':', '#']).next() == Some(name) {
-                    return Some(value);
-                }
-            }
-            o.values().find_map(|value| find(value, name))
-        }
-        Value::Array(items) => items.iter().find_map(|i| find(i, name)),
-        _ => None,
-    }
-}
-
-fn text_of(v: Option<&Value>) -> Option<String> {
-    match v? {
-        Value::String(s) => Some(s.clone()),
-        Value::Object(o) => text_of(o.get("@value").or(o.get("@id"))),
-        Value::Array(items) => text_of(items.first()),
-        _ => None,
-    }
-}
-
-fn as_list(v: Option<&Value>) -> Vec<Value> {
-    match v {
-        Some(Value::Array(items)) => items.clone(),
-        Some(Value::Null) | None => Vec::new(),
-        Some(one) => vec![one.clone()],
-    }
+    dataspace::management(ca, edc, method, path, body).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 fn offer(name: &str) -> MqttAsset {
@@ -197,35 +150,16 @@ fn asset_ready(a: &MqttAsset) -> bool {
     })
 }
 
-/// Events the consumer's connector delivers to the test's callback.
-#[derive(Clone, Default)]
-struct Events(Arc<Mutex<Vec<Value>>>);
-
-async fn receive_event(State(events): State<Events>, Json(body): Json<Value>) -> axum::http::StatusCode {
-    events.0.lock().unwrap().push(body);
-    axum::http::StatusCode::NO_CONTENT
-}
-
-async fn poll<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+async fn poll<T, F, Fut>(what: &str, timeout: Duration, f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, String>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        match f().await {
-            Ok(v) => return v,
-            Err(last) => {
-                assert!(tokio::time::Instant::now() < deadline, "{what}: not within {timeout:?}; last: {last}");
-                tokio::time::sleep(Duration::from_millis(300)).await;
-            }
-        }
-    }
+    dataspace::poll(what, timeout, f).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn consumer_transfer_state(ca: &TestCa, consumer: &Edc, id: &str) -> String {
-    let (_, tp) = management(ca, consumer, Method::GET, &format!("/v3/transferprocesses/{id}"), None).await;
-    text_of(find(&tp, "state")).unwrap_or_default()
+    ConsumerConnector { edc: consumer, ca }.transfer_state(id).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn assert_refused(options: &ConsumerOptions, what: &str) {
@@ -357,9 +291,7 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
 
     // 3. The transfer, with a callback for the started event (it carries the EDR).
     let events = Events::default();
-    let callback_router =
-        axum::Router::new().route("/events", axum::routing::post(receive_event)).with_state(events.clone());
-    let (callback_addr, callback_task) = e2e::tls::serve_https(callback_router, &ca).await.unwrap();
+    let (callback_url, callback_task) = events.serve(&ca).await.unwrap();
     let transfer_request = json!({
         "@context": {"@vocab": EDC_NAMESPACE},
         "@type": "TransferRequest",
@@ -371,7 +303,7 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
         "callbackAddresses": [{
             "@type": "CallbackAddress",
             "transactional": false,
-            "uri": format!("https://{callback_addr}/events"),
+            "uri": callback_url,
             "events": ["transfer.process.started"],
         }],
     });
@@ -401,10 +333,10 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
     let edr = poll("the started event with the EDR", Duration::from_secs(20), || {
         let events = events.clone();
         async move {
-            let all = events.0.lock().unwrap().clone();
+            let all = events.all();
             all.into_iter()
                 .find(|e| find(e, "password").is_some())
-                .ok_or_else(|| format!("{} events", events.0.lock().unwrap().len()))
+                .ok_or_else(|| format!("{} events", events.all().len()))
         }
     })
     .await;
@@ -546,7 +478,7 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
 
     // 7. The consumer resumes through its connector: EDC 0.15 starts the same process again,
     // which resumes the same MqttTransfer with fresh credentials.
-    events.0.lock().unwrap().clear();
+    events.clear();
     let (status, body) =
         management(&ca, consumer, Method::POST, &format!("/v3/transferprocesses/{consumer_tp}/resume"), None).await;
     assert!(status == 204 || status == 200, "resume: {status} {body}");
@@ -559,7 +491,7 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
     let resumed_edr = poll("a started event with fresh credentials", WITHIN, || {
         let events = events.clone();
         async move {
-            let all = events.0.lock().unwrap().clone();
+            let all = events.all();
             all.into_iter().find(|e| find(e, "password").is_some()).ok_or_else(|| "no event yet".to_owned())
         }
     })
@@ -745,45 +677,9 @@ async fn registered_and_available(dp: &RunningDataPlane) {
 
 /// The consumer negotiates the provider's offer of `asset_id`; returns its agreement id.
 async fn negotiate(ca: &TestCa, consumer: &Edc, provider: &Edc, asset_id: &str) -> String {
-    let request = json!({
-        "@context": {"@vocab": EDC_NAMESPACE},
-        "@type": "CatalogRequest",
-        "counterPartyAddress": provider.dsp_url(),
-        "counterPartyId": provider.participant_id,
-        "protocol": DSP_PROTOCOL,
-        "querySpec": {"filterExpression": [{"operandLeft": format!("{EDC_NAMESPACE}id"), "operator": "=", "operandRight": asset_id}]},
-    });
-    let (status, catalog) = management(ca, consumer, Method::POST, "/v3/catalog/request", Some(request)).await;
-    assert_eq!(status, 200, "{catalog}");
-    let dataset =
-        as_list(find(&catalog, "dataset")).into_iter().next().unwrap_or_else(|| panic!("{asset_id} in {catalog}"));
-    let mut policy = as_list(find(&dataset, "hasPolicy")).into_iter().next().expect("an offer");
-    policy["@context"] = json!("http://www.w3.org/ns/odrl.jsonld");
-    policy["assigner"] = json!(provider.participant_id);
-    policy["assignee"] = json!(CONSUMER_ID);
-    policy["target"] = json!(asset_id);
-    let negotiation = json!({
-        "@context": {"@vocab": EDC_NAMESPACE, "edc": EDC_NAMESPACE},
-        "@type": "ContractRequest",
-        "counterPartyAddress": provider.dsp_url(),
-        "protocol": DSP_PROTOCOL,
-        "policy": policy,
-    });
-    let (status, started) = management(ca, consumer, Method::POST, "/v3/contractnegotiations", Some(negotiation)).await;
-    assert_eq!(status, 200, "{started}");
-    let id = started["@id"].as_str().unwrap().to_owned();
-    poll("an agreement", WITHIN, || {
-        let (ca, id) = (ca.clone(), id.clone());
-        async move {
-            let (_, n) = management(&ca, consumer, Method::GET, &format!("/v3/contractnegotiations/{id}"), None).await;
-            match (text_of(find(&n, "state")).as_deref(), text_of(find(&n, "contractAgreementId"))) {
-                (Some("FINALIZED"), Some(agreement)) => Ok(agreement),
-                (Some("TERMINATED"), _) => panic!("the negotiation was terminated: {n}"),
-                _ => Err(n.to_string()),
-            }
-        }
-    })
-    .await
+    let c = ConsumerConnector { edc: consumer, ca };
+    let dataset = c.dataset(provider, asset_id).await.unwrap().unwrap_or_else(|| panic!("{asset_id} in the catalog"));
+    c.negotiate(provider, asset_id, &dataset).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// An oauth2 offer on RabbitMQ over WSS: the EDR the consumer's connector receives is exactly the
@@ -814,8 +710,7 @@ async fn oauth2_edrs_for_rabbitmq_over_wss_pass_through_the_real_connectors_one_
     let agreement = negotiate(&ca, consumer, provider, &asset_id).await;
 
     let events = Events::default();
-    let router = axum::Router::new().route("/events", axum::routing::post(receive_event)).with_state(events.clone());
-    let (callback_addr, callback_task) = e2e::tls::serve_https(router, &ca).await.unwrap();
+    let (callback_url, callback_task) = events.serve(&ca).await.unwrap();
     let request = json!({
         "@context": {"@vocab": EDC_NAMESPACE},
         "@type": "TransferRequest",
@@ -824,14 +719,14 @@ async fn oauth2_edrs_for_rabbitmq_over_wss_pass_through_the_real_connectors_one_
         "contractId": agreement,
         "assetId": asset_id,
         "transferType": "Mqtt-PULL",
-        "callbackAddresses": [{"transactional": false, "uri": format!("https://{callback_addr}/events"), "events": ["transfer.process.started"]}],
+        "callbackAddresses": [{"transactional": false, "uri": callback_url, "events": ["transfer.process.started"]}],
     });
     let (status, created) = management(&ca, consumer, Method::POST, "/v3/transferprocesses", Some(request)).await;
     assert_eq!(status, 200, "{created}");
     let edr = poll("the started event with the EDR", WITHIN, || {
         let events = events.clone();
         async move {
-            let all = events.0.lock().unwrap().clone();
+            let all = events.all();
             all.into_iter().find(|e| find(e, "authorization").is_some()).ok_or_else(|| "no event yet".to_owned())
         }
     })
@@ -893,7 +788,7 @@ async fn oauth2_edrs_for_rabbitmq_over_wss_pass_through_the_real_connectors_one_
         "contractId": agreement_b,
         "assetId": asset_id,
         "transferType": "Mqtt-PULL",
-        "callbackAddresses": [{"transactional": false, "uri": format!("https://{callback_addr}/events"), "events": ["transfer.process.started"]}],
+        "callbackAddresses": [{"transactional": false, "uri": callback_url, "events": ["transfer.process.started"]}],
     });
     let (status, created) = management(&ca, consumer_b, Method::POST, "/v3/transferprocesses", Some(request)).await;
     assert_eq!(status, 200, "{created}");
@@ -901,7 +796,7 @@ async fn oauth2_edrs_for_rabbitmq_over_wss_pass_through_the_real_connectors_one_
     let edr_b = poll("consumer B's EDR", WITHIN, || {
         let (events, tp_b) = (events.clone(), tp_b.clone());
         async move {
-            let all = events.0.lock().unwrap().clone();
+            let all = events.all();
             all.into_iter()
                 .find(|e| text_of(find(e, "transferProcessId")).as_deref() == Some(tp_b.as_str()))
                 .ok_or_else(|| "no event yet".to_owned())

@@ -180,7 +180,9 @@ fn assert_demo_passed(run: &Run) {
     );
     assert!(out.contains("\"dsp-mqtt:refreshToken\": \""), "{out}");
     assert!(out.contains("\"dsp-mqtt:password\": \""), "{out}");
-    assert_eq!(out.matches("characters, masked)").count(), 3, "JWT, refresh token and password masked:\n{out}");
+    let masked_in_secrets =
+        out.lines().filter(|l| l.trim_start().starts_with('"') && l.contains("characters, masked)")).count();
+    assert_eq!(masked_in_secrets, 3, "JWT, refresh token and password masked:\n{out}");
     assert!(out.contains("backends: nothing left of the transfers"), "{out}");
     assert!(out.contains("operator stopped (SIGTERM, exit code 0)"), "{out}");
     assert!(out.contains("namespace \"dataspace\" deleted") || out.contains("namespace/dataspace deleted"), "{out}");
@@ -190,6 +192,25 @@ fn assert_demo_passed(run: &Run) {
     assert!(out.contains("Timings: dev stack "), "{out}");
     assert!(out.contains("Demo passed; total wall time "), "{out}");
     assert!(run.left_running.is_empty(), "still running after the demo exited: {:#?}", run.left_running);
+}
+
+/// The second part (real systems only): the consumer's own connector, the operator as the
+/// provider connector's data plane, a live message through the EDR, termination cuts it off.
+fn assert_dataspace_part(out: &str) {
+    for expected in [
+        "data plane mqtt-dsp-operator-demo AVAILABLE for source Mqtt, transfer Mqtt-PULL",
+        "identity: none of the asset's own",
+        "distributions [\"Mqtt-PULL\"]",
+        "consumer: contract negotiation FINALIZED",
+        "made by the data plane for did:web:consumer.example.com",
+        "consumer: reconnecting with the EDR is refused",
+    ] {
+        assert!(out.contains(expected), "{expected:?} missing:\n{out}");
+    }
+    let edr = out.lines().find(|l| l.contains("EDR (from the consumer's")).unwrap_or_default();
+    assert!(edr.contains("characters, masked)") && edr.contains("username dsp-mqtt-transfer-"), "{edr}");
+    let received = out.lines().find(|l| l.contains("consumer: received on factory/line-7/")).unwrap_or_default();
+    assert!(received.contains("\"transfer\":\"dsp-"), "a live message through the EDR: {out}");
 }
 
 /// The versions of the real systems, from their launchers.
@@ -210,6 +231,7 @@ fn the_demo_delivers_a_live_message_through_each_issued_data_address_and_shows_n
     let run = run_demo(&[]);
     assert_demo_passed(&run);
     assert_real_systems(&run.stdout);
+    assert_dataspace_part(&run.stdout);
     if kubectl_installed() {
         assert!(run.stdout.contains("$ kubectl apply -f examples/namespace.yaml"), "{}", run.stdout);
         assert!(run.stdout.contains("$ kubectl wait --for=condition=Ready"), "{}", run.stdout);
@@ -233,6 +255,7 @@ fn with_doubles_and_without_kubectl_the_demo_passes_the_same_way() {
     assert!(out.contains("Keycloak        https://") && out.contains("double, realm dataspace"), "{out}");
     assert!(out.contains("double, Factoryx flavour"), "{out}");
     assert!(!out.contains("(real), realm"), "{out}");
+    assert!(!out.contains("The dataspace:"), "no dataspace part with the doubles: {out}");
     assert!(out.contains("Vault           https://") && !out.contains("OpenBao"), "the Vault double:\n{out}");
     let k8s = format!("kube-apiserver + kube-controller-manager {}", e2e::systems::kubernetes::version());
     assert!(out.contains(&k8s), "Kubernetes is the real control plane in every mode:\n{out}");

@@ -171,8 +171,11 @@ impl Options {
                          (Vault-compatible), real Mosquitto and RabbitMQ. `bash scripts/install-systems.sh` \
                          installs Kubernetes, Keycloak and EDC under target/systems/, `bash \
                          e2e/systems/vault/install.sh` OpenBao.\n\n\
+                         With the real systems a second part shows the dataspace path: a consumer's own EDC \
+                         connector negotiates with a provider connector whose MQTT data plane the operator is, \
+                         and receives its own credentials in the EDR.\n\n\
                          --doubles  the Keycloak, EDC and Vault test doubles instead of the real ones (a faster \
-                         start)"
+                         start; no dataspace part: it needs two real connectors)"
                     );
                     std::process::exit(0);
                 }
@@ -226,7 +229,8 @@ async fn run(options: &Options) -> Result<(), Failure> {
     let manifests = Manifests::load(&options.repo.join("examples"))?;
     let config_example: Value =
         serde_yaml::from_str(&std::fs::read_to_string(options.repo.join("examples/operator-config.yaml"))?)?;
-    STEPS.lock().unwrap_or_else(|e| e.into_inner()).1 = 4 + manifests.transfers().count();
+    let dataspace_steps = usize::from(options.mode == Mode::Real);
+    STEPS.lock().unwrap_or_else(|e| e.into_inner()).1 = 4 + dataspace_steps + manifests.transfers().count();
 
     let mut since = Instant::now();
     step(match options.mode {
@@ -298,6 +302,15 @@ async fn run(options: &Options) -> Result<(), Failure> {
         consume(&client, &stack, transfer).await?;
     }
     since = phase("live messages", since);
+
+    if let Some(dataspace) = &stack.dataspace {
+        step(
+            "The dataspace: a consumer's own connector gets its own credentials, the operator being the provider's data plane",
+        );
+        let namespace = namespaces.first().map(|d| d.name.clone()).ok_or("the examples create no namespace")?;
+        dataspace_path(&kube, &stack, dataspace, &namespace).await?;
+        since = phase("dataspace", since);
+    }
 
     step("Clean up: delete the resources, check the backends, stop everything");
     let mut deletion: Vec<PathBuf> = manifests.transfers().map(|d| d.file.clone()).collect();
@@ -684,12 +697,30 @@ struct Stack {
     mosquitto: Option<Mosquitto>,
     /// One EDC per connector profile.
     edcs: Vec<(String, Connector)>,
+    /// The dataspace part's connectors (real EDCs only).
+    dataspace: Option<Dataspace>,
     identity: Option<Identity>,
     vault: SecretStore,
     kubernetes: ControlPlane,
     /// How long each part took to start (they start in parallel).
     start_times: Vec<(&'static str, Duration)>,
     dir: tempfile::TempDir,
+}
+
+/// The dataspace part's provider connector profile (added to the example configuration).
+const DATASPACE_PROFILE: &str = "dataspace";
+/// The id the operator registers as a data plane under.
+const DATA_PLANE_ID: &str = "mqtt-dsp-operator-demo";
+/// The consumer's participant id in the dataspace part.
+const CONSUMER_ID: &str = "did:web:consumer.example.com";
+
+/// The dataspace part: a provider connector whose MQTT data plane the operator is, and a
+/// consumer's connector (real EDCs; the doubles cannot negotiate).
+struct Dataspace {
+    provider: Edc,
+    consumer: Edc,
+    /// What the provider's control plane presents to the data plane (in the registered URL).
+    token: String,
 }
 
 /// The Vault double's root token.
@@ -752,6 +783,7 @@ impl Stack {
             let ca = ca.clone();
             async move {
                 let t = Instant::now();
+                let mut dataspace = None;
                 let edcs: Vec<(String, Connector)> = match mode {
                     Mode::Real => {
                         // The default profile is the provider's connector.
@@ -759,8 +791,17 @@ impl Stack {
                             .iter()
                             .map(|(p, _)| if p == "default" { "provider".to_owned() } else { p.clone() })
                             .collect();
-                        let options: Vec<EdcOptions> = names.iter().map(|n| EdcOptions::named(n)).collect();
-                        let started = blocking(move || Ok(Edc::start_all(&ca, &options)?)).await?;
+                        let mut options: Vec<EdcOptions> = names.iter().map(|n| EdcOptions::named(n)).collect();
+                        // The dataspace part: a provider connector of its own, and a consumer's.
+                        options.push(EdcOptions::named(DATASPACE_PROFILE));
+                        let mut consumer = EdcOptions::named("consumer");
+                        consumer.participant_id = CONSUMER_ID.into();
+                        options.push(consumer);
+                        let mut started = blocking(move || Ok(Edc::start_all(&ca, &options)?)).await?;
+                        let (consumer, provider) = (started.pop(), started.pop());
+                        let token = format!("{}{}", uuid::Uuid::new_v4().simple(), uuid::Uuid::new_v4().simple());
+                        dataspace =
+                            provider.zip(consumer).map(|(provider, consumer)| Dataspace { provider, consumer, token });
                         connector_profiles
                             .into_iter()
                             .map(|(p, _)| p)
@@ -778,7 +819,7 @@ impl Stack {
                         edcs
                     }
                 };
-                Ok::<_, Failure>((edcs, t.elapsed()))
+                Ok::<_, Failure>((edcs, dataspace, t.elapsed()))
             }
         };
 
@@ -839,13 +880,18 @@ impl Stack {
 
         let (
             (kubernetes, kubernetes_took),
-            (edcs, edcs_took),
+            (edcs, dataspace, edcs_took),
             (identity, identity_took, rabbitmq, rabbitmq_took),
             (mosquitto, mosquitto_took),
             (vault, vault_took),
         ) = tokio::try_join!(kubernetes, connectors, identity_then_rabbitmq, mosquitto, vault)?;
         for (_, edc) in &edcs {
             secret(edc.api_key());
+        }
+        if let Some(d) = &dataspace {
+            for s in [&d.provider.api_key, &d.consumer.api_key, &d.token] {
+                secret(s);
+            }
         }
         let dir = tempfile::Builder::new().prefix("mqtt-dsp-demo-").tempdir()?;
         Ok(Stack {
@@ -854,6 +900,7 @@ impl Stack {
             rabbitmq: Some(rabbitmq),
             mosquitto: Some(mosquitto),
             edcs,
+            dataspace,
             identity: Some(identity),
             vault,
             kubernetes,
@@ -897,6 +944,14 @@ impl Stack {
         ));
         for (profile, edc) in &self.edcs {
             indent(&format!("EDC ({profile})   {}  {} ({})", edc.management_url(), edc.describe(), self.took("EDC")));
+        }
+        if let Some(d) = &self.dataspace {
+            for (role, edc) in [("provider", &d.provider), ("consumer", &d.consumer)] {
+                indent(&format!(
+                    "EDC ({role})  {}  real EDC {}, participant {} (the dataspace part)",
+                    edc.management_url, edc.version, edc.participant_id
+                ));
+            }
         }
         indent(&format!(
             "Keycloak        {}  {} ({})",
@@ -988,6 +1043,29 @@ impl Stack {
             }
             p["caBundle"] = ca.clone();
         }
+        if let Some(d) = &self.dataspace {
+            // The dataspace part: a connector profile like the default one for the provider's
+            // connector, and the operator as its data plane (TLS with a certificate of the CA).
+            let mut profile = config["connectors"]["default"].clone();
+            profile["managementUrl"] = json!(d.provider.management_url);
+            profile["apiKey"] = file("edc-api-key-dataspace", &d.provider.api_key)?;
+            profile["caBundle"] = ca.clone();
+            config["connectors"][DATASPACE_PROFILE] = profile;
+            let port = e2e::brokers::free_port();
+            let cert = self.ca.server_cert(&["127.0.0.1", "localhost"]);
+            config["dataPlane"] = json!({
+                "listen": format!("127.0.0.1:{port}"),
+                "publicUrl": format!("https://127.0.0.1:{port}"),
+                "tls": {"certificate": file("dataplane.crt", &cert.cert_pem)?, "key": file("dataplane.key", &cert.key_pem)?},
+                "token": file("dataplane-token", &d.token)?,
+                "registrations": {DATASPACE_PROFILE: {
+                    "controlUrl": d.provider.control_url,
+                    "dataPlaneId": DATA_PLANE_ID,
+                    "caBundle": ca.clone(),
+                    "checkPeriodSeconds": 5,
+                }},
+            });
+        }
         // The refresh endpoint on a loopback port of its own, with a certificate of the stack's CA.
         let (config, _) = e2e::fixtures::localize_refresh(&serde_yaml::to_string(&config)?, self.dir.path(), &self.ca);
         Ok(serde_yaml::from_str(&config)?)
@@ -1014,12 +1092,15 @@ impl Stack {
     /// Stops every part, in parallel (each waits for its processes to end: the JVMs and
     /// RabbitMQ take seconds), and says what was stopped and how long each took.
     fn stop(self) -> String {
-        let Stack { mode, rabbitmq, mosquitto, edcs, identity, vault, kubernetes, .. } = self;
+        let Stack { mode, rabbitmq, mosquitto, edcs, dataspace, identity, vault, kubernetes, .. } = self;
         let stopped: Vec<(&'static str, Duration)> = std::thread::scope(|scope| {
             let handles = [
                 ("RabbitMQ", scope.spawn(move || timed_drop(rabbitmq))),
                 ("Mosquitto", scope.spawn(move || timed_drop(mosquitto))),
-                (if mode == Mode::Real { "EDC" } else { "EDC double" }, scope.spawn(move || timed_drop(edcs))),
+                (
+                    if mode == Mode::Real { "EDC" } else { "EDC double" },
+                    scope.spawn(move || timed_drop((edcs, dataspace))),
+                ),
                 (
                     if mode == Mode::Real { "Keycloak" } else { "Keycloak double" },
                     scope.spawn(move || timed_drop(identity)),
@@ -1491,22 +1572,198 @@ async fn consume(client: &kube::Client, stack: &Stack, transfer: &Doc) -> Result
         from.options.username,
         if address.get("dsp-mqtt:authorization").is_some() { "JWT" } else { "password" }
     ));
+    live_message(stack, &from.options, &filter, &transfer.name).await?;
+    let text = |key: &str| address.get(key).and_then(Value::as_str);
+    if let (Some(endpoint), Some(refresh_token)) = (text("dsp-mqtt:refreshEndpoint"), text("dsp-mqtt:refreshToken")) {
+        refresh_and_reconnect(stack, &from, &filter, endpoint, refresh_token).await?;
+    }
+    Ok(())
+}
+
+/// The dataspace path (issue 15): the consumer never sees the operator. Its own connector finds
+/// the offer in the provider's catalog, negotiates, and starts a `Mqtt-PULL` transfer; the
+/// provider's control plane signals the operator (its registered data plane), which makes an
+/// MqttTransfer with credentials of the consumer's own; the EDR reaches the consumer's connector
+/// over DSP. Terminating through the consumer's connector cuts the live session off.
+async fn dataspace_path(kube: &Kube, stack: &Stack, d: &Dataspace, namespace: &str) -> Result<(), Failure> {
+    use e2e::dataspace::{ConsumerConnector, End, Events, as_list, find, text_of};
+    use mqtt_dsp_operator::api::{MqttAsset, MqttTransfer, TransferPhase};
+    use mqtt_dsp_operator::dataplane::flows;
+
+    indent(&format!(
+        "operator config: connectors.{DATASPACE_PROFILE} (the provider's connector) and dataPlane.registrations.{DATASPACE_PROFILE}"
+    ));
+    let http = stack.http()?;
+    let registration = format!("{}/v1/dataplanes/{DATA_PLANE_ID}", d.provider.control_url);
+    e2e::dataspace::poll("the operator AVAILABLE as the provider's data plane", Duration::from_secs(90), || {
+        let (http, url) = (http.clone(), registration.clone());
+        async move {
+            let found: Value =
+                http.get(&url).send().await.map_err(|e| e.to_string())?.json().await.map_err(|e| e.to_string())?;
+            match text_of(find(&found, "state")) {
+                Some(state) if state == "AVAILABLE" => Ok(()),
+                other => Err(format!("{other:?}")),
+            }
+        }
+    })
+    .await?;
+    indent(&format!(
+        "provider's control plane: data plane {DATA_PLANE_ID} AVAILABLE for source Mqtt, transfer Mqtt-PULL \
+         (the operator registered itself; the URL carries its token)"
+    ));
+
+    // The provider's offer: no identity of its own in this mode.
+    let name = "line-7";
+    let filter = "factory/line-7/#";
+    let manifest = format!(
+        "apiVersion: dsp-mqtt.io/v1alpha1\nkind: MqttAsset\nmetadata:\n  name: {name}\n  namespace: {namespace}\n\
+         spec:\n  connector: {DATASPACE_PROFILE}\n  broker: mosquitto\n  endpoint: {{type: mqtt-tls}}\n  topics: [\"{filter}\"]\n\
+         \x20 auth: {{mode: usrpw}}\n  properties: {{name: Line 7 telemetry}}\n\
+         \x20 policy: {{access: {{participantIds: [\"{CONSUMER_ID}\"]}}}}\n\
+         \x20 # The connector keeps an asset its agreements reference: the offer stays when the resource goes.\n\
+         \x20 deletionPolicy: Retain\n"
+    );
+    let file = stack.dir.path().join("dataspace-asset.yaml");
+    std::fs::write(&file, &manifest)?;
+    kube.apply(std::slice::from_ref(&file), false).await?;
+    let assets: Api<MqttAsset> = Api::namespaced(kube.client.clone(), namespace);
+    let asset = e2e::dataspace::poll("the asset Ready", READY_TIMEOUT, || {
+        let assets = assets.clone();
+        async move {
+            let a = assets.get(name).await.map_err(|e| e.to_string())?;
+            let status = a.status.clone().unwrap_or_default();
+            let ready = status.conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True");
+            if ready && status.observed_generation == a.metadata.generation {
+                Ok(a)
+            } else {
+                Err(format!("{:?}", status.conditions))
+            }
+        }
+    })
+    .await?;
+    let status = asset.status.unwrap_or_default();
+    let asset_id = status.connector.and_then(|c| c.asset_id).ok_or("the asset's status has no asset id")?;
+    let identity = status.conditions.iter().find(|c| c.type_ == "IdentityReady").map(|c| c.message.clone());
+    indent(&format!("mqttasset/{name} Ready: offered as {asset_id}; identity: {}", identity.unwrap_or_default()));
+
+    // The consumer, through its own connector only.
+    let consumer = ConsumerConnector { edc: &d.consumer, ca: &stack.ca };
+    let dataset = consumer
+        .dataset(&d.provider, &asset_id)
+        .await?
+        .ok_or_else(|| format!("{asset_id} is not in the consumer's catalog"))?;
+    let formats: Vec<String> =
+        as_list(find(&dataset, "distribution")).iter().filter_map(|x| text_of(find(x, "format"))).collect();
+    if !formats.iter().any(|f| f == "Mqtt-PULL") {
+        return Err(format!("no Mqtt-PULL distribution for {asset_id}: {formats:?}").into());
+    }
+    indent(&format!("consumer: catalog request over DSP: dataset {asset_id}, distributions {formats:?}"));
+    let agreement = consumer.negotiate(&d.provider, &asset_id, &dataset).await?;
+    indent(&format!("consumer: contract negotiation FINALIZED, agreement {agreement}"));
+    let events = Events::default();
+    let (callback, callback_task) = events.serve(&stack.ca).await?;
+    let started = Instant::now();
+    let process = consumer.request_transfer(&d.provider, &agreement, &asset_id, &callback).await?;
+    consumer.wait_state(&process, "STARTED", e2e::dataspace::WITHIN).await?;
+    let event = events.wait_for_key("password", Duration::from_secs(30)).await?;
+    indent(&format!(
+        "consumer: transfer {process} (Mqtt-PULL) STARTED, EDR received {} after the request",
+        secs(started.elapsed())
+    ));
+    let value = |key: &str| text_of(find(&event, key)).ok_or_else(|| format!("no {key} in the EDR"));
+    let (base_url, username, password) = (value("baseUrl")?, value("username")?, value("password")?);
+    secret(&password);
+    indent(&format!(
+        "EDR (from the consumer's transfer.process.started event): baseUrl {base_url}, username {username}, \
+         password {}, topic {}",
+        mask(&password),
+        value("topic").unwrap_or_default()
+    ));
+
+    let transfers: Api<MqttTransfer> = Api::namespaced(kube.client.clone(), namespace);
+    let made = transfers
+        .list(&kube::api::ListParams::default().labels(&format!("{}=signaling", flows::MANAGED_LABEL)))
+        .await?;
+    let mqt = made.items.first().ok_or("the data plane made no MqttTransfer")?;
+    let mqt_name = mqt.metadata.name.clone().unwrap_or_default();
+    indent(&format!(
+        "provider: mqtttransfer/{mqt_name} made by the data plane for {} (process {}), its own broker user {username}",
+        mqt.spec.consumer.participant_id,
+        mqt.spec.transfer_process_id.clone().unwrap_or_default()
+    ));
+
+    let options = consumer_options(base_url, &stack.ca.cert_pem(), &username, &password);
+    let mut client = live_message(stack, &options, filter, &mqt_name).await?;
+
+    consumer.end(&process, End::Terminate, "the demo is over").await?;
+    let ended = Instant::now();
+    let closed =
+        client.wait_disconnected(Duration::from_secs(10)).await.ok_or("the session was not closed within 10 s")?;
+    indent(&format!(
+        "consumer: terminated the transfer through its connector; its live MQTT session closed {} later",
+        secs(ended.elapsed().min(closed))
+    ));
+    e2e::dataspace::poll("the MqttTransfer Terminated", READY_TIMEOUT, || {
+        let (transfers, mqt_name) = (transfers.clone(), mqt_name.clone());
+        async move {
+            let t = transfers.get(&mqt_name).await.map_err(|e| e.to_string())?;
+            let phase = t.status.and_then(|s| s.phase);
+            if phase == Some(TransferPhase::Terminated) { Ok(()) } else { Err(format!("{phase:?}")) }
+        }
+    })
+    .await?;
+    match Consumer::connect(&options).await {
+        Err(e2e::consumer::ConnectError::Refused(_)) => indent("consumer: reconnecting with the EDR is refused"),
+        Err(e) => return Err(format!("reconnecting failed otherwise than refused: {e:?}").into()),
+        Ok(_) => return Err("the terminated transfer's credentials still connect".into()),
+    }
+    callback_task.abort();
+
+    // The resources go; the connector keeps the offer (Retain) its agreement references.
+    transfers.delete(&mqt_name, &DeleteParams::default()).await?;
+    assets.delete(name, &DeleteParams::default()).await?;
+    e2e::dataspace::poll("the dataspace resources gone", READY_TIMEOUT, || {
+        let (transfers, assets, mqt_name) = (transfers.clone(), assets.clone(), mqt_name.clone());
+        async move {
+            let left = (
+                transfers.get_opt(&mqt_name).await.map_err(|e| e.to_string())?,
+                assets.get_opt(name).await.map_err(|e| e.to_string())?,
+            );
+            if left.0.is_none() && left.1.is_none() { Ok(()) } else { Err("still there".into()) }
+        }
+    })
+    .await?;
+    indent(&format!(
+        "mqtttransfer/{mqt_name} and mqttasset/{name} deleted; the provider's connector keeps {asset_id} (deletionPolicy Retain)"
+    ));
+    Ok(())
+}
+
+/// The consumer connects with `options` and subscribes to `filter`; the provider publishes one
+/// message on a topic inside it; the consumer must receive exactly that. Returns the consumer,
+/// still connected.
+async fn live_message(
+    stack: &Stack,
+    options: &e2e::consumer::ConsumerOptions,
+    filter: &str,
+    label: &str,
+) -> Result<Consumer, Failure> {
     let mut consumer =
-        Consumer::connect(&from.options).await.map_err(|e| format!("the consumer could not connect: {e:?}"))?;
-    if !consumer.subscribe(&filter).await {
+        Consumer::connect(options).await.map_err(|e| format!("the consumer could not connect: {e:?}"))?;
+    if !consumer.subscribe(filter).await {
         return Err(format!("the broker refused the subscription to {filter}").into());
     }
     indent(&format!("consumer: subscribed to {filter}"));
 
-    let topic = topic_in(&filter);
+    let topic = topic_in(filter);
     let payload = json!({
-        "transfer": transfer.name,
+        "transfer": label,
         "value": 21.5,
         "unit": "Cel",
         "at": chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     })
     .to_string();
-    let publisher_options = stack.publisher_for(&from.options.url)?;
+    let publisher_options = stack.publisher_for(&options.url)?;
     let publisher = Consumer::connect(&publisher_options)
         .await
         .map_err(|e| format!("the provider's publisher could not connect: {e:?}"))?;
@@ -1523,11 +1780,7 @@ async fn consume(client: &kube::Client, stack: &Stack, transfer: &Doc) -> Result
     if text != payload {
         return Err("the consumer received something other than what the provider sent".into());
     }
-    let text = |key: &str| address.get(key).and_then(Value::as_str);
-    if let (Some(endpoint), Some(refresh_token)) = (text("dsp-mqtt:refreshEndpoint"), text("dsp-mqtt:refreshToken")) {
-        refresh_and_reconnect(stack, &from, &filter, endpoint, refresh_token).await?;
-    }
-    Ok(())
+    Ok(consumer)
 }
 
 /// ADR 012's refresh: only the refresh token to the DataAddress' `refreshEndpoint`, a new JWT

@@ -17,10 +17,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use futures::StreamExt;
-use kube::api::{Api, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::Api;
+use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::runtime::watcher;
 use kube::{Resource, ResourceExt};
 use tracing::{Instrument, debug, warn};
 
@@ -47,7 +46,8 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         Some(ns) => Api::namespaced(ctx.client.clone(), ns),
         None => Api::all(ctx.client.clone()),
     };
-    let controller = Controller::new(api, watcher::Config::default()).with_config(ctx.controller_config());
+    let controller =
+        super::controller_of(api, &ctx, |a: &MqttAsset| serde_json::to_value(&a.status).unwrap_or_default());
     ctx.watch_cache("MqttAsset", controller.store(), |a: &MqttAsset| a.status.as_ref().map(|s| &s.conditions));
     controller
         .graceful_shutdown_on(shutdown)
@@ -405,9 +405,7 @@ async fn write_status(asset: &MqttAsset, api: &Api<MqttAsset>, ctx: &Context, wa
     let Walk { mut status, tracker } = walk;
     let changes = tracker.finish(&mut status.conditions);
     if asset.status.as_ref() != Some(&status) {
-        let mut updated = asset.clone();
-        updated.status = Some(status);
-        api.replace_status(&asset.name_any(), &PostParams::default(), &updated).await.map_err(Error::Kube)?;
+        super::patch_status(ctx, api, &asset.metadata, asset.status.as_ref(), &status).await?;
     }
     publish_changes(ctx, &asset.object_ref(&()), changes).await;
     Ok(())

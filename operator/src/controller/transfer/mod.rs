@@ -26,11 +26,11 @@ use std::time::Duration;
 use futures::StreamExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{Api, PostParams};
-use kube::runtime::controller::{Action, Controller};
+use kube::api::Api;
+use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use tracing::{Instrument, debug, warn};
 
@@ -60,12 +60,19 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         Some(ns) => (Api::namespaced(ctx.client.clone(), ns), Api::namespaced(ctx.client.clone(), ns)),
         None => (Api::all(ctx.client.clone()), Api::all(ctx.client.clone())),
     };
-    let controller = Controller::new(transfers, watcher::Config::default()).with_config(ctx.controller_config());
+    let controller =
+        super::controller_of(transfers, &ctx, |t: &MqttTransfer| serde_json::to_value(&t.status).unwrap_or_default());
     let store = controller.store();
     ctx.watch_cache("MqttTransfer", store.clone(), |t: &MqttTransfer| t.status.as_ref().map(|s| &s.conditions));
+    // The assets, cached: a transfer reads its asset from here (no request per reconcile). The
+    // cache is updated before the event that triggers the transfers reaches them.
+    let (asset_store, asset_writer) = reflector::store();
+    let _ = ctx.assets.set(asset_store);
+    let asset_events =
+        watcher(assets, watcher::Config::default()).default_backoff().reflect(asset_writer).touched_objects();
     controller
         // An asset that appears, changes or goes concerns the transfers that name it.
-        .watches(assets, watcher::Config::default(), move |asset: MqttAsset| {
+        .watches_stream(asset_events, move |asset: MqttAsset| {
             let (ns, name) = (asset.namespace(), asset.name_any());
             store
                 .state()
@@ -83,6 +90,26 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
             }
         })
         .await;
+}
+
+/// The transfer's asset, unless it is gone: from the asset cache (once it has synced: an
+/// unsynced cache would make every asset look deleted), else from the API server.
+async fn asset_of(t: &MqttTransfer, ctx: &Context) -> Result<Option<MqttAsset>, Error> {
+    let namespace = t.namespace().unwrap_or_default();
+    let Some(store) = ctx.assets.get() else {
+        let assets: Api<MqttAsset> = Api::namespaced(ctx.client.clone(), &namespace);
+        return assets.get_opt(&t.spec.asset_ref.name).await.map_err(Error::Kube);
+    };
+    // Polled: kube-runtime's readiness signal wakes only the latest of several waiters, and a
+    // restart has every transfer waiting at once (once ready, the answer is immediate).
+    loop {
+        match tokio::time::timeout(Duration::from_millis(50), store.wait_until_ready()).await {
+            Ok(Ok(())) => break,
+            Ok(Err(_)) => return Err(Error::Finalizer("the asset cache stopped".into())),
+            Err(_) => {}
+        }
+    }
+    Ok(store.get(&ObjectRef::new(&t.spec.asset_ref.name).within(&namespace)).map(|a| (*a).clone()))
 }
 
 fn key(t: &MqttTransfer) -> String {
@@ -154,9 +181,7 @@ async fn apply(t: &MqttTransfer, api: &Api<MqttTransfer>, ctx: &Context) -> Resu
     if t.status.as_ref().and_then(|s| s.phase) == Some(TransferPhase::Expired) {
         (access, cause) = (Access::Revoked, Cause::Expired);
     }
-    let assets: Api<MqttAsset> = Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
-    let asset = assets.get_opt(&t.spec.asset_ref.name).await.map_err(Error::Kube)?;
-    let asset = asset.filter(|a| a.metadata.deletion_timestamp.is_none());
+    let asset = asset_of(t, ctx).await?.filter(|a| a.metadata.deletion_timestamp.is_none());
     // A pause never extends access: suspension, termination, expiry and the asset's loss are
     // enforced regardless; only granting (and renewing) waits.
     if walk.tracker.paused(is_paused(&t.metadata) && access == Access::Granted && asset.is_some()) {
@@ -423,9 +448,7 @@ async fn write_status(t: &MqttTransfer, api: &Api<MqttTransfer>, ctx: &Context, 
     let Walk { mut status, tracker } = walk;
     let changes = tracker.finish(&mut status.conditions);
     if t.status.as_ref() != Some(&status) {
-        let mut updated = t.clone();
-        updated.status = Some(status);
-        api.replace_status(&t.name_any(), &PostParams::default(), &updated).await.map_err(Error::Kube)?;
+        super::patch_status(ctx, api, &t.metadata, t.status.as_ref(), &status).await?;
     }
     publish_changes(ctx, &t.object_ref(&()), changes).await;
     Ok(())

@@ -2,9 +2,9 @@
 //! credentials), revocation (every object of the transfer removed, and its Secret), and deletion
 //! (revocation under the cleanup-attempt budget, then the finalizer goes).
 
+use kube::Resource;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
 
 use super::{Refs, StepResult, Walk, at, converge, key, planned, refs, secret, sessions, write_status};
 use crate::api::{AuthMode, MqttAsset, MqttTransfer, SecretReference, TransferPhase};
@@ -128,8 +128,7 @@ pub(super) async fn revoke(t: &MqttTransfer, asset: Option<&MqttAsset>, ctx: &Co
 /// Deletion: the converge step with nothing wanted (refusals within the cleanup-attempt
 /// budget), then the Secret, then the finalizer goes.
 pub(super) async fn cleanup(t: &MqttTransfer, api: &Api<MqttTransfer>, ctx: &Context) -> Result<Action, Error> {
-    let assets: Api<MqttAsset> = Api::namespaced(ctx.client.clone(), &t.namespace().unwrap_or_default());
-    let asset = assets.get_opt(&t.spec.asset_ref.name).await.map_err(Error::Kube)?;
+    let asset = super::asset_of(t, ctx).await?;
     let owner = transfer_plan::owner(t, &ctx.config);
     let deletion = ctx.delete(&key(t), &owner, everything(t, asset.as_ref(), ctx), false).await;
     let action = conclude_deletion(ctx, &t.object_ref(&()), &key(t), deletion, |reason, message| {
