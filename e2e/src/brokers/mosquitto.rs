@@ -124,6 +124,48 @@ impl Mosquitto {
         Ok(Self { mqtts_port, wss_port, ca_pem: ca.cert_pem(), dir, child, _tmp: tmp })
     }
 
+    /// Kills the broker with SIGKILL (no chance to save anything) and starts it again on the same
+    /// ports from what it had persisted: the dynamic-security state file. Returns how long it was
+    /// gone (until its listeners accepted connections again).
+    pub fn kill_and_restart(&mut self) -> Result<Duration, LaunchError> {
+        let started = std::time::Instant::now();
+        if let Some(pid) = self.broker_pid() {
+            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+        // The watchdog notices its child is gone within a second and exits.
+        stop_watched(&mut self.child);
+        let conf = self.dir.join("mosquitto.conf");
+        let restarts = std::fs::read_dir(&self.dir)?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("mosquitto.log"))
+            .count();
+        let log = self.dir.join(format!("mosquitto.log.{restarts}"));
+        for _ in 0..50 {
+            let mut child = spawn_watched("/usr/sbin/mosquitto", &["-c", &conf.to_string_lossy()], &[], &log, "")?;
+            if wait_for_port(self.mqtts_port, Duration::from_secs(2)) && wait_for_port(self.wss_port, Duration::from_secs(2))
+            {
+                self.child = child;
+                return Ok(started.elapsed());
+            }
+            // The old sockets may still be held for a moment: try again.
+            stop_watched(&mut child);
+        }
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        Err(LaunchError::Failed(format!("Mosquitto did not come back on its ports; log:\n{log}")))
+    }
+
+    /// The PID of the broker process itself (not of its watchdog): the one whose command line
+    /// names this broker's configuration.
+    pub fn broker_pid(&self) -> Option<u32> {
+        let conf = self.dir.join("mosquitto.conf").to_string_lossy().into_owned();
+        std::fs::read_dir("/proc").ok()?.filter_map(Result::ok).find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            (cmdline.starts_with("/usr/sbin/mosquitto\0") && cmdline.contains(&conf)).then_some(pid)
+        })
+    }
+
     /// The dynamic-security state as the plugin saved it (it saves after every change).
     pub fn dynsec_state(&self) -> serde_json::Value {
         // Mosquitto rewrites the file in place: a read can catch it half written.
