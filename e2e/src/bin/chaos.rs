@@ -322,18 +322,38 @@ enum Double {
 enum Fault {
     KillOperator,
     /// The next `count` writes applied, then answered `status`.
-    FailAfterApply { double: Double, count: u32, status: u16 },
+    FailAfterApply {
+        double: Double,
+        count: u32,
+        status: u16,
+    },
     /// The next `count` writes applied, then their answer cut off.
-    DropAfterApply { double: Double, count: u32 },
+    DropAfterApply {
+        double: Double,
+        count: u32,
+    },
     /// The next `count` requests answered `status` without reaching the handler.
-    FailBefore { double: Double, count: u32, status: u16 },
-    Latency { double: Double, millis: u64, seconds: u64 },
-    Stall { double: Double, seconds: u64 },
+    FailBefore {
+        double: Double,
+        count: u32,
+        status: u16,
+    },
+    Latency {
+        double: Double,
+        millis: u64,
+        seconds: u64,
+    },
+    Stall {
+        double: Double,
+        seconds: u64,
+    },
     RestartMosquitto,
     /// A Started transfer's Vault key deleted behind the operator's back (picked at run time).
     DeleteVaultKey,
     ResetWatches,
-    RefuseApiServer { seconds: u64 },
+    RefuseApiServer {
+        seconds: u64,
+    },
 }
 
 impl Fault {
@@ -355,7 +375,9 @@ impl Fault {
             Fault::DropAfterApply { double, count } => {
                 format!("{double:?}: next {count} writes applied, then the answer cut off")
             }
-            Fault::FailBefore { double, count, status } => format!("{double:?}: next {count} requests answered {status}"),
+            Fault::FailBefore { double, count, status } => {
+                format!("{double:?}: next {count} requests answered {status}")
+            }
             Fault::Latency { double, millis, seconds } => format!("{double:?}: +{millis} ms latency for {seconds} s"),
             Fault::Stall { double, seconds } => format!("{double:?}: stalled for {seconds} s"),
             Fault::RestartMosquitto => "SIGKILL Mosquitto, restart from its persisted state".into(),
@@ -447,7 +469,8 @@ fn owner_in_properties(properties: &serde_json::Map<String, Value>) -> Option<St
 fn inventory(stack: &Stack) -> Vec<Object> {
     let mut objects = Vec::new();
     let state = stack.mosquitto.lock().unwrap().dynsec_state();
-    for (list, key, kind) in [("clients", "username", "client"), ("roles", "rolename", "role"), ("groups", "groupname", "group")]
+    for (list, key, kind) in
+        [("clients", "username", "client"), ("roles", "rolename", "role"), ("groups", "groupname", "group")]
     {
         for item in state[list].as_array().into_iter().flatten() {
             let name = item[key].as_str().unwrap_or("?").to_owned();
@@ -491,7 +514,9 @@ fn duplicates(objects: &[Object]) -> Vec<String> {
     groups
         .into_iter()
         .filter(|((_, kind, _), names)| names.len() > if *kind == "policy" { 2 } else { 1 })
-        .map(|((system, kind, owner), names)| format!("{system}: {} {kind}s of {owner}: {}", names.len(), names.join(", ")))
+        .map(|((system, kind, owner), names)| {
+            format!("{system}: {} {kind}s of {owner}: {}", names.len(), names.join(", "))
+        })
         .collect()
 }
 
@@ -656,7 +681,12 @@ async fn run(options: Options) -> Result<bool, Failure> {
             break;
         }
         if Instant::now() > deadline {
-            return Err(format!("only {ready} of {} MqttAssets Ready within 60 s; see {}", options.assets, log.display()).into());
+            return Err(format!(
+                "only {ready} of {} MqttAssets Ready within 60 s; see {}",
+                options.assets,
+                log.display()
+            )
+            .into());
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -720,7 +750,10 @@ async fn run(options: Options) -> Result<bool, Failure> {
         counters.crashes.fetch_add(1, Ordering::Relaxed);
         operator.lock().unwrap().start()?;
     }
-    let last_fault = last_fault_end.max(Instant::now());
+    // Measured from the last fault (its end, for a lasting one); the churn goes on until the end
+    // of the run, which is reported too.
+    let last_fault = last_fault_end;
+    let churn_ended = started + options.duration;
 
     progress("waiting for convergence");
     let converge_limit = Duration::from_secs(300);
@@ -736,7 +769,11 @@ async fn run(options: Options) -> Result<bool, Failure> {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     match converged_after {
-        Some(t) => progress(&format!("converged {:.1} s after the last fault", t.as_secs_f64())),
+        Some(t) => progress(&format!(
+            "converged {:.1} s after the last fault, {:.1} s after the last churn",
+            t.as_secs_f64(),
+            t.saturating_sub(churn_ended.saturating_duration_since(last_fault)).as_secs_f64()
+        )),
         None => progress(&format!("NOT converged after {} s: {} problems", converge_limit.as_secs(), remaining.len())),
     }
     let world_end = world_snapshot(&world);
@@ -747,20 +784,10 @@ async fn run(options: Options) -> Result<bool, Failure> {
     progress("trying every Started transfer's Secret on the broker");
     let (secret_ok, secret_failed, suspended_with_credentials, secrets_seen) = try_secrets(&stack, &world_end).await?;
 
-    // A watch resumed from a resourceVersion the API server no longer has is answered 410 Gone:
-    // as the HTTP status, or (more often) as an ERROR event inside the stream, which the audit
-    // log does not show; the second count is the operator's log lines that mention it.
-    let kube_410 = stack
-        .plane
-        .requests(Some(OPERATOR_USER))
-        .iter()
-        .filter(|r| r.status == 410 && r.query.as_deref().is_some_and(|q| q.contains("watch")))
-        .count()
-        + std::fs::read_to_string(&log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains("410") || l.contains("too old resource version"))
-            .count();
+    // A watch resumed from a resourceVersion the API server no longer has is answered 410 Gone.
+    // Only an HTTP 410 shows in the audit log; one sent as an ERROR event inside a watch stream
+    // does not (kube's watcher relists without logging it above debug).
+    let kube_410 = stack.plane.requests(Some(OPERATOR_USER)).iter().filter(|r| r.status == 410).count();
 
     progress("deleting everything");
     let deleted_at = Instant::now();
@@ -803,7 +830,8 @@ async fn run(options: Options) -> Result<bool, Failure> {
         }
     }
     all_secrets.extend(
-        [VAULT_TOKEN, KEYCLOAK_OPERATOR_SECRET, e2e::brokers::mosquitto::ADMIN_PASSWORD, edc::API_KEY].map(String::from),
+        [VAULT_TOKEN, KEYCLOAK_OPERATOR_SECRET, e2e::brokers::mosquitto::ADMIN_PASSWORD, edc::API_KEY]
+            .map(String::from),
     );
     std::fs::write(&secrets_file, all_secrets.iter().map(|s| format!("{s}\n")).collect::<String>())?;
     let leak_check = Command::new(e2e::repo_dir().join("e2e/check-log-secrets.sh")).arg(&log).output()?;
@@ -819,6 +847,7 @@ async fn run(options: Options) -> Result<bool, Failure> {
         counters: &counters,
         starts: operator.starts,
         converged_after,
+        churn_after_fault: churn_ended.saturating_duration_since(last_fault),
         remaining: &remaining,
         world: &world_end,
         orphans_converged: &orphans_converged,
@@ -902,7 +931,8 @@ async fn apply(
         }
         Fault::RestartMosquitto => {
             let stack = stack.clone();
-            let gone = tokio::task::spawn_blocking(move || stack.mosquitto.lock().unwrap().kill_and_restart()).await??;
+            let gone =
+                tokio::task::spawn_blocking(move || stack.mosquitto.lock().unwrap().kill_and_restart()).await??;
             detail = format!(" (back after {:.2} s)", gone.as_secs_f64());
             counters.mosquitto_restarts.fetch_add(1, Ordering::Relaxed);
         }
@@ -952,8 +982,12 @@ async fn churn(
         let action = rng.random_range(0..100);
         let (pick, asset_count) = {
             let w = world.lock().unwrap();
-            let alive: Vec<(String, Intended)> =
-                w.transfers.iter().filter(|(_, (_, i))| *i != Intended::Deleted).map(|(n, (_, i))| (n.clone(), *i)).collect();
+            let alive: Vec<(String, Intended)> = w
+                .transfers
+                .iter()
+                .filter(|(_, (_, i))| *i != Intended::Deleted)
+                .map(|(n, (_, i))| (n.clone(), *i))
+                .collect();
             let pick = (!alive.is_empty()).then(|| alive[rng.random_range(0..alive.len())].clone());
             (pick, w.asset_generations.len())
         };
@@ -963,7 +997,8 @@ async fn churn(
             async move {
                 // The API server has it before the operator can see it: recorded first, undone
                 // when the request fails.
-                let before = world.lock().unwrap().transfers.get_mut(&name).map(|t| std::mem::replace(&mut t.1, intended));
+                let before =
+                    world.lock().unwrap().transfers.get_mut(&name).map(|t| std::mem::replace(&mut t.1, intended));
                 if let Err(e) = transfers.patch(&name, &params, &patch).await {
                     progress(&format!("churn: {name} → {state}: {e}"));
                     if let (Some(before), Some(t)) = (before, world.lock().unwrap().transfers.get_mut(&name)) {
@@ -1015,7 +1050,8 @@ async fn churn(
                     w.asset_generations[i] += 1;
                     w.asset_generations[i]
                 };
-                let name = json!({"spec": {"properties": {"name": format!("Line {i} telemetry, revision {generation}")}}});
+                let name =
+                    json!({"spec": {"properties": {"name": format!("Line {i} telemetry, revision {generation}")}}});
                 if let Err(e) = assets.patch(&asset_name(i), &params, &Patch::Merge(name)).await {
                     progress(&format!("churn: change asset {i}: {e}"));
                 }
@@ -1102,6 +1138,8 @@ struct Results<'a> {
     counters: &'a Counters,
     starts: u32,
     converged_after: Option<Duration>,
+    /// Time from the last fault to the end of the churn.
+    churn_after_fault: Duration,
     remaining: &'a [String],
     world: &'a World,
     orphans_converged: &'a [Object],
@@ -1167,10 +1205,7 @@ impl Results<'_> {
             chrono::Utc::now().format("%Y-%m-%d %H:%M UTC")
         ));
         out.push_str("| measure | value | target | |\n|---|---:|---:|---|\n");
-        out.push_str(&format!(
-            "| operator SIGKILLs (restarted at once) | {kills} | ≥ 20 | {} |\n",
-            verdict(checks[0])
-        ));
+        out.push_str(&format!("| operator SIGKILLs (restarted at once) | {kills} | ≥ 20 | {} |\n", verdict(checks[0])));
         out.push_str(&format!(
             "| transfers in their intended state at convergence | {in_state} of {alive} ({} Started, {} Suspended, {} Terminated; {} deleted) | all | {} |\n",
             started,
@@ -1197,7 +1232,8 @@ impl Results<'_> {
             verdict(self.orphans_converged.is_empty())
         ));
         out.push_str(&format!(
-            "| time to converge after the last fault | {} | ≤ 30 s | {} |\n",
+            "| time to converge after the last fault (the churn went on {:.1} s longer) | {} | ≤ 30 s | {} |\n",
+            self.churn_after_fault.as_secs_f64(),
             self.converged_after.map_or("not within 300 s".into(), |t| format!("{:.1} s", t.as_secs_f64())),
             verdict(converge_ok)
         ));
@@ -1250,7 +1286,7 @@ impl Results<'_> {
         out.push_str(&format!(
             "\nFaults: {kills} operator SIGKILLs ({} operator starts in all, {} exits on its own), {} Mosquitto SIGKILL + restarts, \
              {} Vault keys deleted behind the operator's back, {} resets of every API-server connection and {} periods of refused connections \
-             ({} connections reset in all; 410 Gone answers to the operator's watches, HTTP status or in its log: {}), {} writes whose answer was lost \
+             ({} connections reset in all; HTTP 410 Gone answers to the operator in the audit log: {}), {} writes whose answer was lost \
              (applied, then 5xx or cut off; scheduled), {} requests failed before the handler, {} latency or stall periods. \
              Churn: {}. Resync period {} s. Whole run {:.0} s.\n",
             self.starts,

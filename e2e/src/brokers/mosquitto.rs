@@ -142,7 +142,8 @@ impl Mosquitto {
         let log = self.dir.join(format!("mosquitto.log.{restarts}"));
         for _ in 0..50 {
             let mut child = spawn_watched("/usr/sbin/mosquitto", &["-c", &conf.to_string_lossy()], &[], &log, "")?;
-            if wait_for_port(self.mqtts_port, Duration::from_secs(2)) && wait_for_port(self.wss_port, Duration::from_secs(2))
+            if wait_for_port(self.mqtts_port, Duration::from_secs(2))
+                && wait_for_port(self.wss_port, Duration::from_secs(2))
             {
                 self.child = child;
                 return Ok(started.elapsed());

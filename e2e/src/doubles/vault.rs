@@ -234,11 +234,7 @@ impl VaultDouble {
     /// Every live key's data, to list the secrets a run handled (for the log check).
     pub fn live_data(&self) -> Vec<(String, Value)> {
         let state = self.state.lock().unwrap();
-        state
-            .keys
-            .iter()
-            .filter_map(|(k, e)| e.live(e.current_version).map(|v| (k.clone(), v.data.clone())))
-            .collect()
+        state.keys.iter().filter_map(|(k, e)| e.live(e.current_version).map(|v| (k.clone(), v.data.clone()))).collect()
     }
 
     /// Before each of the next client writes to `key`, writes `{"content": c}` itself (one per
