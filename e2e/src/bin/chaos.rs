@@ -2,7 +2,8 @@
 //!
 //! The operator runs as its own process (the release binary) under its ServiceAccount with the
 //! shipped RBAC, against a real Kubernetes control plane (reached through a TCP proxy that can
-//! cut its connections), the EDC and Vault doubles and a real Mosquitto. N transfers are created
+//! cut its connections), the EDC, Vault and Keycloak doubles, a real Mosquitto (`usrpw` assets)
+//! and a real RabbitMQ (`oauth2` assets, tokens from the Keycloak double). N transfers are created
 //! and churned (suspend, resume, terminate, delete, re-create, asset changes) while a seeded fault
 //! schedule runs: SIGKILLs of the operator (restarted at once), lost answers at the doubles (the
 //! write applied, then a 5xx or a cut connection), plain 5xx, latency and stalls, Mosquitto killed
@@ -21,10 +22,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use e2e::brokers::mosquitto::Mosquitto;
+use e2e::brokers::rabbitmq::{self, OAuthSettings, RabbitMq};
 use e2e::consumer::{Consumer, FromSecret};
 use e2e::doubles::edc::{self, EdcConfig, Flavour};
 use e2e::doubles::{Faults, keycloak, vault};
-use e2e::stack::{KEYCLOAK_OPERATOR_SECRET, REALM, VAULT_TOKEN, operator_config_yaml};
+use e2e::stack::{KEYCLOAK_OPERATOR_SECRET, REALM, SCOPES_KEY, VAULT_TOKEN, operator_config_yaml};
 use e2e::systems::kubernetes::{self, ControlPlane, OPERATOR_USER};
 use e2e::systems::tcp_proxy::TcpProxy;
 use e2e::tls::TestCa;
@@ -49,6 +51,8 @@ struct Options {
     seed: u64,
     duration: Duration,
     resync_seconds: u64,
+    /// Every fourth asset an `oauth2` one on a real RabbitMQ, so that Keycloak is in the run.
+    rabbitmq: bool,
     operator: PathBuf,
     out: PathBuf,
 }
@@ -58,10 +62,11 @@ impl Options {
         let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
         let mut o = Options {
             transfers: 500,
-            assets: 6,
+            assets: 8,
             seed: std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs(),
             duration: Duration::from_secs(180),
             resync_seconds: 20,
+            rabbitmq: true,
             operator: root.join("target/release/mqtt-dsp-operator"),
             out: root.join("target/chaos/results.md"),
         };
@@ -74,12 +79,13 @@ impl Options {
                 "--seed" => o.seed = value()?.parse()?,
                 "--duration" => o.duration = Duration::from_secs(value()?.parse()?),
                 "--resync-seconds" => o.resync_seconds = value()?.parse()?,
+                "--no-rabbitmq" => o.rabbitmq = false,
                 "--operator" => o.operator = value()?.into(),
                 "--out" => o.out = value()?.into(),
                 "--help" | "-h" => {
                     println!(
-                        "chaos [--transfers 500] [--assets 6] [--seed N (default: the clock)] [--duration 180 (seconds)] \
-                         [--resync-seconds 20] [--operator target/release/mqtt-dsp-operator] [--out target/chaos/results.md]"
+                        "chaos [--transfers 500] [--assets 8] [--seed N (default: the clock)] [--duration 180 (seconds)] \
+                         [--resync-seconds 20] [--no-rabbitmq] [--operator target/release/mqtt-dsp-operator] [--out target/chaos/results.md]"
                     );
                     std::process::exit(0);
                 }
@@ -122,15 +128,16 @@ struct Stack {
     client: kube::Client,
     edc: edc::EdcDouble,
     edc_fx: edc::EdcDouble,
-    _keycloak: keycloak::KeycloakDouble,
+    keycloak: keycloak::KeycloakDouble,
     vault: vault::VaultDouble,
     mosquitto: Mutex<Mosquitto>,
+    rabbitmq: Option<RabbitMq>,
     /// The operator's way to the API server.
     kube_proxy: TcpProxy,
     dir: tempfile::TempDir,
 }
 
-async fn start_stack() -> Result<Stack, Failure> {
+async fn start_stack(with_rabbitmq: bool) -> Result<Stack, Failure> {
     let ca = TestCa::shared();
     let plane = tokio::task::spawn_blocking(kubernetes::shared).await??;
     let client = plane.admin_client().await;
@@ -139,8 +146,21 @@ async fn start_stack() -> Result<Stack, Failure> {
     let keycloak = keycloak::start(&ca, REALM, "mqtt-dsp-operator", KEYCLOAK_OPERATOR_SECRET).await?;
     let vault = vault::start(&ca, VAULT_TOKEN).await?;
     let mosquitto = Mosquitto::start(&ca)?;
+    let rabbitmq = if with_rabbitmq {
+        let oauth = OAuthSettings {
+            // By the name `localhost`: Erlang's hostname check does not match IP SANs.
+            jwks_url: keycloak.jwks_url().replace("127.0.0.1", "localhost"),
+            resource_server_id: "rabbitmq".into(),
+            additional_scopes_key: SCOPES_KEY.into(),
+        };
+        let ca = ca.clone();
+        Some(tokio::task::spawn_blocking(move || RabbitMq::start(&ca, Some(&oauth))).await??)
+    } else {
+        None
+    };
     let dir = tempfile::Builder::new().prefix("chaos-").tempdir()?;
-    let config_yaml = operator_config_yaml(dir.path(), &ca, &edc, &edc_fx, &keycloak, &vault, &mosquitto, None);
+    let config_yaml =
+        operator_config_yaml(dir.path(), &ca, &edc, &edc_fx, &keycloak, &vault, &mosquitto, rabbitmq.as_ref());
     std::fs::write(dir.path().join("config.yaml"), &config_yaml)?;
     let upstream = plane.url.trim_start_matches("https://").to_owned();
     let kube_proxy = TcpProxy::start(&upstream).await?;
@@ -154,9 +174,10 @@ async fn start_stack() -> Result<Stack, Failure> {
         client,
         edc,
         edc_fx,
-        _keycloak: keycloak,
+        keycloak,
         vault,
         mosquitto: Mutex::new(mosquitto),
+        rabbitmq,
         kube_proxy,
         dir,
     })
@@ -240,15 +261,23 @@ fn asset_name(i: usize) -> String {
     format!("line-{i}")
 }
 
-fn asset(i: usize, generation: u32) -> Result<MqttAsset, Failure> {
+/// Whether asset `i` is an `oauth2` one on RabbitMQ (a Keycloak client per transfer) rather than a
+/// `usrpw` one on Mosquitto (a broker user per transfer).
+fn is_oauth2(i: usize, rabbitmq: bool) -> bool {
+    rabbitmq && i % 4 == 3
+}
+
+fn asset(i: usize, generation: u32, rabbitmq: bool) -> Result<MqttAsset, Failure> {
     let connector = if i % 2 == 0 { "default" } else { "factoryx" };
+    let (broker, mode) = if is_oauth2(i, rabbitmq) { ("rabbitmq", "oauth2") } else { ("default", "usrpw") };
     Ok(serde_json::from_value(json!({
         "apiVersion": "dsp-mqtt.io/v1alpha1", "kind": "MqttAsset", "metadata": {"name": asset_name(i)},
         "spec": {
             "connector": connector,
+            "broker": broker,
             "endpoint": {"type": "mqtt-tls"},
             "topics": [format!("factory/line-{i}/#")],
-            "auth": {"mode": "usrpw"},
+            "auth": {"mode": mode},
             "properties": {"name": format!("Line {i} telemetry, revision {generation}")},
             "policy": {"access": {"participantIds": [CONSUMER]}},
         },
@@ -296,6 +325,7 @@ struct World {
     transfers: BTreeMap<String, (usize, Intended)>,
     next_transfer: usize,
     asset_generations: Vec<u32>,
+    rabbitmq: bool,
 }
 
 fn transfer_name(i: usize) -> String {
@@ -316,6 +346,7 @@ enum Double {
     Vault,
     Edc,
     EdcFactoryx,
+    Keycloak,
 }
 
 #[derive(Clone, Debug)]
@@ -389,7 +420,7 @@ impl Fault {
 }
 
 /// The schedule from `seed`: (offset from the start, fault). Every fault ends within `duration`.
-fn schedule(seed: u64, duration: Duration) -> Vec<(Duration, Fault)> {
+fn schedule(seed: u64, duration: Duration, keycloak: bool) -> Vec<(Duration, Fault)> {
     let mut rng = StdRng::seed_from_u64(seed);
     let end = duration.as_secs_f64();
     let mut faults = Vec::new();
@@ -403,7 +434,10 @@ fn schedule(seed: u64, duration: Duration) -> Vec<(Duration, Fault)> {
     faults.push((rng.random_range(0.1..0.45) * end, Fault::RestartMosquitto));
     faults.push((rng.random_range(0.55..0.85) * end, Fault::RestartMosquitto));
     // Everything else: one every 1–4 s.
-    let doubles = [Double::Vault, Double::Vault, Double::Edc, Double::EdcFactoryx];
+    let mut doubles = vec![Double::Vault, Double::Vault, Double::Edc, Double::EdcFactoryx];
+    if keycloak {
+        doubles.push(Double::Keycloak);
+    }
     let mut at = rng.random_range(1.0..3.0);
     while at < end - 5.0 {
         let double = doubles[rng.random_range(0..doubles.len())];
@@ -466,9 +500,11 @@ fn owner_in_properties(properties: &serde_json::Map<String, Value>) -> Option<St
     })
 }
 
-fn inventory(stack: &Stack) -> Vec<Object> {
+/// Everything the operator may have made, per system; `None` while Mosquitto's state file is
+/// being rewritten.
+fn inventory(stack: &Stack) -> Option<Vec<Object>> {
     let mut objects = Vec::new();
-    let state = stack.mosquitto.lock().unwrap().dynsec_state();
+    let state = stack.mosquitto.lock().unwrap_or_else(|p| p.into_inner()).try_dynsec_state()?;
     for (list, key, kind) in
         [("clients", "username", "client"), ("roles", "rolename", "role"), ("groups", "groupname", "group")]
     {
@@ -479,6 +515,32 @@ fn inventory(stack: &Stack) -> Vec<Object> {
             }
             let owner = item["textdescription"].as_str().and_then(owner_in);
             objects.push(Object { system: "Mosquitto", kind, name, owner });
+        }
+    }
+    for client in stack.keycloak.clients() {
+        if client.client_id.starts_with(e2e::inventory::CLIENT_PREFIX) {
+            let owner = client.attributes.iter().filter(|(k, _)| k.ends_with("owner")).find_map(|(_, v)| owner_in(v));
+            objects.push(Object { system: "Keycloak", kind: "client", name: client.client_id, owner });
+        }
+    }
+    if let Some(rabbit) = &stack.rabbitmq {
+        let credentials = base64::Engine::encode(
+            &base64::engine::general_purpose::STANDARD,
+            format!("{}:{}", rabbitmq::ADMIN_USER, rabbitmq::ADMIN_PASSWORD),
+        );
+        let users = e2e::brokers::https_get(
+            rabbit.management_port,
+            "/api/users",
+            &format!("Authorization: Basic {credentials}"),
+            &stack.ca.cert_pem(),
+            Duration::from_secs(10),
+        );
+        let users: Value = users.ok().and_then(|(_, body)| serde_json::from_str(&body).ok()).unwrap_or_default();
+        for user in users.as_array().into_iter().flatten() {
+            let name = user["name"].as_str().unwrap_or("?");
+            if name != rabbitmq::ADMIN_USER {
+                objects.push(Object { system: "RabbitMQ", kind: "user", name: name.to_owned(), owner: None });
+            }
         }
     }
     for key in stack.vault.keys() {
@@ -499,7 +561,21 @@ fn inventory(stack: &Stack) -> Vec<Object> {
             objects.push(Object { system, kind: "contract definition", name: c.id, owner });
         }
     }
-    objects
+    Some(objects)
+}
+
+/// [`inventory`], waiting (up to 10 s) for Mosquitto's state file to parse.
+async fn inventory_now(stack: &Stack) -> Result<Vec<Object>, Failure> {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(objects) = inventory(stack) {
+            return Ok(objects);
+        }
+        if Instant::now() > deadline {
+            return Err("Mosquitto's dynamic-security.json does not parse for 10 s".into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Objects of one owner beyond what one resource makes: more than one of a kind (policies: more
@@ -580,7 +656,10 @@ async fn not_converged(stack: &Stack, world: &World) -> Result<Vec<String>, Fail
             problems.push(format!("{name}: missing"));
         }
     }
-    let objects = inventory(stack);
+    let Some(objects) = inventory(stack) else {
+        problems.push("Mosquitto's state file does not parse".into());
+        return Ok(problems);
+    };
     for d in duplicates(&objects) {
         problems.push(format!("duplicate: {d}"));
     }
@@ -592,8 +671,10 @@ async fn not_converged(stack: &Stack, world: &World) -> Result<Vec<String>, Fail
     for (name, (asset, intended)) in &world.transfers {
         if *intended == Intended::Started {
             let identity = format!("{TRANSFER_IDENTITY}{name}");
-            if !names.contains(&("Mosquitto", identity.as_str())) {
-                problems.push(format!("{name}: no broker user"));
+            let (system, what) =
+                if is_oauth2(*asset, world.rabbitmq) { ("Keycloak", "client") } else { ("Mosquitto", "broker user") };
+            if !names.contains(&(system, identity.as_str())) {
+                problems.push(format!("{name}: no {what}"));
             }
             if !names.contains(&("Vault", vault_key(name, *asset).as_str())) {
                 problems.push(format!("{name}: no Vault key"));
@@ -610,6 +691,7 @@ struct Counters {
     kills: AtomicU64,
     crashes: AtomicU64,
     mosquitto_restarts: AtomicU64,
+    mosquitto_state_lost: AtomicU64,
     vault_keys_deleted: AtomicU64,
     watch_resets: AtomicU64,
     refusals: AtomicU64,
@@ -626,6 +708,7 @@ fn faults_of(stack: &Stack, double: Double) -> &Faults {
         Double::Vault => &stack.vault.server.faults,
         Double::Edc => &stack.edc.server.faults,
         Double::EdcFactoryx => &stack.edc_fx.server.faults,
+        Double::Keycloak => &stack.keycloak.server.faults,
     }
 }
 
@@ -635,7 +718,7 @@ async fn run(options: Options) -> Result<bool, Failure> {
     std::fs::create_dir_all(&out_dir)?;
     let log = out_dir.join("operator.log");
     let _ = std::fs::remove_file(&log);
-    let plan = schedule(options.seed, options.duration);
+    let plan = schedule(options.seed, options.duration, options.rabbitmq);
     progress(&format!(
         "seed {}: {} faults over {} s ({} SIGKILLs of the operator)",
         options.seed,
@@ -643,8 +726,8 @@ async fn run(options: Options) -> Result<bool, Failure> {
         options.duration.as_secs(),
         plan.iter().filter(|(_, f)| matches!(f, Fault::KillOperator)).count()
     ));
-    progress("starting the API server, the doubles and Mosquitto");
-    let stack = Arc::new(start_stack().await?);
+    progress("starting the API server, the doubles, Mosquitto and RabbitMQ");
+    let stack = Arc::new(start_stack(options.rabbitmq).await?);
     let ns =
         Namespace { metadata: ObjectMeta { name: Some(NAMESPACE.into()), ..Default::default() }, ..Default::default() };
     Api::<Namespace>::all(stack.client.clone()).create(&PostParams::default(), &ns).await?;
@@ -664,7 +747,7 @@ async fn run(options: Options) -> Result<bool, Failure> {
     let assets: Api<MqttAsset> = Api::namespaced(stack.client.clone(), NAMESPACE);
     let transfers: Api<MqttTransfer> = Api::namespaced(stack.client.clone(), NAMESPACE);
     for i in 0..options.assets {
-        assets.create(&PostParams::default(), &asset(i, 0)?).await?;
+        assets.create(&PostParams::default(), &asset(i, 0, options.rabbitmq)?).await?;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -690,7 +773,11 @@ async fn run(options: Options) -> Result<bool, Failure> {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let world = Arc::new(Mutex::new(World { asset_generations: vec![0; options.assets], ..Default::default() }));
+    let world = Arc::new(Mutex::new(World {
+        asset_generations: vec![0; options.assets],
+        rabbitmq: options.rabbitmq,
+        ..Default::default()
+    }));
     progress(&format!("creating {} MqttTransfers", options.transfers));
     let names: Vec<(String, usize)> = (0..options.transfers).map(|i| (transfer_name(i), i % options.assets)).collect();
     {
@@ -742,7 +829,7 @@ async fn run(options: Options) -> Result<bool, Failure> {
     churn.await??;
     checker.await?;
     tokio::time::sleep_until(last_fault_end.into()).await;
-    for double in [Double::Vault, Double::Edc, Double::EdcFactoryx] {
+    for double in [Double::Vault, Double::Edc, Double::EdcFactoryx, Double::Keycloak] {
         faults_of(&stack, double).reset();
     }
     let exited = operator.lock().unwrap().exited();
@@ -777,7 +864,7 @@ async fn run(options: Options) -> Result<bool, Failure> {
         None => progress(&format!("NOT converged after {} s: {} problems", converge_limit.as_secs(), remaining.len())),
     }
     let world_end = world_snapshot(&world);
-    let objects = inventory(&stack);
+    let objects = inventory_now(&stack).await?;
     let orphans_converged: Vec<Object> = orphans(&objects, &world_end, true).into_iter().cloned().collect();
     let duplicates_converged = duplicates(&objects);
 
@@ -803,7 +890,7 @@ async fn run(options: Options) -> Result<bool, Failure> {
     while deleted_at.elapsed() < Duration::from_secs(180) {
         left_resources = transfers.list(&ListParams::default()).await?.items.len()
             + assets.list(&ListParams::default()).await?.items.len();
-        left = inventory(&stack);
+        left = inventory_now(&stack).await?;
         if left_resources == 0 && left.is_empty() {
             empty_after = Some(deleted_at.elapsed());
             break;
@@ -822,6 +909,7 @@ async fn run(options: Options) -> Result<bool, Failure> {
     // Every secret the run handled, for e2e/check-log-secrets.sh.
     let secrets_file = PathBuf::from(format!("{}.secrets", log.display()));
     let mut all_secrets: BTreeSet<String> = secrets_seen;
+    all_secrets.extend(stack.keycloak.clients().into_iter().map(|c| c.secret).filter(|s| !s.is_empty()));
     for (_, data) in stack.vault.live_data() {
         for v in data.as_object().into_iter().flat_map(|m| m.values()) {
             if let Some(s) = v.as_str() {
@@ -830,8 +918,14 @@ async fn run(options: Options) -> Result<bool, Failure> {
         }
     }
     all_secrets.extend(
-        [VAULT_TOKEN, KEYCLOAK_OPERATOR_SECRET, e2e::brokers::mosquitto::ADMIN_PASSWORD, edc::API_KEY]
-            .map(String::from),
+        [
+            VAULT_TOKEN,
+            KEYCLOAK_OPERATOR_SECRET,
+            e2e::brokers::mosquitto::ADMIN_PASSWORD,
+            rabbitmq::ADMIN_PASSWORD,
+            edc::API_KEY,
+        ]
+        .map(String::from),
     );
     std::fs::write(&secrets_file, all_secrets.iter().map(|s| format!("{s}\n")).collect::<String>())?;
     let leak_check = Command::new(e2e::repo_dir().join("e2e/check-log-secrets.sh")).arg(&log).output()?;
@@ -878,6 +972,7 @@ fn world_snapshot(world: &Mutex<World>) -> World {
         transfers: w.transfers.clone(),
         next_transfer: w.next_transfer,
         asset_generations: w.asset_generations.clone(),
+        rabbitmq: w.rabbitmq,
     }
 }
 
@@ -931,9 +1026,17 @@ async fn apply(
         }
         Fault::RestartMosquitto => {
             let stack = stack.clone();
-            let gone =
+            let restart =
                 tokio::task::spawn_blocking(move || stack.mosquitto.lock().unwrap().kill_and_restart()).await??;
-            detail = format!(" (back after {:.2} s)", gone.as_secs_f64());
+            detail = format!(" (back after {:.2} s)", restart.gone.as_secs_f64());
+            if restart.state_lost {
+                detail.push_str(if restart.restored {
+                    "; the kill hit a save and left dynamic-security.json unreadable: the state read just before it was put back"
+                } else {
+                    "; the kill left dynamic-security.json unreadable and nothing could be put back"
+                });
+                counters.mosquitto_state_lost.fetch_add(1, Ordering::Relaxed);
+            }
             counters.mosquitto_restarts.fetch_add(1, Ordering::Relaxed);
         }
         Fault::DeleteVaultKey => {
@@ -1068,7 +1171,7 @@ async fn churn(
 async fn check_duplicates(stack: Arc<Stack>, counters: Arc<Counters>, stop: Arc<AtomicBool>) {
     while !stop.load(Ordering::Relaxed) {
         let inner = stack.clone();
-        if let Ok(found) = tokio::task::spawn_blocking(move || duplicates(&inventory(&inner))).await {
+        if let Ok(Some(found)) = tokio::task::spawn_blocking(move || inventory(&inner).map(|o| duplicates(&o))).await {
             let mut max = counters.max_duplicates.lock().unwrap();
             if found.len() > max.len() {
                 *max = found;
@@ -1256,7 +1359,7 @@ impl Results<'_> {
         out.push_str("\nPer system:\n\n| system | duplicates (any check) | orphans at convergence | orphans after deleting everything |\n|---|---|---|---|\n");
         let conv = by_system(&self.orphans_converged.iter().collect::<Vec<_>>());
         let after = by_system(&orphans_after);
-        for system in ["Mosquitto", "Vault", "EDC", "EDC factoryx"] {
+        for system in ["Mosquitto", "RabbitMQ", "Keycloak", "Vault", "EDC", "EDC factoryx"] {
             let dup: Vec<String> = max_duplicates
                 .iter()
                 .chain(self.duplicates_converged)
@@ -1284,7 +1387,7 @@ impl Results<'_> {
         }
         let churn = c.churn.lock().unwrap();
         out.push_str(&format!(
-            "\nFaults: {kills} operator SIGKILLs ({} operator starts in all, {} exits on its own), {} Mosquitto SIGKILL + restarts, \
+            "\nFaults: {kills} operator SIGKILLs ({} operator starts in all, {} exits on its own), {} Mosquitto SIGKILL + restarts ({} of them hit a save and lost the state file), \
              {} Vault keys deleted behind the operator's back, {} resets of every API-server connection and {} periods of refused connections \
              ({} connections reset in all; HTTP 410 Gone answers to the operator in the audit log: {}), {} writes whose answer was lost \
              (applied, then 5xx or cut off; scheduled), {} requests failed before the handler, {} latency or stall periods. \
@@ -1292,6 +1395,7 @@ impl Results<'_> {
             self.starts,
             c.crashes.load(Ordering::Relaxed),
             c.mosquitto_restarts.load(Ordering::Relaxed),
+            c.mosquitto_state_lost.load(Ordering::Relaxed),
             c.vault_keys_deleted.load(Ordering::Relaxed),
             c.watch_resets.load(Ordering::Relaxed),
             c.refusals.load(Ordering::Relaxed),
