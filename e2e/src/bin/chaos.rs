@@ -268,7 +268,7 @@ fn is_oauth2(i: usize, rabbitmq: bool) -> bool {
 }
 
 fn asset(i: usize, generation: u32, rabbitmq: bool) -> Result<MqttAsset, Failure> {
-    let connector = if i % 2 == 0 { "default" } else { "factoryx" };
+    let connector = if i.is_multiple_of(2) { "default" } else { "factoryx" };
     let (broker, mode) = if is_oauth2(i, rabbitmq) { ("rabbitmq", "oauth2") } else { ("default", "usrpw") };
     Ok(serde_json::from_value(json!({
         "apiVersion": "dsp-mqtt.io/v1alpha1", "kind": "MqttAsset", "metadata": {"name": asset_name(i)},
@@ -335,7 +335,7 @@ fn transfer_name(i: usize) -> String {
 /// Where a transfer's password is in Vault: below the connector's `vaultFolder` (`edc` for the
 /// `default` connector; the `factoryx` one has none), as the even and odd assets use them.
 fn vault_key(name: &str, asset: usize) -> String {
-    let folder = if asset % 2 == 0 { "edc/" } else { "" };
+    let folder = if asset.is_multiple_of(2) { "edc/" } else { "" };
     format!("{folder}{TRANSFER_IDENTITY}{name}-secret")
 }
 
