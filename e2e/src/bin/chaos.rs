@@ -956,6 +956,10 @@ async fn run(options: Options) -> Result<bool, Failure> {
         kube_410,
         proxy_resets: stack.kube_proxy.resets(),
         leak_ok: leak_check.status.success(),
+        answers_lost: [Double::Vault, Double::Edc, Double::EdcFactoryx, Double::Keycloak]
+            .into_iter()
+            .map(|d| (d, faults_of(&stack, d).answers_lost()))
+            .collect(),
         leak_text: &leak_text,
         wall: wall.elapsed(),
     };
@@ -1258,6 +1262,8 @@ struct Results<'a> {
     proxy_resets: u64,
     leak_ok: bool,
     leak_text: &'a str,
+    /// Writes that took effect and lost their answer, per double.
+    answers_lost: Vec<(Double, u32)>,
     wall: Duration,
 }
 
@@ -1389,8 +1395,8 @@ impl Results<'_> {
         out.push_str(&format!(
             "\nFaults: {kills} operator SIGKILLs ({} operator starts in all, {} exits on its own), {} Mosquitto SIGKILL + restarts ({} of them hit a save and lost the state file), \
              {} Vault keys deleted behind the operator's back, {} resets of every API-server connection and {} periods of refused connections \
-             ({} connections reset in all; HTTP 410 Gone answers to the operator in the audit log: {}), {} writes whose answer was lost \
-             (applied, then 5xx or cut off; scheduled), {} requests failed before the handler, {} latency or stall periods. \
+             ({} connections reset in all; HTTP 410 Gone answers to the operator in the audit log: {}), {} lost answers \
+             scheduled (a write applied, then 5xx or cut off) and {} took place, {} requests failed before the handler, {} latency or stall periods. \
              Churn: {}. Resync period {} s. Whole run {:.0} s.\n",
             self.starts,
             c.crashes.load(Ordering::Relaxed),
@@ -1402,6 +1408,11 @@ impl Results<'_> {
             self.proxy_resets,
             self.kube_410,
             c.lost_answers.load(Ordering::Relaxed),
+            format!(
+                "{} ({})",
+                self.answers_lost.iter().map(|(_, n)| n).sum::<u32>(),
+                self.answers_lost.iter().map(|(d, n)| format!("{d:?} {n}")).collect::<Vec<_>>().join(", ")
+            ),
             c.failures_before.load(Ordering::Relaxed),
             c.slow_or_stalled.load(Ordering::Relaxed),
             churn.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "),

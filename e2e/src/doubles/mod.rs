@@ -80,6 +80,7 @@ struct FaultState {
     fail_after_apply: u32,
     fail_after_apply_status: u16,
     drop_after_apply: u32,
+    answers_lost: u32,
     in_flight: u32,
     max_in_flight: u32,
 }
@@ -115,11 +116,16 @@ impl Faults {
     pub fn drop_after_apply(&self, count: u32) {
         self.0.lock().unwrap().drop_after_apply = count;
     }
-    /// Back to normal (the count of requests in flight carries on).
+    /// Back to normal (the counts of requests in flight and of answers lost carry on).
     pub fn reset(&self) {
         let mut s = self.0.lock().unwrap();
-        let in_flight = s.in_flight;
-        *s = FaultState { in_flight, ..FaultState::default() };
+        let (in_flight, answers_lost) = (s.in_flight, s.answers_lost);
+        *s = FaultState { in_flight, answers_lost, ..FaultState::default() };
+    }
+    /// How many writes took effect and then lost their answer ([`Faults::fail_after_apply`],
+    /// [`Faults::drop_after_apply`]) so far.
+    pub fn answers_lost(&self) -> u32 {
+        self.0.lock().unwrap().answers_lost
     }
     /// The most requests the double has been answering at once (since the start or
     /// [`Faults::reset`]).
@@ -153,9 +159,11 @@ async fn apply_faults_and_log(State(mw): State<Middleware>, request: Request, ne
             None
         } else if s.fail_after_apply > 0 {
             s.fail_after_apply -= 1;
+            s.answers_lost += 1;
             Some(AfterApply::Fail(s.fail_after_apply_status))
         } else if s.drop_after_apply > 0 {
             s.drop_after_apply -= 1;
+            s.answers_lost += 1;
             Some(AfterApply::Drop)
         } else {
             None
@@ -287,6 +295,7 @@ mod tests {
         assert_eq!(applied.load(Ordering::SeqCst), 1, "the write took effect");
         assert_eq!(http.post(&url).send().await.unwrap().status(), 200);
         assert_eq!(applied.load(Ordering::SeqCst), 2);
+        assert_eq!(server.faults.answers_lost(), 1);
         // The log says what the handler did.
         assert_eq!(server.log.all().iter().map(|r| r.status).collect::<Vec<_>>(), [200, 200, 200]);
     }
