@@ -146,7 +146,9 @@ impl Mosquitto {
     pub fn kill_and_restart(&mut self) -> Result<Restart, LaunchError> {
         let started = std::time::Instant::now();
         let file = self.dir.join("dynamic-security.json");
-        let before = std::fs::read_to_string(&file).ok().filter(|t| serde_json::from_str::<Value>(t).is_ok());
+        // Read between two saves (a read can catch one half written; with hundreds of clients
+        // a save takes long enough for that to be likely).
+        let before = self.try_dynsec_state().map(|state| state.to_string());
         if let Some(pid) = self.broker_pid() {
             let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
         }
