@@ -1392,6 +1392,11 @@ impl Results<'_> {
             out.push_str(&format!("\nNot converged: {}\n", listed(self.remaining)));
         }
         let churn = c.churn.lock().unwrap();
+        let lost = format!(
+            "{} ({})",
+            self.answers_lost.iter().map(|(_, n)| n).sum::<u32>(),
+            self.answers_lost.iter().map(|(d, n)| format!("{d:?} {n}")).collect::<Vec<_>>().join(", ")
+        );
         out.push_str(&format!(
             "\nFaults: {kills} operator SIGKILLs ({} operator starts in all, {} exits on its own), {} Mosquitto SIGKILL + restarts ({} of them hit a save and lost the state file), \
              {} Vault keys deleted behind the operator's back, {} resets of every API-server connection and {} periods of refused connections \
@@ -1408,11 +1413,7 @@ impl Results<'_> {
             self.proxy_resets,
             self.kube_410,
             c.lost_answers.load(Ordering::Relaxed),
-            format!(
-                "{} ({})",
-                self.answers_lost.iter().map(|(_, n)| n).sum::<u32>(),
-                self.answers_lost.iter().map(|(d, n)| format!("{d:?} {n}")).collect::<Vec<_>>().join(", ")
-            ),
+            lost,
             c.failures_before.load(Ordering::Relaxed),
             c.slow_or_stalled.load(Ordering::Relaxed),
             churn.iter().map(|(k, v)| format!("{v} {k}")).collect::<Vec<_>>().join(", "),
