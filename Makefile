@@ -2,7 +2,7 @@
 CARGO ?= cargo
 BIN   := target/debug/mqtt-dsp-operator
 
-.PHONY: help build test fmt fmt-check lint unit systems crds crds-check chart-check run demo e2e bench deploy
+.PHONY: help build test fmt fmt-check lint unit systems crds crds-check chart-check run demo e2e bench chaos deploy
 
 help: ## List the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,13 @@ bench: systems ## Benchmarks (release build; a few minutes): MqttTransfer provis
 	$(CARGO) build --release --locked -p mqtt-dsp-operator -p e2e --bin mqtt-dsp-operator --bin bench-transfers --bin bench-refresh
 	target/release/bench-transfers --operator target/release/mqtt-dsp-operator --out $(BENCH_OUT)
 	target/release/bench-refresh --out target/bench/refresh.md
+
+CHAOS_OUT  := target/chaos/results.md
+CHAOS_ARGS ?=
+
+chaos: systems ## Fault survival (release build; a few minutes): 500 transfers with churn under a seeded fault schedule (operator SIGKILLs, lost answers, broker restart, watch resets), then orphans, duplicates, working Secrets and time to converge in target/chaos/results.md (CHAOS_ARGS="--seed N --transfers N --duration S"; docs/reliability.md)
+	$(CARGO) build --release --locked -p mqtt-dsp-operator -p e2e --bin mqtt-dsp-operator --bin chaos
+	target/release/chaos --operator target/release/mqtt-dsp-operator --out $(CHAOS_OUT) $(CHAOS_ARGS)
 
 demo: systems ## The operator end to end in one command: real Kubernetes, Keycloak, EDC and brokers, operator as its own process, examples/ applied with kubectl, a live message through the issued DataAddress (DEMO_ARGS=--doubles for the Keycloak/EDC doubles; --help)
 	@# --test demo: features resolve as in `make test` (dev-dependencies included), so the two share artifacts.

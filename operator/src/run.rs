@@ -151,6 +151,39 @@ pub async fn check_crds(client: &Client) -> Result<(), RunError> {
     if missing.is_empty() { Ok(()) } else { Err(RunError::CrdsMissing { missing }) }
 }
 
+/// How long a start waits for the API server to answer discovery before it gives up. A replica
+/// (re)started during an API-server blip (an upgrade, a load balancer failover, a reset
+/// connection) waits it out instead of exiting into a CrashLoopBackOff, whose growing back-off
+/// delays recovery far beyond the blip (`make chaos` found restarts exiting with 1 when the
+/// API server refused connections for 1–5 s). Shorter than the chart's liveness probe allows
+/// (5 s + 3 × 10 s), so a replica that keeps waiting is still restarted.
+pub const DISCOVERY_PATIENCE: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// [`check_crds`], tried again while the API server cannot be reached or answers 5xx/429, for
+/// at most `patience`. Missing CRDs and refusals (401, 403) end it at once.
+pub async fn check_crds_patiently(client: &Client, patience: std::time::Duration) -> Result<(), RunError> {
+    let deadline = tokio::time::Instant::now() + patience;
+    let mut pause = std::time::Duration::from_millis(200);
+    loop {
+        match check_crds(client).await {
+            Err(RunError::Discovery(e)) if transient(&e) && tokio::time::Instant::now() + pause < deadline => {
+                warn!(error = %e, "the Kubernetes API server did not answer discovery; trying again in {pause:?}");
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_secs(5));
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Whether a discovery failure may pass by itself (no connection, an overloaded server).
+fn transient(e: &kube::Error) -> bool {
+    match e {
+        kube::Error::Api(status) => status.code >= 500 || status.code == 429,
+        _ => true,
+    }
+}
+
 /// Runs the operator until SIGTERM or SIGINT.
 pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let mut config = Config::load(&options.config)?;
@@ -165,7 +198,7 @@ pub async fn run(options: RunOptions) -> Result<(), RunError> {
     let (readiness_tx, readiness_rx) = watch::channel(Readiness { config_loaded: true, ..Default::default() });
 
     let client = Client::try_default().await.map_err(RunError::Connect)?;
-    check_crds(&client).await?;
+    check_crds_patiently(&client, DISCOVERY_PATIENCE).await?;
     readiness_tx.send_modify(|r| r.crds_installed = true);
     info!("CRDs of {GROUP}/{VERSION} are installed");
 
@@ -364,5 +397,53 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = ctrl_c => {},
         _ = terminate => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use axum::Json;
+    use axum::routing::get;
+
+    use super::*;
+
+    /// A client of an API server at `port` (plain HTTP: only the discovery request matters).
+    fn client(port: u16) -> Client {
+        let url = format!("http://127.0.0.1:{port}").parse().expect("a URL");
+        Client::try_from(kube::Config::new(url)).expect("a client")
+    }
+
+    /// Serves the discovery document of our group, with both resources, on `listener`.
+    fn serve_discovery(listener: tokio::net::TcpListener) {
+        let resource = |name: &str| serde_json::json!({"name": name, "singularName": "", "namespaced": true, "kind": "X", "verbs": ["get"]});
+        let list = serde_json::json!({
+            "kind": "APIResourceList", "apiVersion": "v1", "groupVersion": format!("{GROUP}/{VERSION}"),
+            "resources": [resource("mqttassets"), resource("mqtttransfers")],
+        });
+        let app =
+            axum::Router::new().route(&format!("/apis/{GROUP}/{VERSION}"), get(move || async move { Json(list) }));
+        tokio::spawn(async move { axum::serve(listener, app).await });
+    }
+
+    #[tokio::test]
+    async fn a_start_waits_for_an_api_server_that_comes_back() {
+        // Nothing listens on the port for the first 600 ms: connections are refused.
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            serve_discovery(tokio::net::TcpListener::bind(("127.0.0.1", port)).await.unwrap());
+        });
+        check_crds_patiently(&client(port), Duration::from_secs(10)).await.expect("the CRDs are found once it answers");
+    }
+
+    #[tokio::test]
+    async fn a_start_gives_up_after_its_patience() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let started = std::time::Instant::now();
+        let e = check_crds_patiently(&client(port), Duration::from_millis(700)).await.unwrap_err();
+        assert!(matches!(e, RunError::Discovery(_)), "{e:?}");
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }

@@ -36,6 +36,17 @@ pub struct Mosquitto {
     _tmp: tempfile::TempDir,
 }
 
+/// What [`Mosquitto::kill_and_restart`] did.
+#[derive(Clone, Copy, Debug)]
+pub struct Restart {
+    /// From the kill until the listeners accepted connections again.
+    pub gone: Duration,
+    /// The kill left the persisted state unreadable (it hit a save).
+    pub state_lost: bool,
+    /// The state read just before the kill was put back.
+    pub restored: bool,
+}
+
 /// Why Mosquitto could not be started.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -122,6 +133,81 @@ impl Mosquitto {
             return Err(LaunchError::Failed(format!("listeners did not open within 10 s; log:\n{log}")));
         }
         Ok(Self { mqtts_port, wss_port, ca_pem: ca.cert_pem(), dir, child, _tmp: tmp })
+    }
+
+    /// Kills the broker with SIGKILL (no chance to save anything) and starts it again on the same
+    /// ports from what it had persisted: the dynamic-security state file.
+    ///
+    /// Mosquitto 2.0.11 rewrites that file in place after every change, so a kill during a save
+    /// leaves it truncated, and a broker started from a truncated (even empty) file comes up
+    /// without any client, the admin included: nobody can log in or repair it. That is the
+    /// broker's own data loss, not the operator's; to go on testing the operator, the state read
+    /// just before the kill is put back then (like restoring a backup) and the restart says so.
+    pub fn kill_and_restart(&mut self) -> Result<Restart, LaunchError> {
+        let started = std::time::Instant::now();
+        let file = self.dir.join("dynamic-security.json");
+        // Read between two saves (a read can catch one half written; with hundreds of clients
+        // a save takes long enough for that to be likely).
+        let before = self.try_dynsec_state().map(|state| state.to_string());
+        if let Some(pid) = self.broker_pid() {
+            let _ = std::process::Command::new("kill").args(["-KILL", &pid.to_string()]).status();
+        }
+        let intact = std::fs::read_to_string(&file).is_ok_and(|t| serde_json::from_str::<Value>(&t).is_ok());
+        let restored = match (&before, intact) {
+            (Some(before), false) => {
+                std::fs::write(&file, before)?;
+                true
+            }
+            _ => false,
+        };
+        // The watchdog notices its child is gone within a second and exits.
+        stop_watched(&mut self.child);
+        let conf = self.dir.join("mosquitto.conf");
+        let restarts = std::fs::read_dir(&self.dir)?
+            .filter_map(Result::ok)
+            .filter(|e| e.file_name().to_string_lossy().starts_with("mosquitto.log"))
+            .count();
+        let log = self.dir.join(format!("mosquitto.log.{restarts}"));
+        for _ in 0..50 {
+            let mut child = spawn_watched("/usr/sbin/mosquitto", &["-c", &conf.to_string_lossy()], &[], &log, "")?;
+            if wait_for_port(self.mqtts_port, Duration::from_secs(2))
+                && wait_for_port(self.wss_port, Duration::from_secs(2))
+            {
+                self.child = child;
+                return Ok(Restart { gone: started.elapsed(), state_lost: !intact, restored });
+            }
+            // The old sockets may still be held for a moment: try again.
+            stop_watched(&mut child);
+        }
+        let log = std::fs::read_to_string(&log).unwrap_or_default();
+        Err(LaunchError::Failed(format!("Mosquitto did not come back on its ports; log:\n{log}")))
+    }
+
+    /// The PID of the broker process itself (not of its watchdog): the one whose command line
+    /// names this broker's configuration.
+    pub fn broker_pid(&self) -> Option<u32> {
+        let conf = self.dir.join("mosquitto.conf").to_string_lossy().into_owned();
+        std::fs::read_dir("/proc").ok()?.filter_map(Result::ok).find_map(|e| {
+            let pid: u32 = e.file_name().to_str()?.parse().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let cmdline = String::from_utf8_lossy(&cmdline);
+            (cmdline.starts_with("/usr/sbin/mosquitto\0") && cmdline.contains(&conf)).then_some(pid)
+        })
+    }
+
+    /// [`Mosquitto::dynsec_state`], or `None` while the file does not parse (half written, or
+    /// truncated by a kill).
+    pub fn try_dynsec_state(&self) -> Option<serde_json::Value> {
+        for _ in 0..25 {
+            if let Some(state) = std::fs::read_to_string(self.dir.join("dynamic-security.json"))
+                .ok()
+                .and_then(|t| serde_json::from_str(&t).ok())
+            {
+                return Some(state);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        None
     }
 
     /// The dynamic-security state as the plugin saved it (it saves after every change).

@@ -225,6 +225,18 @@ impl VaultDouble {
         }
     }
 
+    /// Removes `key` with every version and its metadata (what `DELETE /metadata/<key>` does):
+    /// a key deleted behind the operator's back. Whether it existed.
+    pub fn destroy(&self, key: &str) -> bool {
+        self.state.lock().unwrap().keys.remove(key).is_some()
+    }
+
+    /// Every live key's data, to list the secrets a run handled (for the log check).
+    pub fn live_data(&self) -> Vec<(String, Value)> {
+        let state = self.state.lock().unwrap();
+        state.keys.iter().filter_map(|(k, e)| e.live(e.current_version).map(|v| (k.clone(), v.data.clone()))).collect()
+    }
+
     /// Before each of the next client writes to `key`, writes `{"content": c}` itself (one per
     /// element): a concurrent writer that makes a check-and-set fail.
     pub fn interpose_writes(&self, key: &str, contents: &[&str]) {

@@ -12,6 +12,7 @@ pub mod edc;
 pub mod keycloak;
 pub mod kubernetes;
 pub mod proxy;
+pub mod tcp_proxy;
 pub mod vault;
 
 use std::path::PathBuf;
