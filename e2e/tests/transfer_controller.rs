@@ -980,11 +980,9 @@ async fn a_paused_transfer_takes_no_new_grant_but_termination_still_cuts_the_con
 /// the broker has (`fresh` is false, the user exists: no `set_password`) and writes it into the
 /// Secret: a Ready transfer whose Secret the broker refuses, for good.
 ///
-/// Ignored until the fix lands in `operator/src/controller/transfer.rs` (outside this change:
-/// set the password on the broker also when the Vault password differs from the one in the
-/// transfer's Secret, or set it on the broker before writing it to Vault).
+/// Fixed by giving a fresh password to the broker before the secret store
+/// (`controller/transfer/mod.rs`, as assets always did).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails until controller/transfer.rs sets a password found in Vault but not yet in the Secret on the broker (docs/reliability.md)"]
 async fn a_password_written_to_vault_whose_answer_was_lost_still_reaches_the_broker() {
     let stack = DevStack::start(StackOptions::default()).await;
     with_ready_asset(&stack, &mosquitto_asset()).await;

@@ -465,7 +465,7 @@ where
                     own.own_writes.forget(meta);
                 }
                 // A deleted object needs no reconcile (its finalizer is gone); our own write needs none.
-            std::future::ready(!gone && !own.own_writes.is_own(meta, &status(object)))
+                std::future::ready(!gone && !own.own_writes.is_own(meta, &status(object)))
             },
         );
     kube::runtime::Controller::for_stream(trigger, reader).with_config(ctx.controller_config())

@@ -45,7 +45,7 @@ use crate::api::{
     TransferPhase, TransferState,
 };
 use crate::backends::broker::UserGrant;
-use crate::backends::{BackendError, Outcome, random_password};
+use crate::backends::{BackendError, Outcome, SecretString, random_password};
 use crate::converge::{Converge, Spec};
 use crate::plan::objects::{self, ExternalRef, Kind};
 use crate::plan::transfer::{self as transfer_plan, Access, Cause, Credentials, TransferPlan};
@@ -320,7 +320,6 @@ fn planned(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context) -> StepResult<(Cl
 async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Walk) -> StepResult<i64> {
     let (clients, plan) = planned(t, asset, ctx)?;
     let owner = &plan.owner;
-    let broker_system = clients.broker.system();
     let resuming = t.status.as_ref().and_then(|s| s.phase) == Some(TransferPhase::Suspended);
     let mut step = converge(ctx, t, &plan, &clients);
     // Each object is recorded before it is first made, when nothing is recorded yet: should a
@@ -350,36 +349,18 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
         }
     };
 
-    // Secret store.
+    // Secret store and broker. A fresh password goes to the broker first: should the walk stop
+    // after the store has it (a lost answer, a crash), the next one would read it back as not
+    // fresh and never give it to the broker, leaving a Secret the broker refuses. This way the
+    // store never holds a password the broker does not accept (as for assets).
     walk.status.secret.get_or_insert_with(|| refs.secret.clone());
-    step.make(&plan.profiles.secret_store, Spec::Secret(&plan.secret, &secret)).await.map_err(failed_step)?;
-    walk.tracker.step_ok(Step::Secret, &format!("secret at {}", clients.secrets.path(&plan.secret)));
-
-    // Broker.
     walk.status.broker.get_or_insert_with(|| refs.broker.clone());
-    if plan.mode == AuthMode::Usrpw {
-        let grant = UserGrant {
-            username: plan.identity.clone(),
-            password: secret.clone(),
-            topics: plan.topics.clone(),
-            enabled: true,
-            owner: owner.clone(),
-        };
-        let outcome = step.make(&plan.profiles.broker, Spec::BrokerUser(&grant)).await.map_err(failed_step)?;
-        if fresh && outcome != Outcome::Created {
-            let outcome =
-                clients.broker.set_password(&plan.identity, &secret, owner).await.map_err(at(Step::Broker))?;
-            ctx.metrics.count_backend_write(broker_system.as_str(), outcome);
-        }
-        walk.tracker.step_ok(
-            Step::Broker,
-            &format!("user {} may read {} topic filter(s), nothing else", plan.identity, plan.topics.len()),
-        );
+    if fresh {
+        broker_step(ctx, &mut step, &clients, &plan, &secret, true, walk).await?;
+        secret_step(&mut step, &clients, &plan, &secret, walk).await?;
     } else {
-        walk.tracker.step_ok(
-            Step::Broker,
-            &format!("{broker_system} admits the client's tokens for {} topic filter(s), read-only", plan.topics.len()),
-        );
+        secret_step(&mut step, &clients, &plan, &secret, walk).await?;
+        broker_step(ctx, &mut step, &clients, &plan, &secret, false, walk).await?;
     }
     for name in sessions(t, &plan, &clients) {
         step.want(ExternalRef::new(Kind::Sessions, &plan.profiles.broker, name));
@@ -412,6 +393,58 @@ async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, walk: &mut Wa
         Credentials::Password { .. } => return Ok(i64::MAX),
     };
     Ok(secret::renew_at(written.expires_at.unwrap_or(i64::MAX), lifetime, secret::jitter_seed(t)))
+}
+
+/// Puts the transfer's secret into the secret store.
+async fn secret_step(
+    step: &mut Converge<'_>,
+    clients: &Clients,
+    plan: &TransferPlan,
+    secret: &SecretString,
+    walk: &mut Walk,
+) -> StepResult<()> {
+    step.make(&plan.profiles.secret_store, Spec::Secret(&plan.secret, secret)).await.map_err(failed_step)?;
+    walk.tracker.step_ok(Step::Secret, &format!("secret at {}", clients.secrets.path(&plan.secret)));
+    Ok(())
+}
+
+/// Gives the broker user (`usrpw`) its topics and, when fresh, the password; `oauth2` needs
+/// nothing at the broker.
+async fn broker_step(
+    ctx: &Context,
+    step: &mut Converge<'_>,
+    clients: &Clients,
+    plan: &TransferPlan,
+    secret: &SecretString,
+    fresh: bool,
+    walk: &mut Walk,
+) -> StepResult<()> {
+    let broker_system = clients.broker.system();
+    if plan.mode == AuthMode::Oauth2 {
+        walk.tracker.step_ok(
+            Step::Broker,
+            &format!("{broker_system} admits the client's tokens for {} topic filter(s), read-only", plan.topics.len()),
+        );
+        return Ok(());
+    }
+    let grant = UserGrant {
+        username: plan.identity.clone(),
+        password: secret.clone(),
+        topics: plan.topics.clone(),
+        enabled: true,
+        owner: plan.owner.clone(),
+    };
+    let outcome = step.make(&plan.profiles.broker, Spec::BrokerUser(&grant)).await.map_err(failed_step)?;
+    if fresh && outcome != Outcome::Created {
+        let outcome =
+            clients.broker.set_password(&plan.identity, secret, &plan.owner).await.map_err(at(Step::Broker))?;
+        ctx.metrics.count_backend_write(broker_system.as_str(), outcome);
+    }
+    walk.tracker.step_ok(
+        Step::Broker,
+        &format!("user {} may read {} topic filter(s), nothing else", plan.identity, plan.topics.len()),
+    );
+    Ok(())
 }
 
 /// What status records of a plan's objects.
