@@ -234,17 +234,9 @@ impl Operator {
     }
 
     fn stop(&mut self) {
+        // SIGTERM, then SIGKILL after 15 s: what stops every watched process of the dev stack.
         if let Some(mut child) = self.child.take() {
-            let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+            e2e::brokers::stop_watched(&mut child);
         }
     }
 }

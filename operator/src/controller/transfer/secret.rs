@@ -192,18 +192,30 @@ fn reusable_token(
     grant: Option<&str>,
     seed: u64,
 ) -> Option<(Credentials, Option<i64>, Option<String>)> {
-    let existing = existing?;
+    let not = |why: &str| {
+        debug!(why, "the token in the Secret is not kept");
+        None
+    };
+    let Some(existing) = existing else { return not("no Secret") };
     let issued_for = existing.metadata.annotations.as_ref().and_then(|a| a.get(TOKEN_GRANT_ANNOTATION));
     if issued_for.map(String::as_str) != grant {
-        return None;
+        return not("issued for another grant");
     }
     let data = existing.data.as_ref()?;
     let text = |k: &str| data.get(k).and_then(|v| String::from_utf8(v.0.clone()).ok());
-    let access_token = text("authorization")?;
-    let expires_at = status.token_expires_at.as_ref()?.0.as_second();
+    let Some(access_token) = text("authorization") else { return not("no token in the Secret") };
+    let Some(expires_at) = status.token_expires_at.as_ref().map(|t| t.0.as_second()) else {
+        return not("status records no expiry");
+    };
     let expires_in: u64 = text("expiresIn")?.parse().ok()?;
-    if i64::try_from(expires_in).ok()? != lifetime || now() >= renew_at(expires_at, lifetime, seed) {
-        return None;
+    // Keycloak answers `expires_in` as the token's `exp` minus its clock at the answer, one
+    // second short when a second boundary falls in between: a few seconds off is the same
+    // lifetime (a changed lifetime also changes the grant above).
+    if i64::try_from(expires_in).ok()?.abs_diff(lifetime) > LIFETIME_SLACK_SECONDS {
+        return not("issued with another lifetime");
+    }
+    if now() >= renew_at(expires_at, lifetime, seed) {
+        return not("due for renewal");
     }
     let sub = status.broker.as_ref().and_then(|b| b.user.clone());
     Some((
@@ -217,6 +229,9 @@ fn reusable_token(
         sub,
     ))
 }
+
+/// How far a token's `expires_in` may be from the lifetime asked for and still count as it.
+const LIFETIME_SLACK_SECONDS: u64 = 5;
 
 /// What happens to the refresh-token rotation state on the transfer's Secret.
 enum RotationWrite {
@@ -374,6 +389,35 @@ mod tests {
             change(&mut changed);
             assert_ne!(token_grant(&changed), grant, "{changed:?}");
         }
+    }
+
+    #[test]
+    fn a_token_a_second_short_of_its_lifetime_is_kept_and_another_lifetime_is_not() {
+        let secret = |expires_in: u64| Secret {
+            metadata: ObjectMeta {
+                annotations: Some([(TOKEN_GRANT_ANNOTATION.to_owned(), "sha256:g".to_owned())].into()),
+                ..Default::default()
+            },
+            data: Some(
+                [
+                    ("authorization".to_owned(), ByteString(b"eyJ.x.y".to_vec())),
+                    ("expiresIn".to_owned(), ByteString(expires_in.to_string().into_bytes())),
+                ]
+                .into(),
+            ),
+            ..Default::default()
+        };
+        let status = MqttTransferStatus {
+            token_expires_at: k8s_openapi::jiff::Timestamp::from_second(now() + 299)
+                .ok()
+                .map(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time),
+            ..Default::default()
+        };
+        let keep = |s: &Secret, grant| reusable_token(Some(s), &status, 300, Some(grant), 7).is_some();
+        assert!(keep(&secret(300), "sha256:g"));
+        assert!(keep(&secret(299), "sha256:g"), "Keycloak's expires_in one second short (a restart must not re-issue)");
+        assert!(!keep(&secret(120), "sha256:g"), "another lifetime");
+        assert!(!keep(&secret(300), "sha256:other"), "another grant");
     }
 
     #[test]
