@@ -175,16 +175,16 @@ impl ConsumerConnector<'_> {
         .map_err(Into::into)
     }
 
-    /// Requests a `Mqtt-PULL` transfer of `asset_id` under `agreement`, its events going to
-    /// `callback`; returns the consumer's transfer process id.
+    /// Requests a `Mqtt-PULL` transfer of `asset_id` under `agreement`, its started event going
+    /// to `callback` (if any); returns the consumer's transfer process id.
     pub async fn request_transfer(
         &self,
         provider: &Edc,
         agreement: &str,
         asset_id: &str,
-        callback: &str,
+        callback: Option<&str>,
     ) -> Result<String, Failure> {
-        let request = json!({
+        let mut request = json!({
             "@context": {"@vocab": EDC_NAMESPACE},
             "@type": "TransferRequest",
             "counterPartyAddress": provider.dsp_url(),
@@ -192,13 +192,15 @@ impl ConsumerConnector<'_> {
             "contractId": agreement,
             "assetId": asset_id,
             "transferType": "Mqtt-PULL",
-            "callbackAddresses": [{
+        });
+        if let Some(uri) = callback {
+            request["callbackAddresses"] = json!([{
                 "@type": "CallbackAddress",
                 "transactional": false,
-                "uri": callback,
+                "uri": uri,
                 "events": ["transfer.process.started"],
-            }],
-        });
+            }]);
+        }
         let (status, created) = self.call(Method::POST, "/v3/transferprocesses", Some(request)).await?;
         if status != 200 {
             return Err(format!("transfer request: {status} {created}").into());
@@ -222,7 +224,10 @@ impl ConsumerConnector<'_> {
             match self.transfer_state(id).await.map_err(|e| e.to_string())?.as_str() {
                 s if s == state => Ok(Ok(())),
                 "TERMINATED" => {
-                    Ok(Err(format!("the transfer was terminated: {}", self.transfer(id).await.unwrap_or_default())))
+                    // The reason only: the process may hold the EDR, credentials included.
+                    let tp = self.transfer(id).await.unwrap_or_default();
+                    let why = text_of(find(&tp, "errorDetail")).unwrap_or_default();
+                    Ok(Err(format!("the transfer was terminated: {why}")))
                 }
                 other => Err(other.to_owned()),
             }

@@ -17,7 +17,7 @@ use axum::Json;
 use axum::extract::State;
 use e2e::brokers::mosquitto::PUBLISHER_PASSWORD;
 use e2e::consumer::{ConnectError, Consumer, ConsumerOptions};
-use e2e::dataspace::{self, ConsumerConnector, EDC_NAMESPACE, Events, as_list, find, http, text_of};
+use e2e::dataspace::{self, ConsumerConnector, EDC_NAMESPACE, End, Events, as_list, find, http, text_of};
 use e2e::fixtures::consumer_options;
 use e2e::stack::{DevStack, StackOptions, condition, wait_for};
 use e2e::systems::edc::{self, DSP_PROTOCOL, Edc, EdcOptions};
@@ -158,8 +158,27 @@ where
     dataspace::poll(what, timeout, f).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
+fn connector<'a>(ca: &'a TestCa, consumer: &'a Edc) -> ConsumerConnector<'a> {
+    ConsumerConnector { edc: consumer, ca }
+}
+
 async fn consumer_transfer_state(ca: &TestCa, consumer: &Edc, id: &str) -> String {
-    ConsumerConnector { edc: consumer, ca }.transfer_state(id).await.unwrap_or_else(|e| panic!("{e}"))
+    connector(ca, consumer).transfer_state(id).await.unwrap_or_else(|e| panic!("{e}"))
+}
+
+/// The consumer's connector requests a `Mqtt-PULL` transfer; returns its transfer process id.
+async fn request_transfer(
+    ca: &TestCa,
+    consumer: &Edc,
+    provider: &Edc,
+    agreement: &str,
+    asset_id: &str,
+    callback: Option<&str>,
+) -> String {
+    connector(ca, consumer)
+        .request_transfer(provider, agreement, asset_id, callback)
+        .await
+        .unwrap_or_else(|e| panic!("{e}"))
 }
 
 async fn assert_refused(options: &ConsumerOptions, what: &str) {
@@ -292,25 +311,7 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
     // 3. The transfer, with a callback for the started event (it carries the EDR).
     let events = Events::default();
     let (callback_url, callback_task) = events.serve(&ca).await.unwrap();
-    let transfer_request = json!({
-        "@context": {"@vocab": EDC_NAMESPACE},
-        "@type": "TransferRequest",
-        "counterPartyAddress": provider.dsp_url(),
-        "protocol": DSP_PROTOCOL,
-        "contractId": agreement_id,
-        "assetId": asset_id,
-        "transferType": "Mqtt-PULL",
-        "callbackAddresses": [{
-            "@type": "CallbackAddress",
-            "transactional": false,
-            "uri": callback_url,
-            "events": ["transfer.process.started"],
-        }],
-    });
-    let (status, created) =
-        management(&ca, consumer, Method::POST, "/v3/transferprocesses", Some(transfer_request)).await;
-    assert_eq!(status, 200, "{created}");
-    let consumer_tp = created["@id"].as_str().unwrap().to_owned();
+    let consumer_tp = request_transfer(&ca, consumer, provider, &agreement_id, &asset_id, Some(&callback_url)).await;
     poll("the consumer's transfer STARTED", WITHIN, || {
         let (ca, id) = (ca.clone(), consumer_tp.clone());
         async move {
@@ -449,15 +450,7 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
     assert!(left.is_empty(), "refused starts created {left:?}");
 
     // 6. The consumer suspends through its connector: the session is cut, reconnecting refused.
-    let (status, body) = management(
-        &ca,
-        consumer,
-        Method::POST,
-        &format!("/v3/transferprocesses/{consumer_tp}/suspend"),
-        Some(json!({"@context": {"@vocab": EDC_NAMESPACE}, "@type": "SuspendTransfer", "reason": "a pause"})),
-    )
-    .await;
-    assert!(status == 204 || status == 200, "suspend: {status} {body}");
+    connector(&ca, consumer).end(&consumer_tp, End::Suspend, "a pause").await.unwrap();
     let name = mqt.metadata.name.clone().unwrap();
     wait_for(&transfers, &name, WITHIN, "Suspended", |t| {
         t.status.as_ref().is_some_and(|s| s.phase == Some(TransferPhase::Suspended))
@@ -507,15 +500,7 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
     assert_eq!(transfers.list(&ListParams::default()).await.unwrap().items.len(), 1, "resumed, not recreated");
 
     // 8. And terminates: revoked for good.
-    let (status, body) = management(
-        &ca,
-        consumer,
-        Method::POST,
-        &format!("/v3/transferprocesses/{consumer_tp}/terminate"),
-        Some(json!({"@context": {"@vocab": EDC_NAMESPACE}, "@type": "TerminateTransfer", "reason": "done"})),
-    )
-    .await;
-    assert!(status == 204 || status == 200, "terminate: {status} {body}");
+    connector(&ca, consumer).end(&consumer_tp, End::Terminate, "done").await.unwrap();
     wait_for(&transfers, &name, WITHIN, "Terminated", |t| {
         t.status.as_ref().is_some_and(|s| s.phase == Some(TransferPhase::Terminated))
     })
@@ -532,18 +517,7 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
 
     // 9. The provider ends a flow itself: a second transfer on the agreement, then
     // `kubectl delete mqt`: the consumer's transfer process leaves STARTED.
-    let second = json!({
-        "@context": {"@vocab": EDC_NAMESPACE},
-        "@type": "TransferRequest",
-        "counterPartyAddress": provider.dsp_url(),
-        "protocol": DSP_PROTOCOL,
-        "contractId": agreement_id,
-        "assetId": asset_id,
-        "transferType": "Mqtt-PULL",
-    });
-    let (status, created) = management(&ca, consumer, Method::POST, "/v3/transferprocesses", Some(second)).await;
-    assert_eq!(status, 200, "{created}");
-    let second_tp = created["@id"].as_str().unwrap().to_owned();
+    let second_tp = request_transfer(&ca, consumer, provider, &agreement_id, &asset_id, None).await;
     poll("the second transfer STARTED", WITHIN, || {
         let (ca, id) = (ca.clone(), second_tp.clone());
         async move {
@@ -677,7 +651,7 @@ async fn registered_and_available(dp: &RunningDataPlane) {
 
 /// The consumer negotiates the provider's offer of `asset_id`; returns its agreement id.
 async fn negotiate(ca: &TestCa, consumer: &Edc, provider: &Edc, asset_id: &str) -> String {
-    let c = ConsumerConnector { edc: consumer, ca };
+    let c = connector(ca, consumer);
     let dataset = c.dataset(provider, asset_id).await.unwrap().unwrap_or_else(|| panic!("{asset_id} in the catalog"));
     c.negotiate(provider, asset_id, &dataset).await.unwrap_or_else(|e| panic!("{e}"))
 }
@@ -711,18 +685,7 @@ async fn oauth2_edrs_for_rabbitmq_over_wss_pass_through_the_real_connectors_one_
 
     let events = Events::default();
     let (callback_url, callback_task) = events.serve(&ca).await.unwrap();
-    let request = json!({
-        "@context": {"@vocab": EDC_NAMESPACE},
-        "@type": "TransferRequest",
-        "counterPartyAddress": provider.dsp_url(),
-        "protocol": DSP_PROTOCOL,
-        "contractId": agreement,
-        "assetId": asset_id,
-        "transferType": "Mqtt-PULL",
-        "callbackAddresses": [{"transactional": false, "uri": callback_url, "events": ["transfer.process.started"]}],
-    });
-    let (status, created) = management(&ca, consumer, Method::POST, "/v3/transferprocesses", Some(request)).await;
-    assert_eq!(status, 200, "{created}");
+    request_transfer(&ca, consumer, provider, &agreement, &asset_id, Some(&callback_url)).await;
     let edr = poll("the started event with the EDR", WITHIN, || {
         let events = events.clone();
         async move {
@@ -780,19 +743,7 @@ async fn oauth2_edrs_for_rabbitmq_over_wss_pass_through_the_real_connectors_one_
     // A second consumer (another connector, another participant) gets credentials of its own:
     // another MqttTransfer, another identity, another JWT; both receive.
     let agreement_b = negotiate(&ca, consumer_b, provider, &asset_id).await;
-    let request = json!({
-        "@context": {"@vocab": EDC_NAMESPACE},
-        "@type": "TransferRequest",
-        "counterPartyAddress": provider.dsp_url(),
-        "protocol": DSP_PROTOCOL,
-        "contractId": agreement_b,
-        "assetId": asset_id,
-        "transferType": "Mqtt-PULL",
-        "callbackAddresses": [{"transactional": false, "uri": callback_url, "events": ["transfer.process.started"]}],
-    });
-    let (status, created) = management(&ca, consumer_b, Method::POST, "/v3/transferprocesses", Some(request)).await;
-    assert_eq!(status, 200, "{created}");
-    let tp_b = created["@id"].as_str().unwrap().to_owned();
+    let tp_b = request_transfer(&ca, consumer_b, provider, &agreement_b, &asset_id, Some(&callback_url)).await;
     let edr_b = poll("consumer B's EDR", WITHIN, || {
         let (events, tp_b) = (events.clone(), tp_b.clone());
         async move {
@@ -940,20 +891,9 @@ async fn bench_100_concurrent_starts_through_the_real_control_plane() {
     let requests = (0..N).map(|_| {
         let (ca, agreement, asset_id) = (ca.clone(), agreement.clone(), asset_id.clone());
         async move {
-            let request = json!({
-                "@context": {"@vocab": EDC_NAMESPACE},
-                "@type": "TransferRequest",
-                "counterPartyAddress": provider.dsp_url(),
-                "protocol": DSP_PROTOCOL,
-                "contractId": agreement,
-                "assetId": asset_id,
-                "transferType": "Mqtt-PULL",
-                "callbackAddresses": [{"transactional": false, "uri": format!("https://{callback_addr}/events"), "events": ["transfer.process.started"]}],
-            });
+            let callback = format!("https://{callback_addr}/events");
             let sent = std::time::Instant::now();
-            let (status, created) = management(&ca, consumer, Method::POST, "/v3/transferprocesses", Some(request)).await;
-            assert_eq!(status, 200, "{created}");
-            (created["@id"].as_str().unwrap().to_owned(), sent)
+            (request_transfer(&ca, consumer, provider, &agreement, &asset_id, Some(&callback)).await, sent)
         }
     });
     let sent: Vec<(String, std::time::Instant)> = futures::future::join_all(requests).await;

@@ -7,8 +7,9 @@
 //!
 //! - "Wanted" is judged per backend, not per profile name: an object recorded under a profile
 //!   that reaches the same backend as the plan's (decision 15) is the one just made, and stays.
-//! - A wanted object is recorded as wanted *before* it is first made ([`Converge::wanted`]), so
-//!   that a controller whose walk fails half-way can record it (decision 15's early recording).
+//! - A failed make ends the step: nothing recorded is removed until a walk completes, so status
+//!   keeps its records (decision 15; recording a new object before it is first made is the
+//!   transfer controller's, in its status).
 //! - Removal goes on past a refusal retrying cannot fix (collected in [`Removal::refused`]),
 //!   stops at a retryable failure (the backend is down: the whole step is retried), and leaves
 //!   alone what is not ours ([`Removal::foreign`]) and what lives under a profile the
@@ -71,6 +72,9 @@ pub enum Spec<'a> {
     ConnectorAsset(&'a AssetDefinition),
     /// A broker user (enabled or not, per the grant).
     BrokerUser(&'a UserGrant),
+    /// A broker user whose password is new (the secret store had none, or access resumes): a
+    /// user that already existed gets it too, since brokers do not reveal passwords to compare.
+    BrokerUserWithNewPassword(&'a UserGrant),
     /// A secret-store entry.
     Secret(&'a SecretLocation, &'a SecretString),
     /// An identity-provider client (enabled or not, per the definition).
@@ -83,7 +87,9 @@ impl Spec<'_> {
             Spec::ContractDefinition(d) => ExternalRef::new(Kind::ContractDefinition, profile, &d.id),
             Spec::Policy(p) => ExternalRef::new(Kind::Policy, profile, &p.id),
             Spec::ConnectorAsset(a) => ExternalRef::new(Kind::ConnectorAsset, profile, &a.id),
-            Spec::BrokerUser(g) => ExternalRef::new(Kind::BrokerUser, profile, &g.username),
+            Spec::BrokerUser(g) | Spec::BrokerUserWithNewPassword(g) => {
+                ExternalRef::new(Kind::BrokerUser, profile, &g.username)
+            }
             Spec::Secret(at, _) => ExternalRef::secret(profile, at),
             Spec::IdentityClient(c) => ExternalRef::new(Kind::IdentityClient, profile, &c.client_id),
         }
@@ -132,8 +138,6 @@ pub struct Refused {
 /// What the removal of unwanted objects did.
 #[derive(Debug, Default)]
 pub struct Removal {
-    /// Removed (or found absent).
-    pub removed: Vec<ExternalRef>,
     /// Not ours: left alone (with what the backend said).
     pub foreign: Vec<String>,
     /// Under a profile the configuration no longer has.
@@ -142,8 +146,6 @@ pub struct Removal {
     pub refused: Vec<Refused>,
     /// A retryable failure that stopped the removal.
     pub failed: Option<Failed>,
-    /// Recorded, unwanted and still there (refused, failed, not reached, or not ours).
-    pub remaining: Vec<ExternalRef>,
 }
 
 /// One converge step: make what is wanted ([`Converge::make`], [`Converge::want`]), then
@@ -159,11 +161,6 @@ impl<'a> Converge<'a> {
     /// A step for the objects of `owner`, `recorded` being what status says exists.
     pub fn new(reach: Reach<'a>, owner: &'a Owner, recorded: Vec<ExternalRef>) -> Self {
         Self { reach, owner, recorded, wanted: Vec::new() }
-    }
-
-    /// What is wanted so far, each recorded before it was first made.
-    pub fn wanted(&self) -> &[ExternalRef] {
-        &self.wanted
     }
 
     /// Marks an object wanted without making it (live sessions; an object kept as it is).
@@ -205,6 +202,15 @@ impl<'a> Converge<'a> {
                 let broker = b.brokers.get(profile).ok_or_else(missing)?;
                 (broker.system(), broker.ensure_user(g).await)
             }
+            Spec::BrokerUserWithNewPassword(g) => {
+                let broker = b.brokers.get(profile).ok_or_else(missing)?;
+                let outcome = broker.ensure_user(g).await.map_err(failed)?;
+                (self.reach.on_write)(broker.system(), outcome);
+                if outcome == Outcome::Created {
+                    return Ok(outcome);
+                }
+                (broker.system(), broker.set_password(&g.username, &g.password, self.owner).await)
+            }
             Spec::Secret(at, value) => {
                 let store = b.secret_stores.get(profile).ok_or_else(missing)?;
                 (System::SecretStore, store.ensure_secret(at, value, self.owner).await)
@@ -241,13 +247,11 @@ fn system_of(kind: Kind) -> System {
 
 async fn remove(reach: Reach<'_>, owner: &Owner, objects: Vec<ExternalRef>) -> Removal {
     let mut out = Removal::default();
-    let mut objects = objects.into_iter();
-    while let Some(r) = objects.next() {
+    for r in objects {
         let Some((what, result)) = remove_one(reach, owner, &r).await else {
             let profile = r.profile.as_deref().unwrap_or("<none>");
             tracing::warn!(profile, section = r.kind.section().as_str(), object = %r.describe(), "a profile recorded in status is no longer configured; its object is left in place");
             out.left.note(format!("{}.{profile}", r.kind.section().as_str()), r.describe());
-            out.remaining.push(r);
             continue;
         };
         match result {
@@ -255,22 +259,17 @@ async fn remove(reach: Reach<'_>, owner: &Owner, objects: Vec<ExternalRef>) -> R
                 if let Some(system) = system {
                     (reach.on_write)(system, outcome);
                 }
-                out.removed.push(r);
             }
             Err(e @ BackendError::Foreign { .. }) => {
                 tracing::warn!(object = %what, "{e}");
                 out.foreign.push(format!("{what}: {e}"));
-                out.remaining.push(r);
             }
             Err(e) if e.is_retryable() => {
                 out.failed = Some(Failed { kind: r.kind, source: e });
-                out.remaining.push(r);
-                out.remaining.extend(objects);
                 break;
             }
             Err(e) => {
                 out.refused.push(Refused { kind: r.kind, what, source: e });
-                out.remaining.push(r);
             }
         }
     }

@@ -98,22 +98,7 @@ impl Options {
 }
 
 fn main() -> std::process::ExitCode {
-    mqtt_dsp_operator::install_crypto_provider();
-    let options = match Options::parse() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("bench-transfers: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-    match runtime.block_on(run(options)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("bench-transfers: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    e2e::stats::main_of("bench-transfers", Options::parse, |o| async { run(o).await.map(|()| true) })
 }
 
 fn progress(message: &str) {

@@ -97,23 +97,7 @@ impl Options {
 }
 
 fn main() -> std::process::ExitCode {
-    mqtt_dsp_operator::install_crypto_provider();
-    let options = match Options::parse() {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("chaos: {e}");
-            return std::process::ExitCode::from(2);
-        }
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
-    match runtime.block_on(run(options)) {
-        Ok(true) => std::process::ExitCode::SUCCESS,
-        Ok(false) => std::process::ExitCode::FAILURE,
-        Err(e) => {
-            eprintln!("chaos: {e}");
-            std::process::ExitCode::FAILURE
-        }
-    }
+    e2e::stats::main_of("chaos", Options::parse, run)
 }
 
 fn progress(message: &str) {

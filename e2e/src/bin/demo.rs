@@ -1663,7 +1663,7 @@ async fn dataspace_path(kube: &Kube, stack: &Stack, d: &Dataspace, namespace: &s
     let events = Events::default();
     let (callback, callback_task) = events.serve(&stack.ca).await?;
     let started = Instant::now();
-    let process = consumer.request_transfer(&d.provider, &agreement, &asset_id, &callback).await?;
+    let process = consumer.request_transfer(&d.provider, &agreement, &asset_id, Some(&callback)).await?;
     consumer.wait_state(&process, "STARTED", e2e::dataspace::WITHIN).await?;
     let event = events.wait_for_key("password", Duration::from_secs(30)).await?;
     indent(&format!(

@@ -33,7 +33,7 @@ use crate::api::{
 use crate::backends::broker::{Broker, UserGrant};
 use crate::backends::identity::IdentityProvider;
 use crate::backends::secrets::SecretStore;
-use crate::backends::{Outcome, SecretString, random_password};
+use crate::backends::{SecretString, random_password};
 use crate::converge::{Converge, Spec};
 use crate::plan::PlanError;
 use crate::plan::asset::{self as asset_plan, AssetIdentity, AssetPlan};
@@ -259,11 +259,11 @@ async fn provision(asset: &MqttAsset, ctx: &Context, walk: &mut Walk) -> Result<
     // if that fails, the store still has none and the next attempt starts over, so the store
     // never holds a password the broker does not accept.
     if fresh_password {
-        broker_step(ctx, &mut step, &clients, &plan, &secret, true, walk).await?;
+        broker_step(&mut step, &clients, &plan, &secret, true, walk).await?;
         secret_step(&mut step, &clients, &plan, &secret, walk).await?;
     } else {
         secret_step(&mut step, &clients, &plan, &secret, walk).await?;
-        broker_step(ctx, &mut step, &clients, &plan, &secret, false, walk).await?;
+        broker_step(&mut step, &clients, &plan, &secret, false, walk).await?;
     }
 
     offer(ctx, asset, &clients, &plan, step, walk).await
@@ -357,7 +357,6 @@ async fn secret_step(
 
 /// Puts the broker user (usrpw) in place; with a fresh password, an existing user gets it too.
 async fn broker_step(
-    ctx: &Context,
     step: &mut Converge<'_>,
     clients: &Clients,
     plan: &AssetPlan,
@@ -376,18 +375,10 @@ async fn broker_step(
                 enabled: true,
                 owner: owner.clone(),
             };
-            let outcome = step.make(&plan.profiles.broker, Spec::BrokerUser(&grant)).await.map_err(failed_step)?;
-            if fresh_password && outcome != Outcome::Created {
-                // The secret store had lost the password of an existing user: the user gets the
-                // new one, so that what the connector resolves works.
-                let outcome = clients
-                    .broker
-                    .set_password(username, secret, owner)
-                    .await
-                    .at(Step::Broker)
-                    .map_err(|e| (Some(Step::Broker), e))?;
-                ctx.metrics.count_backend_write(broker_system.as_str(), outcome);
-            }
+            // A fresh password (the secret store had lost it) goes to an existing user too, so
+            // that what the connector resolves works.
+            let spec = if fresh_password { Spec::BrokerUserWithNewPassword(&grant) } else { Spec::BrokerUser(&grant) };
+            step.make(&plan.profiles.broker, spec).await.map_err(failed_step)?;
             walk.step_ok(Step::Broker, &format!("user {username} may read {} topic filter(s)", topics.len()));
         }
         AssetIdentity::PerTransfer => {}

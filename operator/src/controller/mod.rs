@@ -128,7 +128,7 @@ pub struct Context {
     /// The transfer controller's cache of assets (set when it starts): transfers read their
     /// asset here instead of asking the API server each time.
     pub(crate) assets: std::sync::OnceLock<kube::runtime::reflector::Store<crate::api::MqttAsset>>,
-    /// The resource versions of our own status writes.
+    /// The state our own status writes leave each object in.
     own_writes: OwnWrites,
     /// How many kinds' caches have synced (the readiness check waits for all of them).
     synced: tokio::sync::watch::Sender<usize>,
@@ -183,14 +183,8 @@ impl Context {
         let ctx = self.clone();
         let ready_store = store.clone();
         tokio::spawn(async move {
-            // Polled again and again: kube-runtime's readiness signal wakes only its most recent
-            // waiter, which is the controller's own runner, not us.
-            loop {
-                match tokio::time::timeout(Duration::from_millis(100), ready_store.wait_until_ready()).await {
-                    Ok(Ok(())) => break,
-                    Ok(Err(_)) => return,
-                    Err(_) => {}
-                }
+            if !watch::store_ready(&ready_store).await {
+                return;
             }
             ctx.synced.send_modify(|n| *n += 1);
             tracing::info!(kind, "cache synced");

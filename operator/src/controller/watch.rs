@@ -15,15 +15,16 @@ use super::{Context, Error};
 pub(crate) struct OwnWrites(Mutex<HashMap<String, u64>>);
 
 impl OwnWrites {
+    /// The object's uid: unique across kinds (an asset and a transfer may share a name) and
+    /// across a deletion and a re-creation under one name.
     fn key(meta: &kube::api::ObjectMeta) -> String {
-        format!("{}/{}", meta.namespace.as_deref().unwrap_or_default(), meta.name.as_deref().unwrap_or_default())
+        meta.uid.clone().unwrap_or_default()
     }
 
     /// The state: what triggers a reconcile in the metadata, and the status.
     fn state(meta: &kube::api::ObjectMeta, status: &serde_json::Value) -> u64 {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
-        meta.uid.hash(&mut h);
         meta.generation.hash(&mut h);
         meta.deletion_timestamp.as_ref().map(|t| t.0.as_millisecond()).hash(&mut h);
         meta.annotations.hash(&mut h);
@@ -37,10 +38,13 @@ impl OwnWrites {
         self.0.lock().expect("not poisoned").insert(Self::key(meta), Self::state(meta, status));
     }
 
-    /// Whether the object is in the state our last status write left it in.
-    fn is_own(&self, meta: &kube::api::ObjectMeta, status: &serde_json::Value) -> bool {
-        let writes = self.0.lock().expect("not poisoned");
-        writes.get(&Self::key(meta)).is_some_and(|s| *s == Self::state(meta, status))
+    /// Whether the object is in the state our last status write left it in (its status is
+    /// only serialized when we wrote one).
+    fn is_own(&self, meta: &kube::api::ObjectMeta, status: impl FnOnce() -> serde_json::Value) -> bool {
+        let Some(written) = self.0.lock().expect("not poisoned").get(&Self::key(meta)).copied() else {
+            return false;
+        };
+        written == Self::state(meta, &status())
     }
 
     /// Forgets an object (deleted).
@@ -74,10 +78,26 @@ where
                     own.own_writes.forget(meta);
                 }
                 // A deleted object needs no reconcile (its finalizer is gone); our own write needs none.
-                std::future::ready(!gone && !own.own_writes.is_own(meta, &status(object)))
+                std::future::ready(!gone && !own.own_writes.is_own(meta, || status(object)))
             },
         );
     kube::runtime::Controller::for_stream(trigger, reader).with_config(ctx.controller_config())
+}
+
+/// Waits until `store` has its first list. Polled: kube-runtime's readiness signal wakes only
+/// the latest of several waiters (a controller's runner, or one of many reconciles after a
+/// restart); once ready, the answer is immediate. `false` when the store's writer is gone.
+pub(crate) async fn store_ready<K>(store: &kube::runtime::reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    loop {
+        match tokio::time::timeout(std::time::Duration::from_millis(50), store.wait_until_ready()).await {
+            Ok(result) => return result.is_ok(),
+            Err(_) => continue,
+        }
+    }
 }
 
 /// Writes `new` as the status of `name` when it differs from `old`: a JSON merge patch of what
@@ -94,8 +114,9 @@ where
     K: kube::Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned,
     S: serde::Serialize,
 {
-    let old = old.map(serde_json::to_value).transpose().map_err(|e| Error::Finalizer(e.to_string()))?;
-    let new = serde_json::to_value(new).map_err(|e| Error::Finalizer(e.to_string()))?;
+    // A status type's fields are strings, numbers, lists and maps with string keys: it serializes.
+    let json = |s: &S| serde_json::to_value(s).expect("a status serializes to JSON");
+    let (old, new) = (old.map(json), json(new));
     let Some(diff) = merge_diff(old.as_ref(), &new) else { return Ok(()) };
     ctx.own_writes.writing(meta, &new);
     let patch = kube::api::Patch::Merge(serde_json::json!({ "status": diff }));
@@ -176,24 +197,29 @@ mod tests {
         let meta = kube::api::ObjectMeta {
             name: Some("t".into()),
             namespace: Some("ns".into()),
+            uid: Some("uid-1".into()),
             generation: Some(1),
             ..Default::default()
         };
         let ours = json!({"phase": "Active"});
-        assert!(!own.is_own(&meta, &ours), "nothing written yet");
+        assert!(!own.is_own(&meta, || ours.clone()), "nothing written yet");
         own.writing(&meta, &ours);
-        assert!(own.is_own(&meta, &ours), "our write coming back (or the same state listed again)");
-        assert!(!own.is_own(&meta, &json!({"phase": "Active", "tokenExpiresAt": "x"})), "someone else's status write");
+        assert!(own.is_own(&meta, || ours.clone()), "our write coming back (or the same state listed again)");
+        assert!(
+            !own.is_own(&meta, || json!({"phase": "Active", "tokenExpiresAt": "x"})),
+            "someone else's status write"
+        );
         let spec_changed = kube::api::ObjectMeta { generation: Some(2), ..meta.clone() };
-        assert!(!own.is_own(&spec_changed, &ours), "a spec change");
+        assert!(!own.is_own(&spec_changed, || ours.clone()), "a spec change");
         let paused = kube::api::ObjectMeta {
             annotations: Some([(PAUSED_ANNOTATION.to_owned(), "true".to_owned())].into()),
             ..meta.clone()
         };
-        assert!(!own.is_own(&paused, &ours), "an annotation");
-        let other = kube::api::ObjectMeta { name: Some("u".into()), ..meta.clone() };
-        assert!(!own.is_own(&other, &ours), "another object");
+        assert!(!own.is_own(&paused, || ours.clone()), "an annotation");
+        // Another object, even of the same name (another kind, or re-created): another uid.
+        let other = kube::api::ObjectMeta { uid: Some("uid-2".into()), ..meta.clone() };
+        assert!(!own.is_own(&other, || ours.clone()), "another object");
         own.forget(&meta);
-        assert!(!own.is_own(&meta, &ours), "forgotten once deleted");
+        assert!(!own.is_own(&meta, || ours.clone()), "forgotten once deleted");
     }
 }

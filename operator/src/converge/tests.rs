@@ -237,7 +237,7 @@ async fn a_move_between_backends_makes_the_new_objects_then_removes_the_old_ones
     assert_eq!(step.make("b", Spec::Secret(&at("s"), &pw)).await.unwrap(), Outcome::Created);
     assert_eq!(step.make("b", Spec::BrokerUser(&grant("u"))).await.unwrap(), Outcome::Created);
     let removal = step.finish().await;
-    assert_eq!(removal.removed.iter().map(|r| r.kind).collect::<Vec<_>>(), [Kind::BrokerUser, Kind::Secret]);
+    assert!(removal.failed.is_none() && removal.refused.is_empty() && removal.foreign.is_empty(), "{removal:?}");
     assert!(!w.a.has("user", "u") && !w.a.has("secret", "s"), "the old backend is left empty");
     assert!(w.b.has("user", "u") && w.b.has("secret", "s"));
     // The user goes before the secret that holds its password: dependants first.
@@ -253,13 +253,13 @@ async fn another_profile_of_the_same_backend_is_no_move() {
     let mut step = Converge::new(w.reach(), &o, vec![ExternalRef::new(Kind::BrokerUser, "a", "u")]);
     assert_eq!(step.make("a-alias", Spec::BrokerUser(&grant("u"))).await.unwrap(), Outcome::Unchanged);
     let removal = step.finish().await;
-    assert!(removal.removed.is_empty() && removal.remaining.is_empty(), "{removal:?}");
+    assert!(removal.failed.is_none() && removal.refused.is_empty() && removal.left.is_empty(), "{removal:?}");
     assert!(w.a.has("user", "u"), "the object just made is not deleted as the 'old' one");
     assert_eq!(w.a.calls(), ["ensure user u"]);
 }
 
 #[tokio::test]
-async fn a_failure_in_the_middle_keeps_what_was_attempted_recorded_and_removes_nothing() {
+async fn a_failure_in_the_middle_removes_nothing_and_a_failing_removal_stops_there() {
     let w = World::new();
     let o = owner();
     w.a.put("user", "old", &o.marker());
@@ -280,11 +280,6 @@ async fn a_failure_in_the_middle_keeps_what_was_attempted_recorded_and_removes_n
     let failed = step.make("a", Spec::Secret(&at("s"), &pw)).await.unwrap_err();
     assert_eq!(failed.kind, Kind::Secret);
     assert!(failed.source.is_retryable());
-    // Both are recorded as wanted: the client exists, the secret may (a lost answer).
-    assert_eq!(
-        step.wanted().iter().map(|r| (r.kind, r.name.as_str())).collect::<Vec<_>>(),
-        [(Kind::IdentityClient, "c"), (Kind::Secret, "s")]
-    );
     // The caller stops here: the stale user stays until a walk completes.
     drop(step);
     assert!(w.a.has("user", "old"));
@@ -299,9 +294,9 @@ async fn a_failure_in_the_middle_keeps_what_was_attempted_recorded_and_removes_n
         ExternalRef::new(Kind::Policy, "a", "p"),
     ];
     let removal = Converge::new(w.reach(), &o, recorded).finish().await;
-    assert_eq!(removal.removed, [ExternalRef::new(Kind::Policy, "a", "p")]);
+    assert!(!w.a.has("policy", "p"), "the dependant before the failure is removed");
     assert_eq!(removal.failed.as_ref().map(|f| f.kind), Some(Kind::ConnectorAsset));
-    assert_eq!(removal.remaining.len(), 2, "the asset and the secret after it: {removal:?}");
+    assert!(w.a.has("asset", "x"), "the failing one stays");
     assert!(!w.a.calls().iter().any(|c| c.contains("kept")), "{:?}", w.a.calls());
 }
 
@@ -316,7 +311,7 @@ async fn a_foreign_object_is_never_deleted_nor_changed() {
     assert!(w.a.has("user", "theirs"), "not ours: left alone");
     assert_eq!(removal.foreign.len(), 1, "{removal:?}");
     assert!(removal.foreign[0].contains("broker user theirs"), "{:?}", removal.foreign);
-    assert_eq!(removal.removed, [ExternalRef::secret("a", &at("s"))], "the rest still goes");
+    assert!(!w.a.has("secret", "s"), "the rest still goes");
     assert!(removal.failed.is_none() && removal.refused.is_empty());
 
     let mut step = Converge::new(w.reach(), &o, Vec::new());
@@ -379,7 +374,6 @@ async fn retain_leaves_everything_and_an_unconfigured_profile_is_noted_not_guess
         removal.left.0.get("identityProviders.gone").map(Vec::as_slice),
         Some(&["identity client c".to_owned()][..])
     );
-    assert_eq!(removal.remaining, [ExternalRef::new(Kind::IdentityClient, "gone", "c")]);
 }
 
 #[tokio::test]
@@ -390,7 +384,22 @@ async fn a_user_covers_the_sessions_of_its_name_and_sessions_are_closed_when_unw
     let mut step = Converge::new(w.reach(), &o, recorded);
     step.make("a", Spec::BrokerUser(&grant("t"))).await.unwrap();
     let removal = step.finish().await;
-    assert_eq!(removal.removed, [ExternalRef::new(Kind::Sessions, "a", "sa-t")]);
+    assert!(removal.failed.is_none() && removal.refused.is_empty(), "{removal:?}");
     assert_eq!(w.a.calls(), ["ensure user t", "disconnect sa-t"]);
     assert!(w.writes.lock().unwrap().iter().all(|(_, o)| *o != Outcome::Unchanged), "closing sessions is no write");
+}
+
+#[tokio::test]
+async fn a_new_password_is_set_on_a_user_that_already_existed() {
+    let w = World::new();
+    let o = owner();
+    let mut step = Converge::new(w.reach(), &o, Vec::new());
+    step.make("a", Spec::BrokerUserWithNewPassword(&grant("new"))).await.unwrap();
+    assert_eq!(w.a.calls(), ["ensure user new"], "a user made with it has it already");
+    w.a.put("user", "old", &o.marker());
+    step.make("a", Spec::BrokerUserWithNewPassword(&grant("old"))).await.unwrap();
+    assert_eq!(w.a.calls()[1..], ["ensure user old".to_owned(), "set_password old".to_owned()]);
+    step.make("a", Spec::BrokerUser(&grant("old"))).await.unwrap();
+    assert_eq!(w.a.calls().len(), 4, "an unchanged password is not set again: {:?}", w.a.calls());
+    assert!(w.writes.lock().unwrap().contains(&(System::Mosquitto, Outcome::Updated)), "the password write is counted");
 }

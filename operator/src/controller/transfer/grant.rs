@@ -7,7 +7,7 @@ use kube::Resource;
 use super::{Refs, StepResult, Walk, at, converge, planned, refs, secret, sessions, time};
 use crate::api::{AuthMode, MqttAsset, MqttTransfer, SecretReference, TransferPhase};
 use crate::backends::broker::UserGrant;
-use crate::backends::{Outcome, SecretString, random_password};
+use crate::backends::{SecretString, random_password};
 use crate::controller::asset::Clients;
 use crate::controller::{Context, Step, failed_step, removal_result};
 use crate::converge::{Converge, Spec};
@@ -55,11 +55,11 @@ pub(super) async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, wa
     walk.status.secret.get_or_insert_with(|| refs.secret.clone());
     walk.status.broker.get_or_insert_with(|| refs.broker.clone());
     if fresh {
-        broker_step(ctx, &mut step, &clients, &plan, &secret, true, walk).await?;
+        broker_step(&mut step, &clients, &plan, &secret, true, walk).await?;
         secret_step(&mut step, &clients, &plan, &secret, walk).await?;
     } else {
         secret_step(&mut step, &clients, &plan, &secret, walk).await?;
-        broker_step(ctx, &mut step, &clients, &plan, &secret, false, walk).await?;
+        broker_step(&mut step, &clients, &plan, &secret, false, walk).await?;
     }
     for name in sessions(t, &plan, &clients) {
         step.want(ExternalRef::new(Kind::Sessions, &plan.profiles.broker, name));
@@ -110,7 +110,6 @@ async fn secret_step(
 /// Gives the broker user (`usrpw`) its topics and, when fresh, the password; `oauth2` needs
 /// nothing at the broker.
 async fn broker_step(
-    ctx: &Context,
     step: &mut Converge<'_>,
     clients: &Clients,
     plan: &TransferPlan,
@@ -133,12 +132,8 @@ async fn broker_step(
         enabled: true,
         owner: plan.owner.clone(),
     };
-    let outcome = step.make(&plan.profiles.broker, Spec::BrokerUser(&grant)).await.map_err(failed_step)?;
-    if fresh && outcome != Outcome::Created {
-        let outcome =
-            clients.broker.set_password(&plan.identity, secret, &plan.owner).await.map_err(at(Step::Broker))?;
-        ctx.metrics.count_backend_write(broker_system.as_str(), outcome);
-    }
+    let spec = if fresh { Spec::BrokerUserWithNewPassword(&grant) } else { Spec::BrokerUser(&grant) };
+    step.make(&plan.profiles.broker, spec).await.map_err(failed_step)?;
     walk.tracker.step_ok(
         Step::Broker,
         &format!("user {} may read {} topic filter(s), nothing else", plan.identity, plan.topics.len()),

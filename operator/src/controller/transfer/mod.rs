@@ -91,23 +91,14 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
         .await;
 }
 
-/// The transfer's asset, unless it is gone: from the asset cache (once it has synced: an
-/// unsynced cache would make every asset look deleted), else from the API server.
+/// The transfer's asset, unless it is gone, from the asset cache once it has synced (an
+/// unsynced cache would make every asset look deleted).
 async fn asset_of(t: &MqttTransfer, ctx: &Context) -> Result<Option<MqttAsset>, Error> {
-    let namespace = t.namespace().unwrap_or_default();
-    let Some(store) = ctx.assets.get() else {
-        let assets: Api<MqttAsset> = Api::namespaced(ctx.client.clone(), &namespace);
-        return assets.get_opt(&t.spec.asset_ref.name).await.map_err(Error::Kube);
-    };
-    // Polled: kube-runtime's readiness signal wakes only the latest of several waiters, and a
-    // restart has every transfer waiting at once (once ready, the answer is immediate).
-    loop {
-        match tokio::time::timeout(Duration::from_millis(50), store.wait_until_ready()).await {
-            Ok(Ok(())) => break,
-            Ok(Err(_)) => return Err(Error::Finalizer("the asset cache stopped".into())),
-            Err(_) => {}
-        }
+    let store = ctx.assets.get().expect("run() sets the asset cache before any reconcile");
+    if !super::watch::store_ready(store).await {
+        return Err(Error::Finalizer("the asset cache stopped".into()));
     }
+    let namespace = t.namespace().unwrap_or_default();
     Ok(store.get(&ObjectRef::new(&t.spec.asset_ref.name).within(&namespace)).map(|a| (*a).clone()))
 }
 
