@@ -231,3 +231,40 @@ async fn the_old_marker_is_adopted_once_and_another_installations_is_foreign() {
     assert!(matches!(e, BackendError::Foreign { .. }), "{e}");
     assert_eq!(state(), before, "another installation changed nothing");
 }
+
+/// `create_user`, what a new transfer uses: role and client in one control message, no read.
+/// Should they exist already (a lost answer, a crash before status was written), they are
+/// repaired as by `ensure_user` and the client gets the new password; a foreign client is
+/// refused and left as it was.
+#[tokio::test]
+async fn create_makes_a_new_user_in_one_message_and_repairs_one_that_exists() {
+    let admin = admin(ADMIN_PASSWORD);
+    let g = grant("consumer-c", &["c/1/#"], true);
+    assert_eq!(admin.create_user(&g).await.unwrap(), Outcome::Created);
+    let mut c = consumer("consumer-c", broker().mqtts_url()).await.unwrap();
+    assert!(c.subscribe("c/1/x").await);
+    assert!(!c.subscribe("c/2/x").await, "more than its topics");
+    assert_eq!(admin.ensure_user(&g).await.unwrap(), Outcome::Unchanged, "made as ensure_user makes it");
+
+    // Made before, with other topics and another password: both are brought to this grant.
+    let mut again = grant("consumer-c", &["c/2/#"], true);
+    again.password = SecretString::from("the-password-of-the-retry-0123".to_owned());
+    assert_eq!(admin.create_user(&again).await.unwrap(), Outcome::Updated);
+    assert!(matches!(consumer("consumer-c", broker().mqtts_url()).await, Err(ConnectError::Refused(_))));
+    let mut c = Consumer::connect(&options(broker().mqtts_url(), "consumer-c", "the-password-of-the-retry-0123"))
+        .await
+        .expect("the retry's password");
+    assert!(c.subscribe("c/2/x").await);
+    assert!(!c.subscribe("c/1/x").await, "the old topic is still granted");
+
+    // Another resource's client of that name: refused, and it keeps its password and access.
+    let mut theirs = grant("consumer-c", &["elsewhere/#"], true);
+    theirs.owner = owner("another-transfer");
+    theirs.password = SecretString::from("not-the-owners-password-012345".to_owned());
+    let e = admin.create_user(&theirs).await.unwrap_err();
+    assert!(matches!(e, BackendError::Foreign { .. }), "{e}");
+    let mut c = Consumer::connect(&options(broker().mqtts_url(), "consumer-c", "the-password-of-the-retry-0123"))
+        .await
+        .expect("the owner's password still works");
+    assert!(c.subscribe("c/2/x").await);
+}

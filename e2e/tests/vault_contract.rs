@@ -307,6 +307,7 @@ e2e::both!(
     secret_of_another_resource_is_foreign,
     the_old_marker_is_adopted_once_and_another_installations_is_foreign,
     marker_left_by_an_interrupted_create_is_completed,
+    create_of_a_new_key_reads_only_its_metadata_and_meets_existing_keys_as_ensure_does,
     paths_follow_mount_folder_and_alias,
     kubernetes_login_failures_before_any_token_review_are_reported,
     errors_and_debug_output_never_contain_the_token_or_the_value,
@@ -500,6 +501,45 @@ async fn marker_left_by_an_interrupted_create_is_completed(target: Target) {
     s.plant("edc/b", None, Some(our_marker(&owner()))).await;
     assert_eq!(client.delete_secret(&at("b"), &owner()).await.unwrap(), Outcome::Deleted);
     assert!(s.stored("edc/b").await.is_none());
+}
+
+/// `create_secret`: what a new transfer uses when status records nothing; three requests for a
+/// key that does not exist, and the general path for one that does.
+async fn create_of_a_new_key_reads_only_its_metadata_and_meets_existing_keys_as_ensure_does(target: Target) {
+    let s = Stack::start(target).await;
+    let client = s.client();
+    s.clear_log();
+    assert_eq!(client.create_secret(&at("new"), &secret("v1"), &owner()).await.unwrap(), Outcome::Created);
+    let stored = s.stored("edc/new").await.unwrap();
+    assert_eq!((stored.content(), stored.current_version), (Some("v1"), 1));
+    assert_eq!(stored.custom_metadata, our_marker(&owner()));
+    if target == Target::Double {
+        let requests: Vec<_> =
+            s.double().server.log.all().into_iter().map(|r| format!("{} {}", r.method, r.path)).collect();
+        assert_eq!(
+            requests,
+            ["GET /v1/secret/metadata/edc/new", "POST /v1/secret/metadata/edc/new", "POST /v1/secret/data/edc/new"],
+            "metadata read, marker, value: no data read"
+        );
+    }
+
+    // A key that exists after all: ours with another value is updated, ours with the same
+    // value is left as it is, a marker left by an interrupted create is completed, and a
+    // foreign one is refused without a write.
+    assert_eq!(client.create_secret(&at("new"), &secret("v2"), &owner()).await.unwrap(), Outcome::Updated);
+    assert_eq!(s.stored("edc/new").await.unwrap().content(), Some("v2"));
+    assert_eq!(client.create_secret(&at("new"), &secret("v2"), &owner()).await.unwrap(), Outcome::Unchanged);
+    s.plant("edc/marked", None, Some(our_marker(&owner()))).await;
+    assert_eq!(client.create_secret(&at("marked"), &secret("v1"), &owner()).await.unwrap(), Outcome::Created);
+    assert_eq!(s.stored("edc/marked").await.unwrap().content(), Some("v1"));
+    s.plant_foreign("edc/theirs", "their-value").await;
+    let before = s.write_record("edc/theirs").await;
+    let e = client.create_secret(&at("theirs"), &secret("ours"), &owner()).await.unwrap_err();
+    assert!(matches!(e, BackendError::Foreign { .. }), "{e:?}");
+    assert_eq!(s.write_record("edc/theirs").await, before, "not a single write");
+    let stored = s.stored("edc/theirs").await.unwrap();
+    assert_eq!(stored.content(), Some("their-value"));
+    assert!(stored.custom_metadata.is_empty(), "not claimed");
 }
 
 async fn paths_follow_mount_folder_and_alias(target: Target) {

@@ -75,8 +75,13 @@ pub enum Spec<'a> {
     /// A broker user whose password is new (the secret store had none, or access resumes): a
     /// user that already existed gets it too, since brokers do not reveal passwords to compare.
     BrokerUserWithNewPassword(&'a UserGrant),
+    /// A broker user that status says was never made (a new transfer): created without reading
+    /// first, repaired as [`Spec::BrokerUserWithNewPassword`] should it exist after all.
+    NewBrokerUser(&'a UserGrant),
     /// A secret-store entry.
     Secret(&'a SecretLocation, &'a SecretString),
+    /// A secret-store entry that status says was never written (a new transfer).
+    NewSecret(&'a SecretLocation, &'a SecretString),
     /// An identity-provider client (enabled or not, per the definition).
     IdentityClient(&'a ClientDefinition),
 }
@@ -87,10 +92,10 @@ impl Spec<'_> {
             Spec::ContractDefinition(d) => ExternalRef::new(Kind::ContractDefinition, profile, &d.id),
             Spec::Policy(p) => ExternalRef::new(Kind::Policy, profile, &p.id),
             Spec::ConnectorAsset(a) => ExternalRef::new(Kind::ConnectorAsset, profile, &a.id),
-            Spec::BrokerUser(g) | Spec::BrokerUserWithNewPassword(g) => {
+            Spec::BrokerUser(g) | Spec::BrokerUserWithNewPassword(g) | Spec::NewBrokerUser(g) => {
                 ExternalRef::new(Kind::BrokerUser, profile, &g.username)
             }
-            Spec::Secret(at, _) => ExternalRef::secret(profile, at),
+            Spec::Secret(at, _) | Spec::NewSecret(at, _) => ExternalRef::secret(profile, at),
             Spec::IdentityClient(c) => ExternalRef::new(Kind::IdentityClient, profile, &c.client_id),
         }
     }
@@ -211,9 +216,17 @@ impl<'a> Converge<'a> {
                 }
                 (broker.system(), broker.set_password(&g.username, &g.password, self.owner).await)
             }
+            Spec::NewBrokerUser(g) => {
+                let broker = b.brokers.get(profile).ok_or_else(missing)?;
+                (broker.system(), broker.create_user(g).await)
+            }
             Spec::Secret(at, value) => {
                 let store = b.secret_stores.get(profile).ok_or_else(missing)?;
                 (System::SecretStore, store.ensure_secret(at, value, self.owner).await)
+            }
+            Spec::NewSecret(at, value) => {
+                let store = b.secret_stores.get(profile).ok_or_else(missing)?;
+                (System::SecretStore, store.create_secret(at, value, self.owner).await)
             }
             Spec::IdentityClient(c) => {
                 let idp = b.identity_providers.get(profile).ok_or_else(missing)?;

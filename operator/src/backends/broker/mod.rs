@@ -46,6 +46,18 @@ pub trait Broker: Send + Sync {
     /// Creates the user with exactly `topics` readable, or brings it there; no write when it
     /// matches. Disabling closes the user's live sessions.
     async fn ensure_user(&self, grant: &UserGrant) -> Result<Outcome, BackendError>;
+    /// Creates a user that status says was never made (a new transfer), with the grant's
+    /// password, in the fewest calls the broker allows: no read before the write. A user that
+    /// exists after all (an answer lost, a crash before status was written) is brought to the
+    /// grant as by [`Broker::ensure_user`] and given the password. Brokers whose creation is not
+    /// cheaper than that keep this default.
+    async fn create_user(&self, grant: &UserGrant) -> Result<Outcome, BackendError> {
+        let outcome = self.ensure_user(grant).await?;
+        if outcome == Outcome::Created {
+            return Ok(outcome);
+        }
+        self.set_password(&grant.username, &grant.password, &grant.owner).await
+    }
     /// Sets a new password for a user of ours.
     async fn set_password(
         &self,

@@ -145,28 +145,48 @@ impl MosquittoClient {
 
     /// Sends one command and waits for its answer; records the call's latency and outcome.
     async fn command(&self, operation: &'static str, object: &str, command: Value) -> Result<Answer, BackendError> {
+        let mut answers = self.commands(operation, object, vec![command]).await?;
+        Ok(answers.pop().expect("one answer per command"))
+    }
+
+    /// Sends commands in one control message (the plugin runs them in order) and waits for all
+    /// their answers; records each command's latency and outcome.
+    async fn commands(
+        &self,
+        operation: &'static str,
+        object: &str,
+        commands: Vec<Value>,
+    ) -> Result<Vec<Answer>, BackendError> {
         let started = std::time::Instant::now();
-        let result = self.exchange(operation, object, command).await;
-        let outcome = match &result {
-            Ok(Answer::Ok(_)) => "ok",
-            Ok(Answer::NotFound) => "not found",
-            Ok(Answer::Exists) => "exists",
-            Ok(Answer::Error(_)) => "error",
-            Err(BackendError::Timeout { .. }) => "timeout",
-            Err(BackendError::Unauthorized { .. }) => "unauthorized",
-            Err(_) => "unreachable",
+        let count = commands.len();
+        let result = self.exchange(operation, object, commands).await;
+        let outcomes: Vec<&str> = match &result {
+            Ok(answers) => answers
+                .iter()
+                .map(|a| match a {
+                    Answer::Ok(_) => "ok",
+                    Answer::NotFound => "not found",
+                    Answer::Exists => "exists",
+                    Answer::Error(_) => "error",
+                })
+                .collect(),
+            Err(BackendError::Timeout { .. }) => vec!["timeout"; count],
+            Err(BackendError::Unauthorized { .. }) => vec!["unauthorized"; count],
+            Err(_) => vec!["unreachable"; count],
         };
-        crate::metrics::observe_backend_call(SYSTEM.as_str(), operation, outcome, started.elapsed());
+        for outcome in outcomes {
+            crate::metrics::observe_backend_call(SYSTEM.as_str(), operation, outcome, started.elapsed());
+        }
         result
     }
 
-    /// Publishes one command on the control topic and waits for its answer.
+    /// Publishes commands in one message on the control topic and waits for their answers.
     async fn exchange(
         &self,
         operation: &'static str,
         object: &str,
-        mut command: Value,
-    ) -> Result<Answer, BackendError> {
+        mut commands: Vec<Value>,
+    ) -> Result<Vec<Answer>, BackendError> {
         let timeout_err = || BackendError::Timeout {
             system: SYSTEM,
             operation,
@@ -187,13 +207,28 @@ impl MosquittoClient {
         if link == Link::Refused {
             return Err(BackendError::Unauthorized { system: SYSTEM, operation, object: object.to_owned(), status: 0 });
         }
-        let id = format!("dsp-mqtt-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
-        command["correlationData"] = Value::String(id.clone());
-        let (tx, rx) = oneshot::channel();
-        self.pending.lock().await.insert(id.clone(), tx);
-        let payload = json!({ "commands": [command] }).to_string();
+        let mut ids = Vec::with_capacity(commands.len());
+        let mut receivers = Vec::with_capacity(commands.len());
+        {
+            let mut pending = self.pending.lock().await;
+            for command in &mut commands {
+                let id = format!("dsp-mqtt-{}", self.next_id.fetch_add(1, Ordering::Relaxed));
+                command["correlationData"] = Value::String(id.clone());
+                let (tx, rx) = oneshot::channel();
+                pending.insert(id.clone(), tx);
+                ids.push(id);
+                receivers.push(rx);
+            }
+        }
+        let forget = || async {
+            let mut pending = self.pending.lock().await;
+            for id in &ids {
+                pending.remove(id);
+            }
+        };
+        let payload = json!({ "commands": commands }).to_string();
         if let Err(e) = self.client.publish(CONTROL_TOPIC, QoS::AtLeastOnce, false, payload).await {
-            self.pending.lock().await.remove(&id);
+            forget().await;
             return Err(BackendError::Unreachable {
                 system: SYSTEM,
                 operation,
@@ -201,19 +236,21 @@ impl MosquittoClient {
                 source: Box::new(e),
             });
         }
-        let answer = match tokio::time::timeout(self.timeout, rx).await {
-            Ok(Ok(answer)) => answer,
+        let answers = match tokio::time::timeout(self.timeout, futures::future::join_all(receivers)).await {
+            Ok(answers) if answers.iter().all(Result::is_ok) => answers.into_iter().flatten(),
             _ => {
-                self.pending.lock().await.remove(&id);
+                forget().await;
                 return Err(timeout_err());
             }
         };
-        Ok(match answer.get("error").and_then(Value::as_str) {
-            None => Answer::Ok(answer.get("data").cloned().unwrap_or(Value::Null)),
-            Some(e) if e.ends_with("not found") => Answer::NotFound,
-            Some(e) if e.ends_with("already exists") => Answer::Exists,
-            Some(e) => Answer::Error(e.to_owned()),
-        })
+        Ok(answers
+            .map(|answer| match answer.get("error").and_then(Value::as_str) {
+                None => Answer::Ok(answer.get("data").cloned().unwrap_or(Value::Null)),
+                Some(e) if e.ends_with("not found") => Answer::NotFound,
+                Some(e) if e.ends_with("already exists") => Answer::Exists,
+                Some(e) => Answer::Error(e.to_owned()),
+            })
+            .collect())
     }
 
     /// Sends a command that must succeed.
@@ -393,6 +430,46 @@ impl Broker for MosquittoClient {
 
     async fn ensure_user(&self, grant: &UserGrant) -> Result<Outcome, BackendError> {
         self.ensure_user_once(grant, true).await
+    }
+
+    /// The role with its ACLs and the client with its role and password, as two commands in one
+    /// control message and without reading first: what a new identity needs. (Each command still
+    /// makes the plugin save its whole file; two saves per identity is the minimum with a role per
+    /// identity.) Should either exist already, the general path compares and repairs both.
+    async fn create_user(&self, grant: &UserGrant) -> Result<Outcome, BackendError> {
+        let username = &grant.username;
+        let object = format!("client {username}");
+        let desired = desired_acls(&grant.topics).map_err(|e| rejected("grant", &object, &e))?;
+        let acls: Vec<Value> = desired.iter().map(Acl::to_json).collect();
+        let role = json!({"command": "createRole", "rolename": username, "textname": "mqtt-dsp-operator grant",
+                          "textdescription": marker(&grant.owner), "acls": acls});
+        let client = json!({"command": "createClient", "username": username, "password": grant.password.expose_secret(),
+                            "textname": "mqtt-dsp-operator identity", "textdescription": marker(&grant.owner),
+                            "roles": [{"rolename": username}]});
+        let answers = self.commands("create", &object, vec![role, client]).await?;
+        let [role, client] =
+            <[Answer; 2]>::try_from(answers).map_err(|_| rejected("create", &object, "answers missing"))?;
+        for answer in [&role, &client] {
+            match answer {
+                Answer::Ok(_) | Answer::Exists => {}
+                Answer::NotFound => return Err(rejected("create", &object, "not found")),
+                Answer::Error(e) => return Err(rejected("create", &object, e)),
+            }
+        }
+        if matches!(role, Answer::Exists) || matches!(client, Answer::Exists) {
+            // Made before (a lost answer, a crash before status was written): a role of another
+            // owner, or one with other ACLs, is found and refused or repaired here; a client
+            // that was there keeps its password until it is given this one.
+            self.ensure_user_once(grant, true).await?;
+            if matches!(client, Answer::Exists) {
+                self.set_password(username, &grant.password, &grant.owner).await?;
+            }
+            return Ok(Outcome::Updated);
+        }
+        if !grant.enabled {
+            self.set_enabled(username, false).await?;
+        }
+        Ok(Outcome::Created)
     }
 
     async fn set_password(

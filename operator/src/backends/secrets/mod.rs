@@ -27,6 +27,18 @@ pub trait SecretStore: Send + Sync {
         value: &SecretString,
         owner: &Owner,
     ) -> Result<Outcome, BackendError>;
+    /// Writes `value` at `at` where status says nothing was ever written (a new transfer), in
+    /// the fewest calls the store allows without risking a foreign key; a key that exists after
+    /// all is treated as by [`SecretStore::ensure_secret`]. Stores whose creation is not cheaper
+    /// than that keep this default.
+    async fn create_secret(
+        &self,
+        at: &SecretLocation,
+        value: &SecretString,
+        owner: &Owner,
+    ) -> Result<Outcome, BackendError> {
+        self.ensure_secret(at, value, owner).await
+    }
     /// Reads a secret of ours; None when absent. A foreign secret is an error, not a value.
     async fn read_secret(&self, at: &SecretLocation, owner: &Owner) -> Result<Option<SecretString>, BackendError>;
     /// Deletes a secret of ours with all its versions (absent is success).

@@ -629,6 +629,30 @@ impl SecretStore for VaultClient {
         })
     }
 
+    /// Three requests instead of five: the metadata read (a key that does not exist at all has
+    /// none), the owner marker, the first version with check-and-set 0. The data read of
+    /// `ensure_secret` tells nothing more for a key without metadata. The metadata read is kept:
+    /// the marker is a `POST` that replaces a key's custom metadata, so writing it blind could
+    /// rewrite a foreign key's; and writing the value first, then the marker, would leave after
+    /// a crash between the two a value without a marker, which no later reconcile may claim.
+    async fn create_secret(
+        &self,
+        at: &SecretLocation,
+        value: &SecretString,
+        owner: &Owner,
+    ) -> Result<Outcome, BackendError> {
+        if self.read_metadata(at).await?.is_some() {
+            return self.ensure_secret(at, value, owner).await;
+        }
+        self.mark(at, owner).await?;
+        match self.write(at, value, 0).await {
+            Ok(()) => Ok(Outcome::Created),
+            // Written by someone else between our read and our marker: see ensure_secret.
+            Err(WriteError::CasConflict(_)) => Err(self.foreign("overwrite", at)),
+            Err(WriteError::Other(e)) => Err(e),
+        }
+    }
+
     async fn read_secret(&self, at: &SecretLocation, owner: &Owner) -> Result<Option<SecretString>, BackendError> {
         match self.read_current(at).await? {
             Current::NoValue => Ok(None),

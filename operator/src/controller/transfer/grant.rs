@@ -25,6 +25,10 @@ pub(super) async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, wa
     // later step fail and the asset then go, the record is what lets revocation find it.
     // Revoking what was never made costs a read.
     let refs = refs(&plan, &clients, None);
+    // Status records nothing yet: the transfer was never granted, so its objects are created
+    // without reading first (a crash before the first status write is what the creating
+    // calls' fallbacks are for: they find the object and repair it).
+    let untouched = t.status.as_ref().is_none_or(|s| s.identity.is_none() && s.secret.is_none() && s.broker.is_none());
 
     // Identity.
     let (secret, fresh) = match (&plan.client, &clients.identity, &plan.profiles.identity_provider) {
@@ -36,6 +40,10 @@ pub(super) async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, wa
             let secret = idp.client_secret(&client.client_id, owner).await.map_err(at(Step::Identity))?;
             walk.tracker.step_ok(Step::Identity, &format!("client {} is enabled", client.client_id));
             (secret, false)
+        }
+        _ if untouched => {
+            walk.tracker.step_ok(Step::Identity, &format!("broker user {} gets a new password", plan.identity));
+            (random_password(), true)
         }
         _ => {
             let stored = clients.secrets.read_secret(&plan.secret, owner).await.map_err(at(Step::Identity))?;
@@ -54,19 +62,27 @@ pub(super) async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, wa
     // store never holds a password the broker does not accept (as for assets).
     walk.status.secret.get_or_insert_with(|| refs.secret.clone());
     walk.status.broker.get_or_insert_with(|| refs.broker.clone());
-    if fresh {
-        broker_step(&mut step, &clients, &plan, &secret, true, walk).await?;
-        secret_step(&mut step, &clients, &plan, &secret, walk).await?;
+    let new = if untouched {
+        New::Untouched
+    } else if fresh {
+        New::Password
     } else {
-        secret_step(&mut step, &clients, &plan, &secret, walk).await?;
-        broker_step(&mut step, &clients, &plan, &secret, false, walk).await?;
+        New::Nothing
+    };
+    if fresh {
+        broker_step(&mut step, &clients, &plan, &secret, new, walk).await?;
+        secret_step(&mut step, &clients, &plan, &secret, untouched, walk).await?;
+    } else {
+        secret_step(&mut step, &clients, &plan, &secret, untouched, walk).await?;
+        broker_step(&mut step, &clients, &plan, &secret, new, walk).await?;
     }
     for name in sessions(t, &plan, &clients) {
         step.want(ExternalRef::new(Kind::Sessions, &plan.profiles.broker, name));
     }
 
     // Credentials and the Secret.
-    let written = secret::write_credentials(ctx, t, &plan, clients.identity.as_deref(), &secret, resuming).await?;
+    let written =
+        secret::write_credentials(ctx, t, &plan, clients.identity.as_deref(), &secret, resuming, untouched).await?;
     walk.tracker.step_ok(Step::Credentials, &format!("Secret {} holds the DataAddress", plan.secret_name));
     removal_result(ctx, &t.object_ref(&()), step.finish().await).await?;
 
@@ -94,15 +110,28 @@ pub(super) async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, wa
     Ok(secret::renew_at(written.expires_at.unwrap_or(i64::MAX), lifetime, secret::jitter_seed(t)))
 }
 
+/// What is new at the broker.
+#[derive(Clone, Copy)]
+enum New {
+    /// Nothing: the user has its password.
+    Nothing,
+    /// The password (resuming, or the store had none).
+    Password,
+    /// Everything: status records nothing of the transfer.
+    Untouched,
+}
+
 /// Puts the transfer's secret into the secret store.
 async fn secret_step(
     step: &mut Converge<'_>,
     clients: &Clients,
     plan: &TransferPlan,
     secret: &SecretString,
+    untouched: bool,
     walk: &mut Walk,
 ) -> StepResult<()> {
-    step.make(&plan.profiles.secret_store, Spec::Secret(&plan.secret, secret)).await.map_err(failed_step)?;
+    let spec = if untouched { Spec::NewSecret(&plan.secret, secret) } else { Spec::Secret(&plan.secret, secret) };
+    step.make(&plan.profiles.secret_store, spec).await.map_err(failed_step)?;
     walk.tracker.step_ok(Step::Secret, &format!("secret at {}", clients.secrets.path(&plan.secret)));
     Ok(())
 }
@@ -114,7 +143,7 @@ async fn broker_step(
     clients: &Clients,
     plan: &TransferPlan,
     secret: &SecretString,
-    fresh: bool,
+    new: New,
     walk: &mut Walk,
 ) -> StepResult<()> {
     let broker_system = clients.broker.system();
@@ -132,7 +161,11 @@ async fn broker_step(
         enabled: true,
         owner: plan.owner.clone(),
     };
-    let spec = if fresh { Spec::BrokerUserWithNewPassword(&grant) } else { Spec::BrokerUser(&grant) };
+    let spec = match new {
+        New::Nothing => Spec::BrokerUser(&grant),
+        New::Password => Spec::BrokerUserWithNewPassword(&grant),
+        New::Untouched => Spec::NewBrokerUser(&grant),
+    };
     step.make(&plan.profiles.broker, spec).await.map_err(failed_step)?;
     walk.tracker.step_ok(
         Step::Broker,

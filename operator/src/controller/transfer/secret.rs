@@ -44,10 +44,17 @@ pub(super) async fn write_credentials(
     idp: Option<&dyn IdentityProvider>,
     secret: &SecretString,
     resuming: bool,
+    untouched: bool,
 ) -> StepResult<Written> {
     let failed = |e| (Some(Step::Credentials), e);
     let secrets_api: Api<Secret> = Api::namespaced(ctx.client.clone(), &plan.owner.namespace);
-    let existing = secrets_api.get_opt(&plan.secret_name).await.map_err(|e| failed(Error::Kube(e)))?;
+    // A transfer that status records nothing of has no Secret of ours yet: created without a
+    // read, and read after all should the create find one (a crash before the status write).
+    let existing = if untouched {
+        None
+    } else {
+        secrets_api.get_opt(&plan.secret_name).await.map_err(|e| failed(Error::Kube(e)))?
+    };
     if let Some(existing) = &existing {
         check_ours(existing, t).map_err(failed)?;
     }
@@ -95,10 +102,13 @@ pub(super) async fn write_credentials(
         AuthMode::Usrpw => None,
     };
     let data = transfer_plan::secret_data(&full);
-    write_secret(&secrets_api, t, &plan.secret_name, &data, grant, &rotation, existing.as_ref())
-        .await
-        .map_err(failed)?;
-    Ok(Written { credentials, expires_at, broker_user })
+    match write_secret(&secrets_api, t, &plan.secret_name, &data, grant, &rotation, existing.as_ref()).await {
+        Ok(_) => Ok(Written { credentials, expires_at, broker_user }),
+        Err(Error::Kube(kube::Error::Api(e))) if untouched && e.code == 409 => {
+            Box::pin(write_credentials(ctx, t, plan, idp, secret, resuming, false)).await
+        }
+        Err(e) => Err(failed(e)),
+    }
 }
 
 /// Writes the Secret of a suspended transfer: the DataAddress without credentials.
