@@ -29,22 +29,27 @@ type Failure = Box<dyn std::error::Error + Send + Sync>;
 
 struct Options {
     transfers: usize,
+    /// oauth2 transfers created at once for the provisioning measurement (at least `transfers`).
+    provision: usize,
     seconds: u64,
     out: Option<PathBuf>,
 }
 
 impl Options {
     fn parse() -> Result<Self, Failure> {
-        let mut o = Options { transfers: 20, seconds: 20, out: None };
+        let mut o = Options { transfers: 20, provision: 200, seconds: 20, out: None };
         let mut args = std::env::args().skip(1);
         while let Some(arg) = args.next() {
             let mut value = || args.next().ok_or_else(|| format!("{arg} needs a value"));
             match arg.as_str() {
                 "--transfers" => o.transfers = value()?.parse()?,
+                "--provision" => o.provision = value()?.parse()?,
                 "--seconds" => o.seconds = value()?.parse()?,
                 "--out" => o.out = Some(PathBuf::from(value()?)),
                 "--help" | "-h" => {
-                    println!("bench-refresh [--transfers N (20)] [--seconds S (20)] [--out FILE]");
+                    println!(
+                        "bench-refresh [--transfers N (20)] [--provision P (200)] [--seconds S (20)] [--out FILE]"
+                    );
                     std::process::exit(0);
                 }
                 other => return Err(format!("unknown argument {other}").into()),
@@ -139,15 +144,8 @@ async fn run(options: Options) -> Result<(), Failure> {
         a.status.as_ref().and_then(|s| condition(&s.conditions, "Ready")).is_some_and(|(s, _, _)| s == "True")
     })
     .await;
-    progress(&format!("creating {n} oauth2 transfers"));
+    let provisioned = provision(&stack, options.provision.max(n)).await?;
     let transfers: Api<MqttTransfer> = stack.api();
-    for i in 0..n {
-        let t: MqttTransfer = serde_json::from_value(json!({
-            "apiVersion": "dsp-mqtt.io/v1alpha1", "kind": "MqttTransfer", "metadata": {"name": format!("t-{i}")},
-            "spec": {"assetRef": {"name": "line-1"}, "consumer": {"participantId": "did:web:consumer.example.com"}},
-        }))?;
-        transfers.create(&PostParams::default(), &t).await?;
-    }
     let secrets: Api<Secret> = stack.api();
     let mut tokens = Vec::with_capacity(n);
     for i in 0..n {
@@ -284,7 +282,7 @@ async fn run(options: Options) -> Result<(), Failure> {
          | endpoint thread CPU | {cpu:.2} s of {:.1} s ({:.0} % of one core) |\n\
          | refreshes per CPU-second of the endpoint | {:.0} |\n\
          | identity provider alone (client_credentials grants per second, same concurrency) | {floor_rate:.1} |\n\
-         | Kubernetes alone (a refresh's 3 reads and 1 Secret replace, per second, same concurrency) | {kube_rate:.1} |\n",
+         | Kubernetes alone (a refresh's 3 reads and 1 Secret replace, per second, same concurrency) | {kube_rate:.1} |\n\n{}",
         chrono::Utc::now().format("%Y-%m-%d %H:%M UTC"),
         n,
         options.seconds,
@@ -296,6 +294,7 @@ async fn run(options: Options) -> Result<(), Failure> {
         elapsed.as_secs_f64(),
         100.0 * cpu / elapsed.as_secs_f64(),
         done as f64 / cpu.max(0.001),
+        provisioned,
     );
     println!("{report}");
     if let Some(out) = &options.out {
@@ -307,6 +306,129 @@ async fn run(options: Options) -> Result<(), Failure> {
     progress("tearing down");
     stack.teardown().await;
     Ok(())
+}
+
+/// CPU seconds used so far by the processes whose command line contains `pattern`.
+fn cpu_of(pattern: &str) -> f64 {
+    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
+    let own = std::process::id().to_string();
+    entries
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_str().is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()) && n != own))
+        .filter(|e| {
+            std::fs::read(e.path().join("cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(pattern))
+        })
+        .map(|e| {
+            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+            let fields: Vec<&str> =
+                stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+            let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (ticks(14) + ticks(15)) / 100.0
+        })
+        .sum()
+}
+
+/// The processes whose CPU the provisioning report shows, by the pattern their command line holds.
+const PROCESSES: [(&str, &str); 5] = [
+    ("Keycloak", "keycloak"),
+    ("OpenBao", "bao server"),
+    ("RabbitMQ", "beam.smp"),
+    ("kube-apiserver", "kube-apiserver"),
+    ("etcd", "/etcd"),
+];
+
+/// Backend calls the operator made so far, by system (`backend_request_seconds` counts).
+fn backend_calls(stack: &DevStack) -> std::collections::BTreeMap<String, f64> {
+    let mut calls = std::collections::BTreeMap::new();
+    for line in stack.metrics.encode().unwrap_or_default().lines() {
+        let Some(rest) = line.strip_prefix("mqtt_dsp_operator_backend_request_seconds_count{") else { continue };
+        let Some((labels, value)) = rest.rsplit_once("} ") else { continue };
+        let system = labels.split(',').find_map(|l| l.strip_prefix("system=\"")).map(|s| s.trim_end_matches('"'));
+        if let (Some(system), Ok(value)) = (system, value.trim().parse::<f64>()) {
+            *calls.entry(system.to_owned()).or_default() += value;
+        }
+    }
+    calls
+}
+
+/// Issue 17's oauth2 row: `count` transfers created at once (16 creates in flight), timed to
+/// the last Active; the operator's backend calls per transfer and each process's CPU seconds
+/// name the system that sets the pace. Returns the report's section.
+async fn provision(stack: &DevStack, count: usize) -> Result<String, Failure> {
+    use futures::{StreamExt, TryStreamExt};
+    progress(&format!("creating {count} oauth2 transfers at once"));
+    let transfers: Api<MqttTransfer> = stack.api();
+    let calls_before = backend_calls(stack);
+    let cpu_before: Vec<f64> = PROCESSES.iter().map(|(_, p)| cpu_of(p)).collect();
+    let self_before = thread_cpu_seconds_of_process();
+    let started = Instant::now();
+    futures::stream::iter(0..count)
+        .map(|i| {
+            let transfers = transfers.clone();
+            async move {
+                let t: MqttTransfer = serde_json::from_value(json!({
+                    "apiVersion": "dsp-mqtt.io/v1alpha1", "kind": "MqttTransfer", "metadata": {"name": format!("t-{i}")},
+                    "spec": {"assetRef": {"name": "line-1"}, "consumer": {"participantId": "did:web:consumer.example.com"}},
+                }))?;
+                transfers.create(&PostParams::default(), &t).await?;
+                Ok::<_, Failure>(())
+            }
+        })
+        .buffer_unordered(16)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let deadline = started + Duration::from_secs(600);
+    loop {
+        let active = transfers
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .filter(|t| t.status.as_ref().and_then(|s| s.phase).map(|p| format!("{p:?}")).as_deref() == Some("Active"))
+            .count();
+        if active >= count {
+            break;
+        }
+        if Instant::now() > deadline {
+            return Err(format!("only {active} of {count} oauth2 transfers Active after 600 s").into());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    let calls_after = backend_calls(stack);
+    let per = |v: f64| v / count as f64;
+    let calls: Vec<String> = calls_after
+        .iter()
+        .map(|(system, after)| format!("{system} {:.2}", per(after - calls_before.get(system).copied().unwrap_or(0.0))))
+        .collect();
+    let mut cpu: Vec<(String, f64)> = PROCESSES
+        .iter()
+        .zip(&cpu_before)
+        .map(|((name, pattern), before)| (name.to_string(), cpu_of(pattern) - before))
+        .collect();
+    cpu.push((
+        "this process (the operator's controllers and the harness)".into(),
+        thread_cpu_seconds_of_process() - self_before,
+    ));
+    cpu.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let cpu: Vec<String> = cpu.iter().map(|(name, s)| format!("{name} {s:.1} s")).collect();
+    Ok(format!(
+        "## oauth2 provisioning (RabbitMQ, real Keycloak)\n\n         | measure | value |\n|---|---|\n         | {count} oauth2 transfers created at once (16 creates in flight), first create → last Active | {:.2} s |\n         | transfers per second | {:.1} |\n         | operator's backend calls per transfer, by system | {} |\n         | CPU seconds in the window (of {:.1} available on 2 cores), most first | {} |\n",
+        elapsed.as_secs_f64(),
+        count as f64 / elapsed.as_secs_f64(),
+        calls.join(", "),
+        2.0 * elapsed.as_secs_f64(),
+        cpu.join(", "),
+    ))
+}
+
+/// CPU seconds this whole process has used (utime + stime).
+fn thread_cpu_seconds_of_process() -> f64 {
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
+    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(14) + ticks(15)) / 100.0
 }
 
 /// One refresh: the new access token and refresh token.

@@ -42,7 +42,8 @@ pub(super) async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, wa
             (secret, false)
         }
         _ if untouched => {
-            walk.tracker.step_ok(Step::Identity, &format!("broker user {} gets a new password", plan.identity));
+            // The message every later grant writes too: a resync must find nothing to change.
+            walk.tracker.step_ok(Step::Identity, &format!("broker user {} has its password", plan.identity));
             (random_password(), true)
         }
         _ => {
