@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use e2e::stack::{Cluster, DevStack, StackOptions, condition, wait_for};
-use e2e::stats::{ms, percentile};
+use e2e::stats::{cpu_of, cpu_seconds, ms, percentile};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, PostParams};
 use mqtt_dsp_operator::api::{MqttAsset, MqttTransfer};
@@ -114,15 +114,6 @@ fn start_endpoint(stack: &DevStack) -> Result<Endpoint, Failure> {
     Ok(Endpoint { url: format!("https://{addr}/refresh"), tid, stop })
 }
 
-/// CPU seconds a thread of this process has used (utime + stime).
-fn thread_cpu_seconds(tid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/self/task/{tid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    // After the command: state is field 3, utime 14 and stime 15 (1-based over the whole line).
-    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(14) + ticks(15)) / 100.0
-}
-
 async fn run(options: Options) -> Result<(), Failure> {
     let n = options.transfers.max(1);
     progress("starting the dev stack (Kubernetes, Keycloak, EDC, OpenBao, Mosquitto, RabbitMQ)");
@@ -166,7 +157,7 @@ async fn run(options: Options) -> Result<(), Failure> {
     for token in tokens.iter_mut() {
         *token = refresh(&http, &endpoint.url, token).await?.1;
     }
-    let cpu_before = thread_cpu_seconds(endpoint.tid);
+    let cpu_before = cpu_seconds(&format!("self/task/{}", endpoint.tid));
     let started = Instant::now();
     let deadline = started + Duration::from_secs(options.seconds);
     let mut tasks = Vec::new();
@@ -195,7 +186,7 @@ async fn run(options: Options) -> Result<(), Failure> {
         failures += f;
     }
     let elapsed = started.elapsed();
-    let cpu = thread_cpu_seconds(endpoint.tid) - cpu_before;
+    let cpu = cpu_seconds(&format!("self/task/{}", endpoint.tid)) - cpu_before;
     latencies.sort();
     let done = latencies.len();
 
@@ -308,27 +299,6 @@ async fn run(options: Options) -> Result<(), Failure> {
     Ok(())
 }
 
-/// CPU seconds used so far by the processes whose command line contains `pattern`.
-fn cpu_of(pattern: &str) -> f64 {
-    let Ok(entries) = std::fs::read_dir("/proc") else { return 0.0 };
-    let own = std::process::id().to_string();
-    entries
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_str().is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()) && n != own))
-        .filter(|e| {
-            std::fs::read(e.path().join("cmdline"))
-                .is_ok_and(|c| String::from_utf8_lossy(&c).replace('\0', " ").contains(pattern))
-        })
-        .map(|e| {
-            let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
-            let fields: Vec<&str> =
-                stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-            let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-            (ticks(14) + ticks(15)) / 100.0
-        })
-        .sum()
-}
-
 /// The processes whose CPU the provisioning report shows, by the pattern their command line holds.
 const PROCESSES: [(&str, &str); 5] = [
     ("Keycloak", "keycloak"),
@@ -361,7 +331,7 @@ async fn provision(stack: &DevStack, count: usize) -> Result<String, Failure> {
     let transfers: Api<MqttTransfer> = stack.api();
     let calls_before = backend_calls(stack);
     let cpu_before: Vec<f64> = PROCESSES.iter().map(|(_, p)| cpu_of(p)).collect();
-    let self_before = thread_cpu_seconds_of_process();
+    let self_before = cpu_seconds("self");
     let started = Instant::now();
     futures::stream::iter(0..count)
         .map(|i| {
@@ -407,10 +377,7 @@ async fn provision(stack: &DevStack, count: usize) -> Result<String, Failure> {
         .zip(&cpu_before)
         .map(|((name, pattern), before)| (name.to_string(), cpu_of(pattern) - before))
         .collect();
-    cpu.push((
-        "this process (the operator's controllers and the harness)".into(),
-        thread_cpu_seconds_of_process() - self_before,
-    ));
+    cpu.push(("this process (the operator's controllers and the harness)".into(), cpu_seconds("self") - self_before));
     cpu.sort_by(|a, b| b.1.total_cmp(&a.1));
     let cpu: Vec<String> = cpu.iter().map(|(name, s)| format!("{name} {s:.1} s")).collect();
     Ok(format!(
@@ -421,14 +388,6 @@ async fn provision(stack: &DevStack, count: usize) -> Result<String, Failure> {
         2.0 * elapsed.as_secs_f64(),
         cpu.join(", "),
     ))
-}
-
-/// CPU seconds this whole process has used (utime + stime).
-fn thread_cpu_seconds_of_process() -> f64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let fields: Vec<&str> = stat.rsplit_once(')').map(|(_, r)| r.split_whitespace().collect()).unwrap_or_default();
-    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    (ticks(14) + ticks(15)) / 100.0
 }
 
 /// One refresh: the new access token and refresh token.

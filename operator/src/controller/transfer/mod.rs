@@ -67,8 +67,11 @@ pub async fn run(ctx: Arc<Context>, shutdown: impl std::future::Future<Output = 
     // cache is updated before the event that triggers the transfers reaches them.
     let (asset_store, asset_writer) = reflector::store();
     let _ = ctx.assets.set(asset_store);
-    let asset_events =
-        watcher(assets, watcher::Config::default()).default_backoff().reflect(asset_writer).touched_objects();
+    let asset_events = watcher(assets, watcher::Config::default())
+        .default_backoff()
+        .modify(|asset: &mut MqttAsset| asset.metadata.managed_fields = None)
+        .reflect(asset_writer)
+        .touched_objects();
     controller
         // An asset that appears, changes or goes concerns the transfers that name it.
         .watches_stream(asset_events, move |asset: MqttAsset| {
