@@ -209,12 +209,7 @@ impl<'a> Converge<'a> {
             }
             Spec::BrokerUserWithNewPassword(g) => {
                 let broker = b.brokers.get(profile).ok_or_else(missing)?;
-                let outcome = broker.ensure_user(g).await.map_err(failed)?;
-                (self.reach.on_write)(broker.system(), outcome);
-                if outcome == Outcome::Created {
-                    return Ok(outcome);
-                }
-                (broker.system(), broker.set_password(&g.username, &g.password, self.owner).await)
+                (broker.system(), broker.ensure_user_with_password(g).await)
             }
             Spec::NewBrokerUser(g) => {
                 let broker = b.brokers.get(profile).ok_or_else(missing)?;

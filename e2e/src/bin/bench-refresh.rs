@@ -330,6 +330,7 @@ async fn provision(stack: &DevStack, count: usize) -> Result<String, Failure> {
     progress(&format!("creating {count} oauth2 transfers at once"));
     let transfers: Api<MqttTransfer> = stack.api();
     let calls_before = backend_calls(stack);
+    let kube_before = kube_requests(stack);
     let cpu_before: Vec<f64> = PROCESSES.iter().map(|(_, p)| cpu_of(p)).collect();
     let self_before = cpu_seconds("self");
     let started = Instant::now();
@@ -380,14 +381,34 @@ async fn provision(stack: &DevStack, count: usize) -> Result<String, Failure> {
     cpu.push(("this process (the operator's controllers and the harness)".into(), cpu_seconds("self") - self_before));
     cpu.sort_by(|a, b| b.1.total_cmp(&a.1));
     let cpu: Vec<String> = cpu.iter().map(|(name, s)| format!("{name} {s:.1} s")).collect();
+    let kube = kube_requests(stack).saturating_sub(kube_before);
     Ok(format!(
-        "## oauth2 provisioning (RabbitMQ, real Keycloak)\n\n         | measure | value |\n|---|---|\n         | {count} oauth2 transfers created at once (16 creates in flight), first create → last Active | {:.2} s |\n         | transfers per second | {:.1} |\n         | operator's backend calls per transfer, by system | {} |\n         | CPU seconds in the window (of {:.1} available on 2 cores), most first | {} |\n",
+        "## oauth2 provisioning (RabbitMQ, real Keycloak)\n\n\
+         | measure | value |\n|---|---|\n\
+         | {count} oauth2 transfers created at once (16 creates in flight), first create → last Active | {:.2} s |\n\
+         | transfers per second | {:.1} |\n\
+         | operator's calls per transfer, by system | kubernetes {:.2}, {} |\n\
+         | CPU seconds in the window (of {:.1} available on 2 cores), most first | {} |\n",
         elapsed.as_secs_f64(),
         count as f64 / elapsed.as_secs_f64(),
+        per(kube as f64),
         calls.join(", "),
         2.0 * elapsed.as_secs_f64(),
         cpu.join(", "),
     ))
+}
+
+/// The operator's Kubernetes requests so far (its ServiceAccount's, watches aside), from the
+/// API server's audit log.
+fn kube_requests(stack: &DevStack) -> usize {
+    match &stack.cluster {
+        Cluster::Local(plane) => plane
+            .requests(Some(e2e::systems::kubernetes::OPERATOR_USER))
+            .iter()
+            .filter(|r| !r.query.as_deref().is_some_and(|q| q.contains("watch=true") || q.contains("watch=1")))
+            .count(),
+        Cluster::Kubeconfig => 0,
+    }
 }
 
 /// One refresh: the new access token and refresh token.

@@ -402,4 +402,11 @@ async fn a_new_password_is_set_on_a_user_that_already_existed() {
     step.make("a", Spec::BrokerUser(&grant("old"))).await.unwrap();
     assert_eq!(w.a.calls().len(), 4, "an unchanged password is not set again: {:?}", w.a.calls());
     assert!(w.writes.lock().unwrap().contains(&(System::Mosquitto, Outcome::Updated)), "the password write is counted");
+    // A user status recorded nothing of is created; should it exist after all, it gets the
+    // password too (brokers without a cheaper creation: the same calls).
+    step.make("a", Spec::NewBrokerUser(&grant("fresh"))).await.unwrap();
+    assert_eq!(w.a.calls()[4..], ["ensure user fresh".to_owned()]);
+    w.a.put("user", "crashed", &o.marker());
+    step.make("a", Spec::NewBrokerUser(&grant("crashed"))).await.unwrap();
+    assert_eq!(w.a.calls()[5..], ["ensure user crashed".to_owned(), "set_password crashed".to_owned()]);
 }

@@ -46,17 +46,23 @@ pub trait Broker: Send + Sync {
     /// Creates the user with exactly `topics` readable, or brings it there; no write when it
     /// matches. Disabling closes the user's live sessions.
     async fn ensure_user(&self, grant: &UserGrant) -> Result<Outcome, BackendError>;
-    /// Creates a user that status says was never made (a new transfer), with the grant's
-    /// password, in the fewest calls the broker allows: no read before the write. A user that
-    /// exists after all (an answer lost, a crash before status was written) is brought to the
-    /// grant as by [`Broker::ensure_user`] and given the password. Brokers whose creation is not
-    /// cheaper than that keep this default.
-    async fn create_user(&self, grant: &UserGrant) -> Result<Outcome, BackendError> {
+    /// [`Broker::ensure_user`] with a password that is new (the secret store had none, or access
+    /// resumes): a user that already existed gets it too, since brokers do not reveal passwords
+    /// to compare.
+    async fn ensure_user_with_password(&self, grant: &UserGrant) -> Result<Outcome, BackendError> {
         let outcome = self.ensure_user(grant).await?;
         if outcome == Outcome::Created {
             return Ok(outcome);
         }
         self.set_password(&grant.username, &grant.password, &grant.owner).await
+    }
+    /// Creates a user that status says was never made (a new transfer), with the grant's
+    /// password, in the fewest calls the broker allows: no read before the write. A user that
+    /// exists after all (an answer lost, a crash before status was written) is treated as by
+    /// [`Broker::ensure_user_with_password`]. Brokers whose creation is not cheaper than that
+    /// keep this default.
+    async fn create_user(&self, grant: &UserGrant) -> Result<Outcome, BackendError> {
+        self.ensure_user_with_password(grant).await
     }
     /// Sets a new password for a user of ours.
     async fn set_password(

@@ -457,13 +457,10 @@ impl Broker for MosquittoClient {
             }
         }
         if matches!(role, Answer::Exists) || matches!(client, Answer::Exists) {
-            // Made before (a lost answer, a crash before status was written): a role of another
-            // owner, or one with other ACLs, is found and refused or repaired here; a client
-            // that was there keeps its password until it is given this one.
-            self.ensure_user_once(grant, true).await?;
-            if matches!(client, Answer::Exists) {
-                self.set_password(username, &grant.password, &grant.owner).await?;
-            }
+            // Made before (a lost answer, a crash before status was written): a role or client
+            // of another owner is refused here, other ACLs are repaired, and the client is
+            // given this password.
+            self.ensure_user_with_password(grant).await?;
             return Ok(Outcome::Updated);
         }
         if !grant.enabled {
