@@ -41,13 +41,13 @@ pub(super) async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, wa
             walk.tracker.step_ok(Step::Identity, &format!("client {} is enabled", client.client_id));
             (secret, false)
         }
-        _ if untouched => {
-            // The message every later grant writes too: a resync must find nothing to change.
-            walk.tracker.step_ok(Step::Identity, &format!("broker user {} has its password", plan.identity));
-            (random_password(), true)
-        }
         _ => {
-            let stored = clients.secrets.read_secret(&plan.secret, owner).await.map_err(at(Step::Identity))?;
+            // Nothing recorded: nothing stored either, so no read.
+            let stored = if untouched {
+                None
+            } else {
+                clients.secrets.read_secret(&plan.secret, owner).await.map_err(at(Step::Identity))?
+            };
             walk.tracker.step_ok(Step::Identity, &format!("broker user {} has its password", plan.identity));
             match stored {
                 // Resuming after a suspension: fresh credentials.
