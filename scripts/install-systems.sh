@@ -31,7 +31,8 @@ wanted=("$@")
 needs() {
   case $1 in
     kubernetes|helm) echo go ;;
-    keycloak|edc) echo java mvn ;;
+    keycloak) echo java mvn ;;
+    edc) echo java javac jar mvn ;;
     vault) echo python3 ;;
   esac
 }

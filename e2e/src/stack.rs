@@ -87,6 +87,10 @@ pub struct StackOptions {
     /// `  consumerAuth: {mode: bearerJwt, jwksFile: /x}`); the stack always serves the refresh
     /// endpoint over TLS on a loopback port of its own.
     pub refresh_extra: String,
+    /// The stack's connector evaluates the participant constraints of its offers, as a
+    /// Factory-X connector does (another EDC instance than the default stacks'; see
+    /// [`crate::systems::edc::EdcOptions::participant_policies`]).
+    pub participant_policies: bool,
 }
 
 impl Default for StackOptions {
@@ -105,6 +109,7 @@ impl Default for StackOptions {
             },
             allowed: BTreeMap::new(),
             refresh_extra: String::new(),
+            participant_policies: false,
         }
     }
 }
@@ -208,7 +213,7 @@ impl DevStack {
         // The real systems start once per binary (EDC, Keycloak and OpenBao side by side on
         // first use).
         let (edc, keycloak, vault) = tokio::join!(
-            StackEdc::start(&ca, &namespace),
+            StackEdc::start(&ca, &namespace, options.participant_policies),
             StackKeycloak::start(&ca, REALM, KEYCLOAK_OPERATOR_CLIENT, KEYCLOAK_OPERATOR_SECRET),
             StackVault::start(&ca)
         );

@@ -100,6 +100,12 @@ async fn start_data_plane_with(stack: &DevStack, start_timeout: Duration) -> Run
     RunningDataPlane { base, token, target, stop }
 }
 
+/// The provider's stack: its connector evaluates the participant constraints of its offers, as a
+/// Factory-X connector does.
+fn dataspace_stack() -> StackOptions {
+    StackOptions { participant_policies: true, ..Default::default() }
+}
+
 async fn consumer_edc() -> &'static Edc {
     consumer_edc_named(CONSUMER_NAME, CONSUMER_ID).await
 }
@@ -205,7 +211,7 @@ async fn receives(consumer: &mut Consumer, device: &Consumer, topic: &str, paylo
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as_data_plane() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let (stack, consumer) = tokio::join!(DevStack::start(StackOptions::default()), consumer_edc());
+    let (stack, consumer) = tokio::join!(DevStack::start(dataspace_stack()), consumer_edc());
     let ca = stack.ca.clone();
     let provider = stack.edc.edc;
     let dp = start_data_plane(&stack).await;
@@ -267,13 +273,26 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
         "protocol": DSP_PROTOCOL,
         "querySpec": {"filterExpression": [{"operandLeft": format!("{EDC_NAMESPACE}id"), "operator": "=", "operandRight": asset_id}]},
     });
-    let (status, catalog) = management(&ca, consumer, Method::POST, "/v3/catalog/request", Some(request)).await;
+    let (status, catalog) = management(&ca, consumer, Method::POST, "/v3/catalog/request", Some(request.clone())).await;
     assert_eq!(status, 200, "{catalog}");
     let dataset =
         as_list(find(&catalog, "dataset")).into_iter().next().unwrap_or_else(|| panic!("{asset_id} in {catalog}"));
     let formats: Vec<String> =
         as_list(find(&dataset, "distribution")).iter().filter_map(|d| text_of(find(d, "format"))).collect();
     assert!(formats.iter().any(|f| f == "Mqtt-PULL"), "a Mqtt-PULL distribution: {formats:?} in {dataset}");
+    // An offer whose access policy names another participant is not in this consumer's catalog
+    // (the same request that found line-1; the offer is Ready, so it is in the connector).
+    let mut hidden = offer("line-hidden");
+    hidden.spec.policy.access.participant_ids = Some(vec!["did:web:someone-else.example.com".into()]);
+    assets.create(&PostParams::default(), &hidden).await.unwrap();
+    wait_for(&assets, "line-hidden", WITHIN, "Ready", asset_ready).await;
+    let hidden_id = format!("{}-line-hidden", stack.namespace);
+    assert!(stack.edc.asset(&hidden_id).await.is_some(), "the hidden offer is in the provider's connector");
+    let mut request = request;
+    request["querySpec"]["filterExpression"][0]["operandRight"] = json!(hidden_id);
+    let (status, catalog) = management(&ca, consumer, Method::POST, "/v3/catalog/request", Some(request)).await;
+    assert_eq!(status, 200, "{catalog}");
+    assert!(as_list(find(&catalog, "dataset")).is_empty(), "{hidden_id} is hidden from {CONSUMER_ID}: {catalog}");
 
     // 2. Negotiation.
     let mut policy = as_list(find(&dataset, "hasPolicy")).into_iter().next().expect("an offer");
@@ -557,7 +576,7 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_configured_data_plane_registers_itself_and_serves_over_tls() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let stack = DevStack::start(StackOptions::default()).await;
+    let stack = DevStack::start(dataspace_stack()).await;
     let ca = stack.ca.clone();
     let provider = stack.edc.edc;
     let dir = tempfile::tempdir().unwrap();
@@ -663,7 +682,7 @@ async fn negotiate(ca: &TestCa, consumer: &Edc, provider: &Edc, asset_id: &str) 
 async fn oauth2_edrs_for_rabbitmq_over_wss_pass_through_the_real_connectors_one_identity_per_consumer() {
     let _serial = ONE_AT_A_TIME.lock().await;
     let (stack, consumer, consumer_b) = tokio::join!(
-        DevStack::start(StackOptions { rabbitmq: true, ..Default::default() }),
+        DevStack::start(StackOptions { rabbitmq: true, ..dataspace_stack() }),
         consumer_edc(),
         consumer_edc_named(CONSUMER_B_NAME, CONSUMER_B_ID)
     );
@@ -785,7 +804,7 @@ async fn oauth2_edrs_for_rabbitmq_over_wss_pass_through_the_real_connectors_one_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_start_interrupted_by_an_operator_restart_neither_loses_the_transfer_nor_issues_credentials_twice() {
     let _serial = ONE_AT_A_TIME.lock().await;
-    let mut stack = DevStack::start(StackOptions::default()).await;
+    let mut stack = DevStack::start(dataspace_stack()).await;
     let ca = stack.ca.clone();
     let assets: Api<MqttAsset> = stack.api();
     assets.create(&PostParams::default(), &offer("line-1")).await.unwrap();
@@ -865,7 +884,7 @@ async fn a_start_interrupted_by_an_operator_restart_neither_loses_the_transfer_n
 async fn bench_100_concurrent_starts_through_the_real_control_plane() {
     const N: usize = 100;
     let _serial = ONE_AT_A_TIME.lock().await;
-    let (stack, consumer) = tokio::join!(DevStack::start(StackOptions::default()), consumer_edc());
+    let (stack, consumer) = tokio::join!(DevStack::start(dataspace_stack()), consumer_edc());
     let ca = stack.ca.clone();
     let provider = stack.edc.edc;
     let dp = start_data_plane(&stack).await;

@@ -35,6 +35,9 @@ pub const PROVIDER: &str = "dev-stack";
 /// A second control plane, started only when a test needs a contract agreement (a consumer
 /// negotiates one with [`PROVIDER`]).
 pub const CONSUMER: &str = "dev-stack-consumer";
+/// The provider connector of stacks with [`crate::stack::StackOptions::participant_policies`]:
+/// another instance, which evaluates participant constraints in its catalog.
+pub const ENFORCING_PROVIDER: &str = "dev-stack-enforcing";
 /// ODRL keys whose value is a list in what the operator sends (EDC unwraps single elements).
 const LISTS: &[&str] = &["permission", "prohibition", "obligation", "constraint", "and", "or", "xone", "duty"];
 /// Far more than a test stack makes; EDC's default page is 50.
@@ -54,10 +57,17 @@ pub struct StackEdc {
 }
 
 impl StackEdc {
-    /// The binary's shared EDC (started on first use) behind a new proxy; objects of
-    /// `namespace` are this stack's.
-    pub async fn start(ca: &TestCa, namespace: &str) -> StackEdc {
-        let edc = shared(PROVIDER).await;
+    /// The binary's shared EDC (started on first use; [`ENFORCING_PROVIDER`] with
+    /// `participant_policies`, else [`PROVIDER`]) behind a new proxy; objects of `namespace` are
+    /// this stack's.
+    pub async fn start(ca: &TestCa, namespace: &str, participant_policies: bool) -> StackEdc {
+        let edc = if participant_policies {
+            let mut options = EdcOptions::named(ENFORCING_PROVIDER);
+            options.participant_policies = true;
+            shared_with(options).await
+        } else {
+            shared(PROVIDER).await
+        };
         let upstream = edc.management_url.trim_end_matches("/management");
         let server = proxy::start(upstream, ca).await.expect("the EDC proxy");
         let management_url = format!("{}/management", server.base_url);
@@ -201,7 +211,11 @@ impl StackEdc {
 }
 
 async fn shared(name: &'static str) -> &'static Edc {
-    tokio::task::spawn_blocking(move || edc::shared(&[EdcOptions::named(name)]))
+    shared_with(EdcOptions::named(name)).await
+}
+
+async fn shared_with(options: EdcOptions) -> &'static Edc {
+    tokio::task::spawn_blocking(move || edc::shared(&[options]))
         .await
         .expect("start-up task")
         .unwrap_or_else(|e| panic!("{e}"))

@@ -3,6 +3,12 @@
 //! started as `java -cp 'lib/*' org.eclipse.edc.boot.system.runtime.BaseRuntime` with the
 //! properties of `e2e/systems/edc/controlplane.properties`.
 //!
+//! `ext/` holds one extension of ours, `e2e/systems/edc/participant-policy`: the function for the
+//! `BusinessPartnerDID` / `BusinessPartnerNumber` constraints the operator writes, which a
+//! Factory-X or Tractus-X connector brings and stock EDC lacks (without it EDC drops those
+//! constraints, and every consumer sees every asset in its catalog). An instance loads it when
+//! [`EdcOptions::participant_policies`] says so.
+//!
 //! Each instance has a name (its participant id), its own free ports, its own random API key and
 //! keystore, in-memory stores and vault. Management, protocol (DSP), control and default web
 //! contexts are all HTTPS with a certificate from [`TestCa::shared`]; outgoing calls (one
@@ -56,6 +62,11 @@ pub struct EdcOptions {
     /// scope but `inForceDate`, so it would refuse the constraints Factory-X's connectors bind
     /// in their own extensions (e.g. `BusinessPartnerDID`); on shows that refusal.
     pub policy_validation: bool,
+    /// Put `ext/` on the class path: this connector evaluates the `BusinessPartnerDID` /
+    /// `BusinessPartnerNumber` constraints of its offers against the requesting participant, as a
+    /// Factory-X connector does (e2e/systems/edc/participant-policy). Off by default: most suites
+    /// ask a connector for its own catalog, which such a policy hides from it.
+    pub participant_policies: bool,
 }
 
 impl EdcOptions {
@@ -67,6 +78,7 @@ impl EdcOptions {
             participant_id: name.to_owned(),
             version: configured_version(),
             policy_validation: false,
+            participant_policies: false,
         }
     }
 
@@ -82,14 +94,16 @@ pub fn configured_version() -> String {
     std::env::var("MQTT_DSP_EDC_VERSION").ok().filter(|v| !v.is_empty()).unwrap_or_else(|| DEFAULT_VERSION.to_owned())
 }
 
-/// `target/systems/edc-<version>/lib`, if the install script completed it.
+/// `target/systems/edc-<version>`, if the install script completed its `lib/` and built its
+/// `ext/`.
 pub fn installed(version: &str) -> Result<PathBuf, SystemError> {
-    let lib = systems_dir().join(format!("edc-{version}")).join("lib");
-    if lib.join(".complete").is_file() {
-        Ok(lib)
-    } else {
-        Err(SystemError::NotInstalled { what: "EDC", path: lib.display().to_string() })
+    let home = systems_dir().join(format!("edc-{version}"));
+    for complete in [home.join("lib/.complete"), home.join("ext/participant-policy.jar")] {
+        if !complete.is_file() {
+            return Err(SystemError::NotInstalled { what: "EDC", path: complete.display().to_string() });
+        }
     }
+    Ok(home)
 }
 
 /// A running EDC control plane.
@@ -150,7 +164,7 @@ impl Edc {
     }
 
     fn start_once(ca: &TestCa, options: &EdcOptions) -> Result<Edc, SystemError> {
-        let lib = installed(&options.version)?;
+        let home = installed(&options.version)?;
         let io = |what: &'static str| move |source| SystemError::Io { what, source };
         let dir = tempfile::Builder::new()
             .prefix(&format!("dev-stack-edc-{}-", options.name))
@@ -193,7 +207,11 @@ impl Edc {
         let properties = dir.join("edc.properties");
         std::fs::write(&properties, fill(TEMPLATE, &values)).map_err(io("EDC properties"))?;
 
-        let class_path = format!("{}/*", lib.display());
+        let class_path = if options.participant_policies {
+            format!("{0}/lib/*:{0}/ext/*", home.display())
+        } else {
+            format!("{}/lib/*", home.display())
+        };
         let args = [
             HEAP.to_owned(),
             // Serial GC and C1 only: smaller and quicker to start on two cores; a test connector
