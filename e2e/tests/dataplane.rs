@@ -18,6 +18,7 @@ use axum::extract::State;
 use e2e::brokers::mosquitto::PUBLISHER_PASSWORD;
 use e2e::consumer::{ConnectError, Consumer, ConsumerOptions};
 use e2e::dataspace::{self, ConsumerConnector, EDC_NAMESPACE, End, Events, as_list, find, http, text_of};
+use e2e::doubles::edc_dps::{self, EdcDps};
 use e2e::fixtures::consumer_options;
 use e2e::stack::{DevStack, StackOptions, condition, wait_for};
 use e2e::systems::edc::{self, DSP_PROTOCOL, Edc, EdcOptions};
@@ -28,8 +29,10 @@ use mqtt_dsp_operator::api::{
     TransferPhase,
 };
 use mqtt_dsp_operator::dataplane::callback;
+use mqtt_dsp_operator::dataplane::config::Signaling;
+use mqtt_dsp_operator::dataplane::dps;
 use mqtt_dsp_operator::dataplane::flows::{self, Flows};
-use mqtt_dsp_operator::dataplane::registration::{Outcome, Target, registered_url};
+use mqtt_dsp_operator::dataplane::registration::{Outcome, Target, dps_endpoint, dps_token_endpoint, registered_url};
 use mqtt_dsp_operator::dataplane::{self, DataPlane};
 use reqwest::Method;
 use secrecy::SecretString;
@@ -96,6 +99,9 @@ async fn start_data_plane_with(stack: &DevStack, start_timeout: Duration) -> Run
         api_key: None,
         period: Duration::from_secs(5),
         http: http(&stack.ca),
+        signaling: Signaling::Legacy,
+        oauth2: None,
+        written: Default::default(),
     };
     RunningDataPlane { base, token, target, stop }
 }
@@ -220,6 +226,7 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
         stack.operator_client.clone(),
         None,
         http(&ca),
+        callback::DpsCallbacks::default(),
         reporter_stopped,
     ));
 
@@ -793,6 +800,181 @@ async fn oauth2_edrs_for_rabbitmq_over_wss_pass_through_the_real_connectors_one_
 
     callback_task.abort();
     let _ = http(&ca).delete(format!("{}/{}", dp.target.endpoint, dp.target.id)).send().await;
+    drop(dp);
+    stack.teardown().await;
+}
+
+/// Data Plane Signaling 1.0, as EDC 0.18 speaks it, against a double of EDC 0.18's control-plane
+/// side (`e2e/src/doubles/edc_dps.rs`; no EDC 0.18 can be installed here): registration through
+/// the Management API with OAuth 2.0 client credentials and its repair, a start that yields the
+/// consumer's own credentials (live MQTT over TLS, on real Mosquitto and Kubernetes), a retried
+/// start that makes nothing twice, refusals that create nothing, suspension cutting the live
+/// session within 1 s, resumption with a DataAddress, and provider-side ends reported with a JWT
+/// that passes EDC 0.18's checks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dps_1_0_control_plane_gets_per_transfer_credentials_and_hears_of_provider_ends() {
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let stack = DevStack::start(dataspace_stack()).await;
+    let ca = stack.ca.clone();
+    let dp = start_data_plane(&stack).await;
+    let api_key = uuid::Uuid::new_v4().simple().to_string();
+    let cp = EdcDps::new(&ca, &api_key);
+    let cp_server = cp.serve(&ca).await.unwrap();
+    let public: url::Url = dp.base.parse().unwrap();
+    let id = format!("mqtt-dsp-operator-dps-{}", stack.namespace);
+    let target = Target {
+        connector: "default".into(),
+        endpoint: format!("{}/management/v4/dataplanes", cp_server.base_url),
+        id: id.clone(),
+        url: SecretString::from(dps_endpoint(&public, "default")),
+        api_key: Some(SecretString::from(api_key.clone())),
+        period: Duration::from_secs(5),
+        http: http(&ca),
+        signaling: Signaling::Dps1,
+        oauth2: Some((dps_token_endpoint(&public, "default"), SecretString::from(dp.token.clone()))),
+        written: Default::default(),
+    };
+
+    // Registration: written once per run, then only read; repaired when removed.
+    assert_eq!(target.ensure().await, Ok(Outcome::Registered));
+    let registration = cp.registration(&id).expect("registered");
+    assert_eq!(registration["endpoint"], dps_endpoint(&public, "default"));
+    assert_eq!(registration["transferTypes"], json!(["Mqtt-PULL"]));
+    assert_eq!(registration["authorization"]["type"], "oauth2_client_credentials");
+    assert_eq!(target.ensure().await, Ok(Outcome::Current("REGISTERED".into())));
+    let puts = || cp_server.log.matching(|r| r.method == "PUT").len();
+    assert_eq!(puts(), 1, "a current registration is not written again");
+    cp.forget(&id);
+    assert_eq!(target.ensure().await, Ok(Outcome::Registered), "repaired after removal");
+    assert_eq!(puts(), 2);
+
+    let (reporter_stop, reporter_stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(callback::report_ends(
+        stack.operator_client.clone(),
+        None,
+        http(&ca),
+        callback::DpsCallbacks {
+            key: dps::derived_key(&dp.token, "callback"),
+            data_plane_ids: [("default".to_owned(), id.clone())].into(),
+        },
+        reporter_stopped,
+    ));
+
+    let assets: Api<MqttAsset> = stack.api();
+    assets.create(&PostParams::default(), &offer("line-dps")).await.unwrap();
+    wait_for(&assets, "line-dps", WITHIN, "Ready", asset_ready).await;
+    let asset_id = format!("{}-line-dps", stack.namespace);
+    let callback_address = format!("{}/signaling", cp_server.base_url);
+    let transfers: Api<MqttTransfer> = stack.api();
+
+    // Refusals create nothing: no bearer, the legacy token as a bearer, wrong client
+    // credentials, a wrong transfer type, a participant the policy does not list.
+    let start_url = format!("{}/start", dps_endpoint(&public, "default"));
+    let body = edc_dps::start_message("p-x", &asset_id, CONSUMER_ID, &callback_address);
+    let r = http(&ca).post(&start_url).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "no bearer");
+    let r = http(&ca).post(&start_url).bearer_auth(&dp.token).json(&body).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "the shared token is no access token");
+    let form = [("grant_type", "client_credentials"), ("client_id", "default"), ("client_secret", "wrong")];
+    let r = http(&ca).post(dps_token_endpoint(&public, "default")).form(&form).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 401, "wrong client secret");
+    let mut wrong_type = body.clone();
+    wrong_type["transferType"] = json!("HttpData-PULL");
+    let e = cp.start_with(&id, "p-x", wrong_type).await.unwrap_err();
+    assert_eq!(e.status, 400, "{}", e.detail);
+    assert!(e.detail.contains("Mqtt-PULL"), "{}", e.detail);
+    let e = cp.start(&id, "p-y", &asset_id, "did:web:stranger.example.com", &callback_address).await.unwrap_err();
+    assert_eq!(e.status, 403, "{}", e.detail);
+    assert!(transfers.list(&ListParams::default()).await.unwrap().items.is_empty(), "refused starts made nothing");
+
+    // A start: the consumer's own credentials in the DataAddress, live over TLS.
+    let answer = cp.start(&id, "p-1", &asset_id, CONSUMER_ID, &callback_address).await.unwrap();
+    assert_eq!(answer["state"], "STARTED", "{answer}");
+    assert_eq!(answer["dataFlowId"], "p-1");
+    let address = &answer["dataAddress"];
+    assert_eq!(address["endpointType"], "Mqtt");
+    assert_eq!(address["endpoint"], stack.mosquitto.mqtts_url());
+    let ns = mqtt_dsp_operator::plan::transfer::DSP_MQTT_NAMESPACE;
+    let props = dps::endpoint_properties(address);
+    let username = props[&format!("{ns}username")].as_str().unwrap().to_owned();
+    let password = props[&format!("{ns}password")].as_str().unwrap().to_owned();
+    e2e::logs::register_secret(&password);
+    let options = consumer_options(stack.mosquitto.mqtts_url(), &ca.cert_pem(), &username, &password);
+    let mut client = Consumer::connect(&options).await.unwrap_or_else(|e| panic!("connect with the address: {e:?}"));
+    assert!(client.subscribe("factory/line-dps/#").await, "subscription granted");
+    let device = Consumer::connect(&consumer_options(
+        stack.mosquitto.mqtts_url(),
+        &ca.cert_pem(),
+        "publisher",
+        PUBLISHER_PASSWORD,
+    ))
+    .await
+    .expect("the provider's device connects");
+    assert!(receives(&mut client, &device, "factory/line-dps/t", "1").await, "a live message");
+    let again = cp.start(&id, "p-1", &asset_id, CONSUMER_ID, &callback_address).await.unwrap();
+    let again = dps::endpoint_properties(&again["dataAddress"]);
+    assert_eq!(again[&format!("{ns}password")], password.as_str(), "a retried start: the same credentials");
+    let listed = transfers.list(&ListParams::default()).await.unwrap().items;
+    assert_eq!(listed.len(), 1, "nothing made twice");
+    let name = listed[0].metadata.name.clone().unwrap();
+    assert_eq!(listed[0].metadata.annotations.as_ref().unwrap()[flows::SIGNALING_ANNOTATION], "dps-1.0");
+    let status: Value = http(&ca)
+        .get(format!("{}/p-1/status", dps_endpoint(&public, "default")))
+        .bearer_auth(dps::issue_access_token(&dps::derived_key(&dp.token, "access"), "default"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(status, json!({"dataFlowId": "p-1", "state": "STARTED"}));
+
+    // Suspension answers once access is revoked: the live session is gone within 1 s of it.
+    cp.suspend("p-1").await.unwrap();
+    assert!(client.wait_disconnected(Duration::from_secs(1)).await.is_some(), "closed within 1 s");
+    assert_refused(&options, "reconnecting while suspended").await;
+
+    // Resumption answers with a DataAddress (EDC 0.18's consumer refuses a resume without one).
+    let resumed = cp.resume("p-1").await.unwrap();
+    assert_eq!(resumed["state"], "STARTED");
+    let fresh =
+        dps::endpoint_properties(&resumed["dataAddress"])[&format!("{ns}password")].as_str().unwrap().to_owned();
+    e2e::logs::register_secret(&fresh);
+    let fresh_options = consumer_options(stack.mosquitto.mqtts_url(), &ca.cert_pem(), &username, &fresh);
+    let mut client = Consumer::connect(&fresh_options).await.unwrap_or_else(|e| panic!("after resume: {e:?}"));
+    assert!(client.subscribe("factory/line-dps/#").await);
+    assert!(receives(&mut client, &device, "factory/line-dps/t", "2").await, "a live message after resuming");
+
+    // The provider deletes the transfer: errored (with the reason) and completed reach the
+    // control plane with a JWT it accepts, and its process leaves STARTED.
+    transfers.delete(&name, &Default::default()).await.unwrap();
+    poll("the process COMPLETED at the control plane", WITHIN, || {
+        let cp = cp.clone();
+        async move {
+            match cp.process("p-1") {
+                Some(p) if p.state == "COMPLETED" => Ok(p),
+                other => Err(format!("{other:?}; refused: {:?}", cp.refused_callbacks())),
+            }
+        }
+    })
+    .await;
+    let kinds: Vec<String> = cp.process("p-1").unwrap().callbacks.into_iter().map(|(k, _)| k).collect();
+    assert_eq!(kinds, ["errored", "completed"]);
+    assert!(cp.refused_callbacks().is_empty(), "{:?}", cp.refused_callbacks());
+    assert!(client.wait_disconnected(Duration::from_secs(5)).await.is_some(), "the live session is closed");
+
+    // A second flow the control plane terminates: revoked, and nothing reported back.
+    cp.start(&id, "p-2", &asset_id, CONSUMER_ID, &callback_address).await.unwrap();
+    cp.terminate("p-2").await.unwrap();
+    let second = flows::transfer_name("p-2");
+    wait_for(&transfers, &second, WITHIN, "Terminated", |t| {
+        t.status.as_ref().is_some_and(|s| s.phase == Some(TransferPhase::Terminated))
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(cp.process("p-2").unwrap().callbacks.is_empty(), "the control plane's own end is not reported back");
+
+    reporter_stop.send_replace(true);
     drop(dp);
     stack.teardown().await;
 }

@@ -7,6 +7,7 @@
 //! Each module cites what in `domain.md` it follows.
 
 pub mod edc;
+pub mod edc_dps;
 pub mod emqx;
 pub mod keycloak;
 pub mod vault;

@@ -4,6 +4,12 @@
 //! (`{"errorMessage": …}`), so that the transfer process, and over DSP the consumer's, leaves
 //! STARTED.
 //!
+//! A flow started through Data Plane Signaling 1.0 is reported to
+//! `{callbackAddress}/transfers/{processId}/dataflow/completed`, an end with a reason (terminated,
+//! expired, deleted) first to `…/errored` with it: the spec's word for it, though EDC 0.18 only
+//! logs `errored` and leaves the process STARTED until `completed`. Both carry a bearer JWT
+//! naming the data plane ([`super::dps::callback_token`]).
+//!
 //! Ends the control plane asked for itself (suspend, terminate) are not reported back: the
 //! handlers mark them with [`REQUESTED_ANNOTATION`]. A report is recorded in
 //! [`REPORTED_ANNOTATION`], so each end is reported once (across restarts too).
@@ -16,7 +22,9 @@ use kube::runtime::watcher::{self, Event};
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::flows::{CALLBACK_ANNOTATION, MANAGED_LABEL, PROCESS_ID_ANNOTATION};
+use super::flows::{
+    CALLBACK_ANNOTATION, CONNECTOR_ANNOTATION, MANAGED_LABEL, PROCESS_ID_ANNOTATION, SIGNALING_ANNOTATION,
+};
 use crate::api::{MqttTransfer, TransferPhase};
 
 /// Annotation: the control plane asked for the current state (its value: the state).
@@ -50,11 +58,21 @@ pub fn report_for(t: &MqttTransfer) -> Option<(&'static str, String)> {
     }
 }
 
+/// What Data Plane Signaling 1.0 callbacks are signed with and say who sends them.
+#[derive(Clone, Default)]
+pub struct DpsCallbacks {
+    /// The HMAC key of the callback JWTs.
+    pub key: Vec<u8>,
+    /// The data plane id registered per connector profile (the JWT's `sub`).
+    pub data_plane_ids: std::collections::BTreeMap<String, String>,
+}
+
 /// Watches the data plane's transfers and reports provider-side ends until `shutdown`.
 pub async fn report_ends(
     client: kube::Client,
     namespace: Option<String>,
     http: reqwest::Client,
+    dps: DpsCallbacks,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let api: Api<MqttTransfer> = match &namespace {
@@ -79,12 +97,29 @@ pub async fn report_ends(
             None => return,
         };
         if let Some((kind, reason)) = report_for(&t) {
-            report(&client, &http, &t, kind, &reason).await;
+            report(&client, &http, &dps, &t, kind, &reason).await;
         }
     }
 }
 
-async fn report(client: &kube::Client, http: &reqwest::Client, t: &MqttTransfer, kind: &str, reason: &str) {
+async fn send(request: reqwest::RequestBuilder) -> Result<(), String> {
+    match request.send().await {
+        Ok(r) if r.status().is_success() => Ok(()),
+        // The control plane no longer knows the process, or it is already in a final state.
+        Ok(r) if matches!(r.status().as_u16(), 404 | 409) => Ok(()),
+        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
+        Err(e) => Err(e.without_url().to_string()),
+    }
+}
+
+async fn report(
+    client: &kube::Client,
+    http: &reqwest::Client,
+    dps: &DpsCallbacks,
+    t: &MqttTransfer,
+    kind: &str,
+    reason: &str,
+) {
     let annotations = t.metadata.annotations.clone().unwrap_or_default();
     let (Some(callback), Some(process)) =
         (annotations.get(CALLBACK_ANNOTATION), annotations.get(PROCESS_ID_ANNOTATION))
@@ -93,15 +128,42 @@ async fn report(client: &kube::Client, http: &reqwest::Client, t: &MqttTransfer,
     };
     let encoded: String =
         url::form_urlencoded::byte_serialize(process.as_bytes()).collect::<String>().replace('+', "%20");
-    let url = format!("{}/transferprocess/{encoded}/{kind}", callback.trim_end_matches('/'));
-    let request = http.post(&url);
-    let request = if kind == "fail" { request.json(&json!({"errorMessage": reason})) } else { request };
-    let outcome = match request.send().await {
-        Ok(r) if r.status().is_success() => Ok(()),
-        // The control plane no longer knows the process, or it is already in a final state.
-        Ok(r) if matches!(r.status().as_u16(), 404 | 409) => Ok(()),
-        Ok(r) => Err(format!("HTTP {}", r.status().as_u16())),
-        Err(e) => Err(e.without_url().to_string()),
+    let base = callback.trim_end_matches('/');
+    let outcome = if annotations.get(SIGNALING_ANNOTATION).map(String::as_str) == Some("dps-1.0") {
+        let connector = annotations.get(CONNECTOR_ANNOTATION).cloned().unwrap_or_default();
+        let Some(id) = dps.data_plane_ids.get(&connector) else {
+            warn!(process, connector, "data plane: no Data Plane Signaling 1.0 registration to report an end as");
+            return;
+        };
+        let post = |step: &str, body: serde_json::Value| {
+            http.post(format!("{base}/transfers/{encoded}/dataflow/{step}"))
+                .bearer_auth(super::dps::callback_token(&dps.key, id))
+                .json(&body)
+        };
+        let errored = if kind == "fail" {
+            send(post(
+                "errored",
+                json!({"messageId": super::dps::message_id(), "dataFlowId": process,
+                "state": "TERMINATED", "error": reason}),
+            ))
+            .await
+        } else {
+            Ok(())
+        };
+        match errored {
+            Ok(()) => {
+                send(post(
+                    "completed",
+                    json!({"messageId": super::dps::message_id(), "dataFlowId": process, "state": "COMPLETED"}),
+                ))
+                .await
+            }
+            Err(e) => Err(e),
+        }
+    } else {
+        let request = http.post(format!("{base}/transferprocess/{encoded}/{kind}"));
+        let request = if kind == "fail" { request.json(&json!({"errorMessage": reason})) } else { request };
+        send(request).await
     };
     let name = t.metadata.name.clone().unwrap_or_default();
     match outcome {

@@ -59,12 +59,42 @@ pub struct ServerTls {
     pub key: CredentialRef,
 }
 
+/// Which Data Plane Signaling a control plane speaks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize, Serialize)]
+pub enum Signaling {
+    /// The legacy signaling of EDC 0.15–0.17 (JSON-LD, control API registration).
+    #[default]
+    #[serde(rename = "legacy")]
+    Legacy,
+    /// Data Plane Signaling 1.0, as EDC 0.18 speaks it (plain JSON, management API
+    /// registration, OAuth 2.0 client credentials).
+    #[serde(rename = "dps-1.0")]
+    Dps1,
+}
+
+impl Signaling {
+    /// The name in configuration and annotations.
+    pub fn name(self) -> &'static str {
+        match self {
+            Signaling::Legacy => "legacy",
+            Signaling::Dps1 => "dps-1.0",
+        }
+    }
+}
+
 /// Registration with one connector's control plane.
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Registration {
-    /// The control API base (`web.http.control`), e.g. `https://edc:9191/control`.
-    pub control_url: Url,
+    /// The signaling the control plane speaks: `legacy` (EDC 0.15–0.17, the default) or
+    /// `dps-1.0` (EDC 0.18). With `dps-1.0` the operator registers through the connector
+    /// profile's Management API (`PUT {managementUrl}/v4/dataplanes`, its API key and CA bundle).
+    #[serde(default)]
+    pub signaling: Signaling,
+    /// The control API base (`web.http.control`), e.g. `https://edc:9191/control`; `legacy` only
+    /// (required there).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub control_url: Option<Url>,
     /// The data plane id registered. Default: `mqtt-dsp-operator-<installation>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub data_plane_id: Option<String>,
@@ -72,7 +102,8 @@ pub struct Registration {
     /// the system roots.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ca_bundle: Option<CaBundleRef>,
-    /// `X-Api-Key` for a control API behind token authentication (stock EDC 0.15 has none).
+    /// `X-Api-Key` for a control API behind token authentication (stock EDC 0.15 has none);
+    /// `legacy` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub api_key: Option<CredentialRef>,
     /// How often the registration is checked and repaired, in seconds. Default 30.
@@ -145,8 +176,22 @@ pub fn validate(
         if !connectors.contains_key(name) {
             push(&at, format!("no connector profile {name:?} is configured"));
         }
-        if !matches!(r.control_url.scheme(), "https") || r.control_url.host_str().is_none() {
-            push(&format!("{at}.controlUrl"), "must be an https URL with a host".into());
+        match (r.signaling, &r.control_url) {
+            (Signaling::Legacy, None) => {
+                push(&format!("{at}.controlUrl"), "is required with the legacy signaling".into());
+            }
+            (Signaling::Legacy, Some(url)) if url.scheme() != "https" || url.host_str().is_none() => {
+                push(&format!("{at}.controlUrl"), "must be an https URL with a host".into());
+            }
+            (Signaling::Dps1, Some(_)) => push(
+                &format!("{at}.controlUrl"),
+                "is for the legacy signaling; dps-1.0 registers through the connector profile's managementUrl".into(),
+            ),
+            (Signaling::Dps1, None) if r.api_key.is_some() => push(
+                &format!("{at}.apiKey"),
+                "is for the legacy control API; dps-1.0 uses the connector profile's apiKey".into(),
+            ),
+            _ => {}
         }
         if !(5..=3600).contains(&r.check_period_seconds) {
             push(
@@ -183,6 +228,33 @@ mod tests {
         assert_eq!(dp.registrations["default"].check_period_seconds, 30);
         assert_eq!(dp.data_plane_id("default", "prod"), "mqtt-dsp-operator-prod");
         assert!(Config::parse(CONNECTOR).unwrap().data_plane.is_none());
+    }
+
+    #[test]
+    fn dps_registrations_use_the_connector_profile_and_legacy_ones_need_a_control_url() {
+        let section = |registration: &str| {
+            format!(
+                "{CONNECTOR}dataPlane:\n  listen: 0.0.0.0:8643\n  publicUrl: https://op.example.com\n  \
+                 tls: {{certificate: {{file: /c}}, key: {{file: /k}}}}\n  token: {{env: T}}\n  \
+                 registrations:\n    default: {registration}\n"
+            )
+        };
+        let config = Config::parse(&section("{signaling: dps-1.0}")).unwrap();
+        let r = &config.data_plane.unwrap().registrations["default"];
+        assert_eq!(r.signaling, super::Signaling::Dps1);
+        assert_eq!(r.control_url, None);
+        let paths =
+            |text: String| -> Vec<String> { Config::parse(&text).unwrap_err().into_iter().map(|p| p.path).collect() };
+        assert_eq!(paths(section("{}")), ["dataPlane.registrations.default.controlUrl"], "legacy without controlUrl");
+        assert_eq!(
+            paths(section("{signaling: dps-1.0, controlUrl: \"https://edc/control\"}")),
+            ["dataPlane.registrations.default.controlUrl"]
+        );
+        assert_eq!(
+            paths(section("{signaling: dps-1.0, apiKey: {env: K}}")),
+            ["dataPlane.registrations.default.apiKey"]
+        );
+        assert!(paths(section("{signaling: dps-2}"))[0].starts_with("dataPlane"), "an unknown signaling");
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub const DATASET_ID_ANNOTATION: &str = "dsp-mqtt.io/dataset-id";
 pub const CALLBACK_ANNOTATION: &str = "dsp-mqtt.io/callback-address";
 /// Annotation: the connector profile whose control plane started the flow.
 pub const CONNECTOR_ANNOTATION: &str = "dsp-mqtt.io/connector";
+/// Annotation: the signaling the flow was started through (`dps-1.0`; absent: legacy).
+pub const SIGNALING_ANNOTATION: &str = "dsp-mqtt.io/signaling";
 
 /// The cluster side of the data plane.
 #[derive(Clone)]
@@ -260,6 +262,9 @@ impl Flows {
         if let Some(callback) = &message.callback_address {
             annotations.insert(CALLBACK_ANNOTATION.to_owned(), callback.clone());
         }
+        if message.signaling != super::config::Signaling::Legacy {
+            annotations.insert(SIGNALING_ANNOTATION.to_owned(), message.signaling.name().to_owned());
+        }
         let labels = BTreeMap::from([
             (MANAGED_LABEL.to_owned(), "signaling".to_owned()),
             (PROCESS_HASH_LABEL.to_owned(), process_hash(&message.process_id)),
@@ -378,6 +383,60 @@ impl Flows {
         match self.wait(&api, &name, wanted, self.start_timeout).await {
             Ok(_) => Ok(()),
             // Expired is as revoked as Terminated.
+            Err(_) if api.get(&name).await.is_ok_and(|t| settled_in(&t, TransferPhase::Expired)) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Resume (Data Plane Signaling 1.0 has a message of its own; the legacy signaling sends
+    /// start again): the transfer goes back to Started, and the answer carries its credentials,
+    /// as a start's does.
+    pub async fn resume(&self, process_id: &str, connector: &str) -> Result<Map<String, Value>, Refusal> {
+        let t = self
+            .find_transfer(process_id)
+            .await?
+            .ok_or_else(|| Refusal { status: 404, reason: format!("no data flow {process_id}") })?;
+        let annotations = t.metadata.annotations.clone().unwrap_or_default();
+        let signaling = match annotations.get(SIGNALING_ANNOTATION).map(String::as_str) {
+            Some("dps-1.0") => super::config::Signaling::Dps1,
+            _ => super::config::Signaling::Legacy,
+        };
+        let message = StartMessage {
+            process_id: process_id.to_owned(),
+            dataset_id: annotations.get(DATASET_ID_ANNOTATION).cloned().unwrap_or_default(),
+            agreement_id: t.spec.agreement_id.clone().unwrap_or_default(),
+            participant_id: t.spec.consumer.participant_id.clone(),
+            callback_address: annotations.get(CALLBACK_ANNOTATION).cloned(),
+            signaling,
+        };
+        self.start(&message, connector).await
+    }
+
+    /// Completed (the control plane says the transfer is done): revoke for good, as Completed.
+    pub async fn complete(&self, process_id: &str) -> Result<(), Refusal> {
+        let Some(t) = self.find_transfer(process_id).await? else {
+            return Err(Refusal { status: 404, reason: format!("no data flow {process_id}") });
+        };
+        if t.metadata.deletion_timestamp.is_some() {
+            return Ok(());
+        }
+        let (api, name) = self.api_of(&t);
+        let state = t.spec.state.unwrap_or_default();
+        // A Suspended transfer cannot become Completed (DSP's states; the CRD refuses it): it
+        // ends Terminated, as revoked.
+        let end = match state {
+            TransferState::Suspended | TransferState::Terminated => TransferState::Terminated,
+            _ => TransferState::Completed,
+        };
+        if !state.is_final() {
+            self.set_state(&api, &name, end).await?;
+        }
+        let wanted = match end {
+            TransferState::Terminated => TransferPhase::Terminated,
+            _ => TransferPhase::Completed,
+        };
+        match self.wait(&api, &name, wanted, self.start_timeout).await {
+            Ok(_) => Ok(()),
             Err(_) if api.get(&name).await.is_ok_and(|t| settled_in(&t, TransferPhase::Expired)) => Ok(()),
             Err(e) => Err(e),
         }

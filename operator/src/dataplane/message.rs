@@ -58,6 +58,8 @@ pub struct StartMessage {
     pub participant_id: String,
     /// Where to report the end of the flow (`{callbackAddress}/transferprocess/{id}/…`).
     pub callback_address: Option<String>,
+    /// The signaling the start came through (and the end is reported back through).
+    pub signaling: super::config::Signaling,
 }
 
 /// The key without the EDC vocabulary's prefix or namespace (`edc:processId`, the IRI, or bare).
@@ -175,6 +177,7 @@ pub fn parse_start(body: &[u8]) -> Result<StartMessage, Refusal> {
         agreement_id: agreement_id.to_owned(),
         participant_id: participant_id.to_owned(),
         callback_address,
+        signaling: super::config::Signaling::Legacy,
     })
 }
 

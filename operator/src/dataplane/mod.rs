@@ -1,11 +1,16 @@
-//! The operator as an EDC data plane for `Mqtt` / `Mqtt-PULL` (legacy Data Plane Signaling, EDC
-//! 0.15–0.17): a control plane that routes a transfer here gets, for every DSP transfer process,
-//! an MqttTransfer of its own, and the consumer gets that transfer's credentials as the EDR.
+//! The operator as an EDC data plane for `Mqtt` / `Mqtt-PULL`: a control plane that routes a
+//! transfer here gets, for every DSP transfer process, an MqttTransfer of its own, and the
+//! consumer gets that transfer's credentials as the EDR.
 //!
-//! Endpoints, below `<publicUrl>/<connector profile>/<token>` (what [`registration`] registers):
-//! `POST /start`, `POST /{processId}/suspend`, `POST /{processId}/terminate`,
-//! `GET /{processId}/state`, `GET /check`. The token may instead come as
-//! `Authorization: Bearer <token>` or `X-Api-Key` (then below `<publicUrl>/<connector profile>`).
+//! Legacy signaling (EDC 0.15–0.17), below `<publicUrl>/<connector profile>/<token>` (what
+//! [`registration`] registers): `POST /start`, `POST /{processId}/suspend`,
+//! `POST /{processId}/terminate`, `GET /{processId}/state`, `GET /check`. The token may instead
+//! come as `Authorization: Bearer <token>` or `X-Api-Key` (then below
+//! `<publicUrl>/<connector profile>`).
+//!
+//! Data Plane Signaling 1.0 (EDC 0.18), below `<publicUrl>/<connector profile>/dps`: see
+//! [`dps`]. Both are always served; the registration says which one a control plane uses.
+//!
 //! The connector profile in the path limits a control plane to the assets of its own profile.
 //!
 //! The listener is its own (TLS only, own port): the control plane is its only client, and a
@@ -13,6 +18,7 @@
 
 pub mod callback;
 pub mod config;
+pub mod dps;
 pub mod flows;
 pub mod message;
 pub mod registration;
@@ -80,6 +86,22 @@ enum Route {
     Suspend(String),
     Terminate(String),
     State(String),
+    /// Data Plane Signaling 1.0.
+    Dps(DpsRoute),
+}
+
+/// A Data Plane Signaling 1.0 route (below `dps/`).
+#[derive(Debug, PartialEq, Eq)]
+enum DpsRoute {
+    Token,
+    Prepare,
+    Start,
+    Suspend(String),
+    Resume(String),
+    Terminate(String),
+    Started(String),
+    Completed(String),
+    Status(String),
 }
 
 fn route(method: &Method, rest: &[String]) -> Option<Route> {
@@ -89,6 +111,30 @@ fn route(method: &Method, rest: &[String]) -> Option<Route> {
         (&Method::POST, [id, s]) if s == "suspend" => Some(Route::Suspend(id.clone())),
         (&Method::POST, [id, s]) if s == "terminate" => Some(Route::Terminate(id.clone())),
         (&Method::GET, [id, s]) if s == "state" => Some(Route::State(id.clone())),
+        _ => None,
+    }
+}
+
+fn dps_route(method: &Method, rest: &[String]) -> Option<DpsRoute> {
+    let [first, rest @ ..] = rest else { return None };
+    if first == "token" {
+        return (method == Method::POST && rest.is_empty()).then_some(DpsRoute::Token);
+    }
+    if first != "dataflows" {
+        return None;
+    }
+    match (method, rest) {
+        (&Method::POST, [s]) if s == "prepare" => Some(DpsRoute::Prepare),
+        (&Method::POST, [s]) if s == "start" => Some(DpsRoute::Start),
+        (&Method::POST, [id, s]) => match s.as_str() {
+            "suspend" => Some(DpsRoute::Suspend(id.clone())),
+            "resume" => Some(DpsRoute::Resume(id.clone())),
+            "terminate" => Some(DpsRoute::Terminate(id.clone())),
+            "started" => Some(DpsRoute::Started(id.clone())),
+            "completed" => Some(DpsRoute::Completed(id.clone())),
+            _ => None,
+        },
+        (&Method::GET, [id, s]) if s == "status" => Some(DpsRoute::Status(id.clone())),
         _ => None,
     }
 }
@@ -112,6 +158,12 @@ impl DataPlane {
             // The same answer as a wrong token would get: the connector names are no secret, but
             // a probe learns nothing either way.
             return Err(Refusal { status: 401, reason: "not authenticated".into() });
+        }
+        if rest.first().is_some_and(|s| s == "dps") {
+            // Data Plane Signaling 1.0 authenticates per route (client credentials at the token
+            // endpoint, a bearer JWT elsewhere): see `handle_dps`. ("dps" is no token: a token has
+            // at least 32 characters.)
+            return Ok((connector.clone(), rest.to_vec()));
         }
         let expected = self.token.expose_secret().as_bytes();
         if let Some((first, after)) = rest.split_first()
@@ -140,9 +192,26 @@ async fn handle(
             return refusal(r);
         }
     };
-    let Some(route) = route(&method, &rest) else {
+    let found = match rest.split_first() {
+        Some((dps, after)) if dps == "dps" => dps_route(&method, after).map(Route::Dps),
+        _ => route(&method, &rest),
+    };
+    let Some(route) = found else {
         return refusal(Refusal { status: 404, reason: format!("no {method} endpoint here") });
     };
+    if let Route::Dps(r) = &route
+        && *r != DpsRoute::Token
+    {
+        let key = dps::derived_key(dp.token.expose_secret(), "access");
+        let bearer =
+            headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
+        if let Err(r) = bearer.map_or(Err(Refusal { status: 401, reason: "not authenticated".into() }), |b| {
+            dps::verify_access_token(&key, b, &connector)
+        }) {
+            debug!(%method, "data plane: refused a Data Plane Signaling request without a valid bearer");
+            return dps_refusal(r);
+        }
+    }
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > dp.max_body_bytes) {
@@ -161,6 +230,7 @@ async fn handle(
         }
     };
     match route {
+        Route::Dps(r) => handle_dps(&dp, &connector, r, &headers, &body).await,
         Route::Check => json_response(StatusCode::OK, serde_json::json!({})),
         Route::Start => {
             let message = match message::parse_start(&body) {
@@ -213,6 +283,130 @@ async fn handle(
             Ok(()) => match dp.flows.state(&id).await {
                 Ok(state) => json_response(StatusCode::OK, message::state_response(&id, state)),
                 Err(r) => refusal(r),
+            },
+        },
+    }
+}
+
+fn dps_refusal(r: Refusal) -> Response {
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    json_response(status, dps::error_body(&r))
+}
+
+/// A Data Plane Signaling 1.0 request, authenticated (but for the token endpoint, which checks
+/// the client credentials itself).
+async fn handle_dps(dp: &DataPlane, connector: &str, route: DpsRoute, headers: &HeaderMap, body: &[u8]) -> Response {
+    let flow_id = |id: &str| check_path_id(id).map(|()| id.to_owned());
+    let notification = |id: &str| dps::parse_notification(body).and_then(|()| flow_id(id));
+    match route {
+        DpsRoute::Token => {
+            let authorization = headers.get(header::AUTHORIZATION).map(|v| v.as_bytes());
+            match dps::client_credentials(authorization, body) {
+                Ok((id, secret))
+                    if id == connector && same_secret(secret.as_bytes(), dp.token.expose_secret().as_bytes()) =>
+                {
+                    let key = dps::derived_key(dp.token.expose_secret(), "access");
+                    json_response(StatusCode::OK, dps::token_response(&dps::issue_access_token(&key, connector)))
+                }
+                Ok(_) => {
+                    debug!(connector, "data plane: refused a token request with wrong client credentials");
+                    json_response(StatusCode::UNAUTHORIZED, serde_json::json!({"error": "invalid_client"}))
+                }
+                Err((status, body)) => {
+                    json_response(StatusCode::from_u16(status).unwrap_or(StatusCode::BAD_REQUEST), body)
+                }
+            }
+        }
+        DpsRoute::Prepare => dps_refusal(Refusal::bad_request(
+            "prepare is a consumer data plane's step; this is a provider data plane for Mqtt-PULL",
+        )),
+        DpsRoute::Start => {
+            let message = match dps::parse_start(body) {
+                Ok(m) => m,
+                Err(r) => {
+                    info!(connector, reason = r.reason, "data plane: refused a start (DPS 1.0)");
+                    return dps_refusal(r);
+                }
+            };
+            let started = std::time::Instant::now();
+            match dp.flows.start(&message, connector).await {
+                Ok(address) => {
+                    info!(
+                        connector,
+                        process = message.process_id,
+                        dataset = message.dataset_id,
+                        ms = started.elapsed().as_millis() as u64,
+                        "data plane: data flow started (DPS 1.0)"
+                    );
+                    let answer = dps::status_message(&message.process_id, "STARTED", Some(dps::data_address(&address)));
+                    json_response(StatusCode::OK, answer)
+                }
+                Err(r) => {
+                    info!(connector, process = message.process_id, reason = r.reason, "data plane: start failed");
+                    dps_refusal(r)
+                }
+            }
+        }
+        DpsRoute::Resume(id) => match notification(&id) {
+            Err(r) => dps_refusal(r),
+            Ok(id) => match dp.flows.resume(&id, connector).await {
+                Ok(address) => {
+                    info!(connector, process = id, "data plane: data flow resumed (DPS 1.0)");
+                    json_response(
+                        StatusCode::OK,
+                        dps::status_message(&id, "STARTED", Some(dps::data_address(&address))),
+                    )
+                }
+                Err(r) => dps_refusal(r),
+            },
+        },
+        DpsRoute::Suspend(id) => match notification(&id) {
+            Err(r) => dps_refusal(r),
+            Ok(id) => match dp.flows.suspend(&id).await {
+                Ok(()) => {
+                    info!(connector, process = id, "data plane: data flow suspended (DPS 1.0)");
+                    StatusCode::OK.into_response()
+                }
+                Err(r) => dps_refusal(r),
+            },
+        },
+        DpsRoute::Terminate(id) => match notification(&id) {
+            Err(r) => dps_refusal(r),
+            Ok(id) => match dp.flows.terminate(&id).await {
+                Ok(()) => {
+                    info!(connector, process = id, "data plane: data flow terminated (DPS 1.0)");
+                    StatusCode::OK.into_response()
+                }
+                Err(r) => dps_refusal(r),
+            },
+        },
+        DpsRoute::Completed(id) => match notification(&id) {
+            Err(r) => dps_refusal(r),
+            Ok(id) => match dp.flows.complete(&id).await {
+                Ok(()) => {
+                    info!(connector, process = id, "data plane: data flow completed (DPS 1.0)");
+                    StatusCode::OK.into_response()
+                }
+                Err(r) => dps_refusal(r),
+            },
+        },
+        // The consumer data plane's notification: a provider data plane has nothing to do but
+        // to know the flow.
+        DpsRoute::Started(id) => match notification(&id) {
+            Err(r) => dps_refusal(r),
+            Ok(id) => match dp.flows.state(&id).await {
+                Ok(_) => StatusCode::OK.into_response(),
+                Err(r) => dps_refusal(r),
+            },
+        },
+        DpsRoute::Status(id) => match flow_id(&id) {
+            Err(r) => dps_refusal(r),
+            Ok(id) => match dp.flows.state(&id).await {
+                Ok(state) => json_response(
+                    StatusCode::OK,
+                    serde_json::json!({"dataFlowId": id, "state": dps::spec_state(state)}),
+                ),
+                Err(r) => dps_refusal(r),
             },
         },
     }
@@ -327,12 +521,26 @@ pub async fn start(
     tokio::spawn(serve_tls(listener, tls, router(dp.clone()), async move {
         let _ = stop.wait_for(|s| *s).await;
     }));
-    info!(%addr, "data plane: serving Data Plane Signaling (legacy) over TLS");
+    info!(%addr, "data plane: serving Data Plane Signaling (legacy and 1.0) over TLS");
     // Callbacks go to the control planes' control APIs: trust what their registrations trust.
     let callback_http = registration::callback_client(&config, &dp_config, &client, operator_namespace)
         .await
         .map_err(DataPlaneError::Invalid)?;
-    tokio::spawn(callback::report_ends(client.clone(), dp.flows.namespace.clone(), callback_http, shutdown.clone()));
+    let dps_callbacks = callback::DpsCallbacks {
+        key: dps::derived_key(token.expose_secret(), "callback"),
+        data_plane_ids: dp_config
+            .registrations
+            .keys()
+            .map(|c| (c.clone(), dp_config.data_plane_id(c, config.installation())))
+            .collect(),
+    };
+    tokio::spawn(callback::report_ends(
+        client.clone(),
+        dp.flows.namespace.clone(),
+        callback_http,
+        dps_callbacks,
+        shutdown.clone(),
+    ));
     for (connector, registration) in &dp_config.registrations {
         let target = registration::Target::from_config(
             &config,
@@ -404,6 +612,46 @@ mod tests {
         }
         let (s, _) = call(Method::GET, "/signaling/default/check", &[("x-api-key", "t0ken")], vec![]).await;
         assert_eq!(s, StatusCode::UNAUTHORIZED, "a prefix of the token");
+    }
+
+    #[tokio::test]
+    async fn dps_calls_want_a_bearer_from_the_token_endpoint_and_bad_ones_are_refused_before_the_cluster() {
+        let form = |id: &str, secret: &str| {
+            format!("grant_type=client_credentials&client_id={id}&client_secret={secret}").into_bytes()
+        };
+        let (s, body) = call(Method::POST, "/signaling/default/dps/token", &[], form("default", TOKEN)).await;
+        assert_eq!(s, StatusCode::OK, "{body}");
+        let token: Value = serde_json::from_str(&body).unwrap();
+        let bearer = format!("Bearer {}", token["access_token"].as_str().unwrap());
+        assert_eq!(token["token_type"], "Bearer");
+        for (id, secret) in [("default", "wrong"), ("other", TOKEN)] {
+            let (s, body) = call(Method::POST, "/signaling/default/dps/token", &[], form(id, secret)).await;
+            assert_eq!(s, StatusCode::UNAUTHORIZED, "{id}");
+            assert!(body.contains("invalid_client") && !body.contains(TOKEN), "{body}");
+        }
+        let start = "/signaling/default/dps/dataflows/start";
+        let (s, _) = call(Method::POST, start, &[], b"{}".to_vec()).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "no bearer");
+        let legacy = format!("Bearer {TOKEN}");
+        let (s, _) = call(Method::POST, start, &[("authorization", &legacy)], b"{}".to_vec()).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED, "the shared token itself");
+        // The cluster client points nowhere: a refusal that needed it would be a 503.
+        let (s, body) = call(Method::POST, start, &[("authorization", &bearer)], b"{not json".to_vec()).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        assert!(serde_json::from_str::<Value>(&body).unwrap()["error"].as_str().unwrap().contains("not JSON"));
+        let (s, body) =
+            call(Method::POST, "/signaling/default/dps/dataflows/prepare", &[("authorization", &bearer)], vec![]).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{body}");
+        let (s, _) =
+            call(Method::POST, "/signaling/default/dps/dataflows/a%0Ab/suspend", &[("authorization", &bearer)], vec![])
+                .await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "a control character in the id");
+        let (s, _) =
+            call(Method::DELETE, "/signaling/default/dps/dataflows/x/suspend", &[("authorization", &bearer)], vec![])
+                .await;
+        assert_eq!(s, StatusCode::NOT_FOUND);
+        let (s, _) = call(Method::POST, start, &[("authorization", &bearer)], vec![b' '; 2048]).await;
+        assert_eq!(s, StatusCode::PAYLOAD_TOO_LARGE);
     }
 
     #[tokio::test]

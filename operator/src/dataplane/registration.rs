@@ -1,8 +1,14 @@
-//! Registration with a connector's control plane (EDC 0.15–0.17 control API,
-//! `{control}/v1/dataplanes`), kept current: read first, register only when the instance is
-//! missing or differs. Registering again is not free: EDC's `register` resets the instance to
-//! REGISTERED until its next availability check, so an unconditional loop would keep the plane
-//! from being AVAILABLE and out of the selection.
+//! Registration with a connector's control plane, kept current: read first, register only when
+//! the instance is missing or differs.
+//! - Legacy signaling (EDC 0.15–0.17): the control API, `POST {control}/v1/dataplanes`.
+//!   Registering again is not free: EDC's `register` resets the instance to REGISTERED until its
+//!   next availability check, so an unconditional loop would keep the plane from being AVAILABLE
+//!   and out of the selection.
+//! - Data Plane Signaling 1.0 (EDC 0.18): the Management API, `PUT {management}/v4/dataplanes`
+//!   (an upsert) with the endpoint, the transfer type and the OAuth 2.0 client credentials the
+//!   control plane authenticates with ([`super::dps`]). The listing EDC answers shows no
+//!   credentials, so the first check of a run always writes (a changed token reaches the control
+//!   plane), and later checks write only when the instance is missing or differs.
 
 use std::time::Duration;
 
@@ -10,7 +16,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 use tracing::{debug, info, warn};
 
-use super::config::{DataPlaneConfig, Registration};
+use super::config::{DataPlaneConfig, Registration, Signaling};
 use super::message::{EDC_NAMESPACE, SOURCE_TYPE, TRANSFER_TYPE};
 
 /// One control plane to register with.
@@ -30,6 +36,13 @@ pub struct Target {
     pub period: Duration,
     /// HTTP client trusting the control API's CA.
     pub http: reqwest::Client,
+    /// The signaling registered for.
+    pub signaling: Signaling,
+    /// Data Plane Signaling 1.0: the token endpoint and client credentials registered
+    /// (`clientId` the connector profile, `clientSecret` the shared token).
+    pub oauth2: Option<(String, SecretString)>,
+    /// Data Plane Signaling 1.0: whether this run has written the registration yet.
+    pub written: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl std::fmt::Debug for Target {
@@ -51,6 +64,17 @@ pub enum Outcome {
     Registered,
 }
 
+/// The Data Plane Signaling 1.0 endpoint registered: `<publicUrl>/<connector>/dps/dataflows`
+/// (the control plane appends `/start`, `/{id}/suspend`…).
+pub fn dps_endpoint(public_url: &url::Url, connector: &str) -> String {
+    format!("{}/{connector}/dps/dataflows", public_url.as_str().trim_end_matches('/'))
+}
+
+/// The token endpoint registered for Data Plane Signaling 1.0: `<publicUrl>/<connector>/dps/token`.
+pub fn dps_token_endpoint(public_url: &url::Url, connector: &str) -> String {
+    format!("{}/{connector}/dps/token", public_url.as_str().trim_end_matches('/'))
+}
+
 /// The URL registered: `<publicUrl>/<connector>/<token>`.
 pub fn registered_url(public_url: &url::Url, connector: &str, token: &SecretString) -> SecretString {
     SecretString::from(format!("{}/{connector}/{}", public_url.as_str().trim_end_matches('/'), token.expose_secret()))
@@ -67,8 +91,8 @@ impl Target {
         client: &kube::Client,
         namespace: &str,
     ) -> Result<Target, String> {
-        let ca =
-            registration.ca_bundle.as_ref().or(config.connectors.get(connector).and_then(|c| c.ca_bundle.as_ref()));
+        let profile = config.connectors.get(connector);
+        let ca = registration.ca_bundle.as_ref().or(profile.and_then(|c| c.ca_bundle.as_ref()));
         let ca_pem = match ca {
             Some(c) => Some(
                 crate::credentials::resolve(c, Some(client), namespace)
@@ -79,7 +103,11 @@ impl Target {
             ),
             None => None,
         };
-        let api_key = match &registration.api_key {
+        let api_key_ref = match registration.signaling {
+            Signaling::Legacy => registration.api_key.as_ref(),
+            Signaling::Dps1 => profile.map(|p| &p.api_key),
+        };
+        let api_key = match api_key_ref {
             Some(c) => Some(
                 crate::credentials::resolve(c, Some(client), namespace)
                     .await
@@ -92,14 +120,30 @@ impl Target {
             &crate::backends::http::HttpSettings { timeout: Duration::from_secs(10), ca_bundle_pem: ca_pem },
         )
         .map_err(|e| e.to_string())?;
+        let (endpoint, url, oauth2) = match (registration.signaling, &registration.control_url, profile) {
+            (Signaling::Legacy, Some(control), _) => (
+                format!("{}/v1/dataplanes", control.as_str().trim_end_matches('/')),
+                registered_url(&dp.public_url, connector, token),
+                None,
+            ),
+            (Signaling::Dps1, _, Some(p)) => (
+                format!("{}/v4/dataplanes", p.management_url.as_str().trim_end_matches('/')),
+                SecretString::from(dps_endpoint(&dp.public_url, connector)),
+                Some((dps_token_endpoint(&dp.public_url, connector), token.clone())),
+            ),
+            _ => return Err(format!("registrations.{connector}: no controlUrl, or no connector profile")),
+        };
         Ok(Target {
             connector: connector.to_owned(),
-            endpoint: format!("{}/v1/dataplanes", registration.control_url.as_str().trim_end_matches('/')),
+            endpoint,
             id: dp.data_plane_id(connector, config.installation()),
-            url: registered_url(&dp.public_url, connector, token),
+            url,
             api_key,
             period: Duration::from_secs(registration.check_period_seconds),
             http,
+            signaling: registration.signaling,
+            oauth2,
+            written: Default::default(),
         })
     }
 
@@ -113,6 +157,22 @@ impl Target {
 
     /// The registration body.
     pub fn body(&self) -> Value {
+        if let Some((token_endpoint, secret)) = &self.oauth2 {
+            // EDC 0.18 reads `transferTypes`; the spec's RC3 calls them `profiles`.
+            return json!({
+                "dataplaneId": self.id,
+                "endpoint": self.url.expose_secret(),
+                "transferTypes": [TRANSFER_TYPE],
+                "profiles": [TRANSFER_TYPE],
+                "labels": [],
+                "authorization": {
+                    "type": "oauth2_client_credentials",
+                    "tokenEndpoint": token_endpoint,
+                    "clientId": self.connector,
+                    "clientSecret": secret.expose_secret(),
+                },
+            });
+        }
         json!({
             "@context": {"@vocab": EDC_NAMESPACE},
             "@id": self.id,
@@ -126,6 +186,9 @@ impl Target {
     /// Reads the instance; registers it when missing or different. Errors name the step and the
     /// status, never the URL (it holds the token).
     pub async fn ensure(&self) -> Result<Outcome, String> {
+        if self.signaling == Signaling::Dps1 {
+            return self.ensure_dps().await;
+        }
         let url = format!("{}/{}", self.endpoint, urlencode(&self.id));
         let response = self
             .request(reqwest::Method::GET, &url)
@@ -158,6 +221,62 @@ impl Target {
                 Err(format!("registering: HTTP {other}: {body}"))
             }
         }
+    }
+
+    async fn ensure_dps(&self) -> Result<Outcome, String> {
+        use std::sync::atomic::Ordering;
+        if self.written.load(Ordering::Acquire) {
+            let response = self
+                .request(reqwest::Method::GET, &self.endpoint)
+                .send()
+                .await
+                .map_err(|e| format!("reading the registrations: {}", without_url(e)))?;
+            match response.status().as_u16() {
+                200 => {
+                    let found: Value =
+                        response.json().await.map_err(|e| format!("reading the registrations: {}", without_url(e)))?;
+                    let ours = match &found {
+                        Value::Array(items) => items.iter().find(|i| text(&i["@id"]).as_deref() == Some(&self.id)),
+                        _ => None,
+                    };
+                    if let Some(ours) = ours
+                        && self.matches_dps(ours)
+                    {
+                        return Ok(Outcome::Current(text(member(ours, "state")).unwrap_or_default()));
+                    }
+                }
+                other => return Err(format!("reading the registrations: HTTP {other}")),
+            }
+        }
+        let response = self
+            .request(reqwest::Method::PUT, &self.endpoint)
+            .json(&self.body())
+            .send()
+            .await
+            .map_err(|e| format!("registering: {}", without_url(e)))?;
+        match response.status().as_u16() {
+            200..=299 => {
+                self.written.store(true, Ordering::Release);
+                Ok(Outcome::Registered)
+            }
+            other => {
+                let body: String = response.text().await.unwrap_or_default().chars().take(500).collect();
+                // The body is the connector's; it would echo a field, never the secret we sent.
+                Err(format!("registering: HTTP {other}: {body}"))
+            }
+        }
+    }
+
+    fn matches_dps(&self, found: &Value) -> bool {
+        let list = |v: &Value| -> Vec<String> {
+            match v {
+                Value::Array(items) => items.iter().filter_map(text).collect(),
+                other => text(other).into_iter().collect(),
+            }
+        };
+        text(member(found, "url")).as_deref() == Some(self.url.expose_secret())
+            && list(member(found, "allowedTransferTypes")) == [TRANSFER_TYPE]
+            && text(member(found, "state")).as_deref() != Some("UNREGISTERED")
     }
 
     fn matches(&self, found: &Value) -> bool {
@@ -278,6 +397,9 @@ mod tests {
             api_key: None,
             period: Duration::from_secs(30),
             http: reqwest::Client::new(),
+            signaling: Signaling::Legacy,
+            oauth2: None,
+            written: Default::default(),
         }
     }
 
