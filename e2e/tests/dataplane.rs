@@ -541,6 +541,42 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
     let terminated = transfers.get(&name).await.unwrap();
     assert!(!terminated.metadata.annotations.unwrap().contains_key(callback::REPORTED_ANNOTATION));
 
+    // Mosquitto over WSS through the same connectors: another offer, another transfer, whose
+    // credentials are limited to its own topics.
+    let mut ws = offer("line-ws");
+    ws.spec.endpoint.endpoint_type = EndpointType::MqttWss;
+    assets.create(&PostParams::default(), &ws).await.unwrap();
+    wait_for(&assets, "line-ws", WITHIN, "Ready", asset_ready).await;
+    let ws_id = format!("{}-line-ws", stack.namespace);
+    let ws_agreement = negotiate(&ca, consumer, provider, &ws_id).await;
+    let ws_tp = request_transfer(&ca, consumer, provider, &ws_agreement, &ws_id, Some(&callback_url)).await;
+    let ws_edr = poll("the WSS transfer's EDR", WITHIN, || {
+        let (events, ws_tp) = (events.clone(), ws_tp.clone());
+        async move {
+            events
+                .all()
+                .into_iter()
+                .find(|e| {
+                    text_of(find(e, "transferProcessId")).as_deref() == Some(ws_tp.as_str())
+                        && find(e, "password").is_some()
+                })
+                .ok_or_else(|| "no event yet".to_owned())
+        }
+    })
+    .await;
+    let ws_base = text_of(find(&ws_edr, "baseUrl")).unwrap();
+    assert_eq!(ws_base, stack.mosquitto.wss_url(), "the WSS endpoint in the EDR");
+    let ws_password = text_of(find(&ws_edr, "password")).unwrap();
+    e2e::logs::register_secret(&ws_password);
+    let ws_username = text_of(find(&ws_edr, "username")).unwrap();
+    assert_ne!(ws_username, username, "an identity of its own");
+    let mut ws_client = Consumer::connect(&consumer_options(ws_base, &ca.cert_pem(), &ws_username, &ws_password))
+        .await
+        .unwrap_or_else(|e| panic!("connect over WSS with the EDR: {e:?}"));
+    assert!(ws_client.subscribe("factory/line-ws/#").await, "subscription granted over WSS");
+    assert!(receives(&mut ws_client, &device, "factory/line-ws/temperature", "23.0").await, "a live message over WSS");
+    assert!(!ws_client.subscribe("factory/line-1/#").await, "another transfer's topics are refused");
+
     // 9. The provider ends a flow itself: a second transfer on the agreement, then
     // `kubectl delete mqt`: the consumer's transfer process leaves STARTED.
     let second_tp = request_transfer(&ca, consumer, provider, &agreement_id, &asset_id, None).await;
@@ -798,6 +834,40 @@ async fn oauth2_edrs_for_rabbitmq_over_wss_pass_through_the_real_connectors_one_
         assert_eq!(got, Some(("factory/line-2/temperature".to_owned(), b"8.0".to_vec())), "consumer {who} receives");
     }
 
+    // RabbitMQ over TLS: consumer B's transfer of another offer gets a JWT limited to that
+    // offer's topics.
+    let mut tls = offer("line-3");
+    tls.spec.broker = Some("rabbitmq".into());
+    tls.spec.auth.mode = AuthMode::Oauth2;
+    tls.spec.policy.access.participant_ids = Some(vec![CONSUMER_B_ID.into()]);
+    assets.create(&PostParams::default(), &tls).await.unwrap();
+    wait_for(&assets, "line-3", WITHIN, "Ready", asset_ready).await;
+    let tls_id = format!("{}-line-3", stack.namespace);
+    let tls_agreement = negotiate(&ca, consumer_b, provider, &tls_id).await;
+    let tp_tls = request_transfer(&ca, consumer_b, provider, &tls_agreement, &tls_id, Some(&callback_url)).await;
+    let edr_tls = poll("consumer B's TLS EDR", WITHIN, || {
+        let (events, tp) = (events.clone(), tp_tls.clone());
+        async move {
+            events
+                .all()
+                .into_iter()
+                .find(|e| text_of(find(e, "transferProcessId")).as_deref() == Some(tp.as_str()))
+                .ok_or_else(|| "no event yet".to_owned())
+        }
+    })
+    .await;
+    let tls_base = text_of(find(&edr_tls, "baseUrl")).unwrap();
+    assert_eq!(tls_base, rabbit.mqtts_url(), "the TLS endpoint in the EDR");
+    let jwt_tls = text_of(find(&edr_tls, "authorization")).expect("a JWT");
+    e2e::logs::register_secret(&jwt_tls);
+    let username_tls = text_of(find(&edr_tls, "username")).unwrap();
+    let mut client_tls = Consumer::connect(&consumer_options(tls_base, &ca.cert_pem(), &username_tls, &jwt_tls))
+        .await
+        .unwrap_or_else(|e| panic!("consumer B connects over TLS: {e:?}"));
+    assert!(client_tls.subscribe("factory/line-3/#").await, "subscription granted over TLS");
+    assert!(receives(&mut client_tls, &device, "factory/line-3/temperature", "9.5").await, "a live message over TLS");
+    assert!(!client_tls.subscribe("factory/line-2/#").await, "another transfer's topics are refused");
+
     callback_task.abort();
     let _ = http(&ca).delete(format!("{}/{}", dp.target.endpoint, dp.target.id)).send().await;
     drop(dp);
@@ -809,8 +879,9 @@ async fn oauth2_edrs_for_rabbitmq_over_wss_pass_through_the_real_connectors_one_
 /// the Management API with OAuth 2.0 client credentials and its repair, a start that yields the
 /// consumer's own credentials (live MQTT over TLS, on real Mosquitto and Kubernetes), a retried
 /// start that makes nothing twice, refusals that create nothing, suspension cutting the live
-/// session within 1 s, resumption with a DataAddress, and provider-side ends reported with a JWT
-/// that passes EDC 0.18's checks.
+/// session within 1 s, resumption with the consumer's first EDR working again, and
+/// provider-side ends reported (callbacks with a JWT that passes EDC 0.18's checks, a
+/// termination through the Management API).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dps_1_0_control_plane_gets_per_transfer_credentials_and_hears_of_provider_ends() {
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -856,6 +927,11 @@ async fn a_dps_1_0_control_plane_gets_per_transfer_credentials_and_hears_of_prov
         callback::DpsCallbacks {
             key: dps::derived_key(&dp.token, "callback"),
             data_plane_ids: [("default".to_owned(), id.clone())].into(),
+            management: [(
+                "default".to_owned(),
+                (format!("{}/management", cp_server.base_url), SecretString::from(api_key.clone())),
+            )]
+            .into(),
         },
         reporter_stopped,
     ));
@@ -934,34 +1010,67 @@ async fn a_dps_1_0_control_plane_gets_per_transfer_credentials_and_hears_of_prov
     assert!(client.wait_disconnected(Duration::from_secs(1)).await.is_some(), "closed within 1 s");
     assert_refused(&options, "reconnecting while suspended").await;
 
-    // Resumption answers with a DataAddress (EDC 0.18's consumer refuses a resume without one).
+    // Resumption answers with a DataAddress (EDC 0.18's consumer refuses a resume without one),
+    // and the consumer's EDR from the first start works again: EDC 0.18 republishes that one, so
+    // a dps-1.0 transfer keeps its password across the suspension.
     let resumed = cp.resume("p-1").await.unwrap();
     assert_eq!(resumed["state"], "STARTED");
-    let fresh =
-        dps::endpoint_properties(&resumed["dataAddress"])[&format!("{ns}password")].as_str().unwrap().to_owned();
-    e2e::logs::register_secret(&fresh);
-    let fresh_options = consumer_options(stack.mosquitto.mqtts_url(), &ca.cert_pem(), &username, &fresh);
-    let mut client = Consumer::connect(&fresh_options).await.unwrap_or_else(|e| panic!("after resume: {e:?}"));
+    let resumed_password = dps::endpoint_properties(&resumed["dataAddress"])[&format!("{ns}password")].clone();
+    assert_eq!(resumed_password, password.as_str(), "the password the consumer's EDR holds");
+    let edr = dps::endpoint_properties(&cp.process("p-1").unwrap().consumer_edr.unwrap());
+    assert_eq!(edr[&format!("{ns}password")], password.as_str());
+    let mut client = Consumer::connect(&options).await.unwrap_or_else(|e| panic!("the EDR after resume: {e:?}"));
     assert!(client.subscribe("factory/line-dps/#").await);
     assert!(receives(&mut client, &device, "factory/line-dps/t", "2").await, "a live message after resuming");
 
-    // The provider deletes the transfer: errored (with the reason) and completed reach the
-    // control plane with a JWT it accepts, and its process leaves STARTED.
+    // The provider deletes the transfer: `errored` with the reason (JWT accepted), then the
+    // process is terminated through the Management API, and the data plane's answer to EDC's
+    // `/terminate` that follows is a success.
     transfers.delete(&name, &Default::default()).await.unwrap();
-    poll("the process COMPLETED at the control plane", WITHIN, || {
+    let ended = poll("the process TERMINATED at the control plane", WITHIN, || {
         let cp = cp.clone();
         async move {
             match cp.process("p-1") {
-                Some(p) if p.state == "COMPLETED" => Ok(p),
+                Some(p) if p.state == "TERMINATED" && p.data_plane_terminated.is_some() => Ok(p),
                 other => Err(format!("{other:?}; refused: {:?}", cp.refused_callbacks())),
             }
         }
     })
     .await;
-    let kinds: Vec<String> = cp.process("p-1").unwrap().callbacks.into_iter().map(|(k, _)| k).collect();
-    assert_eq!(kinds, ["errored", "completed"]);
+    let kinds: Vec<&str> = ended.callbacks.iter().map(|(k, _)| k.as_str()).collect();
+    assert_eq!(kinds, ["errored", "terminate"]);
+    assert!(ended.callbacks[0].1["error"].as_str().unwrap().contains("deleted"), "{:?}", ended.callbacks[0]);
+    assert!(ended.callbacks[1].1["reason"].as_str().unwrap().contains("deleted"), "{:?}", ended.callbacks[1]);
+    assert_eq!(ended.data_plane_terminated, Some(Ok(())));
     assert!(cp.refused_callbacks().is_empty(), "{:?}", cp.refused_callbacks());
     assert!(client.wait_disconnected(Duration::from_secs(5)).await.is_some(), "the live session is closed");
+
+    // The provider completes a flow (kubectl patch spec.state Completed): `completed`. This
+    // start carries a destination dataAddress, as EDC 0.18's does when the consumer's request
+    // named one: a PULL ignores it.
+    let mut with_destination = edc_dps::start_message("p-3", &asset_id, CONSUMER_ID, &callback_address);
+    with_destination["dataAddress"] =
+        json!({"@type": "DataAddress", "endpointType": "HttpData", "endpoint": "https://consumer.example/x"});
+    cp.start_with(&id, "p-3", with_destination).await.unwrap();
+    let third = flows::transfer_name("p-3");
+    transfers
+        .patch(
+            &third,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(json!({"spec": {"state": "Completed"}})),
+        )
+        .await
+        .unwrap();
+    poll("the process COMPLETED at the control plane", WITHIN, || {
+        let cp = cp.clone();
+        async move {
+            match cp.process("p-3") {
+                Some(p) if p.state == "COMPLETED" => Ok(()),
+                other => Err(format!("{other:?}; refused: {:?}", cp.refused_callbacks())),
+            }
+        }
+    })
+    .await;
 
     // A second flow the control plane terminates: revoked, and nothing reported back.
     cp.start(&id, "p-2", &asset_id, CONSUMER_ID, &callback_address).await.unwrap();

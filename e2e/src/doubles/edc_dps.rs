@@ -19,7 +19,12 @@
 //!   with `Authorization: Bearer <JWT>`: a signed JWS (no `none`), `sub` = the data plane id the
 //!   process is bound to, `exp` in the future, `iat` (if any) not after now, a `jti` never seen
 //!   before; an unknown process answers 401 (the filter runs first). `completed` moves a STARTED
-//!   process to COMPLETED; `errored` changes nothing (EDC only logs it).
+//!   process to COMPLETED; `errored` (its body required) changes nothing (EDC only logs it).
+//! - `POST /management/v3/transferprocesses/{id}/terminate` (`TerminateTransfer` with a reason):
+//!   the provider's process goes TERMINATED and, as EDC's state machine does, the data plane
+//!   gets `/{id}/terminate`.
+//! - The consumer's side as far as EDC 0.18 keeps it: the EDR is the DataAddress of the first
+//!   start and is republished unchanged after a resume ([`Process::consumer_edr`]).
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
@@ -44,8 +49,14 @@ pub struct Process {
     pub state: String,
     /// The data address the data plane answered with (the EDR).
     pub data_address: Option<Value>,
-    /// The callbacks received, by kind (`completed`, `errored`…), with their bodies.
+    /// The callbacks received, by kind (`completed`, `errored`…), with their bodies; a
+    /// Management API termination as `terminate`.
     pub callbacks: Vec<(String, Value)>,
+    /// The EDR the consumer's connector holds: the first start's DataAddress (EDC 0.18 keeps it
+    /// across a resume).
+    pub consumer_edr: Option<Value>,
+    /// The data plane's answer to the `/terminate` that followed a Management API termination.
+    pub data_plane_terminated: Option<Result<(), String>>,
 }
 
 #[derive(Default)]
@@ -96,6 +107,7 @@ impl EdcDps {
             .route("/management/v4/dataplanes", put(register).get(list))
             .route("/management/v4/dataplanes/{id}", delete(unregister))
             .route("/signaling/transfers/{id}/dataflow/{kind}", post(callback))
+            .route("/management/v3/transferprocesses/{id}/terminate", post(terminate_process))
             .with_state(self.clone());
         start(router, ca).await
     }
@@ -211,6 +223,7 @@ impl EdcDps {
                                 return Err(Fatal { status: 200, detail: "dataAddress without endpointType".into() });
                             }
                             process.data_address = Some(answer["dataAddress"].clone());
+                            process.consumer_edr.get_or_insert_with(|| answer["dataAddress"].clone());
                         }
                     }
                     Err(e) => {
@@ -438,6 +451,9 @@ async fn callback(
         return StatusCode::UNSUPPORTED_MEDIA_TYPE;
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    if kind == "errored" && !body.is_object() {
+        return StatusCode::INTERNAL_SERVER_ERROR;
+    }
     let process = inner.processes.get_mut(&id).expect("found above");
     match kind.as_str() {
         "completed" => {
@@ -452,4 +468,46 @@ async fn callback(
     }
     process.callbacks.push((kind, body));
     StatusCode::OK
+}
+
+/// The Management API's termination of a process: TERMINATED, then `/terminate` to its data
+/// plane (in the background, as EDC's state machine does it).
+async fn terminate_process(
+    State(double): State<EdcDps>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> (StatusCode, axum::Json<Value>) {
+    if !api_key_ok(&double, &headers) {
+        return edc_error(StatusCode::UNAUTHORIZED, "Request could not be authenticated");
+    }
+    let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+    let typed = body["@type"] == "TerminateTransfer" || body["@type"] == "edc:TerminateTransfer";
+    if !typed || body["reason"].as_str().is_none_or(str::is_empty) {
+        return edc_error(StatusCode::BAD_REQUEST, "a TerminateTransfer with a reason");
+    }
+    {
+        let mut inner = double.inner.lock().unwrap();
+        let Some(process) = inner.processes.get_mut(&id) else {
+            return edc_error(StatusCode::NOT_FOUND, "no such transfer process");
+        };
+        if matches!(process.state.as_str(), "TERMINATED" | "COMPLETED") {
+            return edc_error(StatusCode::CONFLICT, "the transfer process is final");
+        }
+        process.state = "TERMINATED".into();
+        process.callbacks.push(("terminate".into(), body));
+    }
+    let background = double.clone();
+    tokio::spawn(async move {
+        let Ok(dp) = background.bound(&id) else { return };
+        let result = background
+            .call(&dp, &format!("{}/terminate", enc(&id)), json!({"messageId": random()}))
+            .await
+            .map(drop)
+            .map_err(|e| format!("HTTP {}: {}", e.status, e.detail));
+        if let Some(p) = background.inner.lock().unwrap().processes.get_mut(&id) {
+            p.data_plane_terminated = Some(result);
+        }
+    });
+    (StatusCode::NO_CONTENT, axum::Json(Value::Null))
 }

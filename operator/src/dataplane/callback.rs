@@ -4,11 +4,15 @@
 //! (`{"errorMessage": …}`), so that the transfer process, and over DSP the consumer's, leaves
 //! STARTED.
 //!
-//! A flow started through Data Plane Signaling 1.0 is reported to
-//! `{callbackAddress}/transfers/{processId}/dataflow/completed`, an end with a reason (terminated,
-//! expired, deleted) first to `…/errored` with it: the spec's word for it, though EDC 0.18 only
-//! logs `errored` and leaves the process STARTED until `completed`. Both carry a bearer JWT
-//! naming the data plane ([`super::dps::callback_token`]).
+//! A flow started through Data Plane Signaling 1.0 that completed is reported to
+//! `{callbackAddress}/transfers/{processId}/dataflow/completed`. An end with a reason
+//! (terminated, expired, deleted) goes to `…/errored` with it, the spec's word for it; EDC 0.18
+//! only logs that and leaves the process STARTED (and `completed` would tell the consumer the
+//! transfer completed, and is refused for a suspended one), so the operator then terminates the
+//! provider's process through the connector profile's Management API
+//! (`POST {managementUrl}/v3/transferprocesses/{processId}/terminate` with the reason), and EDC
+//! tells the consumer over DSP. Callbacks carry a bearer JWT naming the data plane
+//! ([`super::dps::callback_token`]).
 //!
 //! Ends the control plane asked for itself (suspend, terminate) are not reported back: the
 //! handlers mark them with [`REQUESTED_ANNOTATION`]. A report is recorded in
@@ -19,6 +23,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::watcher::{self, Event};
+use secrecy::ExposeSecret;
 use serde_json::json;
 use tracing::{info, warn};
 
@@ -65,6 +70,9 @@ pub struct DpsCallbacks {
     pub key: Vec<u8>,
     /// The data plane id registered per connector profile (the JWT's `sub`).
     pub data_plane_ids: std::collections::BTreeMap<String, String>,
+    /// Per connector profile: its Management API base URL and `X-Api-Key`, to terminate a
+    /// process the provider ended.
+    pub management: std::collections::BTreeMap<String, (String, secrecy::SecretString)>,
 }
 
 /// Watches the data plane's transfers and reports provider-side ends until `shutdown`.
@@ -140,25 +148,28 @@ async fn report(
                 .bearer_auth(super::dps::callback_token(&dps.key, id))
                 .json(&body)
         };
-        let errored = if kind == "fail" {
+        if kind == "fail" {
+            let Some((management, key)) = dps.management.get(&connector) else {
+                warn!(process, connector, "data plane: no Management API to terminate the process through");
+                return;
+            };
+            let errored = json!({"messageId": super::dps::message_id(), "dataFlowId": process,
+                "state": "TERMINATED", "error": reason});
+            let terminate = json!({"@context": {"@vocab": super::message::EDC_NAMESPACE},
+                "@type": "TerminateTransfer", "reason": reason});
+            match send(post("errored", errored)).await {
+                Ok(()) => {
+                    let url = format!("{}/v3/transferprocesses/{encoded}/terminate", management.trim_end_matches('/'));
+                    send(http.post(url).header("X-Api-Key", key.expose_secret()).json(&terminate)).await
+                }
+                Err(e) => Err(e),
+            }
+        } else {
             send(post(
-                "errored",
-                json!({"messageId": super::dps::message_id(), "dataFlowId": process,
-                "state": "TERMINATED", "error": reason}),
+                "completed",
+                json!({"messageId": super::dps::message_id(), "dataFlowId": process, "state": "COMPLETED"}),
             ))
             .await
-        } else {
-            Ok(())
-        };
-        match errored {
-            Ok(()) => {
-                send(post(
-                    "completed",
-                    json!({"messageId": super::dps::message_id(), "dataFlowId": process, "state": "COMPLETED"}),
-                ))
-                .await
-            }
-            Err(e) => Err(e),
         }
     } else {
         let request = http.post(format!("{base}/transferprocess/{encoded}/{kind}"));

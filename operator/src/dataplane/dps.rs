@@ -109,13 +109,15 @@ pub fn verify_access_token(key: &[u8], token: &str, connector: &str) -> Result<(
 
 /// The bearer JWT of a callback from data plane `data_plane_id`.
 pub fn callback_token(key: &[u8], data_plane_id: &str) -> String {
-    let iat = now();
+    // EDC 0.18 refuses an `iat` after its own clock with no leeway: backdated, so that a clock a
+    // little ahead of the control plane's does not lose callbacks.
+    let iat = now().saturating_sub(30);
     let claims = Claims {
         iss: data_plane_id.into(),
         sub: data_plane_id.into(),
         aud: "control-plane".into(),
         iat,
-        exp: iat + CALLBACK_TOKEN_SECONDS,
+        exp: iat + 30 + CALLBACK_TOKEN_SECONDS,
         jti: random_id(),
     };
     jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(key)).unwrap_or_default()
@@ -178,8 +180,7 @@ fn required<'a>(o: &'a Map<String, Value>, name: &str, max: usize) -> Result<&'a
 
 /// Parses and validates a `DataFlowStartMessage`: `processId`, `datasetId`, `agreementId` and
 /// `counterPartyId` (the consumer; `participantId` is the provider itself) present, transfer
-/// type (`transferType`, or RC3's `profile`) `Mqtt-PULL`, and no `dataAddress` (a destination is
-/// for PUSH).
+/// type (`transferType`, or RC3's `profile`) `Mqtt-PULL`.
 pub fn parse_start(body: &[u8]) -> Result<StartMessage, Refusal> {
     let o = object(body)?;
     let process_id = required(&o, "processId", MAX_ID_LEN)?;
@@ -196,11 +197,8 @@ pub fn parse_start(body: &[u8]) -> Result<StartMessage, Refusal> {
             "transfer type {shown} is not served here; this data plane serves {TRANSFER_TYPE} only"
         )));
     }
-    if o.get("dataAddress").is_some_and(|v| !v.is_null()) {
-        return Err(Refusal::bad_request(format!(
-            "a start with a destination dataAddress is a PUSH; this data plane serves {TRANSFER_TYPE} only"
-        )));
-    }
+    // A `dataAddress` is ignored: for a PULL it is no destination, and EDC 0.18 sends one
+    // whenever the consumer's transfer request named a data destination.
     let callback_address = match o.get("callbackAddress") {
         None | Some(Value::Null) => None,
         Some(Value::String(text)) => {
@@ -330,6 +328,9 @@ mod tests {
         rc3.as_object_mut().unwrap().remove("callbackAddress");
         let m = parse_start(rc3.to_string().as_bytes()).unwrap();
         assert_eq!(m.callback_address, None, "RC3 has no callbackAddress");
+        let mut with_destination = start();
+        with_destination["dataAddress"] = json!({"endpointType": "HttpData", "endpoint": "https://c.example/x"});
+        assert!(parse_start(with_destination.to_string().as_bytes()).is_ok(), "a PULL ignores a destination");
     }
 
     #[test]
@@ -341,7 +342,6 @@ mod tests {
             (json!({"counterPartyId": ""}), "counterPartyId is empty"),
             (json!({"processId": 7}), "processId must be a string"),
             (json!({"datasetId": "a\nb"}), "control characters"),
-            (json!({"dataAddress": {"endpointType": "Mqtt"}}), "PUSH"),
             (json!({"callbackAddress": "ftp://x"}), "callbackAddress"),
         ];
         for (patch, reason) in cases {

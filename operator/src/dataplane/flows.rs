@@ -264,6 +264,8 @@ impl Flows {
         }
         if message.signaling != super::config::Signaling::Legacy {
             annotations.insert(SIGNALING_ANNOTATION.to_owned(), message.signaling.name().to_owned());
+            // EDC 0.18's consumer keeps the first start's EDR across a resume.
+            annotations.insert(crate::api::KEEP_PASSWORD_ON_RESUME_ANNOTATION.to_owned(), "true".to_owned());
         }
         let labels = BTreeMap::from([
             (MANAGED_LABEL.to_owned(), "signaling".to_owned()),
@@ -414,9 +416,9 @@ impl Flows {
 
     /// Completed (the control plane says the transfer is done): revoke for good, as Completed.
     pub async fn complete(&self, process_id: &str) -> Result<(), Refusal> {
-        let Some(t) = self.find_transfer(process_id).await? else {
-            return Err(Refusal { status: 404, reason: format!("no data flow {process_id}") });
-        };
+        // An unknown flow (refused at start, or deleted by the provider) is over already: an
+        // error would be fatal for the control plane's process, which is ending anyway.
+        let Some(t) = self.find_transfer(process_id).await? else { return Ok(()) };
         if t.metadata.deletion_timestamp.is_some() {
             return Ok(());
         }

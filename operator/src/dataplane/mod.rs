@@ -526,6 +526,16 @@ pub async fn start(
     let callback_http = registration::callback_client(&config, &dp_config, &client, operator_namespace)
         .await
         .map_err(DataPlaneError::Invalid)?;
+    let mut management = std::collections::BTreeMap::new();
+    for (connector, registration) in &dp_config.registrations {
+        if registration.signaling != config::Signaling::Dps1 {
+            continue;
+        }
+        if let Some(profile) = config.connectors.get(connector) {
+            let key = read("connector apiKey", profile.api_key.clone()).await?;
+            management.insert(connector.clone(), (profile.management_url.to_string(), key));
+        }
+    }
     let dps_callbacks = callback::DpsCallbacks {
         key: dps::derived_key(token.expose_secret(), "callback"),
         data_plane_ids: dp_config
@@ -533,6 +543,7 @@ pub async fn start(
             .keys()
             .map(|c| (c.clone(), dp_config.data_plane_id(c, config.installation())))
             .collect(),
+        management,
     };
     tokio::spawn(callback::report_ends(
         client.clone(),

@@ -20,6 +20,12 @@ pub(super) async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, wa
     let (clients, plan) = planned(t, asset, ctx)?;
     let owner = &plan.owner;
     let resuming = t.status.as_ref().and_then(|s| s.phase) == Some(TransferPhase::Suspended);
+    let keeps_password = t
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(crate::api::KEEP_PASSWORD_ON_RESUME_ANNOTATION))
+        .is_some_and(|v| v == "true");
     let mut step = converge(ctx, t, &plan, &clients);
     // Each object is recorded before it is first made, when nothing is recorded yet: should a
     // later step fail and the asset then go, the record is what lets revocation find it.
@@ -50,8 +56,9 @@ pub(super) async fn grant(t: &MqttTransfer, asset: &MqttAsset, ctx: &Context, wa
             };
             walk.tracker.step_ok(Step::Identity, &format!("broker user {} has its password", plan.identity));
             match stored {
-                // Resuming after a suspension: fresh credentials.
-                Some(password) if !resuming => (password, false),
+                // Resuming after a suspension: fresh credentials, unless the transfer asks to
+                // keep its password.
+                Some(password) if !resuming || keeps_password => (password, false),
                 _ => (random_password(), true),
             }
         }
