@@ -106,6 +106,15 @@ async fn start_data_plane_with(stack: &DevStack, start_timeout: Duration) -> Run
     RunningDataPlane { base, token, target, stop }
 }
 
+/// Callback settings for a test that starts flows through the legacy signaling only.
+fn no_dps_callbacks(token: &str) -> callback::DpsCallbacks {
+    callback::DpsCallbacks {
+        key: dps::CallbackKey::derive(token),
+        data_plane_ids: Default::default(),
+        management: Default::default(),
+    }
+}
+
 /// The provider's stack: its connector evaluates the participant constraints of its offers, as a
 /// Factory-X connector does.
 fn dataspace_stack() -> StackOptions {
@@ -226,7 +235,7 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
         stack.operator_client.clone(),
         None,
         http(&ca),
-        callback::DpsCallbacks::default(),
+        no_dps_callbacks(&dp.token),
         reporter_stopped,
     ));
 
@@ -912,6 +921,8 @@ async fn a_dps_1_0_control_plane_gets_per_transfer_credentials_and_hears_of_prov
     assert_eq!(registration["endpoint"], dps_endpoint(&public, "default"));
     assert_eq!(registration["transferTypes"], json!(["Mqtt-PULL"]));
     assert_eq!(registration["authorization"]["type"], "oauth2_client_credentials");
+    assert_eq!(registration["authorization"]["jwks"]["keys"][0]["kty"], "EC", "the key callbacks are verified with");
+    assert!(!registration["authorization"]["jwks"].to_string().contains(&dp.token));
     assert_eq!(target.ensure().await, Ok(Outcome::Current("REGISTERED".into())));
     let puts = || cp_server.log.matching(|r| r.method == "PUT").len();
     assert_eq!(puts(), 1, "a current registration is not written again");
@@ -925,7 +936,7 @@ async fn a_dps_1_0_control_plane_gets_per_transfer_credentials_and_hears_of_prov
         None,
         http(&ca),
         callback::DpsCallbacks {
-            key: dps::derived_key(&dp.token, "callback"),
+            key: dps::CallbackKey::derive(&dp.token),
             data_plane_ids: [("default".to_owned(), id.clone())].into(),
             management: [(
                 "default".to_owned(),
@@ -1082,6 +1093,26 @@ async fn a_dps_1_0_control_plane_gets_per_transfer_credentials_and_hears_of_prov
     .await;
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(cp.process("p-2").unwrap().callbacks.is_empty(), "the control plane's own end is not reported back");
+
+    // A callback signed with another key is refused, under that key's id or under ours: the
+    // registration's jwks decides.
+    assert!(cp.refused_callbacks().is_empty(), "{:?}", cp.refused_callbacks());
+    let forged = dps::callback_token(&dps::CallbackKey::derive("another-token-0123456789-0123456789"), &id);
+    let ours = dps::callback_token(&dps::CallbackKey::derive(&dp.token), &id);
+    let (our_header, forged_rest) = (ours.split('.').next().unwrap(), forged.split_once('.').unwrap().1);
+    for bearer in [forged.clone(), format!("{our_header}.{forged_rest}")] {
+        let r = http(&ca)
+            .post(format!("{callback_address}/transfers/p-2/dataflow/completed"))
+            .bearer_auth(bearer)
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 401, "a forged callback");
+    }
+    let refused = cp.refused_callbacks();
+    assert_eq!(refused.len(), 2, "{refused:?}");
+    assert!(refused[0].contains("no key") && refused[1].contains("signature"), "{refused:?}");
 
     reporter_stop.send_replace(true);
     drop(dp);

@@ -64,10 +64,10 @@ pub fn report_for(t: &MqttTransfer) -> Option<(&'static str, String)> {
 }
 
 /// What Data Plane Signaling 1.0 callbacks are signed with and say who sends them.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct DpsCallbacks {
-    /// The HMAC key of the callback JWTs.
-    pub key: Vec<u8>,
+    /// The key the callback JWTs are signed with.
+    pub key: super::dps::CallbackKey,
     /// The data plane id registered per connector profile (the JWT's `sub`).
     pub data_plane_ids: std::collections::BTreeMap<String, String>,
     /// Per connector profile: its Management API base URL and `X-Api-Key`, to terminate a

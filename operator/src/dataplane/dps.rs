@@ -14,9 +14,9 @@
 //!   data plane's and is refused.
 //!
 //! Callbacks to the control plane (`{callbackAddress}/transfers/{id}/dataflow/...`) carry a JWT
-//! with `sub` = the registered data plane id, `exp` and a fresh `jti`, which is what EDC 0.18
-//! checks (it verifies a signature only against a `jwks`/`jwksUri` in the registration, which a
-//! shared-secret signature cannot offer).
+//! with `sub` = the registered data plane id, `exp` and a fresh `jti`, signed ES256 with a P-256
+//! key derived from the shared token ([`CallbackKey`]); the registration carries its public key
+//! as an inline `jwks`, against which EDC 0.18 verifies the signature.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -107,8 +107,56 @@ pub fn verify_access_token(key: &[u8], token: &str, connector: &str) -> Result<(
     Ok(())
 }
 
+/// The key the data plane signs its callbacks with, and its public JWK.
+#[derive(Clone)]
+pub struct CallbackKey {
+    encoding: EncodingKey,
+    /// The public key as a JWK (`kty` EC, `crv` P-256, `kid`, `alg` ES256, `use` sig).
+    pub jwk: Value,
+    /// The key id (in the JWK and every callback's header).
+    pub kid: String,
+}
+
+impl CallbackKey {
+    /// The key derived from the shared token: every replica and every restart signs with the
+    /// same key without configuring one, so the registration's `jwks` stays current. Hand-written
+    /// derivation, as RFC 9180's DeriveKeyPair does for P-256: SHA-256 over a label, a counter and
+    /// the token, until the digest is a valid scalar (all but about 2^-32 of digests are). The
+    /// public key reveals nothing of the token.
+    pub fn derive(token: &str) -> CallbackKey {
+        use p256::elliptic_curve::sec1::ToEncodedPoint;
+        use p256::pkcs8::EncodePrivateKey;
+        for counter in 0u8..=u8::MAX {
+            let mut h = Sha256::new();
+            h.update(b"mqtt-dsp-operator/dps-1.0/callback-es256\0");
+            h.update([counter]);
+            h.update(token.as_bytes());
+            let digest = h.finalize();
+            let Ok(secret) = p256::SecretKey::from_slice(&digest) else { continue };
+            let Ok(der) = secret.to_pkcs8_der() else { continue };
+            let point = secret.public_key().to_encoded_point(false);
+            let (Some(x), Some(y)) = (point.x(), point.y()) else { continue };
+            let b64 = |b: &[u8]| base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, b);
+            let kid: String = Sha256::digest([x.as_slice(), y.as_slice()].concat())
+                .iter()
+                .take(8)
+                .map(|b| format!("{b:02x}"))
+                .collect();
+            let jwk = json!({"kty": "EC", "crv": "P-256", "x": b64(x), "y": b64(y), "kid": kid, "alg": "ES256", "use": "sig"});
+            return CallbackKey { encoding: EncodingKey::from_ec_der(der.as_bytes()), jwk, kid };
+        }
+        // 256 invalid digests in a row: probability about 2^-8192.
+        unreachable!("no valid P-256 scalar from 256 digests")
+    }
+
+    /// The JWK Set the registration carries (`authorization.jwks`).
+    pub fn jwks(&self) -> Value {
+        json!({"keys": [self.jwk]})
+    }
+}
+
 /// The bearer JWT of a callback from data plane `data_plane_id`.
-pub fn callback_token(key: &[u8], data_plane_id: &str) -> String {
+pub fn callback_token(key: &CallbackKey, data_plane_id: &str) -> String {
     // EDC 0.18 refuses an `iat` after its own clock with no leeway: backdated, so that a clock a
     // little ahead of the control plane's does not lose callbacks.
     let iat = now().saturating_sub(30);
@@ -120,7 +168,10 @@ pub fn callback_token(key: &[u8], data_plane_id: &str) -> String {
         exp: iat + 30 + CALLBACK_TOKEN_SECONDS,
         jti: random_id(),
     };
-    jsonwebtoken::encode(&Header::new(Algorithm::HS256), &claims, &EncodingKey::from_secret(key)).unwrap_or_default()
+    let mut header = Header::new(Algorithm::ES256);
+    header.kid = Some(key.kid.clone());
+    // Signing with a valid P-256 key cannot fail.
+    jsonwebtoken::encode(&header, &claims, &key.encoding).unwrap_or_default()
 }
 
 /// The client credentials of a token request: form fields `client_id` / `client_secret`, or
@@ -372,6 +423,30 @@ mod tests {
             jsonwebtoken::encode(&Header::new(Algorithm::HS256), &expired, &EncodingKey::from_secret(&key)).unwrap();
         assert_eq!(verify_access_token(&key, &expired, "default").unwrap_err().status, 401);
         assert_ne!(issue_access_token(&key, "default"), token, "every token has its own jti");
+    }
+
+    #[test]
+    fn the_callback_key_is_the_tokens_own_and_verifies_its_callbacks() {
+        const TOKEN: &str = "t0ken-0123456789-0123456789-0123456789";
+        let key = CallbackKey::derive(TOKEN);
+        assert_eq!(key.jwk, CallbackKey::derive(TOKEN).jwk, "every replica and restart: the same key");
+        assert_ne!(key.jwk, CallbackKey::derive("another-token-0123456789-0123456789").jwk);
+        assert!(!key.jwks().to_string().contains(TOKEN));
+        let token = callback_token(&key, "dp-1");
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        assert_eq!((header.alg, header.kid.as_deref()), (Algorithm::ES256, Some(key.kid.as_str())));
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.jwk.clone()).unwrap();
+        let mut validation = Validation::new(Algorithm::ES256);
+        validation.set_audience(&["control-plane"]);
+        let claims = jsonwebtoken::decode::<Claims>(&token, &DecodingKey::from_jwk(&jwk).unwrap(), &validation)
+            .expect("verifies with the registered JWK")
+            .claims;
+        assert_eq!(claims.sub, "dp-1");
+        assert!(claims.iat <= now() && claims.exp > now());
+        let other: jsonwebtoken::jwk::Jwk =
+            serde_json::from_value(CallbackKey::derive("another-token-0123456789-0123456789").jwk).unwrap();
+        assert!(jsonwebtoken::decode::<Claims>(&token, &DecodingKey::from_jwk(&other).unwrap(), &validation).is_err());
+        assert_ne!(callback_token(&key, "dp-1"), token, "a fresh jti each time");
     }
 
     #[test]

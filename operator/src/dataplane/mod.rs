@@ -537,7 +537,7 @@ pub async fn start(
         }
     }
     let dps_callbacks = callback::DpsCallbacks {
-        key: dps::derived_key(token.expose_secret(), "callback"),
+        key: dps::CallbackKey::derive(token.expose_secret()),
         data_plane_ids: dp_config
             .registrations
             .keys()

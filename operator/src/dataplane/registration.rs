@@ -170,6 +170,8 @@ impl Target {
                     "tokenEndpoint": token_endpoint,
                     "clientId": self.connector,
                     "clientSecret": secret.expose_secret(),
+                    // What EDC verifies the data plane's callbacks against.
+                    "jwks": super::dps::CallbackKey::derive(secret.expose_secret()).jwks(),
                 },
             });
         }
@@ -260,8 +262,12 @@ impl Target {
                 Ok(Outcome::Registered)
             }
             other => {
-                let body: String = response.text().await.unwrap_or_default().chars().take(500).collect();
-                // The body is the connector's; it would echo a field, never the secret we sent.
+                let mut body = response.text().await.unwrap_or_default();
+                // The connector's answer could echo what we sent, the client secret with it.
+                if let Some((_, secret)) = &self.oauth2 {
+                    body = body.replace(secret.expose_secret(), "[redacted]");
+                }
+                let body: String = body.chars().take(500).collect();
                 Err(format!("registering: HTTP {other}: {body}"))
             }
         }
