@@ -48,10 +48,12 @@ run: build ## Run the operator against the current kube-context with examples/op
 
 BENCH_OUT := target/bench/transfers.md
 
-bench: systems ## Benchmarks (release build; a few minutes): MqttTransfer provisioning (operator as its own process) in target/bench/transfers.md, the refresh endpoint in target/bench/refresh.md
+bench: systems ## Benchmarks (release build; a few minutes): MqttTransfer provisioning (operator as its own process) in target/bench/transfers.md, the refresh endpoint in target/bench/refresh.md, data-plane start latency (100 concurrent starts) in target/bench/dataplane.md
 	$(CARGO) build --release --locked -p mqtt-dsp-operator -p e2e --bin mqtt-dsp-operator --bin bench-transfers --bin bench-refresh
 	target/release/bench-transfers --operator target/release/mqtt-dsp-operator --out $(BENCH_OUT)
 	target/release/bench-refresh --out target/bench/refresh.md
+	rm -f target/bench/dataplane.md
+	$(CARGO) test --locked -p e2e --test dataplane -- --ignored --nocapture bench_100_concurrent
 
 CHAOS_OUT  := target/chaos/results.md
 CHAOS_ARGS ?=

@@ -1259,8 +1259,111 @@ async fn bench_100_concurrent_starts_through_the_real_control_plane() {
         latencies[latencies.len() - 1],
         total
     );
+    write_bench(
+        "Start to EDR through the real control planes (legacy signaling, EDC 0.15.1 both sides)",
+        &format!(
+            "{N} transfers requested at once by the consumer's connector on one agreement; latency from each \
+             request to its `transfer.process.started` event with the EDR.\n\n\
+             | | p50 | p99 | max | all EDRs after |\n|---|---|---|---|---|\n| measured | {} | {} | {} | {} |\n\n\
+             Target p99 ≤ 1 s: {}. EDC 0.15.1's provider signals starts one at a time (its transfer \
+             state machine is single-threaded), so the last start waits for all the others.\n",
+            ms(p(0.50)),
+            ms(p(0.99)),
+            ms(latencies[latencies.len() - 1]),
+            ms(total),
+            if p(0.99) <= Duration::from_secs(1) { "met" } else { "missed" },
+        ),
+    );
     callback_task.abort();
     let _ = http(&ca).delete(format!("{}/{}", dp.target.endpoint, dp.target.id)).send().await;
+    drop(dp);
+    stack.teardown().await;
+}
+
+fn ms(d: Duration) -> String {
+    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+}
+
+/// Appends a section to `target/bench/dataplane.md` (what `make bench` shows).
+fn write_bench(title: &str, body: &str) {
+    use std::io::Write;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let _ = std::fs::create_dir_all(&dir);
+    let path = dir.join("dataplane.md");
+    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path).expect("the bench file");
+    let _ = write!(f, "## {title}\n\n{body}\n");
+    println!("wrote {}", path.display());
+}
+
+/// The data plane's own start latency when starts come in parallel, as a control plane that
+/// signals concurrently would send them: 100 Data Plane Signaling 1.0 starts at once from the
+/// EDC 0.18 double (each with its token fetch), answered when the transfer is Active with its
+/// credentials. Ignored by default (a benchmark): `make bench` runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn bench_100_concurrent_dps_starts_at_the_data_plane() {
+    const N: usize = 100;
+    let _serial = ONE_AT_A_TIME.lock().await;
+    let stack = DevStack::start(dataspace_stack()).await;
+    let ca = stack.ca.clone();
+    let dp = start_data_plane(&stack).await;
+    let api_key = uuid::Uuid::new_v4().simple().to_string();
+    let cp = EdcDps::new(&ca, &api_key);
+    let cp_server = cp.serve(&ca).await.unwrap();
+    let public: url::Url = dp.base.parse().unwrap();
+    let id = format!("mqtt-dsp-operator-dps-{}", stack.namespace);
+    let target = Target {
+        connector: "default".into(),
+        endpoint: format!("{}/management/v4/dataplanes", cp_server.base_url),
+        id: id.clone(),
+        url: SecretString::from(dps_endpoint(&public, "default")),
+        api_key: Some(SecretString::from(api_key.clone())),
+        period: Duration::from_secs(5),
+        http: http(&ca),
+        signaling: Signaling::Dps1,
+        oauth2: Some((dps_token_endpoint(&public, "default"), SecretString::from(dp.token.clone()))),
+        written: Default::default(),
+    };
+    assert_eq!(target.ensure().await, Ok(Outcome::Registered));
+    let assets: Api<MqttAsset> = stack.api();
+    assets.create(&PostParams::default(), &offer("line-bench")).await.unwrap();
+    wait_for(&assets, "line-bench", WITHIN, "Ready", asset_ready).await;
+    let asset_id = format!("{}-line-bench", stack.namespace);
+    let callback_address = format!("{}/signaling", cp_server.base_url);
+
+    let started = std::time::Instant::now();
+    let starts = (0..N).map(|i| {
+        let (cp, id, asset_id, callback_address) = (cp.clone(), id.clone(), asset_id.clone(), callback_address.clone());
+        async move {
+            let at = std::time::Instant::now();
+            let answer = cp.start(&id, &format!("bench-{i}"), &asset_id, CONSUMER_ID, &callback_address).await;
+            (answer.map(|a| a["state"] == "STARTED").unwrap_or(false), at.elapsed())
+        }
+    });
+    let results: Vec<(bool, Duration)> = futures::future::join_all(starts).await;
+    let total = started.elapsed();
+    assert!(results.iter().all(|(ok, _)| *ok), "every start answered STARTED");
+    let mut latencies: Vec<Duration> = results.iter().map(|(_, d)| *d).collect();
+    latencies.sort();
+    let p = |q: f64| latencies[((latencies.len() as f64 * q).ceil() as usize).clamp(1, latencies.len()) - 1];
+    println!(
+        "{N} concurrent DPS 1.0 starts at the data plane: p50 {:?}, p99 {:?}, all after {total:?}",
+        p(0.5),
+        p(0.99)
+    );
+    write_bench(
+        "Start to DataAddress at the data plane, 100 starts at once (Data Plane Signaling 1.0, the EDC 0.18 double)",
+        &format!(
+            "What a control plane that signals in parallel would see: each start (token fetch, start, \
+             MqttTransfer created and provisioned on real Mosquitto and Kubernetes, Active, DataAddress) \
+             timed at the double.\n\n| | p50 | p99 | max | all answered after |\n|---|---|---|---|---|\n\
+             | measured | {} | {} | {} | {} |\n",
+            ms(p(0.5)),
+            ms(p(0.99)),
+            ms(latencies[latencies.len() - 1]),
+            ms(total),
+        ),
+    );
     drop(dp);
     stack.teardown().await;
 }
