@@ -106,6 +106,26 @@ async fn start_data_plane_with(stack: &DevStack, start_timeout: Duration) -> Run
     RunningDataPlane { base, token, target, stop }
 }
 
+/// The registration of `dp` with the EDC 0.18 double at `double_url` (Data Plane Signaling 1.0);
+/// and the data plane id.
+fn dps_target(stack: &DevStack, dp: &RunningDataPlane, double_url: &str, api_key: &str) -> (Target, String) {
+    let public: url::Url = dp.base.parse().unwrap();
+    let id = format!("mqtt-dsp-operator-dps-{}", stack.namespace);
+    let target = Target {
+        connector: "default".into(),
+        endpoint: format!("{double_url}/management/v4/dataplanes"),
+        id: id.clone(),
+        url: SecretString::from(dps_endpoint(&public, "default")),
+        api_key: Some(SecretString::from(api_key.to_owned())),
+        period: Duration::from_secs(5),
+        http: http(&stack.ca),
+        signaling: Signaling::Dps1,
+        oauth2: Some((dps_token_endpoint(&public, "default"), SecretString::from(dp.token.clone()))),
+        written: Default::default(),
+    };
+    (target, id)
+}
+
 /// Callback settings for a test that starts flows through the legacy signaling only.
 fn no_dps_callbacks(token: &str) -> callback::DpsCallbacks {
     callback::DpsCallbacks {
@@ -901,19 +921,7 @@ async fn a_dps_1_0_control_plane_gets_per_transfer_credentials_and_hears_of_prov
     let cp = EdcDps::new(&ca, &api_key);
     let cp_server = cp.serve(&ca).await.unwrap();
     let public: url::Url = dp.base.parse().unwrap();
-    let id = format!("mqtt-dsp-operator-dps-{}", stack.namespace);
-    let target = Target {
-        connector: "default".into(),
-        endpoint: format!("{}/management/v4/dataplanes", cp_server.base_url),
-        id: id.clone(),
-        url: SecretString::from(dps_endpoint(&public, "default")),
-        api_key: Some(SecretString::from(api_key.clone())),
-        period: Duration::from_secs(5),
-        http: http(&ca),
-        signaling: Signaling::Dps1,
-        oauth2: Some((dps_token_endpoint(&public, "default"), SecretString::from(dp.token.clone()))),
-        written: Default::default(),
-    };
+    let (target, id) = dps_target(&stack, &dp, &cp_server.base_url, &api_key);
 
     // Registration: written once per run, then only read; repaired when removed.
     assert_eq!(target.ensure().await, Ok(Outcome::Registered));
@@ -1310,20 +1318,7 @@ async fn bench_100_concurrent_dps_starts_at_the_data_plane() {
     let api_key = uuid::Uuid::new_v4().simple().to_string();
     let cp = EdcDps::new(&ca, &api_key);
     let cp_server = cp.serve(&ca).await.unwrap();
-    let public: url::Url = dp.base.parse().unwrap();
-    let id = format!("mqtt-dsp-operator-dps-{}", stack.namespace);
-    let target = Target {
-        connector: "default".into(),
-        endpoint: format!("{}/management/v4/dataplanes", cp_server.base_url),
-        id: id.clone(),
-        url: SecretString::from(dps_endpoint(&public, "default")),
-        api_key: Some(SecretString::from(api_key.clone())),
-        period: Duration::from_secs(5),
-        http: http(&ca),
-        signaling: Signaling::Dps1,
-        oauth2: Some((dps_token_endpoint(&public, "default"), SecretString::from(dp.token.clone()))),
-        written: Default::default(),
-    };
+    let (target, id) = dps_target(&stack, &dp, &cp_server.base_url, &api_key);
     assert_eq!(target.ensure().await, Ok(Outcome::Registered));
     let assets: Api<MqttAsset> = stack.api();
     assets.create(&PostParams::default(), &offer("line-bench")).await.unwrap();
