@@ -1210,7 +1210,7 @@ async fn a_start_interrupted_by_an_operator_restart_neither_loses_the_transfer_n
 /// MqttTransfers' creation-to-Ready). Ignored by default (a benchmark, not a check):
 /// `cargo test -p e2e --test dataplane -- --ignored --nocapture`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
+#[ignore = "a benchmark (100 transfers through two EDCs, about a minute): make bench runs it"]
 async fn bench_100_concurrent_starts_through_the_real_control_plane() {
     const N: usize = 100;
     let _serial = ONE_AT_A_TIME.lock().await;
@@ -1308,7 +1308,7 @@ fn write_bench(title: &str, body: &str) {
 /// EDC 0.18 double (each with its token fetch), answered when the transfer is Active with its
 /// credentials. Ignored by default (a benchmark): `make bench` runs it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
+#[ignore = "a benchmark (100 parallel starts): make bench runs it"]
 async fn bench_100_concurrent_dps_starts_at_the_data_plane() {
     const N: usize = 100;
     let _serial = ONE_AT_A_TIME.lock().await;
