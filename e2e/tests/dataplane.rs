@@ -577,22 +577,7 @@ async fn a_consumer_connector_gets_its_own_mqtt_credentials_from_the_operator_as
     assets.create(&PostParams::default(), &ws).await.unwrap();
     wait_for(&assets, "line-ws", WITHIN, "Ready", asset_ready).await;
     let ws_id = format!("{}-line-ws", stack.namespace);
-    let ws_agreement = negotiate(&ca, consumer, provider, &ws_id).await;
-    let ws_tp = request_transfer(&ca, consumer, provider, &ws_agreement, &ws_id, Some(&callback_url)).await;
-    let ws_edr = poll("the WSS transfer's EDR", WITHIN, || {
-        let (events, ws_tp) = (events.clone(), ws_tp.clone());
-        async move {
-            events
-                .all()
-                .into_iter()
-                .find(|e| {
-                    text_of(find(e, "transferProcessId")).as_deref() == Some(ws_tp.as_str())
-                        && find(e, "password").is_some()
-                })
-                .ok_or_else(|| "no event yet".to_owned())
-        }
-    })
-    .await;
+    let ws_edr = transfer_with_edr(&ca, consumer, provider, &ws_id, &events, &callback_url).await;
     let ws_base = text_of(find(&ws_edr, "baseUrl")).unwrap();
     assert_eq!(ws_base, stack.mosquitto.wss_url(), "the WSS endpoint in the EDR");
     let ws_password = text_of(find(&ws_edr, "password")).unwrap();
@@ -747,6 +732,34 @@ async fn negotiate(ca: &TestCa, consumer: &Edc, provider: &Edc, asset_id: &str) 
     c.negotiate(provider, asset_id, &dataset).await.unwrap_or_else(|e| panic!("{e}"))
 }
 
+/// The consumer negotiates the provider's offer of `asset_id` and requests a transfer whose
+/// events go to `events` (served at `callback_url`); returns the EDR its started event carries.
+async fn transfer_with_edr(
+    ca: &TestCa,
+    consumer: &Edc,
+    provider: &Edc,
+    asset_id: &str,
+    events: &Events,
+    callback_url: &str,
+) -> Value {
+    let agreement = negotiate(ca, consumer, provider, asset_id).await;
+    let tp = request_transfer(ca, consumer, provider, &agreement, asset_id, Some(callback_url)).await;
+    poll(&format!("the EDR of a transfer of {asset_id}"), WITHIN, || {
+        let (events, tp) = (events.clone(), tp.clone());
+        async move {
+            events
+                .all()
+                .into_iter()
+                .find(|e| {
+                    text_of(find(e, "transferProcessId")).as_deref() == Some(tp.as_str())
+                        && find(e, "baseUrl").is_some()
+                })
+                .ok_or_else(|| "no event yet".to_owned())
+        }
+    })
+    .await
+}
+
 /// An oauth2 offer on RabbitMQ over WSS: the EDR the consumer's connector receives is exactly the
 /// transfer Secret's DataAddress (JWT, refresh token and endpoint, expiry), and a real MQTT
 /// client connects with the JWT over WSS and receives a live message.
@@ -833,18 +846,7 @@ async fn oauth2_edrs_for_rabbitmq_over_wss_pass_through_the_real_connectors_one_
 
     // A second consumer (another connector, another participant) gets credentials of its own:
     // another MqttTransfer, another identity, another JWT; both receive.
-    let agreement_b = negotiate(&ca, consumer_b, provider, &asset_id).await;
-    let tp_b = request_transfer(&ca, consumer_b, provider, &agreement_b, &asset_id, Some(&callback_url)).await;
-    let edr_b = poll("consumer B's EDR", WITHIN, || {
-        let (events, tp_b) = (events.clone(), tp_b.clone());
-        async move {
-            let all = events.all();
-            all.into_iter()
-                .find(|e| text_of(find(e, "transferProcessId")).as_deref() == Some(tp_b.as_str()))
-                .ok_or_else(|| "no event yet".to_owned())
-        }
-    })
-    .await;
+    let edr_b = transfer_with_edr(&ca, consumer_b, provider, &asset_id, &events, &callback_url).await;
     let jwt_b = text_of(find(&edr_b, "authorization")).expect("a JWT for consumer B");
     e2e::logs::register_secret(&jwt_b);
     let username_b = text_of(find(&edr_b, "username")).unwrap();
@@ -872,19 +874,7 @@ async fn oauth2_edrs_for_rabbitmq_over_wss_pass_through_the_real_connectors_one_
     assets.create(&PostParams::default(), &tls).await.unwrap();
     wait_for(&assets, "line-3", WITHIN, "Ready", asset_ready).await;
     let tls_id = format!("{}-line-3", stack.namespace);
-    let tls_agreement = negotiate(&ca, consumer_b, provider, &tls_id).await;
-    let tp_tls = request_transfer(&ca, consumer_b, provider, &tls_agreement, &tls_id, Some(&callback_url)).await;
-    let edr_tls = poll("consumer B's TLS EDR", WITHIN, || {
-        let (events, tp) = (events.clone(), tp_tls.clone());
-        async move {
-            events
-                .all()
-                .into_iter()
-                .find(|e| text_of(find(e, "transferProcessId")).as_deref() == Some(tp.as_str()))
-                .ok_or_else(|| "no event yet".to_owned())
-        }
-    })
-    .await;
+    let edr_tls = transfer_with_edr(&ca, consumer_b, provider, &tls_id, &events, &callback_url).await;
     let tls_base = text_of(find(&edr_tls, "baseUrl")).unwrap();
     assert_eq!(tls_base, rabbit.mqtts_url(), "the TLS endpoint in the EDR");
     let jwt_tls = text_of(find(&edr_tls, "authorization")).expect("a JWT");

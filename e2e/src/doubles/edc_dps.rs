@@ -508,7 +508,10 @@ async fn terminate_process(
         return edc_error(StatusCode::UNAUTHORIZED, "Request could not be authenticated");
     }
     let body: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-    let typed = body["@type"] == "TerminateTransfer" || body["@type"] == "edc:TerminateTransfer";
+    // EDC expands the JSON-LD: a bare type needs the EDC vocabulary as `@vocab`.
+    let vocab = body["@context"]["@vocab"] == "https://w3id.org/edc/v0.0.1/ns/";
+    let typed = (vocab && body["@type"] == "TerminateTransfer")
+        || body["@type"] == "https://w3id.org/edc/v0.0.1/ns/TerminateTransfer";
     if !typed || body["reason"].as_str().is_none_or(str::is_empty) {
         return edc_error(StatusCode::BAD_REQUEST, "a TerminateTransfer with a reason");
     }

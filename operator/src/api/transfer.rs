@@ -15,6 +15,7 @@ use super::{BrokerRefs, IdentityRefs, SecretRefs};
 /// sets it on transfers of Data Plane Signaling 1.0 control planes: EDC 0.18's consumer keeps
 /// the EDR from the first start across a resume, so a fresh password would lock it out.
 pub const KEEP_PASSWORD_ON_RESUME_ANNOTATION: &str = "dsp-mqtt.io/resume-keeps-password";
+
 /// One consumer's access to one MQTT stream, mirroring one DSP transfer process (PULL).
 ///
 /// The operator issues credentials for this transfer only (an identity-provider client in

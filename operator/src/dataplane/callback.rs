@@ -27,9 +27,7 @@ use secrecy::ExposeSecret;
 use serde_json::json;
 use tracing::{info, warn};
 
-use super::flows::{
-    CALLBACK_ANNOTATION, CONNECTOR_ANNOTATION, MANAGED_LABEL, PROCESS_ID_ANNOTATION, SIGNALING_ANNOTATION,
-};
+use super::flows::{CALLBACK_ANNOTATION, CONNECTOR_ANNOTATION, MANAGED_LABEL, PROCESS_ID_ANNOTATION};
 use crate::api::{MqttTransfer, TransferPhase};
 
 /// Annotation: the control plane asked for the current state (its value: the state).
@@ -137,7 +135,7 @@ async fn report(
     let encoded: String =
         url::form_urlencoded::byte_serialize(process.as_bytes()).collect::<String>().replace('+', "%20");
     let base = callback.trim_end_matches('/');
-    let outcome = if annotations.get(SIGNALING_ANNOTATION).map(String::as_str) == Some("dps-1.0") {
+    let outcome = if super::flows::signaling_of(t) == super::config::Signaling::Dps1 {
         let connector = annotations.get(CONNECTOR_ANNOTATION).cloned().unwrap_or_default();
         let Some(id) = dps.data_plane_ids.get(&connector) else {
             warn!(process, connector, "data plane: no Data Plane Signaling 1.0 registration to report an end as");

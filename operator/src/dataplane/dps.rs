@@ -55,9 +55,10 @@ fn random_id() -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-/// An HMAC key for `purpose`, derived from the shared token. Hand-written because a keyed hash
-/// with a label is all that is needed (the token is at least 32 random characters): it keeps the
-/// access tokens' and the callbacks' keys apart from each other and from the token itself.
+/// An HMAC key for `purpose` (the access tokens': `"access"`), derived from the shared token.
+/// Hand-written because a hash with a label is all that is needed (the token is at least 32
+/// random characters): it keeps the key apart from the token itself and from the callback key
+/// ([`CallbackKey::derive`], another label).
 pub fn derived_key(token: &str, purpose: &str) -> Vec<u8> {
     let mut h = Sha256::new();
     h.update(b"mqtt-dsp-operator/dps-1.0/");
@@ -283,32 +284,14 @@ pub fn parse_notification(body: &[u8]) -> Result<(), Refusal> {
     object(body).map(drop)
 }
 
-/// A DataAddress key as an endpoint property name: `dsp-mqtt:x` in the ADR 012 namespace, a bare
-/// key in EDC's (as in the legacy EDR, so a consumer reads both alike).
-fn property_name(key: &str) -> String {
-    match key.strip_prefix("dsp-mqtt:") {
-        Some(local) => format!("{}{local}", crate::plan::transfer::DSP_MQTT_NAMESPACE),
-        None if key.contains(':') => key.to_owned(),
-        None => format!("{}{key}", super::message::EDC_NAMESPACE),
-    }
-}
-
 /// The EDR as a DSP `DataAddress` (what the spec's `dataAddress` is): `endpointType` `Mqtt`,
 /// `endpoint` the broker URL, every other member of the transfer's DataAddress an
-/// `EndpointProperty` named by its IRI, with a string value (EDC refuses other values; a list of
-/// topics becomes its JSON text).
+/// `EndpointProperty` named by its IRI as in the legacy EDR, with a string value (EDC refuses
+/// other values).
 pub fn data_address(transfer_address: &Map<String, Value>) -> Value {
-    let mut properties = Vec::new();
-    for (key, value) in transfer_address {
-        if key.starts_with('@') || key == "type" {
-            continue;
-        }
-        let value = match value {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        properties.push(json!({"@type": "EndpointProperty", "name": property_name(key), "value": value}));
-    }
+    let properties: Vec<Value> = super::message::endpoint_properties(transfer_address)
+        .map(|(name, value)| json!({"@type": "EndpointProperty", "name": name, "value": value}))
+        .collect();
     let endpoint = transfer_address
         .get("endpoint")
         .or_else(|| transfer_address.get("dsp-mqtt:baseUrl"))

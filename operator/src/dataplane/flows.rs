@@ -53,6 +53,15 @@ pub struct Flows {
     pub poll: Duration,
 }
 
+/// The signaling a transfer's flow was started through ([`SIGNALING_ANNOTATION`]).
+pub fn signaling_of(t: &MqttTransfer) -> super::config::Signaling {
+    let name = t.metadata.annotations.as_ref().and_then(|a| a.get(SIGNALING_ANNOTATION));
+    match name.map(String::as_str) {
+        Some(n) if n == super::config::Signaling::Dps1.name() => super::config::Signaling::Dps1,
+        _ => super::config::Signaling::Legacy,
+    }
+}
+
 /// `40 hex digits of SHA-256(process id)`.
 pub fn process_hash(process_id: &str) -> String {
     let digest = Sha256::digest(process_id.as_bytes());
@@ -369,25 +378,7 @@ impl Flows {
     /// Terminate: revoke for good. An unknown process is already terminated (a start the data
     /// plane refused never made a transfer, and the control plane terminates it anyway).
     pub async fn terminate(&self, process_id: &str) -> Result<(), Refusal> {
-        let Some(t) = self.find_transfer(process_id).await? else { return Ok(()) };
-        if t.metadata.deletion_timestamp.is_some() {
-            // The provider deleted it: the controller's finalizer revokes everything.
-            return Ok(());
-        }
-        let (api, name) = self.api_of(&t);
-        if !t.spec.state.unwrap_or_default().is_final() {
-            self.set_state(&api, &name, TransferState::Terminated).await?;
-        }
-        let wanted = match t.spec.state {
-            Some(TransferState::Completed) => TransferPhase::Completed,
-            _ => TransferPhase::Terminated,
-        };
-        match self.wait(&api, &name, wanted, self.start_timeout).await {
-            Ok(_) => Ok(()),
-            // Expired is as revoked as Terminated.
-            Err(_) if api.get(&name).await.is_ok_and(|t| settled_in(&t, TransferPhase::Expired)) => Ok(()),
-            Err(e) => Err(e),
-        }
+        self.end(process_id, TransferState::Terminated).await
     }
 
     /// Resume (Data Plane Signaling 1.0 has a message of its own; the legacy signaling sends
@@ -398,11 +389,8 @@ impl Flows {
             .find_transfer(process_id)
             .await?
             .ok_or_else(|| Refusal { status: 404, reason: format!("no data flow {process_id}") })?;
+        let signaling = signaling_of(&t);
         let annotations = t.metadata.annotations.clone().unwrap_or_default();
-        let signaling = match annotations.get(SIGNALING_ANNOTATION).map(String::as_str) {
-            Some("dps-1.0") => super::config::Signaling::Dps1,
-            _ => super::config::Signaling::Legacy,
-        };
         let message = StartMessage {
             process_id: process_id.to_owned(),
             dataset_id: annotations.get(DATASET_ID_ANNOTATION).cloned().unwrap_or_default(),
@@ -416,29 +404,37 @@ impl Flows {
 
     /// Completed (the control plane says the transfer is done): revoke for good, as Completed.
     pub async fn complete(&self, process_id: &str) -> Result<(), Refusal> {
-        // An unknown flow (refused at start, or deleted by the provider) is over already: an
-        // error would be fatal for the control plane's process, which is ending anyway.
+        self.end(process_id, TransferState::Completed).await
+    }
+
+    /// Ends a flow for good as `wanted` (Terminated or Completed) and answers once access is
+    /// revoked. An unknown flow (refused at start, or deleted by the provider) is over already:
+    /// the control plane ends such processes anyway, and an error would be fatal for them. A
+    /// transfer already final stays as it is; a Suspended one cannot become Completed (DSP's
+    /// states; the CRD refuses it) and ends Terminated.
+    async fn end(&self, process_id: &str, wanted: TransferState) -> Result<(), Refusal> {
         let Some(t) = self.find_transfer(process_id).await? else { return Ok(()) };
         if t.metadata.deletion_timestamp.is_some() {
+            // The provider deleted it: the controller's finalizer revokes everything.
             return Ok(());
         }
         let (api, name) = self.api_of(&t);
         let state = t.spec.state.unwrap_or_default();
-        // A Suspended transfer cannot become Completed (DSP's states; the CRD refuses it): it
-        // ends Terminated, as revoked.
-        let end = match state {
-            TransferState::Suspended | TransferState::Terminated => TransferState::Terminated,
-            _ => TransferState::Completed,
+        let end = match (state, wanted) {
+            (s, _) if s.is_final() => s,
+            (TransferState::Suspended, TransferState::Completed) => TransferState::Terminated,
+            (_, w) => w,
         };
         if !state.is_final() {
             self.set_state(&api, &name, end).await?;
         }
-        let wanted = match end {
-            TransferState::Terminated => TransferPhase::Terminated,
-            _ => TransferPhase::Completed,
+        let phase = match end {
+            TransferState::Completed => TransferPhase::Completed,
+            _ => TransferPhase::Terminated,
         };
-        match self.wait(&api, &name, wanted, self.start_timeout).await {
+        match self.wait(&api, &name, phase, self.start_timeout).await {
             Ok(_) => Ok(()),
+            // Expired is as revoked as Terminated.
             Err(_) if api.get(&name).await.is_ok_and(|t| settled_in(&t, TransferPhase::Expired)) => Ok(()),
             Err(e) => Err(e),
         }

@@ -201,6 +201,25 @@ fn property_name(key: &str) -> String {
     }
 }
 
+/// A JSON value as an endpoint property's string: a string as it is, anything else (a list of
+/// topics) its JSON text.
+fn string_of(value: &Value) -> String {
+    match value {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// The transfer DataAddress's members as endpoint properties, in either signaling: named by
+/// their IRI ([`property_name`]), valued by a string ([`string_of`]); JSON-LD keywords and `type`
+/// (the endpoint type) left out.
+pub(super) fn endpoint_properties(data_address: &Map<String, Value>) -> impl Iterator<Item = (String, String)> + '_ {
+    data_address
+        .iter()
+        .filter(|(key, _)| !key.starts_with('@') && *key != "type")
+        .map(|(key, value)| (property_name(key), string_of(value)))
+}
+
 /// The EDR the control plane passes on to the consumer: the transfer's DataAddress (as in its
 /// Secret), in the DSP 0.8 form EDC 0.15's signaling client reads (it parses a start answer's
 /// `dataAddress` with its DSP transformer and fails on an EDC-shaped one: no
@@ -209,24 +228,14 @@ fn property_name(key: &str) -> String {
 /// topics) become their JSON text: EDC turns each property into a string again on its way to
 /// the consumer and fails on a list.
 pub fn edr(data_address: &Map<String, Value>) -> Value {
-    let mut properties = Vec::new();
-    let mut push = |name: String, value: &Value| {
-        let value = match value {
-            Value::String(s) => s.clone(),
-            other => other.to_string(),
-        };
-        properties.push(json!({"@type": "dspace:EndpointProperty", "dspace:name": name, "dspace:value": value}));
-    };
-    for (key, value) in data_address {
-        if key.starts_with('@') || key == "type" {
-            continue;
-        }
-        push(property_name(key), value);
-    }
+    let mut properties: Vec<Value> = endpoint_properties(data_address)
+        .map(|(name, value)| json!({"@type": "dspace:EndpointProperty", "dspace:name": name, "dspace:value": value}))
+        .collect();
     if let Some(base) = data_address.get("dsp-mqtt:baseUrl")
         && !data_address.contains_key("endpoint")
     {
-        push(format!("{EDC_NAMESPACE}endpoint"), base);
+        properties.push(json!({"@type": "dspace:EndpointProperty",
+            "dspace:name": format!("{EDC_NAMESPACE}endpoint"), "dspace:value": string_of(base)}));
     }
     json!({
         "@type": "dspace:DataAddress",

@@ -83,11 +83,18 @@ fn header_token(headers: &HeaderMap) -> Option<&[u8]> {
 enum Route {
     Start,
     Check,
-    Suspend(String),
-    Terminate(String),
+    End(String, FlowEnd),
     State(String),
     /// Data Plane Signaling 1.0.
     Dps(DpsRoute),
+}
+
+/// What a control plane asks of a running flow, in either signaling.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FlowEnd {
+    Suspend,
+    Terminate,
+    Complete,
 }
 
 /// A Data Plane Signaling 1.0 route (below `dps/`).
@@ -96,11 +103,9 @@ enum DpsRoute {
     Token,
     Prepare,
     Start,
-    Suspend(String),
+    End(String, FlowEnd),
     Resume(String),
-    Terminate(String),
     Started(String),
-    Completed(String),
     Status(String),
 }
 
@@ -108,8 +113,8 @@ fn route(method: &Method, rest: &[String]) -> Option<Route> {
     match (method, rest) {
         (&Method::POST, [s]) if s == "start" => Some(Route::Start),
         (&Method::GET, [s]) if s == "check" => Some(Route::Check),
-        (&Method::POST, [id, s]) if s == "suspend" => Some(Route::Suspend(id.clone())),
-        (&Method::POST, [id, s]) if s == "terminate" => Some(Route::Terminate(id.clone())),
+        (&Method::POST, [id, s]) if s == "suspend" => Some(Route::End(id.clone(), FlowEnd::Suspend)),
+        (&Method::POST, [id, s]) if s == "terminate" => Some(Route::End(id.clone(), FlowEnd::Terminate)),
         (&Method::GET, [id, s]) if s == "state" => Some(Route::State(id.clone())),
         _ => None,
     }
@@ -127,11 +132,11 @@ fn dps_route(method: &Method, rest: &[String]) -> Option<DpsRoute> {
         (&Method::POST, [s]) if s == "prepare" => Some(DpsRoute::Prepare),
         (&Method::POST, [s]) if s == "start" => Some(DpsRoute::Start),
         (&Method::POST, [id, s]) => match s.as_str() {
-            "suspend" => Some(DpsRoute::Suspend(id.clone())),
+            "suspend" => Some(DpsRoute::End(id.clone(), FlowEnd::Suspend)),
             "resume" => Some(DpsRoute::Resume(id.clone())),
-            "terminate" => Some(DpsRoute::Terminate(id.clone())),
+            "terminate" => Some(DpsRoute::End(id.clone(), FlowEnd::Terminate)),
             "started" => Some(DpsRoute::Started(id.clone())),
-            "completed" => Some(DpsRoute::Completed(id.clone())),
+            "completed" => Some(DpsRoute::End(id.clone(), FlowEnd::Complete)),
             _ => None,
         },
         (&Method::GET, [id, s]) if s == "status" => Some(DpsRoute::Status(id.clone())),
@@ -205,11 +210,9 @@ async fn handle(
         let key = dps::derived_key(dp.token.expose_secret(), "access");
         let bearer =
             headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
-        if let Err(r) = bearer.map_or(Err(Refusal { status: 401, reason: "not authenticated".into() }), |b| {
-            dps::verify_access_token(&key, b, &connector)
-        }) {
+        if bearer.is_none_or(|b| dps::verify_access_token(&key, b, &connector).is_err()) {
             debug!(%method, "data plane: refused a Data Plane Signaling request without a valid bearer");
-            return dps_refusal(r);
+            return dps_refusal(Refusal { status: 401, reason: "not authenticated".into() });
         }
     }
     let declared =
@@ -258,25 +261,9 @@ async fn handle(
                 }
             }
         }
-        Route::Suspend(id) => match check_path_id(&id) {
+        Route::End(id, end) => match end_flow(&dp, &connector, &id, end).await {
+            Ok(()) => StatusCode::NO_CONTENT.into_response(),
             Err(r) => refusal(r),
-            Ok(()) => match dp.flows.suspend(&id).await {
-                Ok(()) => {
-                    info!(connector, process = id, "data plane: data flow suspended");
-                    StatusCode::NO_CONTENT.into_response()
-                }
-                Err(r) => refusal(r),
-            },
-        },
-        Route::Terminate(id) => match check_path_id(&id) {
-            Err(r) => refusal(r),
-            Ok(()) => match dp.flows.terminate(&id).await {
-                Ok(()) => {
-                    info!(connector, process = id, "data plane: data flow terminated");
-                    StatusCode::NO_CONTENT.into_response()
-                }
-                Err(r) => refusal(r),
-            },
         },
         Route::State(id) => match check_path_id(&id) {
             Err(r) => refusal(r),
@@ -286,6 +273,19 @@ async fn handle(
             },
         },
     }
+}
+
+/// Suspends or ends flow `id` as the control plane asked, once its id is checked; answers once
+/// the controller has revoked access.
+async fn end_flow(dp: &DataPlane, connector: &str, id: &str, end: FlowEnd) -> Result<(), Refusal> {
+    check_path_id(id)?;
+    let done = match end {
+        FlowEnd::Suspend => dp.flows.suspend(id).await.map(|()| "suspended"),
+        FlowEnd::Terminate => dp.flows.terminate(id).await.map(|()| "terminated"),
+        FlowEnd::Complete => dp.flows.complete(id).await.map(|()| "completed"),
+    }?;
+    info!(connector, process = id, "data plane: data flow {done}");
+    Ok(())
 }
 
 fn dps_refusal(r: Refusal) -> Response {
@@ -360,33 +360,10 @@ async fn handle_dps(dp: &DataPlane, connector: &str, route: DpsRoute, headers: &
                 Err(r) => dps_refusal(r),
             },
         },
-        DpsRoute::Suspend(id) => match notification(&id) {
+        DpsRoute::End(id, end) => match dps::parse_notification(body) {
             Err(r) => dps_refusal(r),
-            Ok(id) => match dp.flows.suspend(&id).await {
-                Ok(()) => {
-                    info!(connector, process = id, "data plane: data flow suspended (DPS 1.0)");
-                    StatusCode::OK.into_response()
-                }
-                Err(r) => dps_refusal(r),
-            },
-        },
-        DpsRoute::Terminate(id) => match notification(&id) {
-            Err(r) => dps_refusal(r),
-            Ok(id) => match dp.flows.terminate(&id).await {
-                Ok(()) => {
-                    info!(connector, process = id, "data plane: data flow terminated (DPS 1.0)");
-                    StatusCode::OK.into_response()
-                }
-                Err(r) => dps_refusal(r),
-            },
-        },
-        DpsRoute::Completed(id) => match notification(&id) {
-            Err(r) => dps_refusal(r),
-            Ok(id) => match dp.flows.complete(&id).await {
-                Ok(()) => {
-                    info!(connector, process = id, "data plane: data flow completed (DPS 1.0)");
-                    StatusCode::OK.into_response()
-                }
+            Ok(()) => match end_flow(dp, connector, &id, end).await {
+                Ok(()) => StatusCode::OK.into_response(),
                 Err(r) => dps_refusal(r),
             },
         },
@@ -526,32 +503,7 @@ pub async fn start(
     let callback_http = registration::callback_client(&config, &dp_config, &client, operator_namespace)
         .await
         .map_err(DataPlaneError::Invalid)?;
-    let mut management = std::collections::BTreeMap::new();
-    for (connector, registration) in &dp_config.registrations {
-        if registration.signaling != config::Signaling::Dps1 {
-            continue;
-        }
-        if let Some(profile) = config.connectors.get(connector) {
-            let key = read("connector apiKey", profile.api_key.clone()).await?;
-            management.insert(connector.clone(), (profile.management_url.to_string(), key));
-        }
-    }
-    let dps_callbacks = callback::DpsCallbacks {
-        key: dps::CallbackKey::derive(token.expose_secret()),
-        data_plane_ids: dp_config
-            .registrations
-            .keys()
-            .map(|c| (c.clone(), dp_config.data_plane_id(c, config.installation())))
-            .collect(),
-        management,
-    };
-    tokio::spawn(callback::report_ends(
-        client.clone(),
-        dp.flows.namespace.clone(),
-        callback_http,
-        dps_callbacks,
-        shutdown.clone(),
-    ));
+    let mut targets = Vec::new();
     for (connector, registration) in &dp_config.registrations {
         let target = registration::Target::from_config(
             &config,
@@ -564,6 +516,23 @@ pub async fn start(
         )
         .await
         .map_err(DataPlaneError::Invalid)?;
+        targets.push(target);
+    }
+    // What the end reports need of each registration: its data plane id, and with Data Plane
+    // Signaling 1.0 the Management API it registered through.
+    let dps_callbacks = callback::DpsCallbacks {
+        key: dps::CallbackKey::derive(token.expose_secret()),
+        data_plane_ids: targets.iter().map(|t| (t.connector.clone(), t.id.clone())).collect(),
+        management: targets.iter().filter_map(|t| Some((t.connector.clone(), t.management()?))).collect(),
+    };
+    tokio::spawn(callback::report_ends(
+        client.clone(),
+        dp.flows.namespace.clone(),
+        callback_http,
+        dps_callbacks,
+        shutdown.clone(),
+    ));
+    for target in targets {
         tokio::spawn(registration::keep_registered(target, shutdown.clone()));
     }
     Ok(Some(addr))

@@ -147,6 +147,16 @@ impl Target {
         })
     }
 
+    /// Data Plane Signaling 1.0: the Management API base the registration goes through, and
+    /// its `X-Api-Key` (what terminating a process there needs too).
+    pub fn management(&self) -> Option<(String, SecretString)> {
+        if self.signaling != Signaling::Dps1 {
+            return None;
+        }
+        let base = self.endpoint.strip_suffix("/v4/dataplanes")?;
+        Some((base.to_owned(), self.api_key.clone()?))
+    }
+
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
         let mut r = self.http.request(method, url);
         if let Some(key) = &self.api_key {
@@ -242,7 +252,7 @@ impl Target {
                         _ => None,
                     };
                     if let Some(ours) = ours
-                        && self.matches_dps(ours)
+                        && self.matches(ours)
                     {
                         return Ok(Outcome::Current(text(member(ours, "state")).unwrap_or_default()));
                     }
@@ -273,28 +283,15 @@ impl Target {
         }
     }
 
-    fn matches_dps(&self, found: &Value) -> bool {
-        let list = |v: &Value| -> Vec<String> {
-            match v {
-                Value::Array(items) => items.iter().filter_map(text).collect(),
-                other => text(other).into_iter().collect(),
-            }
-        };
-        text(member(found, "url")).as_deref() == Some(self.url.expose_secret())
-            && list(member(found, "allowedTransferTypes")) == [TRANSFER_TYPE]
-            && text(member(found, "state")).as_deref() != Some("UNREGISTERED")
-    }
-
+    /// The instance EDC lists is ours as registered: our URL and transfer type (and, for the
+    /// legacy registration, source type; for Data Plane Signaling 1.0, not UNREGISTERED).
     fn matches(&self, found: &Value) -> bool {
-        let list = |v: &Value| -> Vec<String> {
-            match v {
-                Value::Array(items) => items.iter().filter_map(text).collect(),
-                other => text(other).into_iter().collect(),
-            }
-        };
-        text(member(found, "url")).as_deref() == Some(self.url.expose_secret())
-            && list(member(found, "allowedSourceTypes")) == [SOURCE_TYPE]
-            && list(member(found, "allowedTransferTypes")) == [TRANSFER_TYPE]
+        let ours = text(member(found, "url")).as_deref() == Some(self.url.expose_secret())
+            && texts(member(found, "allowedTransferTypes")) == [TRANSFER_TYPE];
+        ours && match self.signaling {
+            Signaling::Legacy => texts(member(found, "allowedSourceTypes")) == [SOURCE_TYPE],
+            Signaling::Dps1 => text(member(found, "state")).as_deref() != Some("UNREGISTERED"),
+        }
     }
 }
 
@@ -336,6 +333,14 @@ fn member<'a>(object: &'a Value, name: &str) -> &'a Value {
         }
     }
     &Value::Null
+}
+
+/// A list of strings, however EDC compacted it (a single value unwrapped).
+fn texts(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => items.iter().filter_map(text).collect(),
+        other => text(other).into_iter().collect(),
+    }
 }
 
 fn text(v: &Value) -> Option<String> {
